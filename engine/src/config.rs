@@ -1,0 +1,363 @@
+//! The TOML configuration file. Unknown keys are errors, and every error names the key or
+//! the line. See the configuration reference in README.md.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::retry::RetryPolicy;
+
+/// A configuration problem, naming the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}:\n{message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// One entry per `[[subscription]]` table.
+    #[serde(default, rename = "subscription")]
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// `[store]`: the SQLite file and its group commit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Database file. Relative paths are resolved from the working directory.
+    pub path: PathBuf,
+    /// Succeeded and cancelled calls are deleted this long after they finish.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Longest wait for more changes before a commit.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Most rows in one commit.
+    pub max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("engine.db"),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            commit_interval: Duration::from_millis(1),
+            max_batch: 4096,
+        }
+    }
+}
+
+/// `[admin]`: the admin HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to listen on. Default `127.0.0.1:8680`.
+    pub listen: SocketAddr,
+    /// Bearer token required on every request; mandatory when `listen` is not loopback.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8680)),
+            token: None,
+        }
+    }
+}
+
+/// How calls of a subscription are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// No ordering: maximum parallelism.
+    Unordered,
+    /// Calls with the same key run one at a time, in offset order.
+    #[default]
+    Key,
+    /// Calls from the same partition run one at a time, in offset order.
+    Partition,
+}
+
+/// What a dead call means for the calls after it in its ordering group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDead {
+    /// Later calls continue.
+    #[default]
+    Skip,
+    /// Later calls wait until an operator redrives, cancels or purges the dead call.
+    Block,
+}
+
+/// `[[subscription]]`: where calls come from, where they go, and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// Unique name, used in the API and in the `engine-subscription` header.
+    pub name: String,
+    /// URL every call is POSTed to.
+    pub target: String,
+    #[serde(default)]
+    pub ordering: Ordering,
+    #[serde(default)]
+    pub on_dead: OnDead,
+    /// Time limit of one attempt, from sending the request to reading the response.
+    #[serde(default = "defaults::timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most attempts in flight at once.
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: usize,
+    /// Most bytes of a response body kept as the call's output.
+    #[serde(default = "defaults::max_output_bytes")]
+    pub max_output_bytes: usize,
+    /// Records with a larger value become dead calls with a reason, never dropped.
+    #[serde(default = "defaults::max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Most calls held in memory; the rest wait in the store.
+    #[serde(default = "defaults::window")]
+    pub window: usize,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Where records come from; without it, calls are only enqueued through the admin API.
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// `[subscription.kafka]`: the Kafka source of a subscription.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    pub topics: Vec<String>,
+    /// Consumer group id. Default: `engine-<subscription name>`.
+    pub group_id: Option<String>,
+    /// Pause consumption while the subscription has more open calls than this.
+    #[serde(default = "defaults::max_backlog")]
+    pub max_backlog: u64,
+    /// Any librdkafka consumer property, passed through (security, SASL, TLS, tuning).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_concurrency() -> usize {
+        64
+    }
+    pub fn max_output_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn max_payload_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn window() -> usize {
+        10_000
+    }
+    pub fn max_backlog() -> u64 {
+        100_000
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse and validate config text (for tests and embedded defaults).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !self.admin.listen.ip().is_loopback()
+            && self.admin.token.as_deref().is_none_or(str::is_empty)
+        {
+            return invalid(format!(
+                "admin.listen = {} is not a loopback address, so admin.token is required",
+                self.admin.listen
+            ));
+        }
+        if self.store.max_batch == 0 {
+            return invalid("store.max_batch must be at least 1".into());
+        }
+        let mut names = HashSet::new();
+        for sub in &self.subscriptions {
+            let name = &sub.name;
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return invalid(format!(
+                    "subscription name `{name}` must be non-empty and use only letters, digits, `-`, `_` and `.`"
+                ));
+            }
+            if !names.insert(name) {
+                return invalid(format!("subscription `{name}` is defined twice"));
+            }
+            match reqwest::Url::parse(&sub.target) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+                Ok(_) => {
+                    return invalid(format!(
+                        "subscription `{name}`: target `{}` must be an http:// or https:// URL",
+                        sub.target
+                    ))
+                }
+                Err(e) => {
+                    return invalid(format!(
+                        "subscription `{name}`: target `{}` is not a URL: {e}",
+                        sub.target
+                    ))
+                }
+            }
+            if sub.max_concurrency == 0 || sub.window == 0 {
+                return invalid(format!(
+                    "subscription `{name}`: max_concurrency and window must be at least 1"
+                ));
+            }
+            if sub.timeout.is_zero() {
+                return invalid(format!("subscription `{name}`: timeout must be above zero"));
+            }
+            sub.retry
+                .validate()
+                .or_else(|m| invalid(format!("subscription `{name}`: {m}")))?;
+            if let Some(kafka) = &sub.kafka {
+                if kafka.topics.is_empty() || kafka.topics.iter().any(String::is_empty) {
+                    return invalid(format!(
+                        "subscription `{name}`: kafka.topics must list at least one topic"
+                    ));
+                }
+                if kafka.brokers.trim().is_empty() {
+                    return invalid(format!("subscription `{name}`: kafka.brokers is empty"));
+                }
+                for reserved in ["group.id", "bootstrap.servers", "enable.auto.offset.store"] {
+                    if kafka.options.contains_key(reserved) {
+                        return invalid(format!(
+                            "subscription `{name}`: kafka.options may not set `{reserved}`; the engine manages it (use kafka.brokers / kafka.group_id)"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SubscriptionConfig {
+    /// The consumer group id, explicit or derived from the name.
+    pub fn group_id(&self) -> Option<String> {
+        self.kafka.as_ref().map(|k| {
+            k.group_id
+                .clone()
+                .unwrap_or_else(|| format!("engine-{}", self.name))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[subscription]]
+        name = "orders"
+        target = "http://127.0.0.1:9000/orders"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(config.store.path, PathBuf::from("engine.db"));
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:8680");
+        let sub = &config.subscriptions[0];
+        assert_eq!(sub.ordering, Ordering::Key);
+        assert_eq!(sub.on_dead, OnDead::Skip);
+        assert_eq!(sub.timeout, Duration::from_secs(30));
+        assert_eq!(sub.retry, RetryPolicy::default());
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = error_of("[store]\npath = \"x.db\"\nretentoin = \"1d\"\n");
+        assert!(e.contains("retentoin") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = error_of(&format!("{MINIMAL}max_concurrency = \"many\"\n"));
+        assert!(e.contains("max_concurrency") || e.contains("line 5"), "{e}");
+        let e = error_of(&format!("{MINIMAL}timeout = \"soon\"\n"));
+        assert!(e.contains("timeout") || e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn missing_target_is_named() {
+        let e = error_of("[[subscription]]\nname = \"a\"\n");
+        assert!(e.contains("target"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_explained() {
+        assert!(error_of(&format!("{MINIMAL}{MINIMAL}")).contains("defined twice"));
+        assert!(
+            error_of("[[subscription]]\nname = \"a\"\ntarget = \"ftp://x\"\n").contains("http://")
+        );
+        assert!(error_of("[admin]\nlisten = \"0.0.0.0:8680\"\n").contains("admin.token"));
+        let e = error_of(&format!(
+            "{MINIMAL}[subscription.kafka]\nbrokers = \"b:9092\"\ntopics = []\n"
+        ));
+        assert!(e.contains("kafka.topics"), "{e}");
+        let e = error_of(&format!(
+            "{MINIMAL}[subscription.kafka]\nbrokers = \"b:9092\"\ntopics = [\"t\"]\noptions = {{ \"group.id\" = \"x\" }}\n"
+        ));
+        assert!(e.contains("group.id"), "{e}");
+        let e = error_of(&format!(
+            "{MINIMAL}[subscription.retry]\nmultiplier = 0.1\n"
+        ));
+        assert!(e.contains("multiplier"), "{e}");
+    }
+}

@@ -1,0 +1,206 @@
+//! HTTP delivery of one attempt: build the request from the protocol, send it with a time
+//! limit, read a bounded response, classify the outcome.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use sdk::protocol::{self, classify_status, header, OutcomeClass};
+
+use crate::model::DueCall;
+use crate::scheduler::AttemptOutcome;
+
+/// Error texts are truncated to this many bytes before they are stored.
+pub const MAX_ERROR_BYTES: usize = 1024;
+
+/// Sends attempts over a shared keep-alive connection pool.
+#[derive(Debug, Clone)]
+pub struct Deliverer {
+    client: reqwest::Client,
+}
+
+/// Per-subscription settings of a delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryLimits {
+    pub timeout: Duration,
+    pub max_output_bytes: usize,
+}
+
+impl Deliverer {
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("engine/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { client })
+    }
+
+    /// Make one attempt. Never fails: every problem is an outcome.
+    pub async fn deliver(
+        &self,
+        call: &DueCall,
+        attempt: u32,
+        subscription: &str,
+        limits: DeliveryLimits,
+    ) -> AttemptOutcome {
+        let started = Instant::now();
+        let request = self
+            .client
+            .post(&call.target)
+            .headers(request_headers(call, attempt, subscription))
+            .body(call.payload.clone())
+            .send();
+        let result = tokio::time::timeout(limits.timeout, async {
+            let response = request.await?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| protocol::parse_retry_after(v, SystemTime::now()));
+            let class = classify_status(status);
+            let limit = if class == OutcomeClass::Success {
+                limits.max_output_bytes
+            } else {
+                MAX_ERROR_BYTES
+            };
+            let (body, truncated) = read_bounded(response, limit).await?;
+            Ok::<_, reqwest::Error>((status, class, retry_after, body, truncated))
+        })
+        .await;
+        let duration = started.elapsed();
+        match result {
+            Ok(Ok((status, class, retry_after, body, truncated))) => {
+                let (output, error) = if class == OutcomeClass::Success {
+                    (Some(body), None)
+                } else {
+                    let mut text = format!("HTTP {status}");
+                    if !body.is_empty() {
+                        let _ = write!(text, ": {}", String::from_utf8_lossy(&body).trim());
+                    }
+                    if truncated {
+                        text.push_str(" …");
+                    }
+                    (None, Some(text))
+                };
+                AttemptOutcome {
+                    class,
+                    http_status: Some(status),
+                    error,
+                    output,
+                    retry_after: if class == OutcomeClass::Temporary {
+                        retry_after
+                    } else {
+                        None
+                    },
+                    duration,
+                }
+            }
+            Ok(Err(error)) => transport_failure(&error, duration),
+            Err(_) => AttemptOutcome {
+                class: OutcomeClass::Temporary,
+                http_status: None,
+                error: Some(format!(
+                    "timed out after {}",
+                    humantime::format_duration(limits.timeout)
+                )),
+                output: None,
+                retry_after: None,
+                duration,
+            },
+        }
+    }
+}
+
+/// Connection refused, reset, DNS failure, a broken response: all temporary.
+fn transport_failure(error: &reqwest::Error, duration: Duration) -> AttemptOutcome {
+    let mut text = if error.is_connect() {
+        "connection failed".to_string()
+    } else if error.is_body() || error.is_decode() {
+        "failed reading the response".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text.truncate(floor_char_boundary(&text, MAX_ERROR_BYTES));
+    AttemptOutcome {
+        class: OutcomeClass::Temporary,
+        http_status: None,
+        error: Some(text),
+        output: None,
+        retry_after: None,
+        duration,
+    }
+}
+
+fn floor_char_boundary(text: &str, max: usize) -> usize {
+    if text.len() <= max {
+        return text.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+/// Read at most `limit` bytes of the body; the rest is not read (the connection is dropped).
+async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// The protocol's request headers for one attempt.
+pub fn request_headers(call: &DueCall, attempt: u32, subscription: &str) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(12);
+    let mut put = |name: &'static str, value: String| {
+        // Every value is ASCII by construction (numbers, UUIDs, percent-encoding); a
+        // subscription name is validated at config load.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    let id = call.id.to_string();
+    put(header::PROTOCOL, protocol::PROTOCOL_VERSION.to_string());
+    put(header::IDEMPOTENCY_KEY, id.clone());
+    put(header::CALL_ID, id);
+    put(header::ATTEMPT, attempt.to_string());
+    put(header::SUBSCRIPTION, subscription.to_string());
+    put("content-type", "application/octet-stream".to_string());
+    if let Some(source) = &call.source {
+        put(
+            header::KAFKA_TOPIC,
+            protocol::encode_bytes(source.topic.as_bytes()),
+        );
+        put(header::KAFKA_PARTITION, source.partition.to_string());
+        put(header::KAFKA_OFFSET, source.offset.to_string());
+        if let Some(ts) = source.timestamp {
+            put(header::KAFKA_TIMESTAMP, ts.to_string());
+        }
+    }
+    if let Some(key) = &call.key {
+        put(header::KAFKA_KEY, protocol::encode_bytes(key));
+    }
+    if let Some(record_headers) = call.headers.as_ref().filter(|h| !h.is_empty()) {
+        put(header::KAFKA_HEADERS, record_headers.clone());
+    }
+    headers
+}

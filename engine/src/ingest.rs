@@ -1,0 +1,92 @@
+//! Turning a record (from Kafka or the admin API) into a [`NewCall`] for a subscription.
+
+use crate::config::{Ordering, SubscriptionConfig};
+use crate::model::{KafkaSource, NewCall};
+
+/// A record as it arrives, before it becomes a call. Bytes stay bytes: nothing is decoded.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub value: Vec<u8>,
+    pub key: Option<Vec<u8>>,
+    /// Already in the protocol's header text encoding.
+    pub headers: Option<String>,
+    pub source: Option<KafkaSource>,
+}
+
+/// The call a record becomes. A value above `max_payload_bytes` still becomes a call, created
+/// dead with the reason, so it is visible and never silently dropped.
+pub fn new_call(subscription: &SubscriptionConfig, record: Record) -> NewCall {
+    let ordering_key = ordering_key(
+        subscription.ordering,
+        record.key.as_deref(),
+        record.source.as_ref(),
+    );
+    let dead_reason = (record.value.len() > subscription.max_payload_bytes).then(|| {
+        format!(
+            "payload of {} bytes is above max_payload_bytes ({}); raise the limit and redrive",
+            record.value.len(),
+            subscription.max_payload_bytes
+        )
+    });
+    NewCall {
+        subscription: subscription.name.clone(),
+        target: subscription.target.clone(),
+        payload: record.value,
+        key: record.key,
+        headers: record.headers,
+        source: record.source,
+        ordering_key,
+        dead_reason,
+    }
+}
+
+/// The ordering group of a record: `k` + key in key mode, `p` + topic + NUL + partition in
+/// partition mode. Records without a key (or, in partition mode, without a partition) are
+/// not ordered.
+pub fn ordering_key(
+    mode: Ordering,
+    key: Option<&[u8]>,
+    source: Option<&KafkaSource>,
+) -> Option<Vec<u8>> {
+    match mode {
+        Ordering::Unordered => None,
+        Ordering::Key => key.map(|key| {
+            let mut group = Vec::with_capacity(key.len() + 1);
+            group.push(b'k');
+            group.extend_from_slice(key);
+            group
+        }),
+        Ordering::Partition => {
+            source.map(|s| format!("p{}\0{}", s.topic, s.partition).into_bytes())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordering_groups() {
+        let source = KafkaSource {
+            topic: "t".into(),
+            partition: 2,
+            offset: 9,
+            timestamp: None,
+        };
+        assert_eq!(
+            ordering_key(Ordering::Unordered, Some(b"a"), Some(&source)),
+            None
+        );
+        assert_eq!(
+            ordering_key(Ordering::Key, Some(b"a"), Some(&source)),
+            Some(b"ka".to_vec())
+        );
+        assert_eq!(ordering_key(Ordering::Key, None, Some(&source)), None);
+        assert_eq!(
+            ordering_key(Ordering::Partition, Some(b"a"), Some(&source)),
+            Some(b"pt\x002".to_vec())
+        );
+        assert_eq!(ordering_key(Ordering::Partition, Some(b"a"), None), None);
+    }
+}

@@ -1,0 +1,25 @@
+//! The engine: consume records, persist each as a durable call, deliver it over HTTP with
+//! retries, and let operators see and act on what failed.
+//!
+//! Layout (the path of one call, top to bottom):
+//! - [`config`]: the TOML file and its validation.
+//! - [`ingest`]: a record becomes a [`model::NewCall`] (ordering group, payload limit).
+//! - [`store`]: SQLite, one writer thread with group commit, migrations, crash recovery.
+//! - [`scheduler`]: the pure window and decisions, and the executor that runs them.
+//! - [`retry`]: backoff policy.
+//! - [`delivery`]: one HTTP attempt and its classification.
+//! - [`admin`]: the admin HTTP API.
+//! - [`engine`]: wiring and graceful shutdown.
+
+pub mod admin;
+pub mod config;
+pub mod delivery;
+pub mod engine;
+pub mod ingest;
+pub mod model;
+pub mod retry;
+pub mod scheduler;
+pub mod store;
+
+pub use config::Config;
+pub use engine::{Engine, EngineError};

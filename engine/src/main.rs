@@ -1,0 +1,92 @@
+//! The `engine` binary: a thin command line over the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use engine::{Config, Engine};
+
+/// Durable execution for Kafka records: every record becomes a call that is delivered over
+/// HTTP, retried with backoff, and kept as a dead letter when it cannot succeed.
+#[derive(Debug, Parser)]
+#[command(name = "engine", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the engine with a config file: consume, persist, deliver, serve the admin API.
+    Serve {
+        /// The TOML config file (see the configuration reference in README.md).
+        #[arg(long, short, env = "ENGINE_CONFIG", default_value = "engine.toml")]
+        config: PathBuf,
+    },
+    /// Check a config file and print what it configures, without starting anything.
+    CheckConfig {
+        #[arg(long, short, env = "ENGINE_CONFIG", default_value = "engine.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENGINE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            tokio::runtime::Runtime::new()
+                .context("cannot start the async runtime")?
+                .block_on(serve(config))
+        }
+        Command::CheckConfig { config } => {
+            let loaded = Config::load(&config)?;
+            println!("{}: ok", config.display());
+            println!("  store: {}", loaded.store.path.display());
+            println!("  admin: http://{}", loaded.admin.listen);
+            for sub in &loaded.subscriptions {
+                let source = sub.kafka.as_ref().map_or_else(
+                    || "admin API only".to_string(),
+                    |k| format!("kafka {} from {}", k.topics.join(","), k.brokers),
+                );
+                println!(
+                    "  subscription {} -> {} ({source}, ordering {:?})",
+                    sub.name, sub.target, sub.ordering
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let engine = Engine::start(config).await?;
+    eprintln!("engine: admin API on http://{}", engine.admin_addr());
+    engine.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down: finishing attempts in flight");
+}

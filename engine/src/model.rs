@@ -1,0 +1,172 @@
+//! The call and attempt records shared by the store, the scheduler and the admin API.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// Milliseconds since the Unix epoch: the engine's one time unit on disk.
+pub type Millis = i64;
+
+/// The current wall-clock time in [`Millis`].
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// Lifecycle of a call. `succeeded`, `dead` and `cancelled` are terminal, though an operator
+/// may redrive a dead call back to `pending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Dead,
+    Cancelled,
+}
+
+impl CallStatus {
+    pub const ALL: [CallStatus; 5] = [
+        Self::Pending,
+        Self::Running,
+        Self::Succeeded,
+        Self::Dead,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CallStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown status `{s}` (expected pending, running, succeeded, dead or cancelled)"))
+    }
+}
+
+/// Where a record came from in Kafka. Calls enqueued directly have none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KafkaSource {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Record timestamp, if the record had one.
+    pub timestamp: Option<Millis>,
+}
+
+/// A call about to be created, from a Kafka record or a direct enqueue.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    pub subscription: String,
+    pub target: String,
+    pub payload: Vec<u8>,
+    /// The record key; `None` for a null key.
+    pub key: Option<Vec<u8>>,
+    /// The record's headers in the protocol's text encoding, `None` when there are none.
+    pub headers: Option<String>,
+    pub source: Option<KafkaSource>,
+    /// Calls with the same ordering key in one subscription run one at a time, in order.
+    pub ordering_key: Option<Vec<u8>>,
+    /// When set, the call is created already dead with this reason (for example a payload
+    /// above the configured maximum): recorded, visible and redrivable, never dropped.
+    pub dead_reason: Option<String>,
+}
+
+/// What the store did with one [`NewCall`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// A new call with this id.
+    New(uuid::Uuid),
+    /// The same (subscription, topic, partition, offset) was already stored.
+    Duplicate,
+}
+
+/// A call as loaded for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueCall {
+    pub seq: i64,
+    pub id: uuid::Uuid,
+    pub target: String,
+    pub payload: Vec<u8>,
+    pub key: Option<Vec<u8>>,
+    pub headers: Option<String>,
+    pub source: Option<KafkaSource>,
+    pub ordering_key: Option<Vec<u8>>,
+    /// Attempts made so far, including an interrupted one.
+    pub attempts: u32,
+    pub next_attempt_at: Millis,
+    pub created_at: Millis,
+}
+
+/// The result of one delivery attempt, ready to be recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub started_at: Millis,
+    pub duration_ms: i64,
+    /// `success`, `temporary`, `permanent` or `interrupted`.
+    pub outcome: &'static str,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// The state a call moves to after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Succeeded { output: Option<Vec<u8>> },
+    Retry { at: Millis, error: String },
+    Dead { error: String },
+}
+
+/// A stored call, as shown to operators.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallView {
+    pub id: uuid::Uuid,
+    pub subscription: String,
+    pub target: String,
+    pub status: CallStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    #[serde(skip)]
+    pub key: Option<Vec<u8>>,
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    #[serde(skip)]
+    pub output: Option<Vec<u8>>,
+    pub headers: Option<String>,
+    pub source: Option<KafkaSource>,
+    pub history: Vec<AttemptView>,
+}
+
+/// One attempt of a call, as shown to operators.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub started_at: Millis,
+    pub duration_ms: i64,
+    pub outcome: String,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+}

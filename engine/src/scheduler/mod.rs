@@ -1,0 +1,305 @@
+//! Scheduling: which call runs next, and what happens after each attempt.
+//!
+//! - [`window`]: the pure in-memory window with ordering groups.
+//! - [`decide`]: the pure decision after an attempt (retry, succeed, dead).
+//! - this module: the executor, one task per subscription, doing the I/O the pure parts ask
+//!   for: loading from the store, delivering over HTTP, recording outcomes.
+
+pub mod decide;
+pub mod window;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+pub use decide::{decide, AttemptOutcome};
+use window::{Completion, GroupLoad, Window};
+
+use crate::config::{OnDead, SubscriptionConfig};
+use crate::delivery::{Deliverer, DeliveryLimits};
+use crate::model::{now_millis, AttemptRecord, DueCall, Millis, Transition};
+use crate::store::{Store, StoreError};
+
+/// Calls waiting behind each group's head in memory.
+const GROUP_QUEUE: usize = 8;
+/// Most calls read from the store at once.
+const LOAD_BATCH: usize = 1000;
+
+/// Live figures of one subscription's scheduler, read by stats and the status line.
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    pub succeeded: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub in_memory: AtomicU64,
+    pub waiting_retry: AtomicU64,
+}
+
+struct Finished {
+    call: Arc<DueCall>,
+    attempt: u32,
+    started_at: Millis,
+    outcome: AttemptOutcome,
+}
+
+/// Runs the calls of one subscription until `shutdown` turns true.
+pub struct Scheduler {
+    subscription: Arc<SubscriptionConfig>,
+    store: Store,
+    deliverer: Deliverer,
+    window: Window,
+    /// Every pending call with `seq <= cursor` has been offered to the window.
+    cursor: i64,
+    in_flight: usize,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    finished_rx: mpsc::UnboundedReceiver<Finished>,
+    stats: Arc<SchedulerStats>,
+    retry_count_at: Instant,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("subscription", &self.subscription.name)
+            .field("cursor", &self.cursor)
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    pub fn new(subscription: Arc<SubscriptionConfig>, store: Store, deliverer: Deliverer) -> Self {
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        Self {
+            window: Window::new(subscription.window, GROUP_QUEUE),
+            subscription,
+            store,
+            deliverer,
+            cursor: 0,
+            in_flight: 0,
+            finished_tx,
+            finished_rx,
+            stats: Arc::default(),
+            retry_count_at: Instant::now(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<SchedulerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The main loop. On shutdown, attempts in flight get up to `grace` to finish; any still
+    /// running after that are left to crash recovery at the next start.
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) -> Result<(), StoreError> {
+        let mut committed = self.store.committed_seq();
+        loop {
+            self.fill(&committed).await?;
+            self.dispatch();
+            self.publish_stats();
+            let next_due = self.window.next_due();
+            let can_dispatch = self.in_flight < self.subscription.max_concurrency;
+            let wake_at = next_due.map(|at| instant_at(at, now_millis()));
+            let may_load = self.window.has_room();
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(finished) = self.finished_rx.recv() => self.on_finished(finished).await?,
+                Ok(()) = committed.changed(), if may_load => {}
+                () = sleep_until_opt(wake_at), if can_dispatch && wake_at.is_some() => {}
+            }
+        }
+        let deadline = Instant::now() + grace;
+        while self.in_flight > 0 {
+            match tokio::time::timeout_at(deadline, self.finished_rx.recv()).await {
+                Ok(Some(finished)) => self.on_finished(finished).await?,
+                _ => break,
+            }
+        }
+        if self.in_flight > 0 {
+            tracing::warn!(subscription = %self.subscription.name, calls = self.in_flight, "left attempts in flight at shutdown; they run again at the next start");
+        }
+        self.publish_stats();
+        Ok(())
+    }
+
+    /// Offer new pending calls from the store while the window has room.
+    async fn fill(&mut self, committed: &watch::Receiver<i64>) -> Result<(), StoreError> {
+        while self.window.has_room() {
+            let committed_now = *committed.borrow();
+            if self.cursor >= committed_now {
+                return Ok(());
+            }
+            let room = self
+                .subscription
+                .window
+                .saturating_sub(self.window.len())
+                .clamp(1, LOAD_BATCH);
+            let calls = self
+                .store
+                .pending_after(&self.subscription.name, self.cursor, room)
+                .await?;
+            let exhausted = calls.len() < room;
+            for call in calls {
+                self.cursor = call.seq;
+                let blocked = self.blocked_by_dead(&call).await?;
+                self.window.offer(call, blocked);
+            }
+            if exhausted {
+                self.cursor = self.cursor.max(committed_now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Under `on_dead = block`, a group this window does not know may be blocked in the store.
+    async fn blocked_by_dead(&self, call: &DueCall) -> Result<bool, StoreError> {
+        match &call.ordering_key {
+            Some(key)
+                if self.subscription.on_dead == OnDead::Block && !self.window.knows_group(key) =>
+            {
+                self.store
+                    .blocked_by_dead(&self.subscription.name, key.clone(), call.seq)
+                    .await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Start attempts for due calls, up to the concurrency limit.
+    fn dispatch(&mut self) {
+        let now = now_millis();
+        while self.in_flight < self.subscription.max_concurrency {
+            let Some((call, attempt)) = self.window.pop_due(now) else {
+                return;
+            };
+            if let Err(error) = self.store.start_attempt(call.seq, attempt, now) {
+                tracing::error!(%error, "cannot record an attempt start");
+            }
+            self.in_flight += 1;
+            let deliverer = self.deliverer.clone();
+            let finished = self.finished_tx.clone();
+            let subscription = Arc::clone(&self.subscription);
+            tokio::spawn(async move {
+                let limits = DeliveryLimits {
+                    timeout: subscription.timeout,
+                    max_output_bytes: subscription.max_output_bytes,
+                };
+                let outcome = deliverer
+                    .deliver(&call, attempt, &subscription.name, limits)
+                    .await;
+                let _ = finished.send(Finished {
+                    call,
+                    attempt,
+                    started_at: now,
+                    outcome,
+                });
+            });
+        }
+    }
+
+    async fn on_finished(&mut self, finished: Finished) -> Result<(), StoreError> {
+        self.in_flight -= 1;
+        let Finished {
+            call,
+            attempt,
+            started_at,
+            outcome,
+        } = finished;
+        let now = now_millis();
+        let random = rand::rng().random::<f64>();
+        let transition = decide(
+            &self.subscription.retry,
+            &outcome,
+            attempt,
+            call.created_at,
+            now,
+            random,
+        );
+        let record = AttemptRecord {
+            attempt,
+            started_at,
+            duration_ms: outcome.duration.as_millis() as i64,
+            outcome: outcome.class.as_str(),
+            http_status: outcome.http_status,
+            error: outcome.error.clone(),
+        };
+        let load = match &transition {
+            Transition::Succeeded { .. } => {
+                self.stats.succeeded.fetch_add(1, Relaxed);
+                self.window.complete(call.seq, Completion::Done)
+            }
+            Transition::Retry { at, error } => {
+                self.stats.retried.fetch_add(1, Relaxed);
+                tracing::debug!(call = %call.id, attempt, %error, retry_in_ms = at - now, "attempt failed; will retry");
+                self.window.retry(call.seq, *at);
+                None
+            }
+            Transition::Dead { error } => {
+                self.stats.dead.fetch_add(1, Relaxed);
+                tracing::info!(call = %call.id, attempt, %error, "call is dead");
+                let how = if self.subscription.on_dead == OnDead::Block {
+                    Completion::BlocksGroup
+                } else {
+                    Completion::Done
+                };
+                self.window.complete(call.seq, how)
+            }
+        };
+        self.store.finish_attempt(call.seq, record, transition)?;
+        if let Some(load) = load {
+            self.load_group(load).await?;
+        }
+        Ok(())
+    }
+
+    async fn load_group(&mut self, load: GroupLoad) -> Result<(), StoreError> {
+        let limit = GROUP_QUEUE + 1;
+        let calls = self
+            .store
+            .next_in_group(
+                &self.subscription.name,
+                load.ordering_key.clone(),
+                load.after_seq,
+                self.cursor,
+                limit,
+            )
+            .await?;
+        let complete = calls.len() < limit;
+        self.window
+            .group_loaded(&load.ordering_key, calls, complete);
+        Ok(())
+    }
+
+    fn publish_stats(&mut self) {
+        self.stats.in_flight.store(self.in_flight as u64, Relaxed);
+        self.stats
+            .in_memory
+            .store(self.window.len() as u64, Relaxed);
+        // Counting retries walks the window: do it a few times a second, not per event.
+        if self.retry_count_at.elapsed() >= Duration::from_millis(250) {
+            self.retry_count_at = Instant::now();
+            self.stats
+                .waiting_retry
+                .store(self.window.retrying() as u64, Relaxed);
+        }
+    }
+}
+
+fn instant_at(at: Millis, now: Millis) -> Instant {
+    Instant::now() + Duration::from_millis((at - now).max(0) as u64)
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

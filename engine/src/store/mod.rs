@@ -1,0 +1,404 @@
+//! The durable call store: one SQLite file, one writer thread with group commit, and a small
+//! pool of read connections.
+//!
+//! - [`schema`]: versioned migrations.
+//! - `writer`: the group-commit thread; every change goes through it.
+//! - `read`: the queries the scheduler and the admin API run.
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so a transaction is on disk when its
+//! commit returns. See `docs/durability.md`.
+
+mod read;
+pub mod schema;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use tokio::sync::{oneshot, watch};
+
+pub use read::StatusCounts;
+use writer::Command;
+pub use writer::{WriterOptions, WriterStats};
+
+use crate::model::{
+    now_millis, AttemptRecord, CallView, DueCall, Inserted, Millis, NewCall, Transition,
+};
+use std::collections::BTreeMap;
+
+/// Everything that can go wrong with the store, with enough context to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path} is read-only: the engine needs to write to it and to its directory (for the -wal and -shm files)")]
+    ReadOnly { path: PathBuf },
+    #[error("database {path} is in use by another engine process (it holds the lock on {lock}); stop that process or use another database file")]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error("database schema version {found} is newer than this engine supports ({supported}); upgrade the engine")]
+    NewerSchema { found: i64, supported: i64 },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store write failed: {0}")]
+    Write(String),
+    #[error("the store is shut down")]
+    Closed,
+}
+
+/// Options for [`Store::open`].
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    pub writer: WriterOptions,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            writer: WriterOptions {
+                max_batch: 4096,
+                commit_interval: Duration::from_millis(1),
+            },
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Option<Sender<Command>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    committed_seq: watch::Receiver<i64>,
+    stats: Arc<WriterStats>,
+    /// Held for the life of the store: a second engine on the same file refuses to start.
+    _lock: File,
+}
+
+impl Store {
+    /// Open (or create) the database, migrate it, and recover calls left `running` by a
+    /// previous process.
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let lock = lock_file(&path)?;
+        let mut conn = open_connection(&path, false)?;
+        schema::migrate(&mut conn).map_err(|e| classify_open_error(&path, e))?;
+        let recovered =
+            recover_interrupted(&mut conn).map_err(|e| classify_open_error(&path, e.into()))?;
+        if recovered > 0 {
+            tracing::warn!(
+                calls = recovered,
+                "rescheduled calls that were running when the engine stopped"
+            );
+        }
+        let max_seq: i64 =
+            conn.query_row("SELECT coalesce(max(seq), 0) FROM calls", [], |r| r.get(0))?;
+        let (seq_tx, seq_rx) = watch::channel(max_seq);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(WriterStats::default());
+        let writer_stats = Arc::clone(&stats);
+        let writer_options = options.writer;
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer::run(conn, &rx, writer_options, &seq_tx, &writer_stats))
+            .map_err(|e| StoreError::Write(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(Some(tx)),
+                writer_thread: Mutex::new(Some(thread)),
+                readers: Mutex::new(Vec::new()),
+                committed_seq: seq_rx,
+                stats,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Group-commit figures.
+    pub fn writer_stats(&self) -> &WriterStats {
+        &self.inner.stats
+    }
+
+    /// The highest call sequence number known to be durable. Changes when calls are created.
+    pub fn committed_seq(&self) -> watch::Receiver<i64> {
+        self.inner.committed_seq.clone()
+    }
+
+    fn send(&self, command: Command) -> Result<(), StoreError> {
+        let writer = self.inner.writer.lock().expect("writer lock");
+        writer
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(command)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Create calls; returns once they are durable. A call whose (subscription, topic,
+    /// partition, offset) is already stored is reported as [`Inserted::Duplicate`].
+    pub async fn insert(&self, calls: Vec<NewCall>) -> Result<Vec<Inserted>, StoreError> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::Insert { calls, reply })?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Record that an attempt started. Not awaited (see `docs/durability.md`).
+    pub fn start_attempt(&self, seq: i64, attempt: u32, at: Millis) -> Result<(), StoreError> {
+        self.send(Command::Start { seq, attempt, at })
+    }
+
+    /// Record an attempt's outcome and the call's next state. Not awaited.
+    pub fn finish_attempt(
+        &self,
+        seq: i64,
+        attempt: AttemptRecord,
+        transition: Transition,
+    ) -> Result<(), StoreError> {
+        self.send(Command::Finish {
+            seq,
+            attempt,
+            transition,
+        })
+    }
+
+    /// Delete succeeded and cancelled calls last changed before `before`.
+    pub async fn purge(&self, before: Millis) -> Result<usize, StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::Purge { before, reply })?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Wait until every change sent so far is durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::Barrier { reply })?;
+        wait.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Stop the writer after it has made every queued change durable.
+    pub fn close(&self) {
+        self.inner.writer.lock().expect("writer lock").take();
+        if let Some(thread) = self.inner.writer_thread.lock().expect("thread lock").take() {
+            if thread.join().is_err() {
+                tracing::error!("the store writer thread panicked");
+            }
+        }
+    }
+
+    /// Run a read-only query on a pooled connection, off the async runtime.
+    pub async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let conn = match inner.readers.lock().expect("readers lock").pop() {
+                Some(conn) => conn,
+                None => open_connection(&inner.path, true)?,
+            };
+            let result = query(&conn);
+            inner.readers.lock().expect("readers lock").push(conn);
+            Ok(result?)
+        })
+        .await
+        .map_err(|e| StoreError::Write(format!("read task failed: {e}")))?
+    }
+}
+
+/// Queries.
+impl Store {
+    /// Pending calls of `subscription` created after `after_seq`, in creation order.
+    pub async fn pending_after(
+        &self,
+        subscription: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<DueCall>, StoreError> {
+        let subscription = subscription.to_owned();
+        self.read(move |c| read::pending_after(c, &subscription, after_seq, limit))
+            .await
+    }
+
+    /// The next pending calls of an ordering group in `(after_seq, up_to_seq]`.
+    pub async fn next_in_group(
+        &self,
+        subscription: &str,
+        ordering_key: Vec<u8>,
+        after_seq: i64,
+        up_to_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<DueCall>, StoreError> {
+        let subscription = subscription.to_owned();
+        self.read(move |c| {
+            read::next_in_group(c, &subscription, &ordering_key, after_seq, up_to_seq, limit)
+        })
+        .await
+    }
+
+    /// Whether a call of the group before `before_seq` is dead.
+    pub async fn blocked_by_dead(
+        &self,
+        subscription: &str,
+        ordering_key: Vec<u8>,
+        before_seq: i64,
+    ) -> Result<bool, StoreError> {
+        let subscription = subscription.to_owned();
+        self.read(move |c| read::blocked_by_dead(c, &subscription, &ordering_key, before_seq))
+            .await
+    }
+
+    /// One call with its attempts.
+    pub async fn call(&self, id: uuid::Uuid) -> Result<Option<CallView>, StoreError> {
+        self.read(move |c| read::call_by_id(c, &id)).await
+    }
+
+    /// Counts by status, per subscription.
+    pub async fn counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError> {
+        self.read(read::counts).await
+    }
+
+    /// Calls of one subscription that are pending or running.
+    pub async fn open_calls(&self, subscription: &str) -> Result<u64, StoreError> {
+        let subscription = subscription.to_owned();
+        self.read(move |c| read::open_calls(c, &subscription)).await
+    }
+}
+
+fn lock_file(path: &Path) -> Result<File, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                StoreError::ReadOnly {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                StoreError::Write(format!(
+                    "cannot create lock file {}: {e}",
+                    lock_path.display()
+                ))
+            }
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: path.to_path_buf(),
+            lock: lock_path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Write(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
+}
+
+fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    if !read_only {
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(|e| classify_open_error(path, e.into()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Write(format!(
+                "{} cannot use WAL journaling (got {mode})",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    Ok(conn)
+}
+
+fn classify_open_error(path: &Path, error: StoreError) -> StoreError {
+    match error {
+        StoreError::Sqlite(e) if e.sqlite_error_code() == Some(ErrorCode::ReadOnly) => {
+            StoreError::ReadOnly {
+                path: path.to_path_buf(),
+            }
+        }
+        StoreError::Sqlite(source) => StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// Calls found `running` were interrupted by a crash: record the interrupted attempt and
+/// make them due now.
+fn recover_interrupted(conn: &mut Connection) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let now = now_millis();
+    let running: Vec<(i64, u32, Millis)> = tx
+        .prepare("SELECT seq, attempts, updated_at FROM calls WHERE status = 'running'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (seq, attempt, started_at) in &running {
+        writer::record_attempt(
+            &tx,
+            *seq,
+            &AttemptRecord {
+                attempt: *attempt,
+                started_at: *started_at,
+                duration_ms: (now - started_at).max(0),
+                outcome: "interrupted",
+                http_status: None,
+                error: Some("the engine stopped during this attempt".into()),
+            },
+        )?;
+    }
+    tx.execute(
+        "UPDATE calls SET status = 'pending', next_attempt_at = ?1, updated_at = ?1 WHERE status = 'running'",
+        [now],
+    )?;
+    tx.commit()?;
+    Ok(running.len())
+}
+
+impl From<Inserted> for Option<uuid::Uuid> {
+    fn from(value: Inserted) -> Self {
+        match value {
+            Inserted::New(id) => Some(id),
+            Inserted::Duplicate => None,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Read queries, run on pooled read-only connections.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use crate::model::{AttemptView, CallStatus, CallView, DueCall, KafkaSource};
+
+const DUE_COLUMNS: &str = r#"seq, id, target, payload, kafka_key, headers, topic, partition, "offset",
+    timestamp_ms, ordering_key, attempts, next_attempt_at, created_at"#;
+
+fn source_from(row: &Row<'_>, first: usize) -> rusqlite::Result<Option<KafkaSource>> {
+    let topic: Option<String> = row.get(first)?;
+    Ok(match topic {
+        Some(topic) => Some(KafkaSource {
+            topic,
+            partition: row.get(first + 1)?,
+            offset: row.get(first + 2)?,
+            timestamp: row.get(first + 3)?,
+        }),
+        None => None,
+    })
+}
+
+fn parse_id(text: &str, column: usize) -> rusqlite::Result<uuid::Uuid> {
+    uuid::Uuid::parse_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn due_call(row: &Row<'_>) -> rusqlite::Result<DueCall> {
+    Ok(DueCall {
+        seq: row.get(0)?,
+        id: parse_id(&row.get::<_, String>(1)?, 1)?,
+        target: row.get(2)?,
+        payload: row.get(3)?,
+        key: row.get(4)?,
+        headers: row.get(5)?,
+        source: source_from(row, 6)?,
+        ordering_key: row.get(10)?,
+        attempts: row.get(11)?,
+        next_attempt_at: row.get(12)?,
+        created_at: row.get(13)?,
+    })
+}
+
+/// Pending calls of `subscription` created after `after_seq`, in creation order.
+pub(crate) fn pending_after(
+    conn: &Connection,
+    subscription: &str,
+    after_seq: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<DueCall>> {
+    conn.prepare_cached(&format!(
+        "SELECT {DUE_COLUMNS} FROM calls
+         WHERE subscription = ?1 AND status = 'pending' AND seq > ?2
+         ORDER BY seq LIMIT ?3"
+    ))?
+    .query_map(params![subscription, after_seq, limit as i64], due_call)?
+    .collect()
+}
+
+/// The next pending calls of an ordering group in `(after_seq, up_to_seq]`, in order.
+pub(crate) fn next_in_group(
+    conn: &Connection,
+    subscription: &str,
+    ordering_key: &[u8],
+    after_seq: i64,
+    up_to_seq: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<DueCall>> {
+    conn.prepare_cached(&format!(
+        "SELECT {DUE_COLUMNS} FROM calls
+         WHERE subscription = ?1 AND ordering_key = ?2 AND seq > ?3 AND seq <= ?4 AND status = 'pending'
+         ORDER BY seq LIMIT ?5"
+    ))?
+    .query_map(params![subscription, ordering_key, after_seq, up_to_seq, limit as i64], due_call)?
+    .collect()
+}
+
+/// Whether an earlier call of the group is dead (it blocks the group under `on_dead = block`).
+pub(crate) fn blocked_by_dead(
+    conn: &Connection,
+    subscription: &str,
+    ordering_key: &[u8],
+    before_seq: i64,
+) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM calls
+         WHERE subscription = ?1 AND ordering_key = ?2 AND seq < ?3 AND status = 'dead')",
+    )?
+    .query_row(params![subscription, ordering_key, before_seq], |r| {
+        r.get(0)
+    })
+}
+
+/// One call with its attempt history.
+pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result<Option<CallView>> {
+    let found = conn
+        .prepare_cached(
+            r#"SELECT seq, id, subscription, target, status, attempts, next_attempt_at, last_error,
+                      created_at, updated_at, kafka_key, payload, output, headers,
+                      topic, partition, "offset", timestamp_ms
+               FROM calls WHERE id = ?1"#,
+        )?
+        .query_row([id.to_string()], |row| {
+            let status: String = row.get(4)?;
+            let status: CallStatus = status.parse().map_err(|e: String| {
+                rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into())
+            })?;
+            let seq: i64 = row.get(0)?;
+            Ok((
+                seq,
+                CallView {
+                    id: parse_id(&row.get::<_, String>(1)?, 1)?,
+                    subscription: row.get(2)?,
+                    target: row.get(3)?,
+                    next_attempt_at: (status == CallStatus::Pending)
+                        .then(|| row.get(6))
+                        .transpose()?,
+                    status,
+                    attempts: row.get(5)?,
+                    last_error: row.get(7)?,
+                    created_at: row.get(8)?,
+                    updated_at: row.get(9)?,
+                    key: row.get(10)?,
+                    payload: row.get(11)?,
+                    output: row.get(12)?,
+                    headers: row.get(13)?,
+                    source: source_from(row, 14)?,
+                    history: Vec::new(),
+                },
+            ))
+        })
+        .optional()?;
+    let Some((seq, mut call)) = found else {
+        return Ok(None);
+    };
+    call.history = conn
+        .prepare_cached(
+            "SELECT attempt, started_at, duration_ms, outcome, http_status, error
+             FROM attempts WHERE call_seq = ?1 ORDER BY attempt",
+        )?
+        .query_map([seq], |r| {
+            Ok(AttemptView {
+                attempt: r.get(0)?,
+                started_at: r.get(1)?,
+                duration_ms: r.get(2)?,
+                outcome: r.get(3)?,
+                http_status: r.get(4)?,
+                error: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(call))
+}
+
+/// Number of calls in each status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StatusCounts {
+    pub pending: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+impl StatusCounts {
+    fn add(&mut self, status: CallStatus, n: u64) {
+        match status {
+            CallStatus::Pending => self.pending += n,
+            CallStatus::Running => self.running += n,
+            CallStatus::Succeeded => self.succeeded += n,
+            CallStatus::Dead => self.dead += n,
+            CallStatus::Cancelled => self.cancelled += n,
+        }
+    }
+
+    /// Calls not yet in a terminal state.
+    pub fn open(&self) -> u64 {
+        self.pending + self.running
+    }
+}
+
+/// Counts by status for each subscription that has calls.
+pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, StatusCounts>> {
+    let mut out: BTreeMap<String, StatusCounts> = BTreeMap::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT subscription, status, count(*) FROM calls GROUP BY subscription, status",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (subscription, status, n) = row?;
+        if let Ok(status) = status.parse() {
+            out.entry(subscription).or_default().add(status, n as u64);
+        }
+    }
+    Ok(out)
+}
+
+/// Number of calls of one subscription that are not terminal.
+pub(crate) fn open_calls(conn: &Connection, subscription: &str) -> rusqlite::Result<u64> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM calls WHERE subscription = ?1 AND status IN ('pending', 'running')",
+    )?
+    .query_row([subscription], |r| r.get::<_, i64>(0))
+    .map(|n| n as u64)
+}

@@ -1,0 +1,74 @@
+//! Versioned schema migrations, tracked in SQLite's `user_version`.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migration `i` brings the schema from version `i` to `i + 1`. Append only: never edit a
+/// migration that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: calls and their attempts.
+    r#"
+    CREATE TABLE calls (
+        seq             INTEGER PRIMARY KEY,   -- creation order; offset order within a partition
+        id              TEXT    NOT NULL,      -- UUID v7, stable across attempts
+        subscription    TEXT    NOT NULL,
+        target          TEXT    NOT NULL,
+        ordering_key    BLOB,                  -- NULL: no ordering constraint
+        payload         BLOB    NOT NULL,
+        kafka_key       BLOB,
+        headers         TEXT,                  -- protocol text encoding of the record headers
+        topic           TEXT,
+        partition       INTEGER,
+        "offset"        INTEGER,
+        timestamp_ms    INTEGER,
+        status          TEXT    NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        last_error      TEXT,
+        output          BLOB,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX calls_id ON calls (id);
+    -- One call per record: NULLs are distinct, so direct calls (no offset) never collide.
+    CREATE UNIQUE INDEX calls_source ON calls (subscription, topic, partition, "offset");
+    CREATE INDEX calls_pending ON calls (subscription, seq) WHERE status = 'pending';
+    CREATE INDEX calls_group ON calls (subscription, ordering_key, seq)
+        WHERE ordering_key IS NOT NULL AND status IN ('pending', 'running', 'dead');
+    CREATE INDEX calls_status ON calls (status, updated_at);
+
+    CREATE TABLE attempts (
+        call_seq    INTEGER NOT NULL,
+        attempt     INTEGER NOT NULL,
+        started_at  INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        outcome     TEXT    NOT NULL,
+        http_status INTEGER,
+        error       TEXT,
+        PRIMARY KEY (call_seq, attempt)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Bring the database to [`LATEST`], refusing a database written by a newer build.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if current > LATEST {
+        return Err(StoreError::NewerSchema {
+            found: current,
+            supported: LATEST,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(version = version + 1, "applied schema migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! The single writer thread: every change to the database goes through here, and many
+//! changes share one transaction (group commit).
+//!
+//! A batch is closed when it holds `max_batch` rows or when `commit_interval` has passed
+//! since its first command. Replies are sent only after the batch is durable, so a caller
+//! that awaits its reply knows its rows survive a crash.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use tokio::sync::{oneshot, watch};
+
+use super::StoreError;
+use crate::model::{now_millis, AttemptRecord, Inserted, Millis, NewCall, Transition};
+
+/// A change for the writer to make.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Insert {
+        calls: Vec<NewCall>,
+        reply: oneshot::Sender<Result<Vec<Inserted>, StoreError>>,
+    },
+    /// An attempt has started. Not awaited: if it is lost in a crash, the call is simply
+    /// still `pending` on restart.
+    Start { seq: i64, attempt: u32, at: Millis },
+    Finish {
+        seq: i64,
+        attempt: AttemptRecord,
+        transition: Transition,
+    },
+    Purge {
+        before: Millis,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    /// Replies once every command sent before it is durable.
+    Barrier { reply: oneshot::Sender<()> },
+}
+
+impl Command {
+    fn rows(&self) -> usize {
+        match self {
+            Self::Insert { calls, .. } => calls.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// Tuning of the group commit.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    pub max_batch: usize,
+    pub commit_interval: Duration,
+}
+
+/// Figures about the writer, for stats and metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub commits: std::sync::atomic::AtomicU64,
+    pub rows: std::sync::atomic::AtomicU64,
+    pub commit_micros: std::sync::atomic::AtomicU64,
+    /// Set while the last commit failed (for example a full disk).
+    pub failing: std::sync::atomic::AtomicBool,
+}
+
+pub(crate) fn run(
+    mut conn: Connection,
+    commands: &Receiver<Command>,
+    options: WriterOptions,
+    committed_seq: &watch::Sender<i64>,
+    stats: &WriterStats,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    while let Ok(first) = commands.recv() {
+        let mut rows = first.rows();
+        let mut batch = vec![first];
+        let deadline = Instant::now() + options.commit_interval;
+        while rows < options.max_batch {
+            match commands.recv_deadline(deadline) {
+                Ok(command) => {
+                    rows += command.rows();
+                    batch.push(command);
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+
+        let mut delay = Duration::from_millis(50);
+        let outcome = loop {
+            let started = Instant::now();
+            match apply(&mut conn, &batch) {
+                Ok(outcome) => {
+                    stats.commits.fetch_add(1, Relaxed);
+                    stats.rows.fetch_add(rows as u64, Relaxed);
+                    stats
+                        .commit_micros
+                        .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+                    if stats.failing.swap(false, Relaxed) {
+                        tracing::warn!("store writes succeed again");
+                    }
+                    break Ok(outcome);
+                }
+                Err(error) if is_transient(&error) => {
+                    // Keep the batch and its callers waiting: nothing is acknowledged that is
+                    // not durable, so ingestion stops until the disk recovers.
+                    if !stats.failing.swap(true, Relaxed) || delay >= Duration::from_secs(5) {
+                        tracing::error!(%error, retry_in = ?delay, "store write failed; holding {} commands until it succeeds", batch.len());
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "store write failed permanently; failing {} commands", batch.len());
+                    break Err(error);
+                }
+            }
+        };
+        reply(batch, outcome, committed_seq);
+    }
+}
+
+/// Errors that may heal by themselves: a full disk, I/O trouble, a lock held for a while.
+fn is_transient(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+        )
+    )
+}
+
+/// What a successful batch produced, indexed like the batch.
+struct Applied {
+    inserted: Vec<Vec<Inserted>>,
+    purged: Vec<usize>,
+    max_seq: Option<i64>,
+}
+
+fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut applied = Applied {
+        inserted: Vec::new(),
+        purged: Vec::new(),
+        max_seq: None,
+    };
+    let now = now_millis();
+    for command in batch {
+        match command {
+            Command::Insert { calls, .. } => {
+                let mut results = Vec::with_capacity(calls.len());
+                for call in calls {
+                    let (inserted, seq) = insert_call(&tx, call, now)?;
+                    if let Some(seq) = seq {
+                        applied.max_seq = Some(applied.max_seq.map_or(seq, |m| m.max(seq)));
+                    }
+                    results.push(inserted);
+                }
+                applied.inserted.push(results);
+            }
+            Command::Start { seq, attempt, at } => {
+                tx.prepare_cached(
+                    "UPDATE calls SET status = 'running', attempts = ?2, updated_at = ?3
+                     WHERE seq = ?1 AND status = 'pending'",
+                )?
+                .execute(params![seq, attempt, at])?;
+            }
+            Command::Finish {
+                seq,
+                attempt,
+                transition,
+            } => finish_call(&tx, *seq, attempt, transition, now)?,
+            Command::Purge { before, .. } => applied.purged.push(purge(&tx, *before)?),
+            Command::Barrier { .. } => {}
+        }
+    }
+    tx.commit()?;
+    Ok(applied)
+}
+
+fn insert_call(
+    tx: &rusqlite::Transaction<'_>,
+    call: &NewCall,
+    now: Millis,
+) -> rusqlite::Result<(Inserted, Option<i64>)> {
+    let id = uuid::Uuid::now_v7();
+    let (status, last_error) = match &call.dead_reason {
+        Some(reason) => ("dead", Some(reason.as_str())),
+        None => ("pending", None),
+    };
+    let source = call.source.as_ref();
+    let seq: Option<i64> = tx
+        .prepare_cached(
+            r#"INSERT INTO calls (id, subscription, target, ordering_key, payload, kafka_key, headers,
+                   topic, partition, "offset", timestamp_ms, status, attempts, next_attempt_at,
+                   last_error, created_at, updated_at)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?13, ?13)
+               ON CONFLICT DO NOTHING
+               RETURNING seq"#,
+        )?
+        .query_row(
+            params![
+                id.to_string(),
+                call.subscription,
+                call.target,
+                call.ordering_key,
+                call.payload,
+                call.key,
+                call.headers,
+                source.map(|s| &s.topic),
+                source.map(|s| s.partition),
+                source.map(|s| s.offset),
+                source.and_then(|s| s.timestamp),
+                status,
+                now,
+                last_error,
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(match seq {
+        Some(seq) => (Inserted::New(id), Some(seq)),
+        None => (Inserted::Duplicate, None),
+    })
+}
+
+fn finish_call(
+    tx: &rusqlite::Transaction<'_>,
+    seq: i64,
+    attempt: &AttemptRecord,
+    transition: &Transition,
+    now: Millis,
+) -> rusqlite::Result<()> {
+    record_attempt(tx, seq, attempt)?;
+    // Only a running call moves on: an operator may have cancelled it meanwhile.
+    let mut update = tx.prepare_cached(
+        "UPDATE calls SET status = ?2, next_attempt_at = ?3, last_error = ?4,
+                output = coalesce(?5, output), attempts = max(attempts, ?6), updated_at = ?7
+         WHERE seq = ?1 AND status IN ('running', 'pending')",
+    )?;
+    match transition {
+        Transition::Succeeded { output } => {
+            update.execute(params![
+                seq,
+                "succeeded",
+                now,
+                None::<String>,
+                output,
+                attempt.attempt,
+                now
+            ])?;
+        }
+        Transition::Retry { at, error } => {
+            update.execute(params![
+                seq,
+                "pending",
+                at,
+                error,
+                None::<Vec<u8>>,
+                attempt.attempt,
+                now
+            ])?;
+        }
+        Transition::Dead { error } => {
+            update.execute(params![
+                seq,
+                "dead",
+                now,
+                error,
+                None::<Vec<u8>>,
+                attempt.attempt,
+                now
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn record_attempt(
+    tx: &rusqlite::Transaction<'_>,
+    seq: i64,
+    attempt: &AttemptRecord,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO attempts (call_seq, attempt, started_at, duration_ms, outcome, http_status, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        seq,
+        attempt.attempt,
+        attempt.started_at,
+        attempt.duration_ms,
+        attempt.outcome,
+        attempt.http_status,
+        attempt.error,
+    ])?;
+    Ok(())
+}
+
+/// Delete succeeded and cancelled calls last changed before `before`, with their attempts.
+fn purge(tx: &rusqlite::Transaction<'_>, before: Millis) -> rusqlite::Result<usize> {
+    tx.execute(
+        "DELETE FROM attempts WHERE call_seq IN (
+             SELECT seq FROM calls WHERE status IN ('succeeded', 'cancelled') AND updated_at < ?1)",
+        [before],
+    )?;
+    tx.execute(
+        "DELETE FROM calls WHERE status IN ('succeeded', 'cancelled') AND updated_at < ?1",
+        [before],
+    )
+}
+
+fn reply(
+    batch: Vec<Command>,
+    outcome: rusqlite::Result<Applied>,
+    committed_seq: &watch::Sender<i64>,
+) {
+    let (mut inserted, mut purged, failure) = match outcome {
+        Ok(applied) => {
+            if let Some(seq) = applied.max_seq {
+                committed_seq.send_if_modified(|current| {
+                    let grew = seq > *current;
+                    *current = (*current).max(seq);
+                    grew
+                });
+            }
+            (
+                applied.inserted.into_iter(),
+                applied.purged.into_iter(),
+                None,
+            )
+        }
+        Err(error) => (
+            Vec::new().into_iter(),
+            Vec::new().into_iter(),
+            Some(error.to_string()),
+        ),
+    };
+    let result = |value| match &failure {
+        None => Ok(value),
+        Some(message) => Err(StoreError::Write(message.clone())),
+    };
+    for command in batch {
+        // A caller that stopped waiting is not an error.
+        match command {
+            Command::Insert { reply, .. } => {
+                drop(reply.send(result(()).map(|()| inserted.next().unwrap_or_default())))
+            }
+            Command::Purge { reply, .. } => {
+                drop(reply.send(result(()).map(|()| purged.next().unwrap_or_default())))
+            }
+            Command::Barrier { reply } => drop(reply.send(())),
+            Command::Start { .. } | Command::Finish { .. } => {}
+        }
+    }
+}
