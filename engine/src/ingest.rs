@@ -1,6 +1,6 @@
 //! Turning a record (from Kafka or the admin API) into a [`NewCall`] for a subscription.
 
-use crate::config::{Ordering, SubscriptionConfig};
+use crate::config::{OnDead, Ordering, SubscriptionConfig};
 use crate::model::{KafkaSource, NewCall};
 
 /// A record as it arrives, before it becomes a call. Bytes stay bytes: nothing is decoded.
@@ -37,6 +37,7 @@ pub fn new_call(subscription: &SubscriptionConfig, record: Record) -> NewCall {
         source: record.source,
         ordering_key,
         dead_reason,
+        block_group_if_dead: subscription.on_dead == OnDead::Block,
     }
 }
 

@@ -89,6 +89,8 @@ pub struct NewCall {
     /// When set, the call is created already dead with this reason (for example a payload
     /// above the configured maximum): recorded, visible and redrivable, never dropped.
     pub dead_reason: Option<String>,
+    /// A call created dead blocks its ordering group (`on_dead = block`).
+    pub block_group_if_dead: bool,
 }
 
 /// What the store did with one [`NewCall`].

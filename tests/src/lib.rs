@@ -1,1 +1,270 @@
-//! placeholder
+//! Helpers for the integration suite: real HTTP targets on 127.0.0.1, the engine binary,
+//! admin API calls, and waiting on conditions.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sdk::protocol::header;
+use serde_json::Value;
+
+/// One request a [`Target`] received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub call_id: String,
+    pub attempt: u32,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What a [`Target`] answers.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Status(u16, &'static str),
+    /// A status with a `Retry-After` header.
+    RetryAfter(u16, &'static str),
+    /// Wait this long before answering 200.
+    Hang(Duration),
+}
+
+type Behaviour = dyn Fn(&Seen) -> Reply + Send + Sync;
+
+#[derive(Clone)]
+struct TargetState {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    behaviour: Arc<Behaviour>,
+}
+
+/// A real HTTP target on 127.0.0.1 that records every request and answers as told.
+#[derive(Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Target {
+    /// Start on a free port.
+    pub async fn start(behaviour: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), behaviour).await
+    }
+
+    /// Start on a given address (to bring a target "back up" where the engine expects it).
+    pub async fn start_on(
+        addr: SocketAddr,
+        behaviour: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind target");
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let state = TargetState {
+            seen: Arc::clone(&seen),
+            behaviour: Arc::new(behaviour),
+        };
+        let app = axum::Router::new().fallback(handle).with_state(state);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.ok();
+        });
+        Self { addr, seen, task }
+    }
+
+    /// The URL to configure as a subscription target.
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(State(state): State<TargetState>, headers: HeaderMap, body: Bytes) -> Response {
+    let seen = Seen {
+        call_id: headers
+            .get(header::CALL_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        attempt: headers
+            .get(header::ATTEMPT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
+        headers,
+        body: body.to_vec(),
+    };
+    let reply = (state.behaviour)(&seen);
+    state.seen.lock().unwrap().push(seen);
+    match reply {
+        Reply::Status(code, text) => (StatusCode::from_u16(code).unwrap(), text).into_response(),
+        Reply::RetryAfter(code, after) => (
+            StatusCode::from_u16(code).unwrap(),
+            [("retry-after", after)],
+            "later",
+        )
+            .into_response(),
+        Reply::Hang(duration) => {
+            tokio::time::sleep(duration).await;
+            (StatusCode::OK, "late").into_response()
+        }
+    }
+}
+
+/// A loopback address with a port that nothing listens on (for "target is down").
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Poll `condition` every 20 ms until it holds; panic with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client for a running engine's admin API.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Enqueue a call directly; returns its id.
+    pub async fn enqueue(&self, subscription: &str, body: &[u8], key: Option<&str>) -> String {
+        let mut url = format!("{}/v1/subscriptions/{subscription}/calls", self.base);
+        if let Some(key) = key {
+            url = format!("{url}?key={key}");
+        }
+        let response = self
+            .http
+            .post(url)
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("enqueue");
+        assert_eq!(
+            response.status(),
+            201,
+            "enqueue failed: {:?}",
+            response.text().await
+        );
+        let value: Value = response.json().await.unwrap();
+        value["id"].as_str().unwrap().to_string()
+    }
+
+    /// One call with its history.
+    pub async fn call(&self, id: &str) -> Value {
+        self.get(&format!("/v1/calls/{id}")).await
+    }
+
+    /// The status of one call.
+    pub async fn status(&self, id: &str) -> String {
+        self.call(id).await["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// `/v1/stats`.
+    pub async fn stats(&self) -> Value {
+        self.get("/v1/stats").await
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("admin request")
+            .json()
+            .await
+            .expect("admin JSON")
+    }
+
+    /// Whether the API answers at all.
+    pub async fn is_up(&self) -> bool {
+        self.http
+            .get(format!("{}/healthz", self.base))
+            .send()
+            .await
+            .is_ok()
+    }
+}
+
+/// The `engine` binary of this workspace, built on first use.
+pub fn engine_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            // target/<profile>/deps/<test> -> target/<profile>/engine
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
+            let release = profile_dir.ends_with("release");
+            let mut build = std::process::Command::new(env!("CARGO"));
+            build.args(["build", "--quiet", "-p", "engine", "--bin", "engine"]);
+            if release {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build");
+            assert!(status.success(), "building the engine binary failed");
+            profile_dir.join("engine")
+        })
+        .clone()
+}
+
+/// A config for one subscription named `test` delivering to `target`, with fast retries.
+pub fn config_toml(db: &std::path::Path, admin: SocketAddr, target: &str, extra: &str) -> String {
+    format!(
+        r#"
+[store]
+path = "{db}"
+
+[admin]
+listen = "{admin}"
+
+[[subscription]]
+name = "test"
+target = "{target}"
+{extra}
+"#,
+        db = db.display()
+    )
+}

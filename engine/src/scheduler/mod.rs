@@ -253,7 +253,9 @@ impl Scheduler {
                 self.window.complete(call.seq, how)
             }
         };
-        self.store.finish_attempt(call.seq, record, transition)?;
+        let block_group = self.subscription.on_dead == OnDead::Block;
+        self.store
+            .finish_attempt(call.seq, record, transition, block_group)?;
         if let Some(load) = load {
             self.load_group(load).await?;
         }

@@ -168,17 +168,20 @@ impl Store {
         self.send(Command::Start { seq, attempt, at })
     }
 
-    /// Record an attempt's outcome and the call's next state. Not awaited.
+    /// Record an attempt's outcome and the call's next state. Not awaited. With
+    /// `block_group`, a dead call also blocks its ordering group until an operator acts.
     pub fn finish_attempt(
         &self,
         seq: i64,
         attempt: AttemptRecord,
         transition: Transition,
+        block_group: bool,
     ) -> Result<(), StoreError> {
         self.send(Command::Finish {
             seq,
             attempt,
             transition,
+            block_group,
         })
     }
 
@@ -344,6 +347,8 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
             )));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Index pages of a large backlog stay in memory: 64 MiB, the writer's only cache.
+        conn.pragma_update(None, "cache_size", -65_536)?;
     }
     Ok(conn)
 }

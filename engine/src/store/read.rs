@@ -62,6 +62,8 @@ pub(crate) fn pending_after(
 }
 
 /// The next pending calls of an ordering group in `(after_seq, up_to_seq]`, in order.
+/// Walks the pending index from `after_seq`: only groups that overflowed the window come
+/// here, and their next calls are close.
 pub(crate) fn next_in_group(
     conn: &Connection,
     subscription: &str,
@@ -71,8 +73,8 @@ pub(crate) fn next_in_group(
     limit: usize,
 ) -> rusqlite::Result<Vec<DueCall>> {
     conn.prepare_cached(&format!(
-        "SELECT {DUE_COLUMNS} FROM calls
-         WHERE subscription = ?1 AND ordering_key = ?2 AND seq > ?3 AND seq <= ?4 AND status = 'pending'
+        "SELECT {DUE_COLUMNS} FROM calls INDEXED BY calls_pending
+         WHERE subscription = ?1 AND status = 'pending' AND seq > ?3 AND seq <= ?4 AND ordering_key = ?2
          ORDER BY seq LIMIT ?5"
     ))?
     .query_map(params![subscription, ordering_key, after_seq, up_to_seq, limit as i64], due_call)?

@@ -34,9 +34,17 @@ const MIGRATIONS: &[&str] = &[
     -- One call per record: NULLs are distinct, so direct calls (no offset) never collide.
     CREATE UNIQUE INDEX calls_source ON calls (subscription, topic, partition, "offset");
     CREATE INDEX calls_pending ON calls (subscription, seq) WHERE status = 'pending';
-    CREATE INDEX calls_group ON calls (subscription, ordering_key, seq)
-        WHERE ordering_key IS NOT NULL AND status IN ('pending', 'running', 'dead');
     CREATE INDEX calls_status ON calls (status, updated_at);
+
+    -- Ordering groups held back by a dead call under `on_dead = block`. A table of its own,
+    -- not an index on calls: an index on (subscription, ordering_key) costs every insert a
+    -- random b-tree write, and only blocked groups need the lookup.
+    CREATE TABLE blocked_groups (
+        subscription TEXT    NOT NULL,
+        ordering_key BLOB    NOT NULL,
+        dead_seq     INTEGER NOT NULL,
+        PRIMARY KEY (subscription, ordering_key)
+    ) WITHOUT ROWID;
 
     CREATE TABLE attempts (
         call_seq    INTEGER NOT NULL,

@@ -28,6 +28,7 @@ pub(crate) enum Command {
         seq: i64,
         attempt: AttemptRecord,
         transition: Transition,
+        block_group: bool,
     },
     Purge {
         before: Millis,
@@ -174,7 +175,13 @@ fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> 
                 seq,
                 attempt,
                 transition,
-            } => finish_call(&tx, *seq, attempt, transition, now)?,
+                block_group,
+            } => {
+                finish_call(&tx, *seq, attempt, transition, now)?;
+                if *block_group && matches!(transition, Transition::Dead { .. }) {
+                    block_group_of(&tx, *seq)?;
+                }
+            }
             Command::Purge { before, .. } => applied.purged.push(purge(&tx, *before)?),
             Command::Barrier { .. } => {}
         }
@@ -223,10 +230,23 @@ fn insert_call(
             |row| row.get(0),
         )
         .optional()?;
+    if let (Some(seq), true) = (seq, call.dead_reason.is_some() && call.block_group_if_dead) {
+        block_group_of(tx, seq)?;
+    }
     Ok(match seq {
         Some(seq) => (Inserted::New(id), Some(seq)),
         None => (Inserted::Duplicate, None),
     })
+}
+
+/// Mark the ordering group of call `seq` blocked by it (a no-op for unordered calls).
+fn block_group_of(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO blocked_groups (subscription, ordering_key, dead_seq)
+         SELECT subscription, ordering_key, seq FROM calls WHERE seq = ?1 AND ordering_key IS NOT NULL",
+    )?
+    .execute([seq])?;
+    Ok(())
 }
 
 fn finish_call(
@@ -349,10 +369,10 @@ fn reply(
         // A caller that stopped waiting is not an error.
         match command {
             Command::Insert { reply, .. } => {
-                drop(reply.send(result(()).map(|()| inserted.next().unwrap_or_default())))
+                drop(reply.send(result(()).map(|()| inserted.next().unwrap_or_default())));
             }
             Command::Purge { reply, .. } => {
-                drop(reply.send(result(()).map(|()| purged.next().unwrap_or_default())))
+                drop(reply.send(result(()).map(|()| purged.next().unwrap_or_default())));
             }
             Command::Barrier { reply } => drop(reply.send(())),
             Command::Start { .. } | Command::Finish { .. } => {}

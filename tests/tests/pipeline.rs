@@ -1,0 +1,286 @@
+//! The core pipeline against real HTTP targets on 127.0.0.1 and a real SQLite file.
+
+use std::time::Duration;
+
+use engine::model::{Inserted, KafkaSource, NewCall};
+use engine::store::{Store, StoreOptions};
+use engine::{Config, Engine};
+use integration_tests::{config_toml, free_addr, wait_for, Admin, Reply, Target};
+
+const FAST_RETRY: &str = r#"
+[subscription.retry]
+initial_delay = "10ms"
+max_delay = "100ms"
+"#;
+
+async fn start_engine(dir: &tempfile::TempDir, target: &str, extra: &str) -> (Engine, Admin) {
+    let text = config_toml(
+        &dir.path().join("engine.db"),
+        "127.0.0.1:0".parse().unwrap(),
+        target,
+        extra,
+    );
+    let engine = Engine::start(Config::from_toml(&text).unwrap())
+        .await
+        .unwrap();
+    let admin = Admin::new(engine.admin_addr());
+    (engine, admin)
+}
+
+async fn wait_status(admin: &Admin, id: &str, status: &str) {
+    wait_for(
+        &format!("call {id} to be {status}"),
+        Duration::from_secs(20),
+        || async { admin.status(id).await == status },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn temporary_failures_are_retried_until_success() {
+    let target = Target::start(|seen| {
+        if seen.attempt <= 3 {
+            Reply::Status(503, "not yet")
+        } else {
+            Reply::Status(200, "done")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start_engine(&dir, &target.url(), FAST_RETRY).await;
+
+    let id = admin.enqueue("test", b"hello", Some("k1")).await;
+    wait_status(&admin, &id, "succeeded").await;
+
+    let call = admin.call(&id).await;
+    assert_eq!(call["attempts"], 4);
+    assert_eq!(call["output"]["data"], "done");
+    let history = call["history"].as_array().unwrap();
+    let outcomes: Vec<_> = history
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["temporary", "temporary", "temporary", "success"]);
+    assert!(history[..3]
+        .iter()
+        .all(|a| a["http_status"] == 503 && a["error"].as_str().unwrap().contains("not yet")));
+
+    let seen = target.seen();
+    assert_eq!(
+        seen.iter().map(|s| s.attempt).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    let first = &seen[0];
+    assert_eq!(first.body, b"hello");
+    assert_eq!(first.header("idempotency-key"), Some(id.as_str()));
+    assert_eq!(first.header("engine-call-id"), Some(id.as_str()));
+    assert_eq!(first.header("engine-subscription"), Some("test"));
+    assert_eq!(first.header("engine-protocol"), Some("1"));
+    assert_eq!(first.header("engine-kafka-key"), Some("k1"));
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_permanent_failure_goes_dead_with_its_reason() {
+    let target = Target::start(|_| Reply::Status(400, "field `amount` is missing")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start_engine(&dir, &target.url(), FAST_RETRY).await;
+
+    let id = admin.enqueue("test", b"{}", None).await;
+    wait_status(&admin, &id, "dead").await;
+    let call = admin.call(&id).await;
+    assert_eq!(call["attempts"], 1);
+    let error = call["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("HTTP 400") && error.contains("amount"),
+        "{error}"
+    );
+    assert_eq!(call["history"][0]["outcome"], "permanent");
+    assert_eq!(target.seen().len(), 1);
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_target_that_is_down_then_up_gets_the_call() {
+    let addr = free_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start_engine(&dir, &format!("http://{addr}/hook"), FAST_RETRY).await;
+
+    let id = admin.enqueue("test", b"x", None).await;
+    wait_for(
+        "two failed connection attempts",
+        Duration::from_secs(20),
+        || async {
+            admin.call(&id).await["history"]
+                .as_array()
+                .is_some_and(|h| h.len() >= 2)
+        },
+    )
+    .await;
+    let call = admin.call(&id).await;
+    assert_eq!(call["status"], "pending");
+    let error = call["history"][0]["error"].as_str().unwrap();
+    assert!(error.contains("connection failed"), "{error}");
+
+    let _target = Target::start_on(addr, |_| Reply::Status(200, "up")).await;
+    wait_status(&admin, &id, "succeeded").await;
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hanging_target_times_out_and_is_retried() {
+    let target = Target::start(|seen| {
+        if seen.attempt == 1 {
+            Reply::Hang(Duration::from_secs(30))
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start_engine(
+        &dir,
+        &target.url(),
+        &format!("timeout = \"200ms\"\n{FAST_RETRY}"),
+    )
+    .await;
+
+    let id = admin.enqueue("test", b"x", None).await;
+    wait_status(&admin, &id, "succeeded").await;
+    let call = admin.call(&id).await;
+    assert_eq!(call["attempts"], 2);
+    let error = call["history"][0]["error"].as_str().unwrap();
+    assert!(error.contains("timed out after 200ms"), "{error}");
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_after_from_the_target_sets_the_delay() {
+    let target = Target::start(|seen| {
+        if seen.attempt == 1 {
+            Reply::RetryAfter(429, "1")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start_engine(&dir, &target.url(), FAST_RETRY).await;
+    let id = admin.enqueue("test", b"x", None).await;
+    wait_status(&admin, &id, "succeeded").await;
+    let history = admin.call(&id).await["history"].clone();
+    let first_end =
+        history[0]["started_at"].as_i64().unwrap() + history[0]["duration_ms"].as_i64().unwrap();
+    let second_start = history[1]["started_at"].as_i64().unwrap();
+    // Retry-After: 1 is clamped to max_delay = 100ms, not the 10ms backoff.
+    assert!(
+        second_start - first_end >= 90,
+        "retried after {} ms",
+        second_start - first_end
+    );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_oversized_payload_becomes_a_dead_call_not_a_drop() {
+    let target = Target::start(|_| Reply::Status(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start_engine(&dir, &target.url(), "max_payload_bytes = 8\n").await;
+    let id = admin
+        .enqueue("test", b"way more than eight bytes", None)
+        .await;
+    let call = admin.call(&id).await;
+    assert_eq!(call["status"], "dead");
+    assert!(call["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("max_payload_bytes"));
+    assert_eq!(call["payload"]["data"], "way more than eight bytes");
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn same_key_calls_run_one_at_a_time_in_order() {
+    let target = Target::start(|seen| {
+        // Every first attempt of an even payload fails, to interleave retries.
+        let n: u32 = std::str::from_utf8(&seen.body).unwrap().parse().unwrap();
+        if n.is_multiple_of(2) && seen.attempt == 1 {
+            Reply::Status(503, "again")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start_engine(&dir, &target.url(), FAST_RETRY).await;
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let key = ["a", "b", "c"][n % 3];
+        ids.push(
+            admin
+                .enqueue("test", n.to_string().as_bytes(), Some(key))
+                .await,
+        );
+    }
+    for id in &ids {
+        wait_status(&admin, id, "succeeded").await;
+    }
+    for key in ["a", "b", "c"] {
+        // Arrival order of every attempt of this key: retries repeat in place, later calls
+        // never overtake an earlier one.
+        let mut order: Vec<u32> = target
+            .seen()
+            .iter()
+            .filter(|s| s.header("engine-kafka-key") == Some(key))
+            .map(|s| std::str::from_utf8(&s.body).unwrap().parse().unwrap())
+            .collect();
+        order.dedup();
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(order, sorted, "key {key} ran out of order");
+        assert_eq!(order.len(), 10);
+    }
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_same_record_stored_twice_is_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("engine.db"), StoreOptions::default()).unwrap();
+    let record = |offset| NewCall {
+        subscription: "s".into(),
+        target: "http://127.0.0.1:1/".into(),
+        payload: b"v".to_vec(),
+        key: None,
+        headers: None,
+        source: Some(KafkaSource {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            timestamp: None,
+        }),
+        ordering_key: None,
+        dead_reason: None,
+        block_group_if_dead: false,
+    };
+    let first = store.insert(vec![record(5), record(6)]).await.unwrap();
+    assert!(first.iter().all(|i| matches!(i, Inserted::New(_))));
+    let again = store.insert(vec![record(5), record(7)]).await.unwrap();
+    assert_eq!(again[0], Inserted::Duplicate);
+    assert!(matches!(again[1], Inserted::New(_)));
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts["s"].pending, 3);
+    store.close();
+}
+
+#[tokio::test]
+async fn a_second_engine_on_the_same_database_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine.db");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let error = Store::open(&path, StoreOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("in use by another engine"), "{error}");
+    store.close();
+}

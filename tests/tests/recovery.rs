@@ -1,0 +1,106 @@
+//! Crash recovery: SIGKILL the engine process mid-flight, restart it on the same database,
+//! and check that every call finishes and none is lost.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use integration_tests::{config_toml, engine_binary, free_addr, wait_for, Admin, Reply, Target};
+
+fn spawn_engine(config: &std::path::Path) -> Child {
+    Command::new(engine_binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("ENGINE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn engine")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_flight_then_restarted_every_call_finishes() {
+    const CALLS: usize = 100;
+    const CONCURRENCY: usize = 8;
+    let target = Target::start(|_| Reply::Hang(Duration::from_millis(100))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr = free_addr();
+    let config = dir.path().join("engine.toml");
+    let extra = format!("max_concurrency = {CONCURRENCY}\nordering = \"unordered\"\n");
+    std::fs::write(
+        &config,
+        config_toml(
+            &dir.path().join("engine.db"),
+            admin_addr,
+            &target.url(),
+            &extra,
+        ),
+    )
+    .unwrap();
+    let admin = Admin::new(admin_addr);
+
+    let mut engine = spawn_engine(&config);
+    wait_for("the admin API", Duration::from_secs(60), || admin.is_up()).await;
+    let mut ids = Vec::new();
+    for n in 0..CALLS {
+        ids.push(admin.enqueue("test", n.to_string().as_bytes(), None).await);
+    }
+    wait_for("some calls to succeed", Duration::from_secs(30), || async {
+        admin.stats().await["succeeded"].as_u64().unwrap_or(0) >= 16
+    })
+    .await;
+    engine.kill().unwrap(); // SIGKILL: no chance to clean up
+    engine.wait().unwrap();
+    let before_restart = admin.is_up().await;
+    assert!(!before_restart, "the engine should be gone");
+
+    let mut engine = spawn_engine(&config);
+    wait_for(
+        "the admin API after restart",
+        Duration::from_secs(60),
+        || admin.is_up(),
+    )
+    .await;
+    wait_for("every call to succeed", Duration::from_secs(60), || async {
+        admin.stats().await["succeeded"].as_u64().unwrap_or(0) == CALLS as u64
+    })
+    .await;
+
+    let mut interrupted = 0;
+    for id in &ids {
+        let call = admin.call(id).await;
+        assert_eq!(call["status"], "succeeded", "{call}");
+        let history = call["history"].as_array().unwrap();
+        interrupted += history
+            .iter()
+            .filter(|a| a["outcome"] == "interrupted")
+            .count();
+    }
+    let mut deliveries: HashMap<String, usize> = HashMap::new();
+    for seen in target.seen() {
+        *deliveries.entry(seen.call_id).or_default() += 1;
+    }
+    assert_eq!(deliveries.len(), CALLS, "every call reached the target");
+    let duplicates: usize = deliveries.values().map(|n| n - 1).sum();
+    println!("calls {CALLS}, interrupted attempts recorded {interrupted}, duplicate deliveries {duplicates}");
+    assert!(
+        duplicates <= CONCURRENCY,
+        "only attempts in flight at the kill may repeat: {duplicates}"
+    );
+    assert!(
+        interrupted >= 1,
+        "the attempts cut by the kill are recorded"
+    );
+    assert!(
+        duplicates <= interrupted,
+        "every repeat is explained by an interrupted attempt"
+    );
+
+    // A graceful stop (SIGTERM) leaves nothing running.
+    Command::new("kill")
+        .args(["-TERM", &engine.id().to_string()])
+        .status()
+        .unwrap();
+    let status = engine.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+}
