@@ -13,6 +13,7 @@ fn call(offset: i64) -> NewCall {
         subscription: "bench".into(),
         target: "http://127.0.0.1:9/".into(),
         payload: vec![b'x'; 100],
+        tombstone: false,
         key: Some(format!("key-{}", offset % 1000).into_bytes()),
         headers: None,
         source: Some(KafkaSource {

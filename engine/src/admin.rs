@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::SubscriptionConfig;
-use crate::ingest::{new_call, Record};
+use crate::ingest::{new_call, persist, Record};
 use crate::model::{CallView, Inserted};
 use crate::scheduler::SchedulerStats;
 use crate::store::{StatusCounts, Store, StoreError};
@@ -99,14 +99,15 @@ async fn enqueue(
     let call = new_call(
         subscription,
         Record {
-            value: body.to_vec(),
+            value: Some(body.to_vec()),
             key: query.key.map(String::into_bytes),
             headers: None,
             source: None,
         },
     );
     let dead = call.dead_reason.is_some();
-    let inserted = state.store.insert(vec![call]).await?;
+    let stats = state.schedulers.get(&name).cloned().unwrap_or_default();
+    let inserted = persist(&state.store, &stats, vec![call]).await?;
     match inserted.first() {
         Some(Inserted::New(id)) => Ok((
             StatusCode::CREATED,

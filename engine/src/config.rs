@@ -150,9 +150,13 @@ pub struct KafkaConfig {
     pub topics: Vec<String>,
     /// Consumer group id. Default: `engine-<subscription name>`.
     pub group_id: Option<String>,
-    /// Pause consumption while the subscription has more open calls than this.
+    /// Pause consumption while the subscription has this many open (pending or running)
+    /// calls; resume below it.
     #[serde(default = "defaults::max_backlog")]
     pub max_backlog: u64,
+    /// Most records persisted in one batch.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
     /// Any librdkafka consumer property, passed through (security, SASL, TLS, tuning).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -178,6 +182,9 @@ mod defaults {
     }
     pub fn max_backlog() -> u64 {
         100_000
+    }
+    pub fn batch_size() -> usize {
+        1000
     }
 }
 
@@ -266,6 +273,9 @@ impl Config {
                     return invalid(format!(
                         "subscription `{name}`: kafka.topics must list at least one topic"
                     ));
+                }
+                if kafka.batch_size == 0 || kafka.max_backlog == 0 {
+                    return invalid(format!("subscription `{name}`: kafka.batch_size and kafka.max_backlog must be at least 1"));
                 }
                 if kafka.brokers.trim().is_empty() {
                     return invalid(format!("subscription `{name}`: kafka.brokers is empty"));

@@ -196,6 +196,9 @@ pub fn request_headers(call: &DueCall, attempt: u32, subscription: &str) -> Head
             put(header::KAFKA_TIMESTAMP, ts.to_string());
         }
     }
+    if call.tombstone {
+        put(header::KAFKA_TOMBSTONE, "true".to_string());
+    }
     if let Some(key) = &call.key {
         put(header::KAFKA_KEY, protocol::encode_bytes(key));
     }

@@ -15,7 +15,9 @@ use crate::config::Config;
 use crate::delivery::Deliverer;
 use crate::model::now_millis;
 use crate::scheduler::{Scheduler, SchedulerStats};
+use crate::source;
 use crate::store::{Store, StoreError, StoreOptions, WriterOptions};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Why the engine could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,8 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Source(#[from] connectors::kafka::SourceError),
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
     #[error("a task failed: {0}")]
@@ -68,7 +72,19 @@ impl Engine {
         for sub in config.subscriptions {
             let sub = Arc::new(sub);
             let scheduler = Scheduler::new(Arc::clone(&sub), store.clone(), deliverer.clone());
-            schedulers.insert(sub.name.clone(), scheduler.stats());
+            let stats = scheduler.stats();
+            stats
+                .open
+                .store(store.open_calls(&sub.name).await? as i64, Relaxed);
+            if sub.kafka.is_some() {
+                tasks.spawn(source::run(
+                    Arc::clone(&sub),
+                    store.clone(),
+                    Arc::clone(&stats),
+                    shutdown_rx.clone(),
+                ));
+            }
+            schedulers.insert(sub.name.clone(), stats);
             let shutdown = shutdown_rx.clone();
             let grace = SHUTDOWN_GRACE.min(sub.timeout);
             tasks.spawn(async move {

@@ -1,12 +1,17 @@
 //! Turning a record (from Kafka or the admin API) into a [`NewCall`] for a subscription.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use crate::config::{OnDead, Ordering, SubscriptionConfig};
-use crate::model::{KafkaSource, NewCall};
+use crate::model::{Inserted, KafkaSource, NewCall};
+use crate::scheduler::SchedulerStats;
+use crate::store::{Store, StoreError};
 
 /// A record as it arrives, before it becomes a call. Bytes stay bytes: nothing is decoded.
 #[derive(Debug, Clone, Default)]
 pub struct Record {
-    pub value: Vec<u8>,
+    /// `None` for a null value (a tombstone).
+    pub value: Option<Vec<u8>>,
     pub key: Option<Vec<u8>>,
     /// Already in the protocol's header text encoding.
     pub headers: Option<String>,
@@ -21,17 +26,20 @@ pub fn new_call(subscription: &SubscriptionConfig, record: Record) -> NewCall {
         record.key.as_deref(),
         record.source.as_ref(),
     );
-    let dead_reason = (record.value.len() > subscription.max_payload_bytes).then(|| {
+    let tombstone = record.value.is_none();
+    let payload = record.value.unwrap_or_default();
+    let dead_reason = (payload.len() > subscription.max_payload_bytes).then(|| {
         format!(
             "payload of {} bytes is above max_payload_bytes ({}); raise the limit and redrive",
-            record.value.len(),
+            payload.len(),
             subscription.max_payload_bytes
         )
     });
     NewCall {
         subscription: subscription.name.clone(),
         target: subscription.target.clone(),
-        payload: record.value,
+        payload,
+        tombstone,
         key: record.key,
         headers: record.headers,
         source: record.source,
@@ -39,6 +47,27 @@ pub fn new_call(subscription: &SubscriptionConfig, record: Record) -> NewCall {
         dead_reason,
         block_group_if_dead: subscription.on_dead == OnDead::Block,
     }
+}
+
+/// Make calls durable and count them into the subscription's backlog.
+pub async fn persist(
+    store: &Store,
+    stats: &SchedulerStats,
+    calls: Vec<NewCall>,
+) -> Result<Vec<Inserted>, StoreError> {
+    let born_dead: Vec<bool> = calls.iter().map(|c| c.dead_reason.is_some()).collect();
+    let inserted = store.insert(calls).await?;
+    let mut created = 0;
+    let mut open = 0;
+    for (result, dead) in inserted.iter().zip(born_dead) {
+        if matches!(result, Inserted::New(_)) {
+            created += 1;
+            open += i64::from(!dead);
+        }
+    }
+    stats.ingested.fetch_add(created, Relaxed);
+    stats.open.fetch_add(open, Relaxed);
+    Ok(inserted)
 }
 
 /// The ordering group of a record: `k` + key in key mode, `p` + topic + NUL + partition in

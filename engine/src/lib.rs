@@ -3,6 +3,7 @@
 //!
 //! Layout (the path of one call, top to bottom):
 //! - [`config`]: the TOML file and its validation.
+//! - [`source`]: Kafka batches become durable calls, then their offsets are acknowledged.
 //! - [`ingest`]: a record becomes a [`model::NewCall`] (ordering group, payload limit).
 //! - [`store`]: SQLite, one writer thread with group commit, migrations, crash recovery.
 //! - [`scheduler`]: the pure window and decisions, and the executor that runs them.
@@ -10,6 +11,8 @@
 //! - [`delivery`]: one HTTP attempt and its classification.
 //! - [`admin`]: the admin HTTP API.
 //! - [`engine`]: wiring and graceful shutdown.
+//!
+//! The binary (`main.rs`, `dev.rs`) is a thin command line over this library.
 
 pub mod admin;
 pub mod config;
@@ -19,6 +22,7 @@ pub mod ingest;
 pub mod model;
 pub mod retry;
 pub mod scheduler;
+pub mod source;
 pub mod store;
 
 pub use config::Config;

@@ -6,6 +6,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use engine::{Config, Engine};
 
+mod dev;
+
 /// Durable execution for Kafka records: every record becomes a call that is delivered over
 /// HTTP, retried with backoff, and kept as a dead letter when it cannot succeed.
 #[derive(Debug, Parser)]
@@ -22,6 +24,27 @@ enum Command {
         /// The TOML config file (see the configuration reference in README.md).
         #[arg(long, short, env = "ENGINE_CONFIG", default_value = "engine.toml")]
         config: PathBuf,
+    },
+    /// Try it with no Kafka: an in-process broker, the engine on a SQLite file, a demo
+    /// handler, and a producer reading lines from stdin.
+    Dev {
+        /// Database file (created if missing).
+        #[arg(long, default_value = "engine-dev.db")]
+        db: PathBuf,
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:8680")]
+        admin: std::net::SocketAddr,
+        /// Topic to create and consume.
+        #[arg(long, default_value = "dev")]
+        topic: String,
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        /// Deliver to this URL instead of the built-in demo handler.
+        #[arg(long)]
+        target: Option<String>,
+        /// Fraction of attempts the demo handler fails with 503 (to show retries).
+        #[arg(long, default_value_t = 0.3)]
+        failure_rate: f64,
     },
     /// Check a config file and print what it configures, without starting anything.
     CheckConfig {
@@ -45,6 +68,26 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()
                 .context("cannot start the async runtime")?
                 .block_on(serve(config))
+        }
+        Command::Dev {
+            db,
+            admin,
+            topic,
+            partitions,
+            target,
+            failure_rate,
+        } => {
+            let options = dev::DevOptions {
+                db,
+                admin,
+                topic,
+                partitions,
+                target,
+                failure_rate,
+            };
+            tokio::runtime::Runtime::new()
+                .context("cannot start the async runtime")?
+                .block_on(dev::run(options, shutdown_signal()))
         }
         Command::CheckConfig { config } => {
             let loaded = Config::load(&config)?;

@@ -79,6 +79,8 @@ pub struct NewCall {
     pub subscription: String,
     pub target: String,
     pub payload: Vec<u8>,
+    /// The record value was null (a tombstone); `payload` is then empty.
+    pub tombstone: bool,
     /// The record key; `None` for a null key.
     pub key: Option<Vec<u8>>,
     /// The record's headers in the protocol's text encoding, `None` when there are none.
@@ -109,6 +111,7 @@ pub struct DueCall {
     pub id: uuid::Uuid,
     pub target: String,
     pub payload: Vec<u8>,
+    pub tombstone: bool,
     pub key: Option<Vec<u8>>,
     pub headers: Option<String>,
     pub source: Option<KafkaSource>,

@@ -34,6 +34,8 @@ pub mod header {
     pub const KAFKA_TIMESTAMP: &str = "engine-kafka-timestamp";
     /// The record key, percent-encoded (see [`super::encode_bytes`]). Absent for a null key.
     pub const KAFKA_KEY: &str = "engine-kafka-key";
+    /// `true` when the record value was null (a tombstone); the body is then empty.
+    pub const KAFKA_TOMBSTONE: &str = "engine-kafka-tombstone";
     /// The record's own headers, see [`super::encode_record_headers`]. Absent when there are none.
     pub const KAFKA_HEADERS: &str = "engine-kafka-headers";
     /// Always the call id, so that generic idempotency middleware works unchanged.

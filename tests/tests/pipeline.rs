@@ -251,6 +251,7 @@ async fn the_same_record_stored_twice_is_one_call() {
         subscription: "s".into(),
         target: "http://127.0.0.1:1/".into(),
         payload: b"v".to_vec(),
+        tombstone: false,
         key: None,
         headers: None,
         source: Some(KafkaSource {

@@ -8,7 +8,7 @@
 pub mod decide;
 pub mod window;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ const LOAD_BATCH: usize = 1000;
 /// Live figures of one subscription's scheduler, read by stats and the status line.
 #[derive(Debug, Default)]
 pub struct SchedulerStats {
+    /// Calls created (not counting duplicates of records already stored).
+    pub ingested: AtomicU64,
+    /// Calls pending or running: the backlog that backpressure bounds.
+    pub open: AtomicI64,
     pub succeeded: AtomicU64,
     pub retried: AtomicU64,
     pub dead: AtomicU64,
@@ -234,6 +238,7 @@ impl Scheduler {
         let load = match &transition {
             Transition::Succeeded { .. } => {
                 self.stats.succeeded.fetch_add(1, Relaxed);
+                self.stats.open.fetch_sub(1, Relaxed);
                 self.window.complete(call.seq, Completion::Done)
             }
             Transition::Retry { at, error } => {
@@ -244,6 +249,7 @@ impl Scheduler {
             }
             Transition::Dead { error } => {
                 self.stats.dead.fetch_add(1, Relaxed);
+                self.stats.open.fetch_sub(1, Relaxed);
                 tracing::info!(call = %call.id, attempt, %error, "call is dead");
                 let how = if self.subscription.on_dead == OnDead::Block {
                     Completion::BlocksGroup

@@ -304,6 +304,7 @@ mod tests {
             id: uuid::Uuid::now_v7(),
             target: "http://t".into(),
             payload: Vec::new(),
+            tombstone: false,
             key: key.map(|k| k.as_bytes().to_vec()),
             headers: None,
             source: None,

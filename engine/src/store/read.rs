@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::model::{AttemptView, CallStatus, CallView, DueCall, KafkaSource};
 
 const DUE_COLUMNS: &str = r#"seq, id, target, payload, kafka_key, headers, topic, partition, "offset",
-    timestamp_ms, ordering_key, attempts, next_attempt_at, created_at"#;
+    timestamp_ms, ordering_key, attempts, next_attempt_at, created_at, tombstone"#;
 
 fn source_from(row: &Row<'_>, first: usize) -> rusqlite::Result<Option<KafkaSource>> {
     let topic: Option<String> = row.get(first)?;
@@ -42,6 +42,7 @@ fn due_call(row: &Row<'_>) -> rusqlite::Result<DueCall> {
         attempts: row.get(11)?,
         next_attempt_at: row.get(12)?,
         created_at: row.get(13)?,
+        tombstone: row.get(14)?,
     })
 }
 

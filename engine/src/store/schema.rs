@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
         target          TEXT    NOT NULL,
         ordering_key    BLOB,                  -- NULL: no ordering constraint
         payload         BLOB    NOT NULL,
+        tombstone       INTEGER NOT NULL DEFAULT 0,  -- the record value was null
         kafka_key       BLOB,
         headers         TEXT,                  -- protocol text encoding of the record headers
         topic           TEXT,

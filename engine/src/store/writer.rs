@@ -205,8 +205,8 @@ fn insert_call(
         .prepare_cached(
             r#"INSERT INTO calls (id, subscription, target, ordering_key, payload, kafka_key, headers,
                    topic, partition, "offset", timestamp_ms, status, attempts, next_attempt_at,
-                   last_error, created_at, updated_at)
-               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?13, ?13)
+                   last_error, created_at, updated_at, tombstone)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?13, ?13, ?15)
                ON CONFLICT DO NOTHING
                RETURNING seq"#,
         )?
@@ -226,6 +226,7 @@ fn insert_call(
                 status,
                 now,
                 last_error,
+                call.tombstone,
             ],
             |row| row.get(0),
         )

@@ -1,0 +1,129 @@
+//! The consumer context: owns the offset bookkeeping, stores offsets as batches become
+//! durable, and flushes before partitions are revoked.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::offsets::{OffsetTracker, TopicPartition};
+
+/// Shared between the poll loop and librdkafka's callbacks (which run inside `poll`, on the
+/// poll thread).
+#[derive(Debug)]
+pub(crate) struct SourceContext {
+    pub(crate) tracker: Mutex<OffsetTracker>,
+    acks: Receiver<u64>,
+    /// Partitions revoked since the poll loop last looked: records of them that were polled
+    /// but not handed over must be dropped (the next owner reads them again).
+    revoked: Mutex<HashSet<TopicPartition>>,
+    revoke_timeout: Duration,
+    name: String,
+}
+
+impl SourceContext {
+    pub(crate) fn new(name: String, acks: Receiver<u64>, revoke_timeout: Duration) -> Self {
+        Self {
+            tracker: Mutex::default(),
+            acks,
+            revoked: Mutex::default(),
+            revoke_timeout,
+            name,
+        }
+    }
+
+    /// Store the offsets of every batch acknowledged so far.
+    pub(crate) fn drain_acks(&self, consumer: &BaseConsumer<Self>) {
+        while let Ok(id) = self.acks.try_recv() {
+            self.apply_ack(consumer, id);
+        }
+    }
+
+    fn apply_ack(&self, consumer: &BaseConsumer<Self>, id: u64) {
+        let advanced = self.tracker.lock().expect("tracker lock").ack(id);
+        if advanced.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::with_capacity(advanced.len());
+        for ((topic, partition), next) in advanced {
+            if let Err(error) = list.add_partition_offset(&topic, partition, Offset::Offset(next)) {
+                tracing::warn!(source = %self.name, %error, "cannot build an offset list");
+            }
+        }
+        if let Err(error) = consumer.store_offsets(&list) {
+            // A partition revoked meanwhile: its next owner starts from the last commit.
+            tracing::debug!(source = %self.name, %error, "could not store offsets");
+        }
+    }
+
+    /// Partitions revoked since the last call.
+    pub(crate) fn take_revoked(&self) -> HashSet<TopicPartition> {
+        std::mem::take(&mut *self.revoked.lock().expect("revoked lock"))
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(source = %self.name, %error, "Kafka: {reason}");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else {
+            if let Rebalance::Assign(list) = rebalance {
+                tracing::info!(source = %self.name, partitions = %describe(list), "partitions assigned");
+            }
+            return;
+        };
+        let revoked: Vec<TopicPartition> = list
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        // Wait until the batches already handed to the engine are durable, so their offsets
+        // are stored before librdkafka commits on revoke.
+        let deadline = Instant::now() + self.revoke_timeout;
+        loop {
+            self.drain_acks(consumer);
+            let pending: usize = {
+                let tracker = self.tracker.lock().expect("tracker lock");
+                revoked.iter().map(|tp| tracker.in_flight(tp)).sum()
+            };
+            if pending == 0 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(source = %self.name, batches = pending, "revoking partitions before their records were durable; the next owner will read them again");
+                break;
+            }
+            if let Ok(id) = self.acks.recv_timeout(left.min(Duration::from_millis(50))) {
+                self.apply_ack(consumer, id);
+            }
+        }
+        let mut tracker = self.tracker.lock().expect("tracker lock");
+        let mut revoked_set = self.revoked.lock().expect("revoked lock");
+        for tp in revoked {
+            tracker.revoke(&tp);
+            revoked_set.insert(tp);
+        }
+        tracing::info!(source = %self.name, partitions = %describe(list), "partitions revoked");
+        drop(tracker);
+        // Commit now what was stored, rather than at the next auto-commit tick.
+        if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            tracing::debug!(source = %self.name, %error, "commit on revoke");
+        }
+    }
+}
+
+fn describe(list: &TopicPartitionList) -> String {
+    list.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,414 @@
+//! The Kafka source: a consumer-group member on a dedicated thread that hands out batches
+//! of records and stores an offset only after the batch holding it is acknowledged durable.
+//!
+//! - `offsets`: the in-order commit tokens (pure).
+//! - `context`: librdkafka callbacks: offset storage and the flush on revoke.
+//! - this module: configuration, the poll loop, backpressure.
+//!
+//! Backpressure: batches go through a bounded channel. When the engine stops taking them,
+//! the loop pauses its partitions and keeps polling (so `max.poll.interval.ms` is never
+//! exceeded), then resumes when the channel has room.
+
+mod context;
+pub mod offsets;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use tokio::sync::mpsc;
+
+use context::SourceContext;
+
+/// Settings of one source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// A name for logs (the subscription).
+    pub name: String,
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    /// librdkafka properties passed through; they override the defaults below but not the
+    /// settings the source relies on (group, offset storage).
+    pub options: BTreeMap<String, String>,
+    /// Most records per batch.
+    pub batch_size: usize,
+    /// Longest wait to fill a batch.
+    pub batch_linger: Duration,
+    /// Batches handed over but not yet taken by the engine, before the source pauses.
+    pub channel_batches: usize,
+    /// Longest wait, on revoke, for handed-over batches to become durable.
+    pub revoke_timeout: Duration,
+}
+
+impl SourceConfig {
+    pub fn new(
+        name: impl Into<String>,
+        brokers: impl Into<String>,
+        topics: Vec<String>,
+        group_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            brokers: brokers.into(),
+            topics,
+            group_id: group_id.into(),
+            options: BTreeMap::new(),
+            batch_size: 1000,
+            batch_linger: Duration::from_millis(5),
+            channel_batches: 4,
+            revoke_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("invalid Kafka settings for `{name}`: {source}")]
+    Config {
+        name: String,
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    #[error("cannot subscribe `{name}` to {topics}: {source}")]
+    Subscribe {
+        name: String,
+        topics: String,
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    #[error("cannot start the consumer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// One record, as bytes. A null value (tombstone) is `value: None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    /// Header name and value (a header value may be null).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Milliseconds since the epoch, when the record has a timestamp.
+    pub timestamp: Option<i64>,
+}
+
+/// Records to make durable, then [`Ack::ack`].
+#[derive(Debug)]
+pub struct Batch {
+    pub records: Vec<SourceRecord>,
+    pub ack: Ack,
+}
+
+/// Acknowledges a batch as durable; its offsets may then be stored (in order).
+#[derive(Debug)]
+pub struct Ack {
+    id: u64,
+    acks: Sender<u64>,
+}
+
+impl Ack {
+    /// The batch is durable. Dropping an `Ack` without calling this leaves the offsets
+    /// unstored, and the records are read again after a restart or rebalance.
+    pub fn ack(self) {
+        let _ = self.acks.send(self.id);
+    }
+}
+
+/// Live figures of a source.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    pub consumed: AtomicU64,
+    pub paused: AtomicBool,
+}
+
+/// A running source. [`Source::stop`] it to commit what is durable and leave the group.
+#[derive(Debug)]
+pub struct Source {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    status: Arc<SourceStatus>,
+}
+
+impl Source {
+    /// Join the group and start polling. Batches arrive on the returned receiver.
+    pub fn start(config: SourceConfig) -> Result<(Self, mpsc::Receiver<Batch>), SourceError> {
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        let context = SourceContext::new(config.name.clone(), ack_rx, config.revoke_timeout);
+        let consumer: BaseConsumer<SourceContext> = client_config(&config)
+            .create_with_context(context)
+            .map_err(|source| SourceError::Config {
+                name: config.name.clone(),
+                source: Box::new(source),
+            })?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|source| SourceError::Subscribe {
+                name: config.name.clone(),
+                topics: config.topics.join(","),
+                source: Box::new(source),
+            })?;
+        let (tx, rx) = mpsc::channel(config.channel_batches.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(SourceStatus::default());
+        let poll = PollLoop {
+            consumer,
+            config,
+            batches: tx,
+            acks: ack_tx,
+            stop: Arc::clone(&stop),
+            status: Arc::clone(&status),
+        };
+        let thread = std::thread::Builder::new()
+            .name("kafka-source".into())
+            .spawn(move || poll.run())
+            .map_err(SourceError::Thread)?;
+        Ok((
+            Self {
+                stop,
+                thread: Some(thread),
+                status,
+            },
+            rx,
+        ))
+    }
+
+    pub fn status(&self) -> Arc<SourceStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// Store the offsets of acknowledged batches, commit, and leave the group. Call after
+    /// the engine has acknowledged (or dropped) every batch it took.
+    pub fn stop(mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the Kafka source thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+    }
+}
+
+fn client_config(config: &SourceConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    // Defaults a user may override.
+    client
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("auto.commit.interval.ms", "1000");
+    for (key, value) in &config.options {
+        client.set(key, value);
+    }
+    // What correctness relies on.
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false");
+    client
+}
+
+struct PollLoop {
+    consumer: BaseConsumer<SourceContext>,
+    config: SourceConfig,
+    batches: mpsc::Sender<Batch>,
+    acks: Sender<u64>,
+    stop: Arc<AtomicBool>,
+    status: Arc<SourceStatus>,
+}
+
+impl PollLoop {
+    fn run(self) {
+        let mut next_id = 1_u64;
+        let mut held: Option<Vec<SourceRecord>> = None;
+        let mut building: Vec<SourceRecord> = Vec::new();
+        let mut building_since = Instant::now();
+        let mut paused = false;
+        let mut last_error: Option<(String, Instant)> = None;
+
+        while !self.stop.load(Relaxed) {
+            let context = self.consumer.context();
+            context.drain_acks(&self.consumer);
+
+            if let Some(records) = held.take() {
+                held = self.hand_over(records, &mut next_id);
+                if held.is_none() && self.batches.is_closed() {
+                    break;
+                }
+            }
+            if held.is_none()
+                && !building.is_empty()
+                && (building.len() >= self.config.batch_size
+                    || building_since.elapsed() >= self.config.batch_linger)
+            {
+                held = self.hand_over(std::mem::take(&mut building), &mut next_id);
+            }
+            let want_pause = held.is_some();
+            if want_pause != paused {
+                self.set_paused(want_pause);
+                paused = want_pause;
+            }
+
+            let timeout = if building.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                self.config
+                    .batch_linger
+                    .saturating_sub(building_since.elapsed())
+            };
+            match self.consumer.poll(timeout) {
+                Some(Ok(message)) => {
+                    if building.is_empty() {
+                        building_since = Instant::now();
+                    }
+                    building.push(record_of(&message));
+                    self.status.consumed.fetch_add(1, Relaxed);
+                }
+                Some(Err(error)) => {
+                    let text = error.to_string();
+                    let repeat = last_error.as_ref().is_some_and(|(last, at)| {
+                        *last == text && at.elapsed() < Duration::from_secs(30)
+                    });
+                    if !repeat {
+                        tracing::warn!(source = %self.config.name, error = %text, "Kafka consumer error; retrying");
+                        last_error = Some((text, Instant::now()));
+                    }
+                }
+                None => {}
+            }
+            let revoked = self.consumer.context().take_revoked();
+            if !revoked.is_empty() {
+                drop_revoked(&mut building, &revoked);
+                if let Some(records) = held.as_mut() {
+                    drop_revoked(records, &revoked);
+                    if records.is_empty() {
+                        held = None;
+                    }
+                }
+            }
+        }
+        self.shutdown();
+    }
+
+    /// Try to hand a batch to the engine; returns it back when the channel is full.
+    fn hand_over(
+        &self,
+        records: Vec<SourceRecord>,
+        next_id: &mut u64,
+    ) -> Option<Vec<SourceRecord>> {
+        let permit = match self.batches.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Full(())) => return Some(records),
+            Err(mpsc::error::TrySendError::Closed(())) => return None,
+        };
+        let id = *next_id;
+        *next_id += 1;
+        let mut highest: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for r in &records {
+            let entry = highest
+                .entry((r.topic.clone(), r.partition))
+                .or_insert(r.offset);
+            *entry = (*entry).max(r.offset);
+        }
+        self.consumer
+            .context()
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .register(id, highest);
+        permit.send(Batch {
+            records,
+            ack: Ack {
+                id,
+                acks: self.acks.clone(),
+            },
+        });
+        None
+    }
+
+    fn set_paused(&self, pause: bool) {
+        self.status.paused.store(pause, Relaxed);
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => tracing::debug!(source = %self.config.name, pause, "backpressure"),
+            Err(error) => {
+                tracing::warn!(source = %self.config.name, %error, pause, "cannot pause/resume partitions");
+            }
+        }
+    }
+
+    /// Give acknowledgements in flight a moment, store their offsets, commit and leave.
+    fn shutdown(self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let context = self.consumer.context();
+        while context
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .total_in_flight()
+            > 0
+            && Instant::now() < deadline
+        {
+            context.drain_acks(&self.consumer);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        context.drain_acks(&self.consumer);
+        if let Err(error) = self
+            .consumer
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        {
+            tracing::debug!(source = %self.config.name, %error, "final commit");
+        }
+        self.consumer.unsubscribe();
+        tracing::info!(source = %self.config.name, "Kafka source stopped");
+    }
+}
+
+fn drop_revoked(records: &mut Vec<SourceRecord>, revoked: &HashSet<(String, i32)>) {
+    records.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
+}
+
+fn record_of(message: &BorrowedMessage<'_>) -> SourceRecord {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default();
+    SourceRecord {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers,
+        timestamp: message.timestamp().to_millis(),
+    }
+}
