@@ -1,5 +1,8 @@
 //! Helpers for the integration suite: real HTTP targets on 127.0.0.1, the engine binary,
+//! a Tansu broker ([`kafka`]),
 //! admin API calls, and waiting on conditions.
+
+pub mod kafka;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,189 @@
+//! Kafka helpers: a real Tansu broker process, topic creation, and producers (rdkafka from
+//! crates.io, the only client that parses Tansu's replies).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use crate::free_addr;
+
+/// Consumer options the engine needs against Tansu 0.6 (see docs/testing.md): a short
+/// first-join wait and a short fetch wait.
+pub const TANSU_CONSUMER_OPTIONS: &str = r#"
+"fetch.wait.max.ms" = "10"
+"session.timeout.ms" = "6000"
+"max.poll.interval.ms" = "7000"
+"#;
+
+/// A Tansu broker on a free loopback port, killed on drop.
+#[derive(Debug)]
+pub struct Tansu {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(bin);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/provision-tansu");
+    let output = Command::new(&script)
+        .output()
+        .expect("run scripts/provision-tansu");
+    assert!(
+        output.status.success(),
+        "provisioning tansu failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+impl Tansu {
+    /// Start a broker and wait until it accepts connections.
+    pub fn start() -> Self {
+        let addr = free_addr();
+        let mut tansu = Self { addr, child: None };
+        tansu.restart();
+        tansu
+    }
+
+    /// (Re)start the broker process on the same port. Its storage is in memory.
+    pub fn restart(&mut self) {
+        let url = format!("tcp://{}", self.addr);
+        let child = Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start on {}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kill the broker process.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Create a topic through the admin API.
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("admin client");
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let results = admin
+            .create_topics(
+                &[topic],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("create topic");
+        for result in results {
+            result.expect("topic created");
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A producer that waits for every acknowledgement.
+pub fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("message.timeout.ms", "60000")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// One record to produce.
+#[derive(Debug, Clone, Default)]
+pub struct Out {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub partition: Option<i32>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Out {
+    pub fn keyed(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            key: Some(key.into()),
+            value: Some(value.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Produce records and wait until the broker has acknowledged all of them. Returns
+/// (partition, offset) of each, in order.
+pub async fn produce(producer: &FutureProducer, topic: &str, records: Vec<Out>) -> Vec<(i32, i64)> {
+    let mut pending = Vec::with_capacity(records.len());
+    for out in &records {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+        if let Some(key) = &out.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(value) = &out.value {
+            record = record.payload(value.as_slice());
+        }
+        if let Some(partition) = out.partition {
+            record = record.partition(partition);
+        }
+        if !out.headers.is_empty() {
+            let mut headers = OwnedHeaders::new();
+            for (name, value) in &out.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: value.as_deref(),
+                });
+            }
+            record = record.headers(headers);
+        }
+        pending.push(producer.send_result(record).expect("queue a record"));
+    }
+    let mut positions = Vec::with_capacity(pending.len());
+    for delivery in pending {
+        let delivery = delivery
+            .await
+            .expect("delivery future")
+            .expect("record acknowledged");
+        positions.push((delivery.partition, delivery.offset));
+    }
+    positions
+}

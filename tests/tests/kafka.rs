@@ -1,0 +1,479 @@
+//! The Kafka source against a real Kafka-protocol broker (Tansu), real HTTP targets and a
+//! real SQLite file.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::{Config, Engine};
+use integration_tests::kafka::{produce, producer, Out, Tansu, TANSU_CONSUMER_OPTIONS};
+use integration_tests::{engine_binary, free_addr, wait_for, Admin, Reply, Seen, Target};
+use rand::Rng;
+
+struct Setup<'a> {
+    bootstrap: &'a str,
+    topic: &'a str,
+    target: &'a str,
+    subscription_extra: &'a str,
+    kafka_extra: &'a str,
+    options: &'a str,
+}
+
+fn config_text(dir: &std::path::Path, admin: std::net::SocketAddr, s: &Setup<'_>) -> String {
+    format!(
+        r#"
+[store]
+path = "{db}"
+
+[admin]
+listen = "{admin}"
+
+[[subscription]]
+name = "test"
+target = "{target}"
+{subscription_extra}
+
+[subscription.retry]
+initial_delay = "5ms"
+max_delay = "50ms"
+max_attempts = 0
+
+[subscription.kafka]
+brokers = "{bootstrap}"
+topics = ["{topic}"]
+group_id = "engine-test-{topic}"
+{kafka_extra}
+
+[subscription.kafka.options]
+{options}
+"#,
+        db = dir.join("engine.db").display(),
+        target = s.target,
+        subscription_extra = s.subscription_extra,
+        bootstrap = s.bootstrap,
+        topic = s.topic,
+        kafka_extra = s.kafka_extra,
+        options = s.options,
+    )
+}
+
+async fn start(dir: &tempfile::TempDir, setup: &Setup<'_>) -> (Engine, Admin) {
+    let text = config_text(dir.path(), "127.0.0.1:0".parse().unwrap(), setup);
+    let engine = Engine::start(Config::from_toml(&text).unwrap())
+        .await
+        .unwrap();
+    let admin = Admin::new(engine.admin_addr());
+    (engine, admin)
+}
+
+async fn count(admin: &Admin, status: &str) -> u64 {
+    admin.stats().await[status].as_u64().unwrap_or(0)
+}
+
+async fn total_calls(admin: &Admin) -> u64 {
+    let stats = admin.stats().await;
+    ["pending", "running", "succeeded", "dead", "cancelled"]
+        .iter()
+        .map(|s| stats[*s].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn position(seen: &Seen) -> (i32, i64) {
+    (
+        seen.header("engine-kafka-partition")
+            .unwrap()
+            .parse()
+            .unwrap(),
+        seen.header("engine-kafka-offset").unwrap().parse().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_records_with_20_percent_failures_become_exactly_one_call_each() {
+    const RECORDS: usize = 10_000;
+    let tansu = Tansu::start();
+    tansu.create_topic("loss", 3).await;
+    let target = Target::start(|_| {
+        if rand::rng().random::<f64>() < 0.2 {
+            Reply::Status(503, "flaky")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start(
+        &dir,
+        &Setup {
+            bootstrap: &tansu.bootstrap(),
+            topic: "loss",
+            target: &target.url(),
+            subscription_extra: "ordering = \"unordered\"",
+            kafka_extra: "",
+            options: TANSU_CONSUMER_OPTIONS,
+        },
+    )
+    .await;
+    let records = (0..RECORDS)
+        .map(|n| Out::keyed(format!("k{}", n % 100), n.to_string()))
+        .collect();
+    let produced = produce(&producer(&tansu.bootstrap()), "loss", records).await;
+    let partitions: HashSet<i32> = produced.iter().map(|p| p.0).collect();
+    assert_eq!(partitions.len(), 3, "records spread over the 3 partitions");
+
+    wait_for(
+        "every call to succeed",
+        Duration::from_secs(120),
+        || async { count(&admin, "succeeded").await == RECORDS as u64 },
+    )
+    .await;
+    assert_eq!(
+        total_calls(&admin).await,
+        RECORDS as u64,
+        "exactly one call per record"
+    );
+    let delivered: HashSet<(i32, i64)> = target.seen().iter().map(position).collect();
+    let expected: HashSet<(i32, i64)> = produced.into_iter().collect();
+    assert_eq!(delivered, expected, "every record reached the handler");
+    let failures = target.seen().len() - RECORDS;
+    println!(
+        "records {RECORDS}, handler requests {}, temporary failures retried {failures}",
+        target.seen().len()
+    );
+    engine.shutdown().await.unwrap();
+}
+
+fn spawn_engine(config: &std::path::Path) -> Child {
+    Command::new(engine_binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("ENGINE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn engine")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_consuming_loses_nothing_and_duplicates_no_call() {
+    const RECORDS: usize = 10_000;
+    let tansu = Tansu::start();
+    tansu.create_topic("restart", 3).await;
+    let target = Target::start(|_| Reply::Status(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr = free_addr();
+    let config = dir.path().join("engine.toml");
+    let text = config_text(
+        dir.path(),
+        admin_addr,
+        &Setup {
+            bootstrap: &tansu.bootstrap(),
+            topic: "restart",
+            target: &target.url(),
+            subscription_extra: "",
+            // Small batches so the kill lands between commits.
+            kafka_extra: "batch_size = 200",
+            options: TANSU_CONSUMER_OPTIONS,
+        },
+    );
+    std::fs::write(&config, text).unwrap();
+    let admin = Admin::new(admin_addr);
+    let bootstrap = tansu.bootstrap();
+    let producing = tokio::spawn(async move {
+        let producer = producer(&bootstrap);
+        let mut positions = Vec::new();
+        for chunk in 0..10 {
+            let records = (0..RECORDS / 10)
+                .map(|n| Out::keyed(format!("k{}", n % 50), format!("{chunk}-{n}")))
+                .collect();
+            positions.extend(produce(&producer, "restart", records).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        positions
+    });
+
+    let mut engine = spawn_engine(&config);
+    wait_for(
+        "the engine to ingest some records",
+        Duration::from_secs(60),
+        || async { admin.is_up().await && total_calls(&admin).await >= 2_000 },
+    )
+    .await;
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+
+    let mut engine = spawn_engine(&config);
+    let produced = producing.await.unwrap();
+    wait_for(
+        "every record to become a succeeded call",
+        Duration::from_secs(120),
+        || async { admin.is_up().await && count(&admin, "succeeded").await >= RECORDS as u64 },
+    )
+    .await;
+    assert_eq!(
+        total_calls(&admin).await,
+        RECORDS as u64,
+        "no duplicate call after the restart"
+    );
+    let delivered: HashSet<(i32, i64)> = target.seen().iter().map(position).collect();
+    assert_eq!(
+        delivered,
+        produced.into_iter().collect::<HashSet<_>>(),
+        "no record lost"
+    );
+    Command::new("kill")
+        .args(["-TERM", &engine.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(engine.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_order_holds_per_key_while_some_keys_retry() {
+    const RECORDS: usize = 3_000;
+    let tansu = Tansu::start();
+    tansu.create_topic("order", 3).await;
+    let target = Target::start(|_| {
+        if rand::rng().random::<f64>() < 0.3 {
+            Reply::Status(503, "again")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start(
+        &dir,
+        &Setup {
+            bootstrap: &tansu.bootstrap(),
+            topic: "order",
+            target: &target.url(),
+            subscription_extra: "ordering = \"key\"",
+            kafka_extra: "",
+            options: TANSU_CONSUMER_OPTIONS,
+        },
+    )
+    .await;
+    let records = (0..RECORDS)
+        .map(|n| Out::keyed(format!("key-{}", n % 30), n.to_string()))
+        .collect();
+    produce(&producer(&tansu.bootstrap()), "order", records).await;
+    wait_for(
+        "every call to succeed",
+        Duration::from_secs(120),
+        || async { count(&admin, "succeeded").await == RECORDS as u64 },
+    )
+    .await;
+
+    let mut per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for seen in target.seen() {
+        let key = seen.header("engine-kafka-key").unwrap().to_string();
+        per_key.entry(key).or_default().push(position(&seen).1);
+    }
+    assert_eq!(per_key.len(), 30);
+    for (key, mut offsets) in per_key {
+        offsets.dedup(); // retries of one call repeat in place
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "key {key}: deliveries out of offset order: {offsets:?}"
+        );
+        assert_eq!(
+            offsets.len(),
+            RECORDS / 30,
+            "key {key}: every call delivered"
+        );
+    }
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_unordered_mode_a_failing_record_does_not_delay_the_others() {
+    const RECORDS: usize = 1_000;
+    let tansu = Tansu::start();
+    tansu.create_topic("unordered", 3).await;
+    let healed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&healed);
+    let target = Target::start(move |seen| {
+        if seen.body == b"poison" && !flag.load(Ordering::SeqCst) {
+            Reply::Status(503, "poison")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start(
+        &dir,
+        &Setup {
+            bootstrap: &tansu.bootstrap(),
+            topic: "unordered",
+            target: &target.url(),
+            subscription_extra: "ordering = \"unordered\"",
+            kafka_extra: "",
+            options: TANSU_CONSUMER_OPTIONS,
+        },
+    )
+    .await;
+    let mut records = vec![Out {
+        value: Some(b"poison".to_vec()),
+        partition: Some(0),
+        ..Out::default()
+    }];
+    records.extend((1..RECORDS).map(|n| Out {
+        value: Some(n.to_string().into_bytes()),
+        partition: Some((n % 3) as i32),
+        ..Out::default()
+    }));
+    produce(&producer(&tansu.bootstrap()), "unordered", records).await;
+    wait_for(
+        "every other call to succeed",
+        Duration::from_secs(60),
+        || async { count(&admin, "succeeded").await == RECORDS as u64 - 1 },
+    )
+    .await;
+    assert_eq!(
+        count(&admin, "pending").await + count(&admin, "running").await,
+        1,
+        "only the poison record waits"
+    );
+    healed.store(true, Ordering::SeqCst);
+    wait_for(
+        "the poison record to succeed once healed",
+        Duration::from_secs(30),
+        || async { count(&admin, "succeeded").await == RECORDS as u64 },
+    )
+    .await;
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_bounds_the_backlog() {
+    const RECORDS: usize = 400;
+    const MAX_BACKLOG: i64 = 20;
+    const BATCH: i64 = 10;
+    let tansu = Tansu::start();
+    tansu.create_topic("slow", 3).await;
+    let target = Target::start(|_| Reply::Hang(Duration::from_millis(10))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start(
+        &dir,
+        &Setup {
+            bootstrap: &tansu.bootstrap(),
+            topic: "slow",
+            target: &target.url(),
+            subscription_extra: "ordering = \"unordered\"\nmax_concurrency = 2",
+            kafka_extra: &format!("max_backlog = {MAX_BACKLOG}\nbatch_size = {BATCH}"),
+            options: TANSU_CONSUMER_OPTIONS,
+        },
+    )
+    .await;
+    let records = (0..RECORDS)
+        .map(|n| Out::keyed("k", n.to_string()))
+        .collect();
+    produce(&producer(&tansu.bootstrap()), "slow", records).await;
+
+    let stats = Arc::clone(&engine.schedulers()["test"]);
+    let mut highest = 0;
+    let mut samples = 0;
+    while stats.succeeded.load(Ordering::Relaxed) < RECORDS as u64 {
+        highest = highest.max(stats.open.load(Ordering::Relaxed));
+        samples += 1;
+        assert!(samples < 60_000, "did not finish");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The store agrees with the in-memory count.
+    assert_eq!(count(&admin, "succeeded").await, RECORDS as u64);
+    println!(
+        "highest backlog {highest} (bound {MAX_BACKLOG}, batch {BATCH}) over {samples} samples"
+    );
+    assert!(
+        highest <= MAX_BACKLOG + BATCH,
+        "backlog {highest} passed the bound plus one batch"
+    );
+    assert!(
+        highest >= MAX_BACKLOG / 2,
+        "the backlog should reach the bound: {highest}"
+    );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_survive_the_trip_keys_values_tombstones_headers() {
+    let tansu = Tansu::start();
+    tansu.create_topic("bytes", 1).await;
+    let target = Target::start(|_| Reply::Status(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start(
+        &dir,
+        &Setup {
+            bootstrap: &tansu.bootstrap(),
+            topic: "bytes",
+            target: &target.url(),
+            subscription_extra: "ordering = \"partition\"",
+            kafka_extra: "",
+            options: TANSU_CONSUMER_OPTIONS,
+        },
+    )
+    .await;
+    let records = vec![
+        Out {
+            key: Some(vec![0xff, 0x00, b',', b'=']),
+            value: Some(vec![0x00, 0xc3, 0x28, 0xff]),
+            headers: vec![
+                ("trace id".into(), Some(b"a,b=c".to_vec())),
+                ("nil".into(), None),
+                ("bin".into(), Some(vec![0xfe, 0x01])),
+            ],
+            ..Out::default()
+        },
+        Out {
+            key: Some(b"empty".to_vec()),
+            value: Some(Vec::new()),
+            ..Out::default()
+        },
+        Out {
+            key: Some(b"tomb".to_vec()),
+            value: None,
+            ..Out::default()
+        },
+    ];
+    produce(&producer(&tansu.bootstrap()), "bytes", records).await;
+    wait_for(
+        "three calls to succeed",
+        Duration::from_secs(60),
+        || async { count(&admin, "succeeded").await == 3 },
+    )
+    .await;
+    let seen: HashMap<Vec<u8>, Seen> = target
+        .seen()
+        .into_iter()
+        .map(|s| {
+            (
+                sdk::protocol::decode_bytes(s.header("engine-kafka-key").unwrap()),
+                s,
+            )
+        })
+        .collect();
+    let binary = &seen[&vec![0xff, 0x00, b',', b'=']];
+    assert_eq!(binary.body, vec![0x00, 0xc3, 0x28, 0xff]);
+    let headers =
+        sdk::protocol::decode_record_headers(binary.header("engine-kafka-headers").unwrap());
+    assert_eq!(
+        headers,
+        vec![
+            ("trace id".to_string(), Some(b"a,b=c".to_vec())),
+            ("nil".to_string(), None),
+            ("bin".to_string(), Some(vec![0xfe, 0x01])),
+        ]
+    );
+    let empty = &seen[&b"empty".to_vec()];
+    assert!(empty.body.is_empty());
+    assert_eq!(empty.header("engine-kafka-tombstone"), None);
+    let tomb = &seen[&b"tomb".to_vec()];
+    assert!(tomb.body.is_empty());
+    assert_eq!(tomb.header("engine-kafka-tombstone"), Some("true"));
+    assert_eq!(tomb.header("engine-kafka-topic"), Some("bytes"));
+    engine.shutdown().await.unwrap();
+}
