@@ -85,9 +85,13 @@ fn main() -> anyhow::Result<()> {
                 target,
                 failure_rate,
             };
-            tokio::runtime::Runtime::new()
-                .context("cannot start the async runtime")?
-                .block_on(dev::run(options, shutdown_signal()))
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let result = runtime.block_on(dev::run(options, shutdown_signal()));
+            // The stdin reader sits in a blocking read that nothing can interrupt: do not
+            // wait for it.
+            runtime.shutdown_background();
+            result
         }
         Command::CheckConfig { config } => {
             let loaded = Config::load(&config)?;

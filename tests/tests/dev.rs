@@ -1,0 +1,148 @@
+//! The embedded default: `engine dev`, and fault injection on librdkafka's mock cluster.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use connectors::dev_broker::DevBroker;
+use engine::{Config, Engine};
+use integration_tests::kafka::{produce, producer, Out};
+use integration_tests::{engine_binary, free_addr, wait_for, Admin, Reply, Target};
+
+#[tokio::test]
+async fn a_broker_outage_mid_stream_loses_nothing() {
+    const RECORDS: usize = 3_000;
+    let broker = DevBroker::start(1).unwrap();
+    broker.create_topic("outage", 3).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let target = Target::start(|_| Reply::Status(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(&format!(
+        r#"
+[store]
+path = "{db}"
+[admin]
+listen = "127.0.0.1:0"
+[[subscription]]
+name = "test"
+target = "{target}"
+[subscription.kafka]
+brokers = "{bootstrap}"
+topics = ["outage"]
+[subscription.kafka.options]
+"reconnect.backoff.max.ms" = "500"
+"#,
+        db = dir.path().join("engine.db").display(),
+        target = target.url(),
+    ))
+    .unwrap();
+    let engine = Engine::start(config).await.unwrap();
+    let admin = Admin::new(engine.admin_addr());
+    let first = (0..RECORDS / 2)
+        .map(|n| Out::keyed(format!("k{}", n % 20), n.to_string()))
+        .collect();
+    produce(&producer(&bootstrap), "outage", first).await;
+    wait_for(
+        "the first half to be ingested",
+        Duration::from_secs(60),
+        || async { admin.stats().await["succeeded"].as_u64().unwrap_or(0) >= 100 },
+    )
+    .await;
+
+    broker.all_down().unwrap();
+    let second_half = {
+        let bootstrap = bootstrap.clone();
+        tokio::spawn(async move {
+            let records = (RECORDS / 2..RECORDS)
+                .map(|n| Out::keyed(format!("k{}", n % 20), n.to_string()))
+                .collect();
+            produce(&producer(&bootstrap), "outage", records).await
+        })
+    };
+    // The outage itself: the engine must ride it out.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(admin.is_up().await, "the engine stays up during the outage");
+    broker.all_up().unwrap();
+    second_half.await.unwrap();
+
+    wait_for(
+        "every record to become a succeeded call",
+        Duration::from_secs(90),
+        || async { admin.stats().await["succeeded"].as_u64().unwrap_or(0) == RECORDS as u64 },
+    )
+    .await;
+    let stats = admin.stats().await;
+    assert_eq!(
+        stats["pending"].as_u64().unwrap() + stats["dead"].as_u64().unwrap(),
+        0
+    );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr = free_addr();
+    let mut child = Command::new(engine_binary())
+        .arg("dev")
+        .arg("--db")
+        .arg(dir.path().join("dev.db"))
+        .args(["--admin", &admin_addr.to_string(), "--failure-rate", "0"])
+        .env("ENGINE_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn engine dev");
+    let output = Arc::new(Mutex::new(Vec::<String>::new()));
+    let lines = Arc::clone(&output);
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line);
+        }
+    });
+    let printed = |needle: &str| {
+        output
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+    };
+    wait_for("the bootstrap address", Duration::from_secs(60), || async {
+        printed("Kafka bootstrap:").is_some()
+    })
+    .await;
+    let line = printed("Kafka bootstrap:").unwrap();
+    let bootstrap = line.split_whitespace().nth(2).unwrap().to_string();
+
+    produce(
+        &producer(&bootstrap),
+        "dev",
+        vec![Out::keyed("k", "from-a-kafka-client")],
+    )
+    .await;
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "user-7: from-stdin").unwrap();
+    stdin.flush().unwrap();
+
+    wait_for(
+        "both records to be handled",
+        Duration::from_secs(60),
+        || async {
+            printed("from-a-kafka-client").is_some_and(|l| l.contains("OK"))
+                && printed("\"from-stdin\"")
+                    .is_some_and(|l| l.contains("OK") && l.contains("key user-7"))
+        },
+    )
+    .await;
+    let admin = Admin::new(admin_addr);
+    assert_eq!(admin.stats().await["succeeded"], 2);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
