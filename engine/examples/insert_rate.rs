@@ -52,9 +52,7 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             for b in 0..batches / 4 {
                 let first = 1_000_000 + (producer * (batches / 4) + b) * batch;
-                store
-                    .insert((first..first + batch).map(call).collect())
-                    .await?;
+                store.insert((first..first + batch).map(call).collect()).await?;
             }
             anyhow::Ok(())
         }));
@@ -67,13 +65,8 @@ async fn main() -> anyhow::Result<()> {
     let stats = store.writer_stats();
     let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
     println!("one transaction per row: {single_rate:>9.0} rows/s ({single} rows)");
-    println!(
-        "group commit:            {group_rate:>9.0} rows/s ({rows} rows, {commits} commits in all)"
-    );
-    println!(
-        "ratio:                   {:>9.1}x",
-        group_rate / single_rate
-    );
+    println!("group commit:            {group_rate:>9.0} rows/s ({rows} rows, {commits} commits in all)");
+    println!("ratio:                   {:>9.1}x", group_rate / single_rate);
     store.close();
     Ok(())
 }

@@ -67,11 +67,7 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if presented != Some(token.as_ref()) {
-            return ApiError(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token".into(),
-            )
-            .into_response();
+            return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
         }
     }
     next.run(request).await
@@ -90,12 +86,10 @@ async fn enqueue(
     Query(query): Query<EnqueueQuery>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let subscription = state.subscriptions.get(&name).ok_or_else(|| {
-        ApiError(
-            StatusCode::NOT_FOUND,
-            format!("unknown subscription `{name}`"),
-        )
-    })?;
+    let subscription = state
+        .subscriptions
+        .get(&name)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown subscription `{name}`")))?;
     let call = new_call(
         subscription,
         Record {
@@ -120,16 +114,9 @@ async fn enqueue(
     }
 }
 
-async fn show_call(
-    State(state): State<AdminState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = uuid::Uuid::parse_str(&id).map_err(|_| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("`{id}` is not a call id (a UUID)"),
-        )
-    })?;
+async fn show_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = uuid::Uuid::parse_str(&id)
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("`{id}` is not a call id (a UUID)")))?;
     let call = state
         .store
         .call(id)

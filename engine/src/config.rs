@@ -60,7 +60,7 @@ impl Default for StoreConfig {
             path: PathBuf::from("engine.db"),
             retention: Duration::from_secs(7 * 24 * 3600),
             commit_interval: Duration::from_millis(1),
-            max_batch: 4096,
+            max_batch: 16_384,
         }
     }
 }
@@ -135,6 +135,9 @@ pub struct SubscriptionConfig {
     /// Most calls held in memory; the rest wait in the store.
     #[serde(default = "defaults::window")]
     pub window: usize,
+    /// Ingest but do not deliver (for maintenance of the target, or to measure ingest).
+    #[serde(default)]
+    pub paused: bool,
     #[serde(default)]
     pub retry: RetryPolicy,
     /// Where records come from; without it, calls are only enqueued through the admin API.
@@ -216,9 +219,7 @@ impl Config {
     /// Check what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if !self.admin.listen.ip().is_loopback()
-            && self.admin.token.as_deref().is_none_or(str::is_empty)
-        {
+        if !self.admin.listen.ip().is_loopback() && self.admin.token.as_deref().is_none_or(str::is_empty) {
             return invalid(format!(
                 "admin.listen = {} is not a loopback address, so admin.token is required",
                 self.admin.listen
@@ -230,11 +231,7 @@ impl Config {
         let mut names = HashSet::new();
         for sub in &self.subscriptions {
             let name = &sub.name;
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
                 return invalid(format!(
                     "subscription name `{name}` must be non-empty and use only letters, digits, `-`, `_` and `.`"
                 ));
@@ -275,7 +272,9 @@ impl Config {
                     ));
                 }
                 if kafka.batch_size == 0 || kafka.max_backlog == 0 {
-                    return invalid(format!("subscription `{name}`: kafka.batch_size and kafka.max_backlog must be at least 1"));
+                    return invalid(format!(
+                        "subscription `{name}`: kafka.batch_size and kafka.max_backlog must be at least 1"
+                    ));
                 }
                 if kafka.brokers.trim().is_empty() {
                     return invalid(format!("subscription `{name}`: kafka.brokers is empty"));
@@ -296,11 +295,9 @@ impl Config {
 impl SubscriptionConfig {
     /// The consumer group id, explicit or derived from the name.
     pub fn group_id(&self) -> Option<String> {
-        self.kafka.as_ref().map(|k| {
-            k.group_id
-                .clone()
-                .unwrap_or_else(|| format!("engine-{}", self.name))
-        })
+        self.kafka
+            .as_ref()
+            .map(|k| k.group_id.clone().unwrap_or_else(|| format!("engine-{}", self.name)))
     }
 }
 
@@ -353,9 +350,7 @@ mod tests {
     #[test]
     fn semantic_errors_are_explained() {
         assert!(error_of(&format!("{MINIMAL}{MINIMAL}")).contains("defined twice"));
-        assert!(
-            error_of("[[subscription]]\nname = \"a\"\ntarget = \"ftp://x\"\n").contains("http://")
-        );
+        assert!(error_of("[[subscription]]\nname = \"a\"\ntarget = \"ftp://x\"\n").contains("http://"));
         assert!(error_of("[admin]\nlisten = \"0.0.0.0:8680\"\n").contains("admin.token"));
         let e = error_of(&format!(
             "{MINIMAL}[subscription.kafka]\nbrokers = \"b:9092\"\ntopics = []\n"
@@ -365,9 +360,7 @@ mod tests {
             "{MINIMAL}[subscription.kafka]\nbrokers = \"b:9092\"\ntopics = [\"t\"]\noptions = {{ \"group.id\" = \"x\" }}\n"
         ));
         assert!(e.contains("group.id"), "{e}");
-        let e = error_of(&format!(
-            "{MINIMAL}[subscription.retry]\nmultiplier = 0.1\n"
-        ));
+        let e = error_of(&format!("{MINIMAL}[subscription.retry]\nmultiplier = 0.1\n"));
         assert!(e.contains("multiplier"), "{e}");
     }
 }

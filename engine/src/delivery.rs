@@ -145,17 +145,11 @@ fn floor_char_boundary(text: &str, max: usize) -> usize {
     if text.len() <= max {
         return text.len();
     }
-    (0..=max)
-        .rev()
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(0)
+    (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0)
 }
 
 /// Read at most `limit` bytes of the body; the rest is not read (the connection is dropped).
-async fn read_bounded(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<(Vec<u8>, bool), reqwest::Error> {
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = limit - body.len();
@@ -186,10 +180,7 @@ pub fn request_headers(call: &DueCall, attempt: u32, subscription: &str) -> Head
     put(header::SUBSCRIPTION, subscription.to_string());
     put("content-type", "application/octet-stream".to_string());
     if let Some(source) = &call.source {
-        put(
-            header::KAFKA_TOPIC,
-            protocol::encode_bytes(source.topic.as_bytes()),
-        );
+        put(header::KAFKA_TOPIC, protocol::encode_bytes(source.topic.as_bytes()));
         put(header::KAFKA_PARTITION, source.partition.to_string());
         put(header::KAFKA_OFFSET, source.offset.to_string());
         if let Some(ts) = source.timestamp {

@@ -34,10 +34,7 @@ pub struct DevOptions {
 }
 
 /// Run until `stop` completes.
-pub async fn run(
-    options: DevOptions,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&options.failure_rate),
         "--failure-rate must be within [0, 1]"
@@ -101,19 +98,13 @@ group_id = "engine-dev"
         .set("bootstrap.servers", &bootstrap)
         .set("message.timeout.ms", "10000")
         .create()?;
-    let stats = engine
-        .schedulers()
-        .get("dev")
-        .cloned()
-        .expect("the dev subscription");
+    let stats = engine.schedulers().get("dev").cloned().expect("the dev subscription");
     let topic = options.topic.clone();
     let stdin_task = tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             let (key, value) = match line.split_once(": ") {
-                Some((key, value)) if !key.contains(' ') => {
-                    (Some(key.to_string()), value.to_string())
-                }
+                Some((key, value)) if !key.contains(' ') => (Some(key.to_string()), value.to_string()),
                 _ => (None, line),
             };
             let mut record = FutureRecord::to(&topic).payload(&value);
@@ -168,9 +159,7 @@ struct Demo {
     handled: AtomicU64,
 }
 
-async fn start_demo_handler(
-    failure_rate: f64,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+async fn start_demo_handler(failure_rate: f64) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let state = Arc::new(Demo {
@@ -184,11 +173,7 @@ async fn start_demo_handler(
     Ok((addr, task))
 }
 
-async fn demo_handle(
-    State(demo): State<Arc<Demo>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, String) {
+async fn demo_handle(State(demo): State<Arc<Demo>>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
     let text = |name: &str| {
         headers
             .get(name)

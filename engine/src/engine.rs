@@ -73,9 +73,7 @@ impl Engine {
             let sub = Arc::new(sub);
             let scheduler = Scheduler::new(Arc::clone(&sub), store.clone(), deliverer.clone());
             let stats = scheduler.stats();
-            stats
-                .open
-                .store(store.open_calls(&sub.name).await? as i64, Relaxed);
+            stats.open.store(store.open_calls(&sub.name).await? as i64, Relaxed);
             if sub.kafka.is_some() {
                 tasks.spawn(source::run(
                     Arc::clone(&sub),
@@ -87,12 +85,7 @@ impl Engine {
             schedulers.insert(sub.name.clone(), stats);
             let shutdown = shutdown_rx.clone();
             let grace = SHUTDOWN_GRACE.min(sub.timeout);
-            tasks.spawn(async move {
-                scheduler
-                    .run(shutdown, grace)
-                    .await
-                    .map_err(EngineError::from)
-            });
+            tasks.spawn(async move { scheduler.run(shutdown, grace).await.map_err(EngineError::from) });
             subscriptions.insert(sub.name.clone(), sub);
         }
         let schedulers = Arc::new(schedulers);
@@ -123,11 +116,7 @@ impl Engine {
                 .map_err(|e| EngineError::Task(format!("admin API: {e}")))
         });
 
-        tasks.spawn(purge_loop(
-            store.clone(),
-            config.store.retention,
-            shutdown_rx,
-        ));
+        tasks.spawn(purge_loop(store.clone(), config.store.retention, shutdown_rx));
         tracing::info!(admin = %admin_addr, db = %store.path().display(), "engine started");
         Ok(Self {
             store,
@@ -183,18 +172,12 @@ impl Engine {
     }
 }
 
-fn flatten(
-    joined: Result<Result<(), EngineError>, tokio::task::JoinError>,
-) -> Result<(), EngineError> {
+fn flatten(joined: Result<Result<(), EngineError>, tokio::task::JoinError>) -> Result<(), EngineError> {
     joined.map_err(|e| EngineError::Task(e.to_string()))?
 }
 
 /// Delete finished calls older than the retention period, every few minutes.
-async fn purge_loop(
-    store: Store,
-    retention: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), EngineError> {
+async fn purge_loop(store: Store, retention: Duration, mut shutdown: watch::Receiver<bool>) -> Result<(), EngineError> {
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
     loop {
         tokio::select! {

@@ -21,11 +21,7 @@ pub struct Record {
 /// The call a record becomes. A value above `max_payload_bytes` still becomes a call, created
 /// dead with the reason, so it is visible and never silently dropped.
 pub fn new_call(subscription: &SubscriptionConfig, record: Record) -> NewCall {
-    let ordering_key = ordering_key(
-        subscription.ordering,
-        record.key.as_deref(),
-        record.source.as_ref(),
-    );
+    let ordering_key = ordering_key(subscription.ordering, record.key.as_deref(), record.source.as_ref());
     let tombstone = record.value.is_none();
     let payload = record.value.unwrap_or_default();
     let dead_reason = (payload.len() > subscription.max_payload_bytes).then(|| {
@@ -50,11 +46,7 @@ pub fn new_call(subscription: &SubscriptionConfig, record: Record) -> NewCall {
 }
 
 /// Make calls durable and count them into the subscription's backlog.
-pub async fn persist(
-    store: &Store,
-    stats: &SchedulerStats,
-    calls: Vec<NewCall>,
-) -> Result<Vec<Inserted>, StoreError> {
+pub async fn persist(store: &Store, stats: &SchedulerStats, calls: Vec<NewCall>) -> Result<Vec<Inserted>, StoreError> {
     let born_dead: Vec<bool> = calls.iter().map(|c| c.dead_reason.is_some()).collect();
     let inserted = store.insert(calls).await?;
     let mut created = 0;
@@ -73,11 +65,7 @@ pub async fn persist(
 /// The ordering group of a record: `k` + key in key mode, `p` + topic + NUL + partition in
 /// partition mode. Records without a key (or, in partition mode, without a partition) are
 /// not ordered.
-pub fn ordering_key(
-    mode: Ordering,
-    key: Option<&[u8]>,
-    source: Option<&KafkaSource>,
-) -> Option<Vec<u8>> {
+pub fn ordering_key(mode: Ordering, key: Option<&[u8]>, source: Option<&KafkaSource>) -> Option<Vec<u8>> {
     match mode {
         Ordering::Unordered => None,
         Ordering::Key => key.map(|key| {
@@ -86,9 +74,7 @@ pub fn ordering_key(
             group.extend_from_slice(key);
             group
         }),
-        Ordering::Partition => {
-            source.map(|s| format!("p{}\0{}", s.topic, s.partition).into_bytes())
-        }
+        Ordering::Partition => source.map(|s| format!("p{}\0{}", s.topic, s.partition).into_bytes()),
     }
 }
 
@@ -104,10 +90,7 @@ mod tests {
             offset: 9,
             timestamp: None,
         };
-        assert_eq!(
-            ordering_key(Ordering::Unordered, Some(b"a"), Some(&source)),
-            None
-        );
+        assert_eq!(ordering_key(Ordering::Unordered, Some(b"a"), Some(&source)), None);
         assert_eq!(
             ordering_key(Ordering::Key, Some(b"a"), Some(&source)),
             Some(b"ka".to_vec())

@@ -102,16 +102,10 @@ impl RetryPolicy {
     /// Check the policy's numbers, naming the first that is out of range.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
-            return Err(format!(
-                "retry.multiplier must be at least 1, got {}",
-                self.multiplier
-            ));
+            return Err(format!("retry.multiplier must be at least 1, got {}", self.multiplier));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(format!(
-                "retry.jitter must be within [0, 1], got {}",
-                self.jitter
-            ));
+            return Err(format!("retry.jitter must be within [0, 1], got {}", self.jitter));
         }
         if self.max_delay < self.initial_delay {
             return Err("retry.max_delay must not be below retry.initial_delay".into());
@@ -168,10 +162,7 @@ mod tests {
                 let random = f64::from(step) / 100.0;
                 let d = p.backoff(attempt, random);
                 assert!(d <= full, "attempt {attempt}: {d:?} above {full:?}");
-                assert!(
-                    d >= full / 2,
-                    "attempt {attempt}: {d:?} below half of {full:?}"
-                );
+                assert!(d >= full / 2, "attempt {attempt}: {d:?} below half of {full:?}");
             }
         }
         assert!(p.backoff(4, 0.0) > p.backoff(4, 0.99));
@@ -180,14 +171,8 @@ mod tests {
     #[test]
     fn retry_after_is_bounded_by_max_delay() {
         let p = policy();
-        assert_eq!(
-            p.clamp_retry_after(Duration::from_secs(3)),
-            Duration::from_secs(3)
-        );
-        assert_eq!(
-            p.clamp_retry_after(Duration::from_secs(3600)),
-            Duration::from_secs(10)
-        );
+        assert_eq!(p.clamp_retry_after(Duration::from_secs(3)), Duration::from_secs(3));
+        assert_eq!(p.clamp_retry_after(Duration::from_secs(3600)), Duration::from_secs(10));
     }
 
     #[test]
@@ -198,11 +183,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("multiplier"));
-        assert!(policy()
-            .with_jitter(2.0)
-            .validate()
-            .unwrap_err()
-            .contains("jitter"));
+        assert!(policy().with_jitter(2.0).validate().unwrap_err().contains("jitter"));
         let err = policy()
             .with_max_delay(Duration::from_millis(1))
             .validate()

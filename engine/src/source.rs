@@ -2,7 +2,7 @@
 //! calls, then acknowledge them so their offsets may be stored. Also the backpressure: no
 //! batch is taken while the subscription's open calls are at `max_backlog`.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,13 +38,17 @@ pub async fn run(
     let (source, mut batches) = Source::start(config)?;
     tracing::info!(subscription = %subscription.name, topics = ?kafka.topics, brokers = %kafka.brokers, "consuming");
     let mut waiting_logged = false;
+    let mut persisting = tokio::task::JoinSet::new();
+    // Records taken but not yet durable count toward the backlog too.
+    let in_flight_records = Arc::new(AtomicI64::new(0));
+    let backlog = || stats.open.load(Relaxed) + in_flight_records.load(Relaxed);
 
     'consume: loop {
         // Backpressure: stop taking batches at the bound; the connector pauses its
         // partitions when its channel fills, and keeps polling.
-        while stats.open.load(Relaxed) >= kafka.max_backlog as i64 {
+        while backlog() >= kafka.max_backlog as i64 {
             if !waiting_logged {
-                tracing::info!(subscription = %subscription.name, backlog = stats.open.load(Relaxed), "backlog at max_backlog; pausing consumption");
+                tracing::info!(subscription = %subscription.name, backlog = backlog(), "backlog at max_backlog; pausing consumption");
                 waiting_logged = true;
             }
             tokio::select! {
@@ -63,27 +67,36 @@ pub async fn run(
                 None => break,
             },
         };
+        // Keep a few batches in flight so the writer can group them into one commit.
+        while persisting.len() >= IN_FLIGHT_BATCHES {
+            flatten(persisting.join_next().await)?;
+        }
         let calls: Vec<_> = batch
             .records
             .into_iter()
             .map(|r| new_call(&subscription, record_from(r)))
             .collect();
-        // The durable write comes first; the offsets are stored only after it.
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match persist(&store, &stats, calls.clone()).await {
-                Ok(_) => break,
-                Err(error) => {
-                    tracing::error!(subscription = %subscription.name, %error, "cannot persist a batch; retrying");
-                    tokio::select! {
-                        _ = shutdown.wait_for(|stop| *stop) => break 'consume,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+        let ack = batch.ack;
+        let size = calls.len() as i64;
+        in_flight_records.fetch_add(size, Relaxed);
+        let (store, stats, name, shutdown, in_flight) = (
+            store.clone(),
+            Arc::clone(&stats),
+            subscription.name.clone(),
+            shutdown.clone(),
+            Arc::clone(&in_flight_records),
+        );
+        persisting.spawn(async move {
+            // The durable write comes first; the offsets are stored only after it.
+            let durable = persist_until_done(&store, &stats, calls, &name, shutdown).await;
+            in_flight.fetch_sub(size, Relaxed);
+            if durable {
+                ack.ack();
             }
-        }
-        batch.ack.ack();
+        });
+    }
+    while let Some(joined) = persisting.join_next().await {
+        flatten(Some(joined))?;
     }
     drop(batches);
     tokio::task::spawn_blocking(move || source.stop())
@@ -91,9 +104,43 @@ pub async fn run(
         .map_err(|e| EngineError::Task(format!("stopping the Kafka source: {e}")))
 }
 
+/// Batches being made durable at once.
+const IN_FLIGHT_BATCHES: usize = 16;
+
+fn flatten(joined: Option<Result<(), tokio::task::JoinError>>) -> Result<(), EngineError> {
+    match joined {
+        Some(Err(e)) => Err(EngineError::Task(format!("persisting a batch: {e}"))),
+        _ => Ok(()),
+    }
+}
+
+/// Persist a batch, retrying failures; false if shutdown came first (the batch is then not
+/// acknowledged, and its records are read again at the next start).
+async fn persist_until_done(
+    store: &Store,
+    stats: &SchedulerStats,
+    calls: Vec<crate::model::NewCall>,
+    name: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> bool {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match persist(store, stats, calls.clone()).await {
+            Ok(_) => return true,
+            Err(error) => {
+                tracing::error!(subscription = %name, %error, "cannot persist a batch; retrying");
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return false,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 fn record_from(record: SourceRecord) -> Record {
-    let headers =
-        (!record.headers.is_empty()).then(|| sdk::protocol::encode_record_headers(&record.headers));
+    let headers = (!record.headers.is_empty()).then(|| sdk::protocol::encode_record_headers(&record.headers));
     Record {
         value: record.value,
         key: record.key,

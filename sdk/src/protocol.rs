@@ -113,11 +113,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 /// Everything but unreserved characters is escaped, so any byte string round-trips and the
 /// result is a valid header value.
-const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Percent-encode arbitrary bytes (a Kafka key, which need not be UTF-8) for a header value.
 ///
@@ -209,10 +205,7 @@ mod tests {
         assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
         let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
-        assert_eq!(
-            parse_retry_after(&later, now),
-            Some(Duration::from_secs(90))
-        );
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(90)));
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("-5", now), None);

@@ -34,9 +34,7 @@ fn tansu_binary() -> PathBuf {
         return PathBuf::from(bin);
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/provision-tansu");
-    let output = Command::new(&script)
-        .output()
-        .expect("run scripts/provision-tansu");
+    let output = Command::new(&script).output().expect("run scripts/provision-tansu");
     assert!(
         output.status.success(),
         "provisioning tansu failed: {}",
@@ -58,13 +56,7 @@ impl Tansu {
     pub fn restart(&mut self) {
         let url = format!("tcp://{}", self.addr);
         let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/"])
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
@@ -74,11 +66,7 @@ impl Tansu {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(self.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not start on {}",
-                self.addr
-            );
+            assert!(Instant::now() < deadline, "tansu did not start on {}", self.addr);
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -179,10 +167,7 @@ pub async fn produce(producer: &FutureProducer, topic: &str, records: Vec<Out>) 
     }
     let mut positions = Vec::with_capacity(pending.len());
     for delivery in pending {
-        let delivery = delivery
-            .await
-            .expect("delivery future")
-            .expect("record acknowledged");
+        let delivery = delivery.await.expect("delivery future").expect("record acknowledged");
         positions.push((delivery.partition, delivery.offset));
     }
     positions

@@ -64,13 +64,8 @@ impl Target {
     }
 
     /// Start on a given address (to bring a target "back up" where the engine expects it).
-    pub async fn start_on(
-        addr: SocketAddr,
-        behaviour: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
-    ) -> Self {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .expect("bind target");
+    pub async fn start_on(addr: SocketAddr, behaviour: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind target");
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let state = TargetState {
@@ -120,12 +115,9 @@ async fn handle(State(state): State<TargetState>, headers: HeaderMap, body: Byte
     state.seen.lock().unwrap().push(seen);
     match reply {
         Reply::Status(code, text) => (StatusCode::from_u16(code).unwrap(), text).into_response(),
-        Reply::RetryAfter(code, after) => (
-            StatusCode::from_u16(code).unwrap(),
-            [("retry-after", after)],
-            "later",
-        )
-            .into_response(),
+        Reply::RetryAfter(code, after) => {
+            (StatusCode::from_u16(code).unwrap(), [("retry-after", after)], "later").into_response()
+        }
         Reply::Hang(duration) => {
             tokio::time::sleep(duration).await;
             (StatusCode::OK, "late").into_response()
@@ -176,19 +168,8 @@ impl Admin {
         if let Some(key) = key {
             url = format!("{url}?key={key}");
         }
-        let response = self
-            .http
-            .post(url)
-            .body(body.to_vec())
-            .send()
-            .await
-            .expect("enqueue");
-        assert_eq!(
-            response.status(),
-            201,
-            "enqueue failed: {:?}",
-            response.text().await
-        );
+        let response = self.http.post(url).body(body.to_vec()).send().await.expect("enqueue");
+        assert_eq!(response.status(), 201, "enqueue failed: {:?}", response.text().await);
         let value: Value = response.json().await.unwrap();
         value["id"].as_str().unwrap().to_string()
     }
@@ -200,10 +181,7 @@ impl Admin {
 
     /// The status of one call.
     pub async fn status(&self, id: &str) -> String {
-        self.call(id).await["status"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.call(id).await["status"].as_str().unwrap_or_default().to_string()
     }
 
     /// `/v1/stats`.
@@ -224,11 +202,7 @@ impl Admin {
 
     /// Whether the API answers at all.
     pub async fn is_up(&self) -> bool {
-        self.http
-            .get(format!("{}/healthz", self.base))
-            .send()
-            .await
-            .is_ok()
+        self.http.get(format!("{}/healthz", self.base)).send().await.is_ok()
     }
 }
 

@@ -43,11 +43,9 @@ topics = ["outage"]
         .map(|n| Out::keyed(format!("k{}", n % 20), n.to_string()))
         .collect();
     produce(&producer(&bootstrap), "outage", first).await;
-    wait_for(
-        "the first half to be ingested",
-        Duration::from_secs(60),
-        || async { admin.stats().await["succeeded"].as_u64().unwrap_or(0) >= 100 },
-    )
+    wait_for("the first half to be ingested", Duration::from_secs(60), || async {
+        admin.stats().await["succeeded"].as_u64().unwrap_or(0) >= 100
+    })
     .await;
 
     broker.all_down().unwrap();
@@ -73,10 +71,7 @@ topics = ["outage"]
     )
     .await;
     let stats = admin.stats().await;
-    assert_eq!(
-        stats["pending"].as_u64().unwrap() + stats["dead"].as_u64().unwrap(),
-        0
-    );
+    assert_eq!(stats["pending"].as_u64().unwrap() + stats["dead"].as_u64().unwrap(), 0);
     engine.shutdown().await.unwrap();
 }
 
@@ -103,14 +98,7 @@ async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
             lines.lock().unwrap().push(line);
         }
     });
-    let printed = |needle: &str| {
-        output
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains(needle))
-            .cloned()
-    };
+    let printed = |needle: &str| output.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
     wait_for("the bootstrap address", Duration::from_secs(60), || async {
         printed("Kafka bootstrap:").is_some()
     })
@@ -128,15 +116,10 @@ async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
     writeln!(stdin, "user-7: from-stdin").unwrap();
     stdin.flush().unwrap();
 
-    wait_for(
-        "both records to be handled",
-        Duration::from_secs(60),
-        || async {
-            printed("from-a-kafka-client").is_some_and(|l| l.contains("OK"))
-                && printed("\"from-stdin\"")
-                    .is_some_and(|l| l.contains("OK") && l.contains("key user-7"))
-        },
-    )
+    wait_for("both records to be handled", Duration::from_secs(60), || async {
+        printed("from-a-kafka-client").is_some_and(|l| l.contains("OK"))
+            && printed("\"from-stdin\"").is_some_and(|l| l.contains("OK") && l.contains("key user-7"))
+    })
     .await;
     let admin = Admin::new(admin_addr);
     assert_eq!(admin.stats().await["succeeded"], 2);

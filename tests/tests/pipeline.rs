@@ -20,9 +20,7 @@ async fn start_engine(dir: &tempfile::TempDir, target: &str, extra: &str) -> (En
         target,
         extra,
     );
-    let engine = Engine::start(Config::from_toml(&text).unwrap())
-        .await
-        .unwrap();
+    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
     let admin = Admin::new(engine.admin_addr());
     (engine, admin)
 }
@@ -56,20 +54,14 @@ async fn temporary_failures_are_retried_until_success() {
     assert_eq!(call["attempts"], 4);
     assert_eq!(call["output"]["data"], "done");
     let history = call["history"].as_array().unwrap();
-    let outcomes: Vec<_> = history
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap())
-        .collect();
+    let outcomes: Vec<_> = history.iter().map(|a| a["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, ["temporary", "temporary", "temporary", "success"]);
     assert!(history[..3]
         .iter()
         .all(|a| a["http_status"] == 503 && a["error"].as_str().unwrap().contains("not yet")));
 
     let seen = target.seen();
-    assert_eq!(
-        seen.iter().map(|s| s.attempt).collect::<Vec<_>>(),
-        [1, 2, 3, 4]
-    );
+    assert_eq!(seen.iter().map(|s| s.attempt).collect::<Vec<_>>(), [1, 2, 3, 4]);
     let first = &seen[0];
     assert_eq!(first.body, b"hello");
     assert_eq!(first.header("idempotency-key"), Some(id.as_str()));
@@ -91,10 +83,7 @@ async fn a_permanent_failure_goes_dead_with_its_reason() {
     let call = admin.call(&id).await;
     assert_eq!(call["attempts"], 1);
     let error = call["last_error"].as_str().unwrap();
-    assert!(
-        error.contains("HTTP 400") && error.contains("amount"),
-        "{error}"
-    );
+    assert!(error.contains("HTTP 400") && error.contains("amount"), "{error}");
     assert_eq!(call["history"][0]["outcome"], "permanent");
     assert_eq!(target.seen().len(), 1);
     engine.shutdown().await.unwrap();
@@ -107,15 +96,11 @@ async fn a_target_that_is_down_then_up_gets_the_call() {
     let (engine, admin) = start_engine(&dir, &format!("http://{addr}/hook"), FAST_RETRY).await;
 
     let id = admin.enqueue("test", b"x", None).await;
-    wait_for(
-        "two failed connection attempts",
-        Duration::from_secs(20),
-        || async {
-            admin.call(&id).await["history"]
-                .as_array()
-                .is_some_and(|h| h.len() >= 2)
-        },
-    )
+    wait_for("two failed connection attempts", Duration::from_secs(20), || async {
+        admin.call(&id).await["history"]
+            .as_array()
+            .is_some_and(|h| h.len() >= 2)
+    })
     .await;
     let call = admin.call(&id).await;
     assert_eq!(call["status"], "pending");
@@ -138,12 +123,7 @@ async fn a_hanging_target_times_out_and_is_retried() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(
-        &dir,
-        &target.url(),
-        &format!("timeout = \"200ms\"\n{FAST_RETRY}"),
-    )
-    .await;
+    let (engine, admin) = start_engine(&dir, &target.url(), &format!("timeout = \"200ms\"\n{FAST_RETRY}")).await;
 
     let id = admin.enqueue("test", b"x", None).await;
     wait_status(&admin, &id, "succeeded").await;
@@ -169,8 +149,7 @@ async fn retry_after_from_the_target_sets_the_delay() {
     let id = admin.enqueue("test", b"x", None).await;
     wait_status(&admin, &id, "succeeded").await;
     let history = admin.call(&id).await["history"].clone();
-    let first_end =
-        history[0]["started_at"].as_i64().unwrap() + history[0]["duration_ms"].as_i64().unwrap();
+    let first_end = history[0]["started_at"].as_i64().unwrap() + history[0]["duration_ms"].as_i64().unwrap();
     let second_start = history[1]["started_at"].as_i64().unwrap();
     // Retry-After: 1 is clamped to max_delay = 100ms, not the 10ms backoff.
     assert!(
@@ -186,15 +165,10 @@ async fn an_oversized_payload_becomes_a_dead_call_not_a_drop() {
     let target = Target::start(|_| Reply::Status(200, "ok")).await;
     let dir = tempfile::tempdir().unwrap();
     let (engine, admin) = start_engine(&dir, &target.url(), "max_payload_bytes = 8\n").await;
-    let id = admin
-        .enqueue("test", b"way more than eight bytes", None)
-        .await;
+    let id = admin.enqueue("test", b"way more than eight bytes", None).await;
     let call = admin.call(&id).await;
     assert_eq!(call["status"], "dead");
-    assert!(call["last_error"]
-        .as_str()
-        .unwrap()
-        .contains("max_payload_bytes"));
+    assert!(call["last_error"].as_str().unwrap().contains("max_payload_bytes"));
     assert_eq!(call["payload"]["data"], "way more than eight bytes");
     engine.shutdown().await.unwrap();
 }
@@ -216,11 +190,7 @@ async fn same_key_calls_run_one_at_a_time_in_order() {
     let mut ids = Vec::new();
     for n in 0..30 {
         let key = ["a", "b", "c"][n % 3];
-        ids.push(
-            admin
-                .enqueue("test", n.to_string().as_bytes(), Some(key))
-                .await,
-        );
+        ids.push(admin.enqueue("test", n.to_string().as_bytes(), Some(key)).await);
     }
     for id in &ids {
         wait_status(&admin, id, "succeeded").await;
@@ -279,9 +249,7 @@ async fn a_second_engine_on_the_same_database_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("engine.db");
     let store = Store::open(&path, StoreOptions::default()).unwrap();
-    let error = Store::open(&path, StoreOptions::default())
-        .unwrap_err()
-        .to_string();
+    let error = Store::open(&path, StoreOptions::default()).unwrap_err().to_string();
     assert!(error.contains("in use by another engine"), "{error}");
     store.close();
 }

@@ -29,12 +29,7 @@ async fn killed_mid_flight_then_restarted_every_call_finishes() {
     let extra = format!("max_concurrency = {CONCURRENCY}\nordering = \"unordered\"\n");
     std::fs::write(
         &config,
-        config_toml(
-            &dir.path().join("engine.db"),
-            admin_addr,
-            &target.url(),
-            &extra,
-        ),
+        config_toml(&dir.path().join("engine.db"), admin_addr, &target.url(), &extra),
     )
     .unwrap();
     let admin = Admin::new(admin_addr);
@@ -55,12 +50,7 @@ async fn killed_mid_flight_then_restarted_every_call_finishes() {
     assert!(!before_restart, "the engine should be gone");
 
     let mut engine = spawn_engine(&config);
-    wait_for(
-        "the admin API after restart",
-        Duration::from_secs(60),
-        || admin.is_up(),
-    )
-    .await;
+    wait_for("the admin API after restart", Duration::from_secs(60), || admin.is_up()).await;
     wait_for("every call to succeed", Duration::from_secs(60), || async {
         admin.stats().await["succeeded"].as_u64().unwrap_or(0) == CALLS as u64
     })
@@ -71,10 +61,7 @@ async fn killed_mid_flight_then_restarted_every_call_finishes() {
         let call = admin.call(id).await;
         assert_eq!(call["status"], "succeeded", "{call}");
         let history = call["history"].as_array().unwrap();
-        interrupted += history
-            .iter()
-            .filter(|a| a["outcome"] == "interrupted")
-            .count();
+        interrupted += history.iter().filter(|a| a["outcome"] == "interrupted").count();
     }
     let mut deliveries: HashMap<String, usize> = HashMap::new();
     for seen in target.seen() {
@@ -87,10 +74,7 @@ async fn killed_mid_flight_then_restarted_every_call_finishes() {
         duplicates <= CONCURRENCY,
         "only attempts in flight at the kill may repeat: {duplicates}"
     );
-    assert!(
-        interrupted >= 1,
-        "the attempts cut by the kill are recorded"
-    );
+    assert!(interrupted >= 1, "the attempts cut by the kill are recorded");
     assert!(
         duplicates <= interrupted,
         "every repeat is explained by an interrupted attempt"

@@ -5,14 +5,14 @@
 //! - `context`: librdkafka callbacks: offset storage and the flush on revoke.
 //! - this module: configuration, the poll loop, backpressure.
 //!
-//! Backpressure: batches go through a bounded channel. When the engine stops taking them,
-//! the loop pauses its partitions and keeps polling (so `max.poll.interval.ms` is never
-//! exceeded), then resumes when the channel has room.
+//! Backpressure: batches go through a bounded channel. When the engine stops taking them
+//! and a few batches are held back, the loop pauses its partitions and keeps polling (so
+//! `max.poll.interval.ms` is never exceeded), then resumes once it has handed them over.
 
 mod context;
 pub mod offsets;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,8 +41,11 @@ pub struct SourceConfig {
     pub batch_size: usize,
     /// Longest wait to fill a batch.
     pub batch_linger: Duration,
-    /// Batches handed over but not yet taken by the engine, before the source pauses.
+    /// Batches waiting in the channel for the engine.
     pub channel_batches: usize,
+    /// Closed batches the channel had no room for; at this many, the partitions are paused
+    /// (and resumed once all are handed over).
+    pub held_batches: usize,
     /// Longest wait, on revoke, for handed-over batches to become durable.
     pub revoke_timeout: Duration,
 }
@@ -62,7 +65,8 @@ impl SourceConfig {
             options: BTreeMap::new(),
             batch_size: 1000,
             batch_linger: Duration::from_millis(5),
-            channel_batches: 4,
+            channel_batches: 8,
+            held_batches: 16,
             revoke_timeout: Duration::from_secs(10),
         }
     }
@@ -144,20 +148,19 @@ impl Source {
     pub fn start(config: SourceConfig) -> Result<(Self, mpsc::Receiver<Batch>), SourceError> {
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         let context = SourceContext::new(config.name.clone(), ack_rx, config.revoke_timeout);
-        let consumer: BaseConsumer<SourceContext> = client_config(&config)
-            .create_with_context(context)
-            .map_err(|source| SourceError::Config {
-                name: config.name.clone(),
-                source: Box::new(source),
-            })?;
+        let consumer: BaseConsumer<SourceContext> =
+            client_config(&config)
+                .create_with_context(context)
+                .map_err(|source| SourceError::Config {
+                    name: config.name.clone(),
+                    source: Box::new(source),
+                })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|source| SourceError::Subscribe {
-                name: config.name.clone(),
-                topics: config.topics.join(","),
-                source: Box::new(source),
-            })?;
+        consumer.subscribe(&topics).map_err(|source| SourceError::Subscribe {
+            name: config.name.clone(),
+            topics: config.topics.join(","),
+            source: Box::new(source),
+        })?;
         let (tx, rx) = mpsc::channel(config.channel_batches.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(SourceStatus::default());
@@ -237,41 +240,46 @@ struct PollLoop {
 impl PollLoop {
     fn run(self) {
         let mut next_id = 1_u64;
-        let mut held: Option<Vec<SourceRecord>> = None;
+        // Closed batches the engine has not taken yet, oldest first.
+        let mut held: VecDeque<Vec<SourceRecord>> = VecDeque::new();
         let mut building: Vec<SourceRecord> = Vec::new();
         let mut building_since = Instant::now();
         let mut paused = false;
         let mut last_error: Option<(String, Instant)> = None;
 
-        while !self.stop.load(Relaxed) {
-            let context = self.consumer.context();
-            context.drain_acks(&self.consumer);
+        'poll: while !self.stop.load(Relaxed) {
+            self.consumer.context().drain_acks(&self.consumer);
 
-            if let Some(records) = held.take() {
-                held = self.hand_over(records, &mut next_id);
-                if held.is_none() && self.batches.is_closed() {
-                    break;
+            if !building.is_empty()
+                && (building.len() >= self.config.batch_size || building_since.elapsed() >= self.config.batch_linger)
+            {
+                held.push_back(std::mem::take(&mut building));
+            }
+            while let Some(records) = held.pop_front() {
+                match self.hand_over(records, &mut next_id) {
+                    HandOver::Done => {}
+                    HandOver::Full(records) => {
+                        held.push_front(records);
+                        break;
+                    }
+                    HandOver::Closed => break 'poll,
                 }
             }
-            if held.is_none()
-                && !building.is_empty()
-                && (building.len() >= self.config.batch_size
-                    || building_since.elapsed() >= self.config.batch_linger)
-            {
-                held = self.hand_over(std::mem::take(&mut building), &mut next_id);
-            }
-            let want_pause = held.is_some();
-            if want_pause != paused {
-                self.set_paused(want_pause);
-                paused = want_pause;
+            // Pause only when the engine has fallen a few batches behind, and resume only
+            // once it has caught up: pausing drops librdkafka's prefetched records, so
+            // flapping would refetch them again and again.
+            if !paused && held.len() >= self.config.held_batches {
+                self.set_paused(true);
+                paused = true;
+            } else if paused && held.is_empty() {
+                self.set_paused(false);
+                paused = false;
             }
 
             let timeout = if building.is_empty() {
                 Duration::from_millis(100)
             } else {
-                self.config
-                    .batch_linger
-                    .saturating_sub(building_since.elapsed())
+                self.config.batch_linger.saturating_sub(building_since.elapsed())
             };
             match self.consumer.poll(timeout) {
                 Some(Ok(message)) => {
@@ -283,9 +291,9 @@ impl PollLoop {
                 }
                 Some(Err(error)) => {
                     let text = error.to_string();
-                    let repeat = last_error.as_ref().is_some_and(|(last, at)| {
-                        *last == text && at.elapsed() < Duration::from_secs(30)
-                    });
+                    let repeat = last_error
+                        .as_ref()
+                        .is_some_and(|(last, at)| *last == text && at.elapsed() < Duration::from_secs(30));
                     if !repeat {
                         tracing::warn!(source = %self.config.name, error = %text, "Kafka consumer error; retrying");
                         last_error = Some((text, Instant::now()));
@@ -296,35 +304,27 @@ impl PollLoop {
             let revoked = self.consumer.context().take_revoked();
             if !revoked.is_empty() {
                 drop_revoked(&mut building, &revoked);
-                if let Some(records) = held.as_mut() {
+                for records in &mut held {
                     drop_revoked(records, &revoked);
-                    if records.is_empty() {
-                        held = None;
-                    }
                 }
+                held.retain(|records| !records.is_empty());
             }
         }
         self.shutdown();
     }
 
-    /// Try to hand a batch to the engine; returns it back when the channel is full.
-    fn hand_over(
-        &self,
-        records: Vec<SourceRecord>,
-        next_id: &mut u64,
-    ) -> Option<Vec<SourceRecord>> {
+    /// Try to hand a batch to the engine.
+    fn hand_over(&self, records: Vec<SourceRecord>, next_id: &mut u64) -> HandOver {
         let permit = match self.batches.try_reserve() {
             Ok(permit) => permit,
-            Err(mpsc::error::TrySendError::Full(())) => return Some(records),
-            Err(mpsc::error::TrySendError::Closed(())) => return None,
+            Err(mpsc::error::TrySendError::Full(())) => return HandOver::Full(records),
+            Err(mpsc::error::TrySendError::Closed(())) => return HandOver::Closed,
         };
         let id = *next_id;
         *next_id += 1;
         let mut highest: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for r in &records {
-            let entry = highest
-                .entry((r.topic.clone(), r.partition))
-                .or_insert(r.offset);
+            let entry = highest.entry((r.topic.clone(), r.partition)).or_insert(r.offset);
             *entry = (*entry).max(r.offset);
         }
         self.consumer
@@ -340,7 +340,7 @@ impl PollLoop {
                 acks: self.acks.clone(),
             },
         });
-        None
+        HandOver::Done
     }
 
     fn set_paused(&self, pause: bool) {
@@ -365,27 +365,25 @@ impl PollLoop {
     fn shutdown(self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         let context = self.consumer.context();
-        while context
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .total_in_flight()
-            > 0
-            && Instant::now() < deadline
-        {
+        while context.tracker.lock().expect("tracker lock").total_in_flight() > 0 && Instant::now() < deadline {
             context.drain_acks(&self.consumer);
             std::thread::sleep(Duration::from_millis(10));
         }
         context.drain_acks(&self.consumer);
-        if let Err(error) = self
-            .consumer
-            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
-        {
+        if let Err(error) = self.consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
             tracing::debug!(source = %self.config.name, %error, "final commit");
         }
         self.consumer.unsubscribe();
         tracing::info!(source = %self.config.name, "Kafka source stopped");
     }
+}
+
+enum HandOver {
+    Done,
+    /// The channel is full: here is the batch back.
+    Full(Vec<SourceRecord>),
+    /// The engine stopped taking batches.
+    Closed,
 }
 
 fn drop_revoked(records: &mut Vec<SourceRecord>, revoked: &HashSet<(String, i32)>) {

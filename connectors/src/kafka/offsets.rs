@@ -23,11 +23,7 @@ pub struct OffsetTracker {
 
 impl OffsetTracker {
     /// Record that batch `id` holds records of `partitions`, with the highest offset of each.
-    pub fn register(
-        &mut self,
-        id: u64,
-        partitions: impl IntoIterator<Item = (TopicPartition, i64)>,
-    ) {
+    pub fn register(&mut self, id: u64, partitions: impl IntoIterator<Item = (TopicPartition, i64)>) {
         let mut touched = Vec::new();
         for (tp, max_offset) in partitions {
             self.partitions
@@ -97,11 +93,7 @@ mod tests {
         t.register(3, [(tp(0), 29)]);
         assert_eq!(t.ack(2), vec![], "batch 1 is not durable yet");
         assert_eq!(t.in_flight(&tp(0)), 2);
-        assert_eq!(
-            t.ack(1),
-            vec![(tp(0), 20)],
-            "1 and 2 are now a durable prefix"
-        );
+        assert_eq!(t.ack(1), vec![(tp(0), 20)], "1 and 2 are now a durable prefix");
         assert_eq!(t.ack(3), vec![(tp(0), 30)]);
         assert_eq!(t.total_in_flight(), 0);
     }

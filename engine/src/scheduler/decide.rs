@@ -31,12 +31,7 @@ pub fn decide(
     now: Millis,
     random: f64,
 ) -> Transition {
-    let error = || {
-        outcome
-            .error
-            .clone()
-            .unwrap_or_else(|| "unknown error".into())
-    };
+    let error = || outcome.error.clone().unwrap_or_else(|| "unknown error".into());
     match outcome.class {
         OutcomeClass::Success => Transition::Succeeded {
             output: outcome.output.clone(),
@@ -112,14 +107,7 @@ mod tests {
 
     #[test]
     fn temporary_retries_with_backoff() {
-        let t = decide(
-            &policy(),
-            &outcome(OutcomeClass::Temporary),
-            2,
-            0,
-            10_000,
-            0.0,
-        );
+        let t = decide(&policy(), &outcome(OutcomeClass::Temporary), 2, 0, 10_000, 0.0);
         assert_eq!(
             t,
             Transition::Retry {
@@ -151,27 +139,13 @@ mod tests {
             matches!(&t, Transition::Dead { error } if error.contains("after 5 attempts")),
             "{t:?}"
         );
-        let t = decide(
-            &policy(),
-            &outcome(OutcomeClass::Temporary),
-            1,
-            0,
-            3_599_500,
-            0.0,
-        );
+        let t = decide(&policy(), &outcome(OutcomeClass::Temporary), 1, 0, 3_599_500, 0.0);
         assert!(
             matches!(&t, Transition::Dead { error } if error.contains("max_age")),
             "{t:?}"
         );
         let unlimited = policy().with_max_attempts(0);
-        let t = decide(
-            &unlimited,
-            &outcome(OutcomeClass::Temporary),
-            1000,
-            0,
-            0,
-            0.0,
-        );
+        let t = decide(&unlimited, &outcome(OutcomeClass::Temporary), 1000, 0, 0, 0.0);
         assert!(matches!(t, Transition::Retry { .. }));
     }
 }

@@ -99,11 +99,7 @@ impl Scheduler {
 
     /// The main loop. On shutdown, attempts in flight get up to `grace` to finish; any still
     /// running after that are left to crash recovery at the next start.
-    pub async fn run(
-        mut self,
-        mut shutdown: watch::Receiver<bool>,
-        grace: Duration,
-    ) -> Result<(), StoreError> {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> Result<(), StoreError> {
         let mut committed = self.store.committed_seq();
         loop {
             self.fill(&committed).await?;
@@ -166,9 +162,7 @@ impl Scheduler {
     /// Under `on_dead = block`, a group this window does not know may be blocked in the store.
     async fn blocked_by_dead(&self, call: &DueCall) -> Result<bool, StoreError> {
         match &call.ordering_key {
-            Some(key)
-                if self.subscription.on_dead == OnDead::Block && !self.window.knows_group(key) =>
-            {
+            Some(key) if self.subscription.on_dead == OnDead::Block && !self.window.knows_group(key) => {
                 self.store
                     .blocked_by_dead(&self.subscription.name, key.clone(), call.seq)
                     .await
@@ -179,6 +173,9 @@ impl Scheduler {
 
     /// Start attempts for due calls, up to the concurrency limit.
     fn dispatch(&mut self) {
+        if self.subscription.paused {
+            return;
+        }
         let now = now_millis();
         while self.in_flight < self.subscription.max_concurrency {
             let Some((call, attempt)) = self.window.pop_due(now) else {
@@ -196,9 +193,7 @@ impl Scheduler {
                     timeout: subscription.timeout,
                     max_output_bytes: subscription.max_output_bytes,
                 };
-                let outcome = deliverer
-                    .deliver(&call, attempt, &subscription.name, limits)
-                    .await;
+                let outcome = deliverer.deliver(&call, attempt, &subscription.name, limits).await;
                 let _ = finished.send(Finished {
                     call,
                     attempt,
@@ -260,8 +255,7 @@ impl Scheduler {
             }
         };
         let block_group = self.subscription.on_dead == OnDead::Block;
-        self.store
-            .finish_attempt(call.seq, record, transition, block_group)?;
+        self.store.finish_attempt(call.seq, record, transition, block_group)?;
         if let Some(load) = load {
             self.load_group(load).await?;
         }
@@ -281,22 +275,17 @@ impl Scheduler {
             )
             .await?;
         let complete = calls.len() < limit;
-        self.window
-            .group_loaded(&load.ordering_key, calls, complete);
+        self.window.group_loaded(&load.ordering_key, calls, complete);
         Ok(())
     }
 
     fn publish_stats(&mut self) {
         self.stats.in_flight.store(self.in_flight as u64, Relaxed);
-        self.stats
-            .in_memory
-            .store(self.window.len() as u64, Relaxed);
+        self.stats.in_memory.store(self.window.len() as u64, Relaxed);
         // Counting retries walks the window: do it a few times a second, not per event.
         if self.retry_count_at.elapsed() >= Duration::from_millis(250) {
             self.retry_count_at = Instant::now();
-            self.stats
-                .waiting_retry
-                .store(self.window.retrying() as u64, Relaxed);
+            self.stats.waiting_retry.store(self.window.retrying() as u64, Relaxed);
         }
     }
 }

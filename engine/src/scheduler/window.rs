@@ -53,11 +53,7 @@ struct Group {
 
 impl Group {
     fn is_idle(&self) -> bool {
-        self.head.is_none()
-            && self.queued.is_empty()
-            && !self.more_on_disk
-            && !self.blocked
-            && !self.loading
+        self.head.is_none() && self.queued.is_empty() && !self.more_on_disk && !self.blocked && !self.loading
     }
 }
 
@@ -114,20 +110,11 @@ impl Window {
         };
         let group = self.groups.entry(key).or_default();
         group.blocked |= blocked_by_dead;
-        if group.head.is_none()
-            && group.queued.is_empty()
-            && !group.blocked
-            && !group.loading
-            && !group.more_on_disk
-        {
+        if group.head.is_none() && group.queued.is_empty() && !group.blocked && !group.loading && !group.more_on_disk {
             group.head = Some(call.seq);
             self.hold_as_head(call);
             true
-        } else if !group.more_on_disk
-            && !group.blocked
-            && !group.loading
-            && group.queued.len() < self.group_queue
-        {
+        } else if !group.more_on_disk && !group.blocked && !group.loading && group.queued.len() < self.group_queue {
             group.queued.push_back(call.seq);
             self.hold(call, None);
             true
@@ -287,10 +274,7 @@ impl Window {
 
     /// Calls waiting for a retry (not in flight, not queued behind a head), for stats.
     pub fn retrying(&self) -> usize {
-        self.held
-            .values()
-            .filter(|h| h.due.is_some() && h.attempts > 0)
-            .count()
+        self.held.values().filter(|h| h.due.is_some() && h.attempts > 0).count()
     }
 }
 
@@ -362,23 +346,14 @@ mod tests {
         let mut w = Window::new(100, 1);
         assert!(w.offer(call(1, Some("a")), false));
         assert!(w.offer(call(2, Some("a")), false));
-        assert!(
-            !w.offer(call(3, Some("a")), false),
-            "queue full: stays on disk"
-        );
+        assert!(!w.offer(call(3, Some("a")), false), "queue full: stays on disk");
         assert!(!w.offer(call(4, Some("a")), false));
         assert!(w.offer(call(5, Some("b")), false), "other keys still enter");
         assert_eq!(w.len(), 3);
         assert_eq!(drain(&mut w, 0), vec![1, 5]);
-        assert_eq!(
-            w.complete(1, Completion::Done),
-            None,
-            "queued call 2 takes over"
-        );
+        assert_eq!(w.complete(1, Completion::Done), None, "queued call 2 takes over");
         assert_eq!(drain(&mut w, 0), vec![2]);
-        let load = w
-            .complete(2, Completion::Done)
-            .expect("group must be reloaded");
+        let load = w.complete(2, Completion::Done).expect("group must be reloaded");
         assert_eq!(load.after_seq, 2);
         assert!(
             !w.offer(call(6, Some("a")), false),
@@ -404,19 +379,11 @@ mod tests {
         }
         assert_eq!(drain(&mut w, 0), vec![1, 3]);
         assert_eq!(w.complete(1, Completion::BlocksGroup), None);
-        assert_eq!(
-            w.len(),
-            1,
-            "queued calls of a blocked group are released from memory"
-        );
+        assert_eq!(w.len(), 1, "queued calls of a blocked group are released from memory");
         assert!(!w.offer(call(4, Some("a")), false));
         assert_eq!(drain(&mut w, 0), Vec::<i64>::new());
         let load = w.unblock(b"a").expect("blocked group reloads");
-        w.group_loaded(
-            &load.ordering_key,
-            vec![call(2, Some("a")), call(4, Some("a"))],
-            true,
-        );
+        w.group_loaded(&load.ordering_key, vec![call(2, Some("a")), call(4, Some("a"))], true);
         assert_eq!(drain(&mut w, 0), vec![2]);
     }
 

@@ -25,9 +25,7 @@ pub use read::StatusCounts;
 use writer::Command;
 pub use writer::{WriterOptions, WriterStats};
 
-use crate::model::{
-    now_millis, AttemptRecord, CallView, DueCall, Inserted, Millis, NewCall, Transition,
-};
+use crate::model::{now_millis, AttemptRecord, CallView, DueCall, Inserted, Millis, NewCall, Transition};
 use std::collections::BTreeMap;
 
 /// Everything that can go wrong with the store, with enough context to act on.
@@ -63,7 +61,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             writer: WriterOptions {
-                max_batch: 4096,
+                max_batch: 16_384,
                 commit_interval: Duration::from_millis(1),
             },
         }
@@ -96,16 +94,14 @@ impl Store {
         let lock = lock_file(&path)?;
         let mut conn = open_connection(&path, false)?;
         schema::migrate(&mut conn).map_err(|e| classify_open_error(&path, e))?;
-        let recovered =
-            recover_interrupted(&mut conn).map_err(|e| classify_open_error(&path, e.into()))?;
+        let recovered = recover_interrupted(&mut conn).map_err(|e| classify_open_error(&path, e.into()))?;
         if recovered > 0 {
             tracing::warn!(
                 calls = recovered,
                 "rescheduled calls that were running when the engine stopped"
             );
         }
-        let max_seq: i64 =
-            conn.query_row("SELECT coalesce(max(seq), 0) FROM calls", [], |r| r.get(0))?;
+        let max_seq: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM calls", [], |r| r.get(0))?;
         let (seq_tx, seq_rx) = watch::channel(max_seq);
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(WriterStats::default());
@@ -254,10 +250,8 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<DueCall>, StoreError> {
         let subscription = subscription.to_owned();
-        self.read(move |c| {
-            read::next_in_group(c, &subscription, &ordering_key, after_seq, up_to_seq, limit)
-        })
-        .await
+        self.read(move |c| read::next_in_group(c, &subscription, &ordering_key, after_seq, up_to_seq, limit))
+            .await
     }
 
     /// Whether a call of the group before `before_seq` is dead.
@@ -304,10 +298,7 @@ fn lock_file(path: &Path) -> Result<File, StoreError> {
                     path: path.to_path_buf(),
                 }
             } else {
-                StoreError::Write(format!(
-                    "cannot create lock file {}: {e}",
-                    lock_path.display()
-                ))
+                StoreError::Write(format!("cannot create lock file {}: {e}", lock_path.display()))
             }
         })?;
     match file.try_lock() {
@@ -316,10 +307,9 @@ fn lock_file(path: &Path) -> Result<File, StoreError> {
             path: path.to_path_buf(),
             lock: lock_path,
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Write(format!(
-            "cannot lock {}: {e}",
-            lock_path.display()
-        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::Write(format!("cannot lock {}: {e}", lock_path.display())))
+        }
     }
 }
 
@@ -327,9 +317,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
         path: path.to_path_buf(),
@@ -355,11 +343,9 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
 
 fn classify_open_error(path: &Path, error: StoreError) -> StoreError {
     match error {
-        StoreError::Sqlite(e) if e.sqlite_error_code() == Some(ErrorCode::ReadOnly) => {
-            StoreError::ReadOnly {
-                path: path.to_path_buf(),
-            }
-        }
+        StoreError::Sqlite(e) if e.sqlite_error_code() == Some(ErrorCode::ReadOnly) => StoreError::ReadOnly {
+            path: path.to_path_buf(),
+        },
         StoreError::Sqlite(source) => StoreError::Open {
             path: path.to_path_buf(),
             source,

@@ -24,9 +24,8 @@ fn source_from(row: &Row<'_>, first: usize) -> rusqlite::Result<Option<KafkaSour
 }
 
 fn parse_id(text: &str, column: usize) -> rusqlite::Result<uuid::Uuid> {
-    uuid::Uuid::parse_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
-    })
+    uuid::Uuid::parse_str(text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 fn due_call(row: &Row<'_>) -> rusqlite::Result<DueCall> {
@@ -78,7 +77,10 @@ pub(crate) fn next_in_group(
          WHERE subscription = ?1 AND status = 'pending' AND seq > ?3 AND seq <= ?4 AND ordering_key = ?2
          ORDER BY seq LIMIT ?5"
     ))?
-    .query_map(params![subscription, ordering_key, after_seq, up_to_seq, limit as i64], due_call)?
+    .query_map(
+        params![subscription, ordering_key, after_seq, up_to_seq, limit as i64],
+        due_call,
+    )?
     .collect()
 }
 
@@ -93,9 +95,7 @@ pub(crate) fn blocked_by_dead(
         "SELECT EXISTS (SELECT 1 FROM calls
          WHERE subscription = ?1 AND ordering_key = ?2 AND seq < ?3 AND status = 'dead')",
     )?
-    .query_row(params![subscription, ordering_key, before_seq], |r| {
-        r.get(0)
-    })
+    .query_row(params![subscription, ordering_key, before_seq], |r| r.get(0))
 }
 
 /// One call with its attempt history.
@@ -119,9 +119,7 @@ pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result
                     id: parse_id(&row.get::<_, String>(1)?, 1)?,
                     subscription: row.get(2)?,
                     target: row.get(3)?,
-                    next_attempt_at: (status == CallStatus::Pending)
-                        .then(|| row.get(6))
-                        .transpose()?,
+                    next_attempt_at: (status == CallStatus::Pending).then(|| row.get(6)).transpose()?,
                     status,
                     attempts: row.get(5)?,
                     last_error: row.get(7)?,
@@ -189,15 +187,10 @@ impl StatusCounts {
 /// Counts by status for each subscription that has calls.
 pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, StatusCounts>> {
     let mut out: BTreeMap<String, StatusCounts> = BTreeMap::new();
-    let mut stmt = conn.prepare_cached(
-        "SELECT subscription, status, count(*) FROM calls GROUP BY subscription, status",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT subscription, status, count(*) FROM calls GROUP BY subscription, status")?;
     let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
     })?;
     for row in rows {
         let (subscription, status, n) = row?;
@@ -210,9 +203,7 @@ pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, Sta
 
 /// Number of calls of one subscription that are not terminal.
 pub(crate) fn open_calls(conn: &Connection, subscription: &str) -> rusqlite::Result<u64> {
-    conn.prepare_cached(
-        "SELECT count(*) FROM calls WHERE subscription = ?1 AND status IN ('pending', 'running')",
-    )?
-    .query_row([subscription], |r| r.get::<_, i64>(0))
-    .map(|n| n as u64)
+    conn.prepare_cached("SELECT count(*) FROM calls WHERE subscription = ?1 AND status IN ('pending', 'running')")?
+        .query_row([subscription], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
 }

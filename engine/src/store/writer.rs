@@ -288,15 +288,7 @@ fn finish_call(
             ])?;
         }
         Transition::Dead { error } => {
-            update.execute(params![
-                seq,
-                "dead",
-                now,
-                error,
-                None::<Vec<u8>>,
-                attempt.attempt,
-                now
-            ])?;
+            update.execute(params![seq, "dead", now, error, None::<Vec<u8>>, attempt.attempt, now])?;
         }
     }
     Ok(())
@@ -336,11 +328,7 @@ fn purge(tx: &rusqlite::Transaction<'_>, before: Millis) -> rusqlite::Result<usi
     )
 }
 
-fn reply(
-    batch: Vec<Command>,
-    outcome: rusqlite::Result<Applied>,
-    committed_seq: &watch::Sender<i64>,
-) {
+fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq: &watch::Sender<i64>) {
     let (mut inserted, mut purged, failure) = match outcome {
         Ok(applied) => {
             if let Some(seq) = applied.max_seq {
@@ -350,17 +338,9 @@ fn reply(
                     grew
                 });
             }
-            (
-                applied.inserted.into_iter(),
-                applied.purged.into_iter(),
-                None,
-            )
+            (applied.inserted.into_iter(), applied.purged.into_iter(), None)
         }
-        Err(error) => (
-            Vec::new().into_iter(),
-            Vec::new().into_iter(),
-            Some(error.to_string()),
-        ),
+        Err(error) => (Vec::new().into_iter(), Vec::new().into_iter(), Some(error.to_string())),
     };
     let result = |value| match &failure {
         None => Ok(value),

@@ -62,9 +62,7 @@ struct Endpoint {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let args = Args::parse();
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.failure_rate),
@@ -112,12 +110,7 @@ async fn handle(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> im
     let capacity = endpoint.args.capacity;
     if capacity > 0 && now > capacity {
         c.throttled.fetch_add(1, Relaxed);
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [("retry-after", "1")],
-            "over capacity\n",
-        )
-            .into_response();
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "over capacity\n").into_response();
     }
     if endpoint.args.latency_ms > 0 {
         let load = if capacity > 0 {
@@ -133,10 +126,7 @@ async fn handle(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> im
         return (StatusCode::SERVICE_UNAVAILABLE, "injected failure\n").into_response();
     }
     c.ok.fetch_add(1, Relaxed);
-    if let Some(key) = headers
-        .get(header::IDEMPOTENCY_KEY)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(key) = headers.get(header::IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok()) {
         if !c.seen.lock().expect("seen lock").insert(key.to_string()) {
             c.duplicates.fetch_add(1, Relaxed);
         }

@@ -1,0 +1,206 @@
+//! Benchmarks, reported as ratios measured in one run against one broker (Tansu).
+//!
+//! `cargo run --release -p bench -- ingest [--records N]`: the raw rdkafka consume rate of
+//! N small records next to the engine's durable ingest rate (Kafka to calls in SQLite, with
+//! delivery paused), from the same topic on the same broker.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use engine::{Config, Engine};
+use integration_tests::kafka::{produce, producer, Out, Tansu, TANSU_CONSUMER_OPTIONS};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks of the engine, as ratios measured in one run")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Raw consume rate vs durable ingest rate from the same topic.
+    Ingest {
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+        /// Repeat and report the median and the spread.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Ingest {
+            records,
+            payload_bytes,
+            runs,
+        } => ingest(records, payload_bytes, runs).await,
+    }
+}
+
+async fn ingest(records: usize, payload_bytes: usize, runs: usize) -> anyhow::Result<()> {
+    let tansu = Tansu::start();
+    tansu.create_topic("bench", 3).await;
+    let payload = vec![b'x'; payload_bytes];
+    let producer = producer(&tansu.bootstrap());
+    for chunk in 0..records.div_ceil(50_000) {
+        let n = 50_000.min(records - chunk * 50_000);
+        let batch = (0..n)
+            .map(|i| Out::keyed(format!("k{}", i % 1000), payload.clone()))
+            .collect();
+        produce(&producer, "bench", batch).await;
+    }
+    println!("produced {records} records of {payload_bytes} bytes to 3 partitions on Tansu");
+
+    let source_only = source_consume(&tansu.bootstrap(), records).await?;
+    println!("source only (batches acknowledged at once): {source_only:.0} records/s");
+    let mut raw = Vec::new();
+    let mut engine = Vec::new();
+    for run in 0..runs {
+        raw.push(raw_consume(&tansu.bootstrap(), records, run)?);
+        engine.push(engine_ingest(&tansu.bootstrap(), records, run).await?);
+        println!(
+            "run {}: raw consume {:.0} records/s, engine ingest {:.0} records/s, ratio {:.2}",
+            run + 1,
+            raw[run],
+            engine[run],
+            engine[run] / raw[run]
+        );
+    }
+    let ratios: Vec<f64> = raw.iter().zip(&engine).map(|(r, e)| e / r).collect();
+    println!("| measure | median | min | max |");
+    println!("|---|---|---|---|");
+    for (name, values) in [
+        ("raw consume (records/s)", &raw),
+        ("engine ingest (records/s)", &engine),
+        ("ratio engine / raw", &ratios),
+    ] {
+        let (median, min, max) = summary(values);
+        println!("| {name} | {median:.2} | {min:.2} | {max:.2} |");
+    }
+    Ok(())
+}
+
+fn summary(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (sorted[sorted.len() / 2], sorted[0], sorted[sorted.len() - 1])
+}
+
+fn consumer_options(config: &mut ClientConfig) {
+    for line in TANSU_CONSUMER_OPTIONS.lines().filter(|l| !l.trim().is_empty()) {
+        let (key, value) = line.split_once(" = ").expect("key = value");
+        config.set(key.trim_matches('"'), value.trim_matches('"'));
+    }
+}
+
+/// Records/s of a plain consumer-group member doing nothing with the records, from the
+/// first record to the last.
+fn raw_consume(bootstrap: &str, records: usize, run: usize) -> anyhow::Result<f64> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("raw-{run}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true");
+    consumer_options(&mut config);
+    let consumer: BaseConsumer = config.create()?;
+    consumer.subscribe(&["bench"])?;
+    let mut seen = 0;
+    let mut started = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while seen < records {
+        anyhow::ensure!(Instant::now() < deadline, "raw consumer timed out at {seen} records");
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => {
+                started.get_or_insert_with(Instant::now);
+                seen += 1;
+            }
+            Some(Err(e)) => eprintln!("raw consumer: {e}"),
+            None => {}
+        }
+    }
+    Ok(records as f64 / started.context("no record")?.elapsed().as_secs_f64())
+}
+
+/// Records/s through the engine's Kafka source alone, every batch acknowledged at once.
+async fn source_consume(bootstrap: &str, records: usize) -> anyhow::Result<f64> {
+    let mut config = connectors::kafka::SourceConfig::new("bench", bootstrap, vec!["bench".into()], "source-only");
+    for line in TANSU_CONSUMER_OPTIONS.lines().filter(|l| !l.trim().is_empty()) {
+        let (key, value) = line.split_once(" = ").expect("key = value");
+        config
+            .options
+            .insert(key.trim_matches('"').into(), value.trim_matches('"').into());
+    }
+    let (source, mut batches) = connectors::kafka::Source::start(config)?;
+    let mut seen = 0;
+    let mut started = None;
+    while seen < records {
+        let batch = batches.recv().await.context("source stopped")?;
+        started.get_or_insert_with(Instant::now);
+        seen += batch.records.len();
+        batch.ack.ack();
+    }
+    let rate = records as f64 / started.context("no batch")?.elapsed().as_secs_f64();
+    drop(batches);
+    tokio::task::spawn_blocking(move || source.stop()).await?;
+    Ok(rate)
+}
+
+/// Records/s from Kafka to durable calls, delivery paused, from the first call to the last.
+async fn engine_ingest(bootstrap: &str, records: usize, run: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir_in(".")?;
+    let config = Config::from_toml(&format!(
+        r#"
+[store]
+path = "{db}"
+[admin]
+listen = "127.0.0.1:0"
+[[subscription]]
+name = "bench"
+target = "http://127.0.0.1:9/"
+paused = true
+[subscription.kafka]
+brokers = "{bootstrap}"
+topics = ["bench"]
+group_id = "engine-{run}"
+max_backlog = 100000000
+[subscription.kafka.options]
+{TANSU_CONSUMER_OPTIONS}
+"#,
+        db = dir.path().join("bench.db").display()
+    ))?;
+    let engine = Engine::start(config).await?;
+    let stats = std::sync::Arc::clone(&engine.schedulers()["bench"]);
+    let ingested = || stats.ingested.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while ingested() == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "engine ingested nothing");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let started = Instant::now();
+    let first = ingested();
+    while ingested() < records {
+        anyhow::ensure!(Instant::now() < deadline, "engine ingest timed out at {}", ingested());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    let rate = (records - first) as f64 / elapsed.as_secs_f64();
+    let writer = engine.store().writer_stats();
+    let commits = writer.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let rows = writer.rows.load(std::sync::atomic::Ordering::Relaxed);
+    let busy = Duration::from_micros(writer.commit_micros.load(std::sync::atomic::Ordering::Relaxed));
+    eprintln!(
+        "  engine: {commits} commits, {:.0} rows per commit, writer busy {busy:.2?} of {elapsed:.2?}",
+        rows as f64 / commits.max(1) as f64
+    );
+    engine.shutdown().await?;
+    Ok(rate)
+}
