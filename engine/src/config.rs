@@ -33,6 +33,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub signing: SigningConfig,
     /// One entry per `[[subscription]]` table.
     #[serde(default, rename = "subscription")]
     pub subscriptions: Vec<SubscriptionConfig>,
@@ -81,6 +83,41 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8680)),
             token: None,
         }
+    }
+}
+
+/// `[signing]`: sign every request with Ed25519 (see docs/protocol.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// Base64 private key from `engine keygen`. The environment variable
+    /// `ENGINE_SIGNING_KEY` overrides it (keep keys out of files).
+    pub private_key: Option<String>,
+    /// Sent as `keyid`, so handlers can tell keys apart during a rotation.
+    pub key_id: String,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self {
+            private_key: None,
+            key_id: "engine".into(),
+        }
+    }
+}
+
+/// The environment variable that overrides `signing.private_key`.
+pub const SIGNING_KEY_ENV: &str = "ENGINE_SIGNING_KEY";
+
+impl SigningConfig {
+    /// The signer, if a key is configured (the environment first).
+    pub fn signer(&self) -> Result<Option<sdk::signing::Signer>, ConfigError> {
+        let key = std::env::var(SIGNING_KEY_ENV).ok().or_else(|| self.private_key.clone());
+        key.map(|key| {
+            sdk::signing::Signer::from_base64(&self.key_id, &key)
+                .map_err(|e| ConfigError::Invalid(format!("signing key: {e}")))
+        })
+        .transpose()
     }
 }
 
@@ -225,6 +262,7 @@ impl Config {
                 self.admin.listen
             ));
         }
+        self.signing.signer()?;
         if self.store.max_batch == 0 {
             return invalid("store.max_batch must be at least 1".into());
         }

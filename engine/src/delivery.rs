@@ -17,6 +17,7 @@ pub const MAX_ERROR_BYTES: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Deliverer {
     client: reqwest::Client,
+    signer: Option<sdk::signing::Signer>,
 }
 
 /// Per-subscription settings of a delivery.
@@ -27,7 +28,8 @@ pub struct DeliveryLimits {
 }
 
 impl Deliverer {
-    pub fn new() -> Result<Self, reqwest::Error> {
+    /// A deliverer; with a signer, every request is signed.
+    pub fn new(signer: Option<sdk::signing::Signer>) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -36,7 +38,7 @@ impl Deliverer {
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("engine/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { client })
+        Ok(Self { client, signer })
     }
 
     /// Make one attempt. Never fails: every problem is an outcome.
@@ -48,10 +50,14 @@ impl Deliverer {
         limits: DeliveryLimits,
     ) -> AttemptOutcome {
         let started = Instant::now();
+        let mut headers = request_headers(call, attempt, subscription);
+        if let Some(signer) = &self.signer {
+            sign(signer, &mut headers, &call.target, &call.payload);
+        }
         let request = self
             .client
             .post(&call.target)
-            .headers(request_headers(call, attempt, subscription))
+            .headers(headers)
             .body(call.payload.clone())
             .send();
         let result = tokio::time::timeout(limits.timeout, async {
@@ -112,6 +118,18 @@ impl Deliverer {
                 retry_after: None,
                 duration,
             },
+        }
+    }
+}
+
+fn sign(signer: &sdk::signing::Signer, headers: &mut HeaderMap, target: &str, body: &[u8]) {
+    let path = reqwest::Url::parse(target).map_or_else(|_| "/".into(), |u| u.path().to_string());
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for (name, value) in signer.sign("POST", &path, body, now) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
         }
     }
 }

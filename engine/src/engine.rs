@@ -32,6 +32,8 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Source(#[from] connectors::kafka::SourceError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
     #[error("a task failed: {0}")]
@@ -63,7 +65,8 @@ impl Engine {
                 },
             },
         )?;
-        let deliverer = Deliverer::new()?;
+        let signer = config.signing.signer()?;
+        let deliverer = Deliverer::new(signer)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 

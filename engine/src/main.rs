@@ -46,6 +46,10 @@ enum Command {
         #[arg(long, default_value_t = 0.3)]
         failure_rate: f64,
     },
+    /// Generate an Ed25519 key pair for request signing: the private key goes to the
+    /// engine (`[signing] private_key` or ENGINE_SIGNING_KEY), the public key to handlers
+    /// (ENGINE_VERIFY_KEY).
+    Keygen,
     /// Check a config file and print what it configures, without starting anything.
     CheckConfig {
         #[arg(long, short, env = "ENGINE_CONFIG", default_value = "engine.toml")]
@@ -88,6 +92,13 @@ fn main() -> anyhow::Result<()> {
             // wait for it.
             runtime.shutdown_background();
             result
+        }
+        Command::Keygen => {
+            let keys = sdk::signing::KeyPair::generate();
+            println!("ENGINE_SIGNING_KEY={}", keys.private_base64());
+            println!("ENGINE_VERIFY_KEY={}", keys.public_base64());
+            eprintln!("Give ENGINE_SIGNING_KEY to the engine only; handlers need ENGINE_VERIFY_KEY.");
+            Ok(())
         }
         Command::CheckConfig { config } => {
             let loaded = Config::load(&config)?;

@@ -208,23 +208,27 @@ impl Admin {
 
 /// The `engine` binary of this workspace, built on first use.
 pub fn engine_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            // target/<profile>/deps/<test> -> target/<profile>/engine
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
-            let release = profile_dir.ends_with("release");
-            let mut build = std::process::Command::new(env!("CARGO"));
-            build.args(["build", "--quiet", "-p", "engine", "--bin", "engine"]);
-            if release {
-                build.arg("--release");
-            }
-            let status = build.status().expect("run cargo build");
-            assert!(status.success(), "building the engine binary failed");
-            profile_dir.join("engine")
-        })
-        .clone()
+    workspace_binary("engine")
+}
+
+/// A binary of this workspace (package and binary share the name), built on first use.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
+    let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap();
+    if !built.contains(name) {
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "-p", name, "--bin", name]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building {name} failed");
+        built.insert(name.to_string());
+    }
+    profile_dir.join(name)
 }
 
 /// A config for one subscription named `test` delivering to `target`, with fast retries.

@@ -1,0 +1,262 @@
+//! The handler server: functions registered by name, served over HTTP by axum.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::context::Context;
+use crate::error::{Error, ErrorKind};
+use crate::signing::{KeyError, Verifier};
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, Error>> + Send>>;
+type Function = Arc<dyn Fn(Context, Bytes) -> BoxFuture + Send + Sync>;
+
+/// A set of named functions served over HTTP: `POST /{name}` calls one.
+///
+/// ```no_run
+/// use sdk::{Context, Endpoint, Error};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Deserialize)]
+/// struct Order { id: u64, amount_cents: u64 }
+///
+/// #[derive(Serialize)]
+/// struct Receipt { order: u64, charged: u64 }
+///
+/// async fn charge(ctx: Context, order: Order) -> Result<Receipt, Error> {
+///     if order.amount_cents == 0 {
+///         return Err(Error::permanent("nothing to charge"));
+///     }
+///     // ctx.call_id is the same on every attempt: pass it to the payment API as the
+///     // idempotency key so that a retry never charges twice.
+///     let _ = &ctx.call_id;
+///     Ok(Receipt { order: order.id, charged: order.amount_cents })
+/// }
+///
+/// # async fn run() -> std::io::Result<()> {
+/// Endpoint::new()
+///     .function("charge", charge)
+///     .serve("127.0.0.1:9080".parse().unwrap())
+///     .await
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct Endpoint {
+    functions: HashMap<String, Function>,
+    verifier: Option<Verifier>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.functions.keys().collect();
+        names.sort();
+        f.debug_struct("Endpoint")
+            .field("functions", &names)
+            .field("verifies_signatures", &self.verifier.is_some())
+            .finish()
+    }
+}
+
+/// The environment variable holding a verify key (see [`Endpoint::verify_from_env`]).
+pub const VERIFY_KEY_ENV: &str = "ENGINE_VERIFY_KEY";
+
+impl Endpoint {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register a typed function: the body is JSON decoded into `I` (a decode failure is a
+    /// permanent error, answered 400), and the `O` it returns is sent back as JSON.
+    #[must_use]
+    pub fn function<I, O, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(Context, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Error>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let function: Function = Arc::new(move |ctx, body: Bytes| {
+            let f = Arc::clone(&f);
+            Box::pin(async move {
+                let input: I = serde_json::from_slice(&body)
+                    .map_err(|e| Error::permanent(format!("cannot decode the input: {e}")).with_status(400))?;
+                let output = f(ctx, input).await?;
+                serde_json::to_vec(&output).map_err(|e| Error::permanent(format!("cannot encode the output: {e}")))
+            })
+        });
+        self.functions.insert(name.to_string(), function);
+        self
+    }
+
+    /// Register a function over raw bytes: the record value in, the response body out.
+    #[must_use]
+    pub fn raw<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<u8>, Error>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let function: Function = Arc::new(move |ctx, body| {
+            let f = Arc::clone(&f);
+            Box::pin(async move { f(ctx, body).await })
+        });
+        self.functions.insert(name.to_string(), function);
+        self
+    }
+
+    /// Require every call to be signed by the engine's key (see [`crate::signing`]):
+    /// missing, invalid or stale signatures are answered 401.
+    #[must_use]
+    pub fn verify_with(mut self, verifier: Verifier) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+
+    /// Like [`Endpoint::verify_with`], with the base64 public key in `ENGINE_VERIFY_KEY`,
+    /// when that variable is set.
+    pub fn verify_from_env(self) -> Result<Self, KeyError> {
+        match std::env::var(VERIFY_KEY_ENV) {
+            Ok(key) => Ok(self.verify_with(Verifier::from_base64(&key)?)),
+            Err(_) => Ok(self),
+        }
+    }
+
+    /// The axum router, to serve yourself or to nest in a larger app. `GET /health`
+    /// answers 200; `POST /{name}` calls a function; an unknown name answers 404.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .route("/{function}", post(call))
+            .with_state(Arc::new(self))
+    }
+
+    /// Serve on `addr` until SIGINT or SIGTERM, then finish the requests in flight.
+    pub async fn serve(self, addr: SocketAddr) -> std::io::Result<()> {
+        self.serve_until(addr, shutdown_signal()).await
+    }
+
+    /// Serve on `addr` until `shutdown` completes, then finish the requests in flight.
+    pub async fn serve_until(
+        self,
+        addr: SocketAddr,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Serve on a bound listener (port 0 in tests) until `shutdown` completes.
+    pub async fn serve_on(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(addr = ?listener.local_addr().ok(), functions = ?self.functions.keys().collect::<Vec<_>>(), "serving");
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// The HTTP status that carries an error's class.
+fn status_of(error: &Error) -> StatusCode {
+    match (error.status().map(StatusCode::from_u16), error.kind()) {
+        (Some(Ok(status)), _) => status,
+        // 503 is temporary and 422 permanent in the protocol's classification.
+        (_, ErrorKind::Temporary) => StatusCode::SERVICE_UNAVAILABLE,
+        (_, ErrorKind::Permanent) => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+fn error_response(error: &Error) -> Response {
+    let mut response = (status_of(error), format!("{}\n", error.message())).into_response();
+    if let Some(delay) = error.retry_after_hint() {
+        let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert("retry-after", value);
+        }
+    }
+    response
+}
+
+async fn call(
+    State(endpoint): State<Arc<Endpoint>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(verifier) = &endpoint.verifier {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        if let Err(error) = verifier.verify("POST", &format!("/{name}"), &body, &headers, now) {
+            tracing::warn!(function = %name, %error, "refused a request");
+            return (StatusCode::UNAUTHORIZED, format!("{error}\n")).into_response();
+        }
+    }
+    let Some(function) = endpoint.functions.get(&name).cloned() else {
+        return (StatusCode::NOT_FOUND, format!("no function named `{name}`\n")).into_response();
+    };
+    let ctx = Context::from_headers(&headers);
+    let call_id = ctx.call_id.clone();
+    // Run the function in its own task so that a panic is contained and reported.
+    match tokio::spawn(function(ctx, body)).await {
+        Ok(Ok(output)) => (StatusCode::OK, output).into_response(),
+        Ok(Err(error)) => {
+            tracing::debug!(function = %name, call = %call_id, %error, "function failed");
+            error_response(&error)
+        }
+        Err(join) => {
+            let text = if join.is_panic() {
+                let panic = join.into_panic();
+                panic
+                    .downcast_ref::<&str>()
+                    .map(ToString::to_string)
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into())
+            } else {
+                "the function was cancelled".into()
+            };
+            tracing::error!(function = %name, call = %call_id, panic = %text, "function panicked");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the function panicked: {text}\n"),
+            )
+                .into_response()
+        }
+    }
+}

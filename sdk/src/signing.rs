@@ -1,0 +1,339 @@
+//! Request signing with Ed25519, in the manner of HTTP Message Signatures (RFC 9421).
+//!
+//! The engine signs the method, the path and a SHA-256 digest of the body (RFC 9530
+//! `content-digest`), with a creation time. Three headers carry it:
+//!
+//! ```text
+//! content-digest: sha-256=:<base64 of SHA-256(body)>:
+//! signature-input: engine=("@method" "@path" "content-digest");created=<unix seconds>;keyid="<id>";alg="ed25519"
+//! signature: engine=:<base64 of the Ed25519 signature>:
+//! ```
+//!
+//! The signature covers the RFC 9421 signature base:
+//!
+//! ```text
+//! "@method": POST
+//! "@path": /forward
+//! "content-digest": sha-256=:...:
+//! "@signature-params": ("@method" "@path" "content-digest");created=...;keyid="...";alg="ed25519"
+//! ```
+//!
+//! Keys are 32 bytes, written in standard base64: the private key is the Ed25519 seed.
+//!
+//! ```
+//! use sdk::signing::{KeyPair, Signer, Verifier};
+//! let keys = KeyPair::generate();
+//! let signer = Signer::from_base64("engine", &keys.private_base64()).unwrap();
+//! let verifier = Verifier::from_base64(&keys.public_base64()).unwrap();
+//! let headers = signer.sign("POST", "/forward", b"{}", 1_700_000_000);
+//! assert!(verifier.verify("POST", "/forward", b"{}", &headers, 1_700_000_010).is_ok());
+//! assert!(verifier.verify("POST", "/forward", b"{ }", &headers, 1_700_000_010).is_err());
+//! ```
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+/// Header names of a signed request.
+pub mod header {
+    pub const CONTENT_DIGEST: &str = "content-digest";
+    pub const SIGNATURE_INPUT: &str = "signature-input";
+    pub const SIGNATURE: &str = "signature";
+}
+
+/// How far a signature's creation time may be from the verifier's clock. Default 5 minutes.
+pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
+
+const COMPONENTS: &str = r#"("@method" "@path" "content-digest")"#;
+
+/// Why a request's signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureError {
+    /// A signing header is absent.
+    Missing(&'static str),
+    /// A header does not have the expected form.
+    Malformed(&'static str),
+    /// The body does not match `content-digest`.
+    DigestMismatch,
+    /// The signature was made too long ago (or too far in the future).
+    Stale { created: u64, now: u64 },
+    /// The signature does not verify with the configured key.
+    Invalid,
+}
+
+impl std::fmt::Display for SignatureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing(h) => write!(f, "missing `{h}` header: the request is not signed"),
+            Self::Malformed(h) => write!(f, "malformed `{h}` header"),
+            Self::DigestMismatch => f.write_str("the body does not match content-digest"),
+            Self::Stale { created, now } => write!(f, "stale signature: created at {created}, now {now}"),
+            Self::Invalid => f.write_str("invalid signature"),
+        }
+    }
+}
+
+impl std::error::Error for SignatureError {}
+
+/// A key-pair error: the text is not base64 of 32 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError(String);
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+fn key_bytes(text: &str, what: &str) -> Result<[u8; 32], KeyError> {
+    let bytes = BASE64
+        .decode(text.trim())
+        .map_err(|e| KeyError(format!("{what} is not base64: {e}")))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| KeyError(format!("{what} must be 32 bytes, got {}", b.len())))
+}
+
+/// A new Ed25519 key pair (see `engine keygen`).
+#[derive(Debug, Clone)]
+pub struct KeyPair {
+    signing: SigningKey,
+}
+
+impl KeyPair {
+    /// Generate a key pair from the operating system's random source.
+    pub fn generate() -> Self {
+        let mut seed = [0_u8; 32];
+        getrandom(&mut seed);
+        Self {
+            signing: SigningKey::from_bytes(&seed),
+        }
+    }
+
+    /// The private key (the engine's `signing_key`), base64.
+    pub fn private_base64(&self) -> String {
+        BASE64.encode(self.signing.to_bytes())
+    }
+
+    /// The public key (the handler's verify key), base64.
+    pub fn public_base64(&self) -> String {
+        BASE64.encode(self.signing.verifying_key().to_bytes())
+    }
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .expect("reading /dev/urandom");
+}
+
+/// Signs requests (the engine side).
+#[derive(Debug, Clone)]
+pub struct Signer {
+    key: SigningKey,
+    key_id: String,
+}
+
+impl Signer {
+    /// A signer from a base64 private key; `key_id` is sent as `keyid`.
+    pub fn from_base64(key_id: &str, private_key: &str) -> Result<Self, KeyError> {
+        Ok(Self {
+            key: SigningKey::from_bytes(&key_bytes(private_key, "the signing key")?),
+            key_id: key_id.to_string(),
+        })
+    }
+
+    /// The three headers (name, value) that sign this request, created at `now` (Unix seconds).
+    pub fn sign(&self, method: &str, path: &str, body: &[u8], now: u64) -> Vec<(&'static str, String)> {
+        let digest = content_digest(body);
+        let params = format!(r#"{COMPONENTS};created={now};keyid="{}";alg="ed25519""#, self.key_id);
+        let base = signature_base(method, path, &digest, &params);
+        let signature = self.key.sign(base.as_bytes());
+        vec![
+            (header::CONTENT_DIGEST, digest),
+            (header::SIGNATURE_INPUT, format!("engine={params}")),
+            (
+                header::SIGNATURE,
+                format!("engine=:{}:", BASE64.encode(signature.to_bytes())),
+            ),
+        ]
+    }
+}
+
+/// Verifies requests (the handler side).
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    key: VerifyingKey,
+    max_skew: Duration,
+}
+
+impl Verifier {
+    /// A verifier from a base64 public key.
+    pub fn from_base64(public_key: &str) -> Result<Self, KeyError> {
+        let key = VerifyingKey::from_bytes(&key_bytes(public_key, "the verify key")?)
+            .map_err(|e| KeyError(format!("the verify key is not an Ed25519 public key: {e}")))?;
+        Ok(Self {
+            key,
+            max_skew: DEFAULT_MAX_SKEW,
+        })
+    }
+
+    /// Accept signatures created at most this far from now.
+    #[must_use]
+    pub fn with_max_skew(mut self, skew: Duration) -> Self {
+        self.max_skew = skew;
+        self
+    }
+
+    /// Check a request. `headers` yields header values by lower-case name; `now` is Unix seconds.
+    pub fn verify<H: SignatureHeaders + ?Sized>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        headers: &H,
+        now: u64,
+    ) -> Result<(), SignatureError> {
+        let digest = headers
+            .value(header::CONTENT_DIGEST)
+            .ok_or(SignatureError::Missing(header::CONTENT_DIGEST))?;
+        let input = headers
+            .value(header::SIGNATURE_INPUT)
+            .ok_or(SignatureError::Missing(header::SIGNATURE_INPUT))?;
+        let signature = headers
+            .value(header::SIGNATURE)
+            .ok_or(SignatureError::Missing(header::SIGNATURE))?;
+
+        let params = input
+            .strip_prefix("engine=")
+            .filter(|p| p.starts_with(COMPONENTS))
+            .ok_or(SignatureError::Malformed(header::SIGNATURE_INPUT))?;
+        let created: u64 = params
+            .split(';')
+            .find_map(|p| p.strip_prefix("created="))
+            .and_then(|c| c.parse().ok())
+            .ok_or(SignatureError::Malformed(header::SIGNATURE_INPUT))?;
+        if created.abs_diff(now) > self.max_skew.as_secs() {
+            return Err(SignatureError::Stale { created, now });
+        }
+        if content_digest(body) != digest {
+            return Err(SignatureError::DigestMismatch);
+        }
+        let signature = signature
+            .strip_prefix("engine=:")
+            .and_then(|s| s.strip_suffix(':'))
+            .and_then(|s| BASE64.decode(s).ok())
+            .and_then(|b| Signature::from_slice(&b).ok())
+            .ok_or(SignatureError::Malformed(header::SIGNATURE))?;
+        let base = signature_base(method, path, digest, params);
+        self.key
+            .verify(base.as_bytes(), &signature)
+            .map_err(|_| SignatureError::Invalid)
+    }
+}
+
+/// Where [`Verifier::verify`] reads header values from.
+pub trait SignatureHeaders {
+    /// The value of the header `name` (lower case), if present and text.
+    fn value(&self, name: &str) -> Option<&str>;
+}
+
+impl SignatureHeaders for [(&'static str, String)] {
+    fn value(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+impl SignatureHeaders for Vec<(&'static str, String)> {
+    fn value(&self, name: &str) -> Option<&str> {
+        self.as_slice().value(name)
+    }
+}
+
+impl SignatureHeaders for axum::http::HeaderMap {
+    fn value(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn content_digest(body: &[u8]) -> String {
+    format!("sha-256=:{}:", BASE64.encode(Sha256::digest(body)))
+}
+
+fn signature_base(method: &str, path: &str, digest: &str, params: &str) -> String {
+    format!(
+        "\"@method\": {}\n\"@path\": {path}\n\"content-digest\": {digest}\n\"@signature-params\": {params}",
+        method.to_ascii_uppercase()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Signer, Verifier) {
+        let keys = KeyPair::generate();
+        (
+            Signer::from_base64("test", &keys.private_base64()).unwrap(),
+            Verifier::from_base64(&keys.public_base64()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_signed_request_verifies_and_any_change_breaks_it() {
+        let (signer, verifier) = pair();
+        let headers = signer.sign("POST", "/f", b"body", 1000);
+        assert_eq!(verifier.verify("POST", "/f", b"body", &headers, 1000), Ok(()));
+        assert_eq!(
+            verifier.verify("POST", "/g", b"body", &headers, 1000),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            verifier.verify("PUT", "/f", b"body", &headers, 1000),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            verifier.verify("POST", "/f", b"bodx", &headers, 1000),
+            Err(SignatureError::DigestMismatch)
+        );
+        let (_, other) = pair();
+        assert_eq!(
+            other.verify("POST", "/f", b"body", &headers, 1000),
+            Err(SignatureError::Invalid)
+        );
+    }
+
+    #[test]
+    fn stale_and_missing_signatures_are_refused() {
+        let (signer, verifier) = pair();
+        let headers = signer.sign("POST", "/f", b"", 1000);
+        assert!(matches!(
+            verifier.verify("POST", "/f", b"", &headers, 1000 + 301),
+            Err(SignatureError::Stale { .. })
+        ));
+        assert!(verifier.verify("POST", "/f", b"", &headers, 1000 - 299).is_ok());
+        let none: Vec<(&'static str, String)> = Vec::new();
+        assert_eq!(
+            verifier.verify("POST", "/f", b"", &none, 1000),
+            Err(SignatureError::Missing(header::CONTENT_DIGEST))
+        );
+    }
+
+    #[test]
+    fn bad_keys_are_explained() {
+        assert!(Verifier::from_base64("not base64!")
+            .unwrap_err()
+            .to_string()
+            .contains("base64"));
+        assert!(Signer::from_base64("k", "AAAA")
+            .unwrap_err()
+            .to_string()
+            .contains("32 bytes"));
+    }
+}
