@@ -41,3 +41,8 @@ pub mod signing;
 pub use context::{Context, KafkaRecord};
 pub use endpoint::{Endpoint, VERIFY_KEY_ENV};
 pub use error::{Error, ErrorKind};
+
+/// The README's handler example is compiled as a doc test, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
