@@ -27,6 +27,7 @@ pub struct AdminState {
     pub store: Store,
     pub subscriptions: Arc<HashMap<String, Arc<SubscriptionConfig>>>,
     pub schedulers: Arc<HashMap<String, Arc<SchedulerStats>>>,
+    pub endpoints: Arc<crate::endpoints::Endpoints>,
     pub token: Option<Arc<str>>,
 }
 
@@ -173,6 +174,12 @@ async fn stats(State(state): State<AdminState>) -> Result<Json<Value>, ApiError>
             "subscriptions".into(),
             serde_json::to_value(subscriptions).unwrap_or_default(),
         );
+        let endpoints: BTreeMap<_, _> = state
+            .endpoints
+            .all()
+            .map(|(key, e)| (key.clone(), e.snapshot()))
+            .collect();
+        map.insert("endpoints".into(), serde_json::to_value(endpoints).unwrap_or_default());
     }
     Ok(Json(body))
 }

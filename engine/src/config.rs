@@ -38,6 +38,26 @@ pub struct Config {
     /// One entry per `[[subscription]]` table.
     #[serde(default, rename = "subscription")]
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// One entry per `[[endpoint]]` table: settings for the endpoints calls go to.
+    #[serde(default, rename = "endpoint")]
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// `[[endpoint]]`: concurrency and rate limits of one endpoint. Subscriptions whose target
+/// has this `origin` use it, as do subscriptions that name it with `endpoint = "<name>"`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub name: Option<String>,
+    /// `scheme://host:port`, for example `http://127.0.0.1:9000`.
+    pub origin: Option<String>,
+    /// The adaptive concurrency limit (`[endpoint.concurrency]`).
+    #[serde(default)]
+    pub concurrency: crate::limiter::AimdConfig,
+    /// Requests per second to this endpoint, over every subscription.
+    pub rate_limit: Option<u32>,
+    /// Requests allowed at once above the rate. Default: one second's worth.
+    pub rate_burst: Option<u32>,
 }
 
 /// `[store]`: the SQLite file and its group commit.
@@ -175,6 +195,12 @@ pub struct SubscriptionConfig {
     /// Ingest but do not deliver (for maintenance of the target, or to measure ingest).
     #[serde(default)]
     pub paused: bool,
+    /// Use the `[[endpoint]]` of this name instead of the one of the target's origin.
+    pub endpoint: Option<String>,
+    /// Requests per second of this subscription.
+    pub rate_limit: Option<u32>,
+    /// Requests allowed at once above the rate. Default: one second's worth.
+    pub rate_burst: Option<u32>,
     #[serde(default)]
     pub retry: RetryPolicy,
     /// Where records come from; without it, calls are only enqueued through the admin API.
@@ -266,6 +292,28 @@ impl Config {
         if self.store.max_batch == 0 {
             return invalid("store.max_batch must be at least 1".into());
         }
+        for endpoint in &self.endpoints {
+            let label = endpoint
+                .name
+                .as_deref()
+                .or(endpoint.origin.as_deref())
+                .unwrap_or("(unnamed)");
+            if endpoint.name.is_none() && endpoint.origin.is_none() {
+                return invalid("an [[endpoint]] needs a name or an origin".into());
+            }
+            if let Some(origin) = &endpoint.origin {
+                if reqwest::Url::parse(origin).is_err() {
+                    return invalid(format!("endpoint `{label}`: origin `{origin}` is not a URL"));
+                }
+            }
+            endpoint
+                .concurrency
+                .validate()
+                .or_else(|m| invalid(format!("endpoint `{label}`: {m}")))?;
+            if endpoint.rate_limit == Some(0) {
+                return invalid(format!("endpoint `{label}`: rate_limit must be at least 1"));
+            }
+        }
         let mut names = HashSet::new();
         for sub in &self.subscriptions {
             let name = &sub.name;
@@ -296,6 +344,14 @@ impl Config {
                 return invalid(format!(
                     "subscription `{name}`: max_concurrency and window must be at least 1"
                 ));
+            }
+            if let Some(endpoint) = &sub.endpoint {
+                if !self.endpoints.iter().any(|e| e.name.as_ref() == Some(endpoint)) {
+                    return invalid(format!("subscription `{name}`: no [[endpoint]] named `{endpoint}`"));
+                }
+            }
+            if sub.rate_limit == Some(0) {
+                return invalid(format!("subscription `{name}`: rate_limit must be at least 1"));
             }
             if sub.timeout.is_zero() {
                 return invalid(format!("subscription `{name}`: timeout must be above zero"));

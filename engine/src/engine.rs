@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::delivery::Deliverer;
+use crate::endpoints::Endpoints;
 use crate::model::now_millis;
 use crate::scheduler::{Scheduler, SchedulerStats};
 use crate::source;
@@ -46,6 +47,7 @@ pub struct Engine {
     store: Store,
     admin_addr: SocketAddr,
     schedulers: Arc<HashMap<String, Arc<SchedulerStats>>>,
+    endpoints: Arc<Endpoints>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<Result<(), EngineError>>,
 }
@@ -72,9 +74,11 @@ impl Engine {
 
         let mut subscriptions = HashMap::new();
         let mut schedulers = HashMap::new();
-        for sub in config.subscriptions {
-            let sub = Arc::new(sub);
-            let scheduler = Scheduler::new(Arc::clone(&sub), store.clone(), deliverer.clone());
+        let endpoints = Endpoints::from_config(&config);
+        for sub in &config.subscriptions {
+            let endpoint = endpoints.for_subscription(&config, sub);
+            let sub = Arc::new(sub.clone());
+            let scheduler = Scheduler::new(Arc::clone(&sub), store.clone(), deliverer.clone(), endpoint);
             let stats = scheduler.stats();
             stats.open.store(store.open_calls(&sub.name).await? as i64, Relaxed);
             if sub.kafka.is_some() {
@@ -92,6 +96,7 @@ impl Engine {
             subscriptions.insert(sub.name.clone(), sub);
         }
         let schedulers = Arc::new(schedulers);
+        let endpoints = Arc::new(endpoints);
 
         let listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
@@ -107,7 +112,8 @@ impl Engine {
             store: store.clone(),
             subscriptions: Arc::new(subscriptions),
             schedulers: Arc::clone(&schedulers),
-            token: config.admin.token.map(Arc::from),
+            endpoints: Arc::clone(&endpoints),
+            token: config.admin.token.clone().map(Arc::from),
         });
         let mut admin_shutdown = shutdown_rx.clone();
         tasks.spawn(async move {
@@ -125,6 +131,7 @@ impl Engine {
             store,
             admin_addr,
             schedulers,
+            endpoints,
             shutdown,
             tasks,
         })
@@ -142,6 +149,11 @@ impl Engine {
     /// Live scheduler figures per subscription.
     pub fn schedulers(&self) -> &HashMap<String, Arc<SchedulerStats>> {
         &self.schedulers
+    }
+
+    /// The endpoints calls go to, with their live limits.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
     }
 
     /// Run until `signal` completes or a task fails, then shut down gracefully.

@@ -47,8 +47,39 @@ pub fn new_call(subscription: &SubscriptionConfig, record: Record) -> NewCall {
 
 /// Make calls durable and count them into the subscription's backlog.
 pub async fn persist(store: &Store, stats: &SchedulerStats, calls: Vec<NewCall>) -> Result<Vec<Inserted>, StoreError> {
+    persist_queued(store, calls)?.counted(stats).await
+}
+
+/// Calls queued for creation (in order) but not yet known to be durable.
+#[derive(Debug)]
+pub struct Persisting<F> {
+    durable: F,
+    born_dead: Vec<bool>,
+}
+
+/// Queue calls for creation now; see [`Store::insert_queued`].
+pub fn persist_queued(
+    store: &Store,
+    calls: Vec<NewCall>,
+) -> Result<Persisting<impl std::future::Future<Output = Result<Vec<Inserted>, StoreError>> + Send + use<>>, StoreError>
+{
     let born_dead: Vec<bool> = calls.iter().map(|c| c.dead_reason.is_some()).collect();
-    let inserted = store.insert(calls).await?;
+    Ok(Persisting {
+        durable: store.insert_queued(calls)?,
+        born_dead,
+    })
+}
+
+impl<F: std::future::Future<Output = Result<Vec<Inserted>, StoreError>>> Persisting<F> {
+    /// Wait until durable, then count the new calls into the subscription's figures.
+    pub async fn counted(self, stats: &SchedulerStats) -> Result<Vec<Inserted>, StoreError> {
+        let inserted = self.durable.await?;
+        count_new(stats, &inserted, self.born_dead);
+        Ok(inserted)
+    }
+}
+
+fn count_new(stats: &SchedulerStats, inserted: &[Inserted], born_dead: Vec<bool>) {
     let mut created = 0;
     let mut open = 0;
     for (result, dead) in inserted.iter().zip(born_dead) {
@@ -59,7 +90,6 @@ pub async fn persist(store: &Store, stats: &SchedulerStats, calls: Vec<NewCall>)
     }
     stats.ingested.fetch_add(created, Relaxed);
     stats.open.fetch_add(open, Relaxed);
-    Ok(inserted)
 }
 
 /// The ordering group of a record: `k` + key in key mode, `p` + topic + NUL + partition in

@@ -9,6 +9,8 @@
 //! - [`scheduler`]: the pure window and decisions, and the executor that runs them.
 //! - [`retry`]: backoff policy.
 //! - [`delivery`]: one HTTP attempt and its classification.
+//! - [`limiter`]: the pure AIMD concurrency limit; [`endpoints`] applies it (and rate
+//!   limits) per endpoint.
 //! - [`admin`]: the admin HTTP API.
 //! - [`engine`]: wiring and graceful shutdown.
 //!
@@ -17,8 +19,10 @@
 pub mod admin;
 pub mod config;
 pub mod delivery;
+pub mod endpoints;
 pub mod engine;
 pub mod ingest;
+pub mod limiter;
 pub mod model;
 pub mod retry;
 pub mod scheduler;

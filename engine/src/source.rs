@@ -11,10 +11,10 @@ use tokio::sync::watch;
 
 use crate::config::SubscriptionConfig;
 use crate::engine::EngineError;
-use crate::ingest::{new_call, persist, Record};
+use crate::ingest::{new_call, persist_queued, Record};
 use crate::model::KafkaSource;
 use crate::scheduler::SchedulerStats;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Run the source of `subscription` until shutdown.
 pub async fn run(
@@ -79,20 +79,14 @@ pub async fn run(
         let ack = batch.ack;
         let size = calls.len() as i64;
         in_flight_records.fetch_add(size, Relaxed);
-        let (store, stats, name, shutdown, in_flight) = (
-            store.clone(),
-            Arc::clone(&stats),
-            subscription.name.clone(),
-            shutdown.clone(),
-            Arc::clone(&in_flight_records),
-        );
+        // Queued here, in poll order, so that calls keep offset order; awaited apart.
+        let queued = persist_queued(&store, calls)?;
+        let (stats, in_flight) = (Arc::clone(&stats), Arc::clone(&in_flight_records));
         persisting.spawn(async move {
-            // The durable write comes first; the offsets are stored only after it.
-            let durable = persist_until_done(&store, &stats, calls, &name, shutdown).await;
+            let result = queued.counted(&stats).await;
             in_flight.fetch_sub(size, Relaxed);
-            if durable {
-                ack.ack();
-            }
+            // The durable write comes first; the offsets are stored only after it.
+            result.map(|_| ack.ack())
         });
     }
     while let Some(joined) = persisting.join_next().await {
@@ -107,35 +101,14 @@ pub async fn run(
 /// Batches being made durable at once.
 const IN_FLIGHT_BATCHES: usize = 16;
 
-fn flatten(joined: Option<Result<(), tokio::task::JoinError>>) -> Result<(), EngineError> {
+/// A failed write is not retried here: the writer already retries what can heal (a full
+/// disk, a lock), and a retry from here would reorder the batch after later ones. The
+/// source stops instead; the batch's offsets are not stored, so nothing is lost.
+fn flatten(joined: Option<Result<Result<(), StoreError>, tokio::task::JoinError>>) -> Result<(), EngineError> {
     match joined {
         Some(Err(e)) => Err(EngineError::Task(format!("persisting a batch: {e}"))),
+        Some(Ok(Err(e))) => Err(e.into()),
         _ => Ok(()),
-    }
-}
-
-/// Persist a batch, retrying failures; false if shutdown came first (the batch is then not
-/// acknowledged, and its records are read again at the next start).
-async fn persist_until_done(
-    store: &Store,
-    stats: &SchedulerStats,
-    calls: Vec<crate::model::NewCall>,
-    name: &str,
-    mut shutdown: watch::Receiver<bool>,
-) -> bool {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match persist(store, stats, calls.clone()).await {
-            Ok(_) => return true,
-            Err(error) => {
-                tracing::error!(subscription = %name, %error, "cannot persist a batch; retrying");
-                tokio::select! {
-                    _ = shutdown.wait_for(|stop| *stop) => return false,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
     }
 }
 

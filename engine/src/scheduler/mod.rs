@@ -21,8 +21,11 @@ use window::{Completion, GroupLoad, Window};
 
 use crate::config::{OnDead, SubscriptionConfig};
 use crate::delivery::{Deliverer, DeliveryLimits};
+use crate::endpoints::{check_rate, rate_limiter, Endpoint, Wait};
+use crate::limiter::Signal;
 use crate::model::{now_millis, AttemptRecord, DueCall, Millis, Transition};
 use crate::store::{Store, StoreError};
+use sdk::protocol::OutcomeClass;
 
 /// Calls waiting behind each group's head in memory.
 const GROUP_QUEUE: usize = 8;
@@ -64,6 +67,10 @@ pub struct Scheduler {
     finished_rx: mpsc::UnboundedReceiver<Finished>,
     stats: Arc<SchedulerStats>,
     retry_count_at: Instant,
+    /// Where calls go: its concurrency limit and rate limit apply on top of ours.
+    endpoint: Arc<Endpoint>,
+    /// This subscription's own rate limit.
+    rate: Option<governor::DefaultDirectRateLimiter>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -77,9 +84,18 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(subscription: Arc<SubscriptionConfig>, store: Store, deliverer: Deliverer) -> Self {
+    pub fn new(
+        subscription: Arc<SubscriptionConfig>,
+        store: Store,
+        deliverer: Deliverer,
+        endpoint: Arc<Endpoint>,
+    ) -> Self {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         Self {
+            rate: subscription
+                .rate_limit
+                .and_then(|r| rate_limiter(r, subscription.rate_burst)),
+            endpoint,
             window: Window::new(subscription.window, GROUP_QUEUE),
             subscription,
             store,
@@ -101,19 +117,28 @@ impl Scheduler {
     /// running after that are left to crash recovery at the next start.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> Result<(), StoreError> {
         let mut committed = self.store.committed_seq();
+        let mut releases = self.endpoint.releases();
         loop {
             self.fill(&committed).await?;
-            self.dispatch();
+            let blocked = self.dispatch();
             self.publish_stats();
-            let next_due = self.window.next_due();
-            let can_dispatch = self.in_flight < self.subscription.max_concurrency;
-            let wake_at = next_due.map(|at| instant_at(at, now_millis()));
+            let now = now_millis();
+            // Wake for the next due call, unless capacity is what is missing.
+            let wake_at = match blocked {
+                Some(Wait::Until(at)) => Some(at),
+                None if self.in_flight < self.subscription.max_concurrency => self.window.next_due(),
+                Some(Wait::Slot) | None => None,
+            }
+            .map(|at| instant_at(at, now));
+            let wait_for_slot = blocked == Some(Wait::Slot);
             let may_load = self.window.has_room();
+            releases.borrow_and_update();
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(finished) = self.finished_rx.recv() => self.on_finished(finished).await?,
                 Ok(()) = committed.changed(), if may_load => {}
-                () = sleep_until_opt(wake_at), if can_dispatch && wake_at.is_some() => {}
+                Ok(()) = releases.changed(), if wait_for_slot => {}
+                () = sleep_until_opt(wake_at), if wake_at.is_some() => {}
             }
         }
         let deadline = Instant::now() + grace;
@@ -171,16 +196,28 @@ impl Scheduler {
         }
     }
 
-    /// Start attempts for due calls, up to the concurrency limit.
-    fn dispatch(&mut self) {
+    /// Start attempts for due calls, up to the limits. Returns what stopped it, when it was
+    /// a limit of the endpoint or a rate limit (a call waiting for capacity makes no attempt
+    /// and gets no backoff).
+    fn dispatch(&mut self) -> Option<Wait> {
         if self.subscription.paused {
-            return;
+            return None;
         }
-        let now = now_millis();
         while self.in_flight < self.subscription.max_concurrency {
-            let Some((call, attempt)) = self.window.pop_due(now) else {
-                return;
-            };
+            let now = now_millis();
+            if self.window.next_due().is_none_or(|at| at > now) {
+                return None;
+            }
+            if let Err(wait) = self.endpoint.try_acquire(now) {
+                return Some(wait);
+            }
+            if let Some(rate) = &self.rate {
+                if let Err(at) = check_rate(rate, now) {
+                    self.endpoint.release_unused();
+                    return Some(Wait::Until(at));
+                }
+            }
+            let (call, attempt) = self.window.pop_due(now).expect("a call is due");
             if let Err(error) = self.store.start_attempt(call.seq, attempt, now) {
                 tracing::error!(%error, "cannot record an attempt start");
             }
@@ -202,6 +239,7 @@ impl Scheduler {
                 });
             });
         }
+        None
     }
 
     async fn on_finished(&mut self, finished: Finished) -> Result<(), StoreError> {
@@ -213,6 +251,8 @@ impl Scheduler {
             outcome,
         } = finished;
         let now = now_millis();
+        self.endpoint
+            .release(signal_of(&outcome), outcome.retry_after, started_at, now);
         let random = rand::rng().random::<f64>();
         let transition = decide(
             &self.subscription.retry,
@@ -287,6 +327,17 @@ impl Scheduler {
             self.retry_count_at = Instant::now();
             self.stats.waiting_retry.store(self.window.retrying() as u64, Relaxed);
         }
+    }
+}
+
+/// What an attempt says about the endpoint's capacity: 429, 503, timeouts and failed
+/// connections are overload; any other answer carries a latency.
+fn signal_of(outcome: &AttemptOutcome) -> Signal {
+    match (outcome.class, outcome.http_status) {
+        (_, Some(429 | 503)) | (OutcomeClass::Temporary, None) => Signal::Overload,
+        _ => Signal::Answered {
+            latency: outcome.duration,
+        },
     }
 }
 

@@ -151,12 +151,23 @@ impl Store {
     /// Create calls; returns once they are durable. A call whose (subscription, topic,
     /// partition, offset) is already stored is reported as [`Inserted::Duplicate`].
     pub async fn insert(&self, calls: Vec<NewCall>) -> Result<Vec<Inserted>, StoreError> {
-        if calls.is_empty() {
-            return Ok(Vec::new());
-        }
+        self.insert_queued(calls)?.await
+    }
+
+    /// Queue calls for creation now, and return a future that resolves once they are
+    /// durable. Calls queued earlier get lower sequence numbers, so a caller that must keep
+    /// batches in order queues them in order and may await them in any order.
+    pub fn insert_queued(
+        &self,
+        calls: Vec<NewCall>,
+    ) -> Result<impl std::future::Future<Output = Result<Vec<Inserted>, StoreError>> + Send + use<>, StoreError> {
         let (reply, wait) = oneshot::channel();
-        self.send(Command::Insert { calls, reply })?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        if calls.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+        } else {
+            self.send(Command::Insert { calls, reply })?;
+        }
+        Ok(async move { wait.await.map_err(|_| StoreError::Closed)? })
     }
 
     /// Record that an attempt started. Not awaited (see `docs/durability.md`).

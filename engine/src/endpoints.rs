@@ -1,0 +1,230 @@
+//! Endpoints: where calls go, keyed by target origin (or a name), each with an adaptive
+//! concurrency limit ([`crate::limiter`]), an optional static rate limit, and a pause asked
+//! for by `Retry-After`. Shared by every subscription that delivers to the endpoint.
+//!
+//! A call waiting here for capacity is not failing: it makes no attempt and gets no backoff.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::{Config, EndpointConfig, SubscriptionConfig};
+use crate::limiter::{Aimd, AimdConfig, ChangeReason, LimitChange, Signal};
+use crate::model::Millis;
+
+/// Longest pause a `Retry-After` may impose on a whole endpoint.
+const MAX_ENDPOINT_PAUSE: Duration = Duration::from_secs(60);
+/// Limit changes kept for stats.
+const RECENT_CHANGES: usize = 20;
+
+/// Why a call cannot start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Every slot is taken: try again when one is released.
+    Slot,
+    /// Try again at this time (rate limit or `Retry-After`).
+    Until(Millis),
+}
+
+#[derive(Debug)]
+struct State {
+    aimd: Aimd,
+    in_flight: usize,
+    paused_until: Millis,
+    changes: VecDeque<LimitChange>,
+}
+
+/// One endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub key: String,
+    state: Mutex<State>,
+    rate: Option<DefaultDirectRateLimiter>,
+    releases: watch::Sender<u64>,
+}
+
+/// Build a governor limiter of `per_second` with `burst` (default: one second's worth).
+pub fn rate_limiter(per_second: u32, burst: Option<u32>) -> Option<DefaultDirectRateLimiter> {
+    let rate = NonZeroU32::new(per_second)?;
+    let burst = burst.and_then(NonZeroU32::new).unwrap_or(rate);
+    Some(RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)))
+}
+
+/// When a rate limiter allows the next request, as a time in [`Millis`] from `now`.
+pub fn check_rate(limiter: &DefaultDirectRateLimiter, now: Millis) -> Result<(), Millis> {
+    limiter.check().map_err(|not_until| {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        now + (wait.as_millis() as Millis).max(1)
+    })
+}
+
+impl Endpoint {
+    fn new(key: String, concurrency: AimdConfig, rate: Option<DefaultDirectRateLimiter>) -> Self {
+        Self {
+            key,
+            state: Mutex::new(State {
+                aimd: Aimd::new(concurrency),
+                in_flight: 0,
+                paused_until: 0,
+                changes: VecDeque::new(),
+            }),
+            rate,
+            releases: watch::channel(0).0,
+        }
+    }
+
+    /// Take a slot for one attempt, or say when to try again.
+    pub fn try_acquire(&self, now: Millis) -> Result<(), Wait> {
+        let mut state = self.state.lock().expect("endpoint lock");
+        if state.paused_until > now {
+            return Err(Wait::Until(state.paused_until));
+        }
+        if state.in_flight >= state.aimd.limit() {
+            return Err(Wait::Slot);
+        }
+        if let Some(rate) = &self.rate {
+            check_rate(rate, now).map_err(Wait::Until)?;
+        }
+        state.in_flight += 1;
+        Ok(())
+    }
+
+    /// Give back a slot taken by [`Endpoint::try_acquire`] that was not used.
+    pub fn release_unused(&self) {
+        self.state.lock().expect("endpoint lock").in_flight -= 1;
+        self.releases.send_modify(|n| *n += 1);
+    }
+
+    /// An attempt finished: feed the limiter and free the slot. A `retry_after` on an
+    /// overload pauses the whole endpoint (up to a minute).
+    pub fn release(&self, signal: Signal, retry_after: Option<Duration>, started: Millis, now: Millis) {
+        let mut state = self.state.lock().expect("endpoint lock");
+        let in_flight = state.in_flight;
+        state.in_flight -= 1;
+        if let (Signal::Overload, Some(delay)) = (signal, retry_after) {
+            let until = now + delay.min(MAX_ENDPOINT_PAUSE).as_millis() as Millis;
+            state.paused_until = state.paused_until.max(until);
+        }
+        if let Some(change) = state.aimd.on_signal(signal, in_flight, started, now) {
+            tracing::debug!(endpoint = %self.key, from = change.from, to = change.to, reason = ?change.reason, "concurrency limit changed");
+            if state.changes.len() == RECENT_CHANGES {
+                state.changes.pop_front();
+            }
+            state.changes.push_back(change);
+        }
+        drop(state);
+        self.releases.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever a slot is released: wait on it after [`Wait::Slot`].
+    pub fn releases(&self) -> watch::Receiver<u64> {
+        self.releases.subscribe()
+    }
+
+    /// The current figures.
+    pub fn snapshot(&self) -> EndpointStats {
+        let state = self.state.lock().expect("endpoint lock");
+        EndpointStats {
+            limit: state.aimd.limit(),
+            in_flight: state.in_flight,
+            paused_until: (state.paused_until > 0).then_some(state.paused_until),
+            recent_changes: state
+                .changes
+                .iter()
+                .map(|c| ChangeView {
+                    at: c.at,
+                    from: c.from,
+                    to: c.to,
+                    reason: match c.reason {
+                        ChangeReason::Raise => "raise",
+                        ChangeReason::CutOverload => "cut: overload",
+                        ChangeReason::CutLatency => "cut: latency",
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Figures of one endpoint, for stats.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointStats {
+    pub limit: usize,
+    pub in_flight: usize,
+    pub paused_until: Option<Millis>,
+    pub recent_changes: Vec<ChangeView>,
+}
+
+/// One limit change, for stats.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeView {
+    pub at: Millis,
+    pub from: usize,
+    pub to: usize,
+    pub reason: &'static str,
+}
+
+/// The origin (`scheme://host:port`) of a URL, the default endpoint key.
+pub fn origin_of(url: &str) -> String {
+    reqwest::Url::parse(url).map_or_else(|_| url.to_string(), |u| u.origin().ascii_serialization())
+}
+
+/// Every endpoint of a config, and which one each subscription uses.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    by_key: HashMap<String, Arc<Endpoint>>,
+}
+
+impl Endpoints {
+    /// Build the endpoints: those configured under `[[endpoint]]`, and one per other origin.
+    pub fn from_config(config: &Config) -> Self {
+        let mut endpoints = Self::default();
+        for sub in &config.subscriptions {
+            let (key, endpoint_config) = resolve(config, sub);
+            endpoints.by_key.entry(key.clone()).or_insert_with(|| {
+                let settings = endpoint_config.cloned().unwrap_or_default();
+                let rate = settings.rate_limit.and_then(|r| rate_limiter(r, settings.rate_burst));
+                Arc::new(Endpoint::new(key, settings.concurrency, rate))
+            });
+        }
+        endpoints
+    }
+
+    /// The endpoint a subscription delivers to.
+    pub fn for_subscription(&self, config: &Config, sub: &SubscriptionConfig) -> Arc<Endpoint> {
+        let (key, _) = resolve(config, sub);
+        Arc::clone(&self.by_key[&key])
+    }
+
+    /// All endpoints, by key.
+    pub fn all(&self) -> impl Iterator<Item = (&String, &Arc<Endpoint>)> {
+        self.by_key.iter()
+    }
+}
+
+/// A subscription's endpoint: the one it names, else the one configured for its target's
+/// origin, else its origin with default settings.
+fn resolve<'c>(config: &'c Config, sub: &SubscriptionConfig) -> (String, Option<&'c EndpointConfig>) {
+    if let Some(name) = &sub.endpoint {
+        let found = config
+            .endpoints
+            .iter()
+            .find(|e| e.name.as_deref() == Some(name.as_str()));
+        return (name.clone(), found);
+    }
+    let origin = origin_of(&sub.target);
+    let found = config
+        .endpoints
+        .iter()
+        .find(|e| e.origin.as_deref().map(origin_of).as_deref() == Some(origin.as_str()));
+    match found {
+        Some(e) => (e.name.clone().unwrap_or(origin), Some(e)),
+        None => (origin, None),
+    }
+}

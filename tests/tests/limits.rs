@@ -1,0 +1,201 @@
+//! Adaptive concurrency and rate limits against real endpoints on 127.0.0.1.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use engine::{Config, Engine};
+use integration_tests::{config_toml, wait_for, Admin};
+
+/// An endpoint that serves at most `capacity` requests at once (10 ms each) and answers 429
+/// above that.
+struct LimitedEndpoint {
+    in_flight: AtomicU64,
+    served: AtomicU64,
+    rejected: AtomicU64,
+    capacity: u64,
+    arrivals: Mutex<Vec<Instant>>,
+}
+
+async fn serve(capacity: u64) -> (String, Arc<LimitedEndpoint>) {
+    let state = Arc::new(LimitedEndpoint {
+        in_flight: AtomicU64::new(0),
+        served: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+        capacity,
+        arrivals: Mutex::new(Vec::new()),
+    });
+    let shared = Arc::clone(&state);
+    let app = axum::Router::new().fallback(move || {
+        let state = Arc::clone(&shared);
+        async move {
+            state.arrivals.lock().unwrap().push(Instant::now());
+            let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            let answer = if now > state.capacity {
+                state.rejected.fetch_add(1, Ordering::SeqCst);
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                state.served.fetch_add(1, Ordering::SeqCst);
+                StatusCode::OK
+            };
+            state.in_flight.fetch_sub(1, Ordering::SeqCst);
+            answer
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/work", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    (url, state)
+}
+
+const FAST_RETRY: &str = "[subscription.retry]\ninitial_delay = \"10ms\"\nmax_delay = \"200ms\"\nmax_attempts = 0\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_converges_near_the_endpoint_capacity() {
+    const CAPACITY: u64 = 8;
+    const CALLS: u64 = 3_000;
+    let (url, endpoint) = serve(CAPACITY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_toml(
+        &dir.path().join("engine.db"),
+        "127.0.0.1:0".parse().unwrap(),
+        &url,
+        &format!("ordering = \"unordered\"\nmax_concurrency = 256\n{FAST_RETRY}"),
+    );
+    // Queue every call first (delivery paused), so the endpoint meets the whole backlog.
+    let paused_text = text.replace("[subscription.retry]", "paused = true\n[subscription.retry]");
+    let paused = Engine::start(Config::from_toml(&paused_text).unwrap()).await.unwrap();
+    let admin = Admin::new(paused.admin_addr());
+    for n in 0..CALLS {
+        admin.enqueue("test", n.to_string().as_bytes(), None).await;
+    }
+    paused.shutdown().await.unwrap();
+    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let admin = Admin::new(engine.admin_addr());
+    let (_, limiter) = engine.endpoints().all().next().unwrap();
+    let limiter = Arc::clone(limiter);
+    // Sample the limit over the second half of the run, once it has had time to adapt.
+    let mut samples = Vec::new();
+    while endpoint.served.load(Ordering::SeqCst) < CALLS {
+        if endpoint.served.load(Ordering::SeqCst) > CALLS / 2 {
+            samples.push(limiter.snapshot().limit as f64);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_for("every call to succeed", Duration::from_secs(60), || async {
+        admin.stats().await["succeeded"].as_u64().unwrap_or(0) == CALLS
+    })
+    .await;
+    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+    let rejected = endpoint.rejected.load(Ordering::SeqCst);
+    println!(
+        "capacity {CAPACITY}: mean limit {mean:.1} over {} samples, 429 answers {rejected} for {CALLS} calls",
+        samples.len()
+    );
+    let c = CAPACITY as f64;
+    assert!(
+        (0.7 * c..=1.3 * c).contains(&mean),
+        "mean limit {mean:.1} outside [0.7 C, 1.3 C]"
+    );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_at_the_endpoint() {
+    const RATE: usize = 50;
+    const CALLS: usize = 200;
+    let (url, endpoint) = serve(1_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_toml(
+        &dir.path().join("engine.db"),
+        "127.0.0.1:0".parse().unwrap(),
+        &url,
+        &format!("ordering = \"unordered\"\nrate_limit = {RATE}\nrate_burst = 1\n{FAST_RETRY}"),
+    );
+    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let admin = Admin::new(engine.admin_addr());
+    for n in 0..CALLS {
+        admin.enqueue("test", n.to_string().as_bytes(), None).await;
+    }
+    wait_for("every call to succeed", Duration::from_secs(60), || async {
+        admin.stats().await["succeeded"].as_u64().unwrap_or(0) == CALLS as u64
+    })
+    .await;
+    let arrivals = endpoint.arrivals.lock().unwrap().clone();
+    assert_eq!(
+        arrivals.len(),
+        CALLS,
+        "waiting for the rate limit is not a failed attempt"
+    );
+    let busiest = arrivals
+        .iter()
+        .map(|start| {
+            arrivals
+                .iter()
+                .filter(|t| **t >= *start && **t < *start + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    println!("rate limit {RATE}/s: busiest one-second window had {busiest} requests");
+    assert!(
+        busiest as f64 <= RATE as f64 * 1.1 + 1.0,
+        "{busiest} requests in one second"
+    );
+    let total = arrivals.last().unwrap().duration_since(arrivals[0]).as_secs_f64();
+    assert!(
+        total >= (CALLS - RATE) as f64 / RATE as f64,
+        "{CALLS} calls took only {total:.2}s"
+    );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_pauses_the_whole_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let record = Arc::clone(&seen);
+    let first = Arc::new(AtomicU64::new(0));
+    let app = axum::Router::new().fallback(move || {
+        let (record, first) = (Arc::clone(&record), Arc::clone(&first));
+        async move {
+            record.lock().unwrap().push(Instant::now());
+            if first.fetch_add(1, Ordering::SeqCst) == 0 {
+                (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response()
+            } else {
+                StatusCode::OK.into_response()
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/work", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    let text = config_toml(
+        &dir.path().join("engine.db"),
+        "127.0.0.1:0".parse().unwrap(),
+        &url,
+        &format!("ordering = \"unordered\"\nmax_concurrency = 1\n{FAST_RETRY}"),
+    );
+    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let admin = Admin::new(engine.admin_addr());
+    admin.enqueue("test", b"first", None).await;
+    wait_for("the 429", Duration::from_secs(10), || async {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    admin.enqueue("test", b"second", None).await;
+    wait_for("both calls to succeed", Duration::from_secs(20), || async {
+        admin.stats().await["succeeded"].as_u64().unwrap_or(0) == 2
+    })
+    .await;
+    let times = seen.lock().unwrap().clone();
+    assert!(
+        times[1].duration_since(times[0]) >= Duration::from_millis(900),
+        "a new call waited for the endpoint's Retry-After too"
+    );
+    engine.shutdown().await.unwrap();
+}
+
+use axum::response::IntoResponse;
