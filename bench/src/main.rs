@@ -13,6 +13,8 @@ use integration_tests::kafka::{produce, producer, Out, Tansu, TANSU_CONSUMER_OPT
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
+mod limits;
+
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks of the engine, as ratios measured in one run")]
 struct Cli {
@@ -22,6 +24,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
+    /// Adaptive concurrency against flaky-endpoint with capacity C, and a fixed limit of 256.
+    Limits {
+        /// Endpoint capacities to test.
+        #[arg(long = "capacity", default_values_t = [8, 64])]
+        capacities: Vec<u64>,
+        /// Base latency of the endpoint (it doubles at capacity).
+        #[arg(long, default_value_t = 10)]
+        latency_ms: u64,
+        /// Seconds of work per run at the endpoint's capacity.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
     /// Raw consume rate vs durable ingest rate from the same topic.
     Ingest {
         #[arg(long, default_value_t = 200_000)]
@@ -42,6 +56,11 @@ async fn main() -> anyhow::Result<()> {
             payload_bytes,
             runs,
         } => ingest(records, payload_bytes, runs).await,
+        Scenario::Limits {
+            capacities,
+            latency_ms,
+            seconds,
+        } => limits::run(&capacities, latency_ms, seconds).await,
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! - **Additive increase**: each success that arrives while the endpoint is busy (at least
 //!   half the limit in flight) adds `1 / limit`, so the limit grows by about one per round
-//!   of `limit` successes.
+//!   of `limit` successes. Above the level of the last cut (where the endpoint was seen to
+//!   overflow) it probes five times slower, so a small endpoint is not overrun every few
+//!   round trips.
 //! - **Multiplicative decrease**: an overload signal multiplies the limit by
 //!   `decrease_factor`. Overload is a 429, a 503, a timeout, a refused connection, or a
 //!   latency well above the endpoint's baseline (a Vegas-style gradient: the recent average
@@ -114,6 +116,8 @@ pub struct Aimd {
     /// Exponential average of recent latency (ms).
     recent_ms: Option<f64>,
     last_cut: Option<Millis>,
+    /// The limit just before the last cut: where the endpoint overflowed.
+    ceiling: Option<f64>,
 }
 
 impl Aimd {
@@ -129,6 +133,7 @@ impl Aimd {
             baseline_ms: None,
             recent_ms: None,
             last_cut: None,
+            ceiling: None,
         }
     }
 
@@ -159,7 +164,9 @@ impl Aimd {
                     self.cut(started, now).then_some(ChangeReason::CutLatency)
                 } else {
                     if in_flight * 2 >= self.limit() {
-                        self.limit = (self.limit + 1.0 / self.limit).min(self.config.max as f64);
+                        let probing = self.ceiling.is_some_and(|c| self.limit + 1.0 >= c);
+                        let step = if probing { 0.2 } else { 1.0 };
+                        self.limit = (self.limit + step / self.limit).min(self.config.max as f64);
                     }
                     Some(ChangeReason::Raise)
                 }
@@ -179,6 +186,7 @@ impl Aimd {
             return false; // sent under the limit before the last cut
         }
         self.last_cut = Some(now);
+        self.ceiling = Some(self.limit);
         self.limit = (self.limit * self.config.decrease_factor).max(self.config.min as f64);
         // The latency average restarts from the baseline so one slow spell cuts once.
         self.recent_ms = self.baseline_ms;
@@ -271,6 +279,30 @@ mod tests {
         assert_eq!(aimd.limit(), 3, "cut to the floor of repeated 0.7 factors");
         succeed(&mut aimd, 20_000, &mut now);
         assert_eq!(aimd.limit(), 64);
+    }
+
+    #[test]
+    fn above_the_last_overflow_it_probes_slowly() {
+        let mut aimd = Aimd::new(config());
+        let mut now = 0;
+        succeed(&mut aimd, 150, &mut now);
+        let overflowed = aimd.limit();
+        now += 1;
+        aimd.on_signal(Signal::Overload, overflowed, now - 1, now);
+        while aimd.limit() < overflowed - 1 {
+            succeed(&mut aimd, 1, &mut now);
+        }
+        let mut past = 0;
+        while aimd.limit() < overflowed + 1 {
+            succeed(&mut aimd, 1, &mut now);
+            past += 1;
+        }
+        // Plain additive increase needs about `limit` successes per step: two steps here.
+        let plain = 2 * overflowed;
+        assert!(
+            past >= 2 * plain,
+            "{past} successes to pass the overflow level, plain would take {plain}"
+        );
     }
 
     #[test]

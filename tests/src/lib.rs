@@ -214,9 +214,12 @@ pub fn engine_binary() -> PathBuf {
 /// A binary of this workspace (package and binary share the name), built on first use.
 pub fn workspace_binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    // target/<profile>/deps/<test> (or target/<profile>/<bench>) -> target/<profile>/<name>
     let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
+    let mut profile_dir = exe.parent().unwrap().to_path_buf();
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
+    }
     let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap();
     if !built.contains(name) {
         let mut build = std::process::Command::new(env!("CARGO"));

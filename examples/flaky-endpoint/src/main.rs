@@ -2,7 +2,8 @@
 //! benchmarks.
 //!
 //! - `--failure-rate F`: answer 503 to a fraction F of requests;
-//! - `--capacity C`: answer 429 while more than C requests are in flight;
+//! - `--capacity C`: answer 429 while more than C requests are in flight (with
+//!   `Retry-After` when `--retry-after N` is given);
 //! - `--latency-ms L`: base latency, growing with load (`L * (1 + in_flight / C)`);
 //! - `GET /stats`: what it received (requests, unique calls by idempotency key, duplicates,
 //!   answers by status, the highest concurrency seen).
@@ -34,9 +35,12 @@ struct Args {
     /// Fraction of requests answered with 503, in [0, 1].
     #[arg(long, default_value_t = 0.0)]
     failure_rate: f64,
-    /// Requests served at once; above this, 429 with `Retry-After: 1`. 0: unlimited.
+    /// Requests served at once; above this, 429. 0: unlimited.
     #[arg(long, default_value_t = 0)]
     capacity: u64,
+    /// Send `Retry-After: N` with each 429 (the engine then pauses the whole endpoint).
+    #[arg(long)]
+    retry_after: Option<u64>,
     /// Base latency in milliseconds; it rises with the number of requests in flight.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
@@ -110,7 +114,11 @@ async fn handle(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> im
     let capacity = endpoint.args.capacity;
     if capacity > 0 && now > capacity {
         c.throttled.fetch_add(1, Relaxed);
-        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "over capacity\n").into_response();
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, "over capacity\n").into_response();
+        if let Some(seconds) = endpoint.args.retry_after {
+            response.headers_mut().insert("retry-after", seconds.into());
+        }
+        return response;
     }
     if endpoint.args.latency_ms > 0 {
         let load = if capacity > 0 {
