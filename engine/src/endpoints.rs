@@ -38,6 +38,8 @@ struct State {
     in_flight: usize,
     paused_until: Millis,
     changes: VecDeque<LimitChange>,
+    raises: u64,
+    cuts: u64,
 }
 
 /// One endpoint.
@@ -73,6 +75,8 @@ impl Endpoint {
                 in_flight: 0,
                 paused_until: 0,
                 changes: VecDeque::new(),
+                raises: 0,
+                cuts: 0,
             }),
             rate,
             releases: watch::channel(0).0,
@@ -113,6 +117,11 @@ impl Endpoint {
         }
         if let Some(change) = state.aimd.on_signal(signal, in_flight, started, now) {
             tracing::debug!(endpoint = %self.key, from = change.from, to = change.to, reason = ?change.reason, "concurrency limit changed");
+            if change.reason == ChangeReason::Raise {
+                state.raises += 1;
+            } else {
+                state.cuts += 1;
+            }
             if state.changes.len() == RECENT_CHANGES {
                 state.changes.pop_front();
             }
@@ -133,6 +142,8 @@ impl Endpoint {
         EndpointStats {
             limit: state.aimd.limit(),
             in_flight: state.in_flight,
+            raises: state.raises,
+            cuts: state.cuts,
             paused_until: (state.paused_until > 0).then_some(state.paused_until),
             recent_changes: state
                 .changes
@@ -157,6 +168,9 @@ impl Endpoint {
 pub struct EndpointStats {
     pub limit: usize,
     pub in_flight: usize,
+    /// Times the limit went up / down since start.
+    pub raises: u64,
+    pub cuts: u64,
     pub paused_until: Option<Millis>,
     pub recent_changes: Vec<ChangeView>,
 }

@@ -99,6 +99,27 @@ async fn the_limit_converges_near_the_endpoint_capacity() {
         (0.7 * c..=1.3 * c).contains(&mean),
         "mean limit {mean:.1} outside [0.7 C, 1.3 C]"
     );
+    // The limit and its changes are visible in stats and metrics.
+    let stats = admin.stats().await;
+    let endpoint_stats = stats["endpoints"].as_object().unwrap().values().next().unwrap().clone();
+    assert!(endpoint_stats["cuts"].as_u64().unwrap() > 0 && endpoint_stats["raises"].as_u64().unwrap() > 0);
+    assert!(!endpoint_stats["recent_changes"].as_array().unwrap().is_empty());
+    let metrics = reqwest::get(format!("http://{}/metrics", engine.admin_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("engine_endpoint_concurrency_limit{endpoint=\"http://127.0.0.1:"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "engine_calls_succeeded_total{{subscription=\"test\"}} {CALLS}"
+        )),
+        "{metrics}"
+    );
     engine.shutdown().await.unwrap();
 }
 
