@@ -22,8 +22,11 @@ pub struct Context {
 /// The Kafka record behind a call.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KafkaRecord {
+    /// Source topic.
     pub topic: String,
+    /// Source partition.
     pub partition: i32,
+    /// Offset of the record in its partition.
     pub offset: i64,
     /// Milliseconds since the Unix epoch.
     pub timestamp: Option<i64>,

@@ -73,6 +73,7 @@ impl std::fmt::Debug for Endpoint {
 pub const VERIFY_KEY_ENV: &str = "ENGINE_VERIFY_KEY";
 
 impl Endpoint {
+    /// An endpoint with no functions yet.
     pub fn new() -> Self {
         Self::default()
     }

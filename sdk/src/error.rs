@@ -73,10 +73,12 @@ impl Error {
         self
     }
 
+    /// Temporary or permanent.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
+    /// What went wrong, as the engine will record it.
     pub fn message(&self) -> &str {
         &self.message
     }

@@ -32,6 +32,8 @@
 //! The protocol is plain HTTP, so any web server can be a target too; this crate is the
 //! convenient way, not the only one. See `docs/protocol.md`.
 
+#![warn(missing_docs)]
+
 mod context;
 mod endpoint;
 mod error;

@@ -39,8 +39,11 @@ use sha2::{Digest, Sha256};
 
 /// Header names of a signed request.
 pub mod header {
+    /// `sha-256=:<base64>:` of the body (RFC 9530).
     pub const CONTENT_DIGEST: &str = "content-digest";
+    /// The covered components and parameters (RFC 9421).
     pub const SIGNATURE_INPUT: &str = "signature-input";
+    /// The signature itself (RFC 9421).
     pub const SIGNATURE: &str = "signature";
 }
 
@@ -59,7 +62,12 @@ pub enum SignatureError {
     /// The body does not match `content-digest`.
     DigestMismatch,
     /// The signature was made too long ago (or too far in the future).
-    Stale { created: u64, now: u64 },
+    Stale {
+        /// When the signature was made (Unix seconds).
+        created: u64,
+        /// The verifier's clock (Unix seconds).
+        now: u64,
+    },
     /// The signature does not verify with the configured key.
     Invalid,
 }

@@ -253,3 +253,92 @@ async fn a_second_engine_on_the_same_database_refuses_to_start() {
     assert!(error.contains("in use by another engine"), "{error}");
     store.close();
 }
+
+#[tokio::test]
+async fn finished_calls_are_purged_after_retention_and_open_ones_kept() {
+    use engine::model::{now_millis, AttemptRecord, Transition};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("engine.db"), StoreOptions::default()).unwrap();
+    let call = |n: i64| NewCall {
+        subscription: "s".into(),
+        target: "http://127.0.0.1:1/".into(),
+        payload: n.to_string().into_bytes(),
+        tombstone: false,
+        key: None,
+        headers: None,
+        source: None,
+        ordering_key: None,
+        dead_reason: None,
+        block_group_if_dead: false,
+    };
+    store.insert(vec![call(1), call(2)]).await.unwrap();
+    let done = store.pending_after("s", 0, 10).await.unwrap()[0].clone();
+    let attempt = AttemptRecord {
+        attempt: 1,
+        started_at: now_millis(),
+        duration_ms: 1,
+        outcome: "success",
+        http_status: Some(200),
+        error: None,
+    };
+    store.start_attempt(done.seq, 1, now_millis()).unwrap();
+    store
+        .finish_attempt(done.seq, attempt, Transition::Succeeded { output: None }, false)
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        store.purge(now_millis() - 60_000).await.unwrap(),
+        0,
+        "not yet past retention"
+    );
+    assert_eq!(
+        store.purge(now_millis() + 1).await.unwrap(),
+        1,
+        "the succeeded call goes"
+    );
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        (counts["s"].pending, counts["s"].succeeded),
+        (1, 0),
+        "the pending call stays"
+    );
+    assert!(store.call(done.id).await.unwrap().is_none());
+    store.close();
+}
+
+#[tokio::test]
+async fn on_dead_block_holds_the_key_and_skip_lets_it_continue() {
+    for (policy, later_runs) in [("block", false), ("skip", true)] {
+        let target = Target::start(|seen| {
+            if seen.body == b"poison" {
+                Reply::Status(400, "rejected")
+            } else {
+                Reply::Status(200, "ok")
+            }
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, admin) = start_engine(&dir, &target.url(), &format!("on_dead = \"{policy}\"\n{FAST_RETRY}")).await;
+        let poison = admin.enqueue("test", b"poison", Some("k")).await;
+        let after = admin.enqueue("test", b"after", Some("k")).await;
+        let other = admin.enqueue("test", b"other", Some("other-key")).await;
+        wait_status(&admin, &poison, "dead").await;
+        wait_status(&admin, &other, "succeeded").await;
+        if later_runs {
+            wait_status(&admin, &after, "succeeded").await;
+        } else {
+            // Give the engine every chance to (wrongly) run it.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(admin.status(&after).await, "pending", "on_dead = block holds the key");
+        }
+        engine.shutdown().await.unwrap();
+        if !later_runs {
+            // The block is stored: it holds across a restart too.
+            let (engine, admin) =
+                start_engine(&dir, &target.url(), &format!("on_dead = \"{policy}\"\n{FAST_RETRY}")).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(admin.status(&after).await, "pending", "still blocked after a restart");
+            engine.shutdown().await.unwrap();
+        }
+    }
+}
