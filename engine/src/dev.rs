@@ -21,15 +21,25 @@ use tokio::io::AsyncBufReadExt;
 use engine::{Config, Engine};
 
 /// Options of `engine dev`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct DevOptions {
+    /// Database file (created if missing).
+    #[arg(long, default_value = "engine-dev.db")]
     pub db: PathBuf,
+    /// Admin API address.
+    #[arg(long, default_value = "127.0.0.1:8680")]
     pub admin: SocketAddr,
+    /// Topic to create and consume.
+    #[arg(long, default_value = "dev")]
     pub topic: String,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 3)]
     pub partitions: i32,
     /// Deliver to this URL instead of the built-in demo handler.
+    #[arg(long)]
     pub target: Option<String>,
-    /// Fraction of attempts the demo handler fails with 503.
+    /// Fraction of attempts the demo handler fails with 503 (to show retries).
+    #[arg(long, default_value_t = 0.3)]
     pub failure_rate: f64,
 }
 

@@ -27,25 +27,7 @@ enum Command {
     },
     /// Try it with no Kafka: an in-process broker, the engine on a SQLite file, a demo
     /// handler, and a producer reading lines from stdin.
-    Dev {
-        /// Database file (created if missing).
-        #[arg(long, default_value = "engine-dev.db")]
-        db: PathBuf,
-        /// Admin API address.
-        #[arg(long, default_value = "127.0.0.1:8680")]
-        admin: std::net::SocketAddr,
-        /// Topic to create and consume.
-        #[arg(long, default_value = "dev")]
-        topic: String,
-        #[arg(long, default_value_t = 3)]
-        partitions: i32,
-        /// Deliver to this URL instead of the built-in demo handler.
-        #[arg(long)]
-        target: Option<String>,
-        /// Fraction of attempts the demo handler fails with 503 (to show retries).
-        #[arg(long, default_value_t = 0.3)]
-        failure_rate: f64,
-    },
+    Dev(dev::DevOptions),
     /// Generate an Ed25519 key pair for request signing: the private key goes to the
     /// engine (`[signing] private_key` or ENGINE_SIGNING_KEY), the public key to handlers
     /// (ENGINE_VERIFY_KEY).
@@ -70,22 +52,7 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?
                 .block_on(serve(config))
         }
-        Command::Dev {
-            db,
-            admin,
-            topic,
-            partitions,
-            target,
-            failure_rate,
-        } => {
-            let options = dev::DevOptions {
-                db,
-                admin,
-                topic,
-                partitions,
-                target,
-                failure_rate,
-            };
+        Command::Dev(options) => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let result = runtime.block_on(dev::run(options, shutdown_signal()));
             // The stdin reader sits in a blocking read that nothing can interrupt: do not

@@ -234,6 +234,18 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     profile_dir.join(name)
 }
 
+/// Start `engine serve --config <config>` as a process (logs at warn, to stderr).
+pub fn spawn_engine(config: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(engine_binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("ENGINE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn engine")
+}
+
 /// A config for one subscription named `test` delivering to `target`, with fast retries.
 pub fn config_toml(db: &std::path::Path, admin: SocketAddr, target: &str, extra: &str) -> String {
     format!(

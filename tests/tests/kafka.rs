@@ -2,14 +2,14 @@
 //! real SQLite file.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use engine::{Config, Engine};
 use integration_tests::kafka::{produce, producer, Out, Tansu, TANSU_CONSUMER_OPTIONS};
-use integration_tests::{engine_binary, free_addr, wait_for, Admin, Reply, Seen, Target};
+use integration_tests::{free_addr, spawn_engine, wait_for, Admin, Reply, Seen, Target};
 use rand::Rng;
 
 struct Setup<'a> {
@@ -132,17 +132,6 @@ async fn ten_thousand_records_with_20_percent_failures_become_exactly_one_call_e
         target.seen().len()
     );
     engine.shutdown().await.unwrap();
-}
-
-fn spawn_engine(config: &std::path::Path) -> Child {
-    Command::new(engine_binary())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("ENGINE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn engine")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

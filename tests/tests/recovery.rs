@@ -2,21 +2,10 @@
 //! and check that every call finishes and none is lost.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::{config_toml, engine_binary, free_addr, wait_for, Admin, Reply, Target};
-
-fn spawn_engine(config: &std::path::Path) -> Child {
-    Command::new(engine_binary())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("ENGINE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn engine")
-}
+use integration_tests::{config_toml, free_addr, spawn_engine, wait_for, Admin, Reply, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_flight_then_restarted_every_call_finishes() {
