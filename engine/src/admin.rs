@@ -17,8 +17,10 @@ use serde_json::{json, Value};
 
 use crate::config::SubscriptionConfig;
 use crate::ingest::{new_call, persist, Record};
+use crate::model::{Affected, CallStatus, Operation};
 use crate::model::{CallView, Inserted};
-use crate::scheduler::SchedulerStats;
+use crate::scheduler::{Control, SchedulerStats};
+use crate::store::{CallFilter, CallSummary};
 use crate::store::{StatusCounts, Store, StoreError};
 
 /// What the handlers share.
@@ -28,6 +30,8 @@ pub struct AdminState {
     pub subscriptions: Arc<HashMap<String, Arc<SubscriptionConfig>>>,
     pub schedulers: Arc<HashMap<String, Arc<SchedulerStats>>>,
     pub endpoints: Arc<crate::endpoints::Endpoints>,
+    /// Each subscription's scheduler, told about operators' actions.
+    pub controls: Arc<HashMap<String, tokio::sync::mpsc::UnboundedSender<Control>>>,
     pub token: Option<Arc<str>>,
 }
 
@@ -35,7 +39,14 @@ pub struct AdminState {
 pub fn router(state: AdminState) -> Router {
     let v1 = Router::new()
         .route("/subscriptions/{name}/calls", post(enqueue))
+        .route("/calls", get(list_calls))
         .route("/calls/{id}", get(show_call))
+        .route("/calls/{id}/retry", post(retry_call))
+        .route("/calls/{id}/cancel", post(cancel_call))
+        .route("/calls/{id}/redrive", post(redrive_call))
+        .route("/dead", get(list_dead))
+        .route("/dead/redrive", post(redrive_dead))
+        .route("/dead/purge", post(purge_dead))
         .route("/stats", get(stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -294,4 +305,198 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         vec![(String::new(), writer.commit_micros.load(Relaxed) as f64 / 1e6)],
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Query of `GET /v1/calls` and `GET /v1/dead`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    subscription: Option<String>,
+    status: Option<String>,
+    /// The key, as UTF-8 text.
+    key: Option<String>,
+    /// Created at or after (ms since the epoch).
+    since: Option<i64>,
+    /// Created before (ms since the epoch).
+    until: Option<i64>,
+    /// Continue after this cursor (from `next`).
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+impl ListQuery {
+    fn filter(&self, state: &AdminState, status: Option<CallStatus>) -> Result<CallFilter, ApiError> {
+        if let Some(name) = &self.subscription {
+            if !state.subscriptions.contains_key(name) {
+                return Err(ApiError(
+                    StatusCode::NOT_FOUND,
+                    format!("unknown subscription `{name}`"),
+                ));
+            }
+        }
+        let status = match (&self.status, status) {
+            (_, Some(forced)) => Some(forced),
+            (Some(text), None) => Some(text.parse().map_err(|e: String| ApiError(StatusCode::BAD_REQUEST, e))?),
+            (None, None) => None,
+        };
+        Ok(CallFilter {
+            subscription: self.subscription.clone(),
+            status,
+            key: self.key.clone().map(String::into_bytes),
+            since: self.since,
+            until: self.until,
+        })
+    }
+}
+
+fn summary_json(call: &CallSummary) -> Value {
+    let mut value = serde_json::to_value(call).unwrap_or_default();
+    if let Value::Object(map) = &mut value {
+        map.insert("key".into(), bytes_json(call.key.as_deref()));
+    }
+    value
+}
+
+async fn list(state: &AdminState, query: &ListQuery, status: Option<CallStatus>) -> Result<Json<Value>, ApiError> {
+    let filter = query.filter(state, status)?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let calls = state.store.list_calls(filter, query.after.unwrap_or(0), limit).await?;
+    let next = (calls.len() == limit).then(|| calls.last().map(|c| c.cursor)).flatten();
+    Ok(Json(json!({
+        "calls": calls.iter().map(summary_json).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+async fn list_calls(State(state): State<AdminState>, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    list(&state, &query, None).await
+}
+
+async fn list_dead(State(state): State<AdminState>, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    list(&state, &query, Some(CallStatus::Dead)).await
+}
+
+fn parse_call_id(id: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("`{id}` is not a call id (a UUID)")))
+}
+
+/// Apply an operation and tell the schedulers concerned.
+async fn operate(state: &AdminState, operation: Operation) -> Result<Vec<Affected>, ApiError> {
+    let affected = state.store.operate(operation.clone()).await?;
+    for call in &affected {
+        let Some(control) = state.controls.get(&call.subscription) else {
+            continue; // a subscription no longer configured: nothing runs its calls
+        };
+        let message = match &operation {
+            Operation::RetryNow(_) => Control::RetryNow { seq: call.seq },
+            Operation::Cancel(_) => Control::Cancelled {
+                seq: call.seq,
+                was: call.was,
+                ordering_key: call.ordering_key.clone(),
+            },
+            Operation::Redrive(_) => Control::Redriven {
+                seq: call.seq,
+                ordering_key: call.ordering_key.clone(),
+            },
+            Operation::PurgeDead(_) => Control::Purged {
+                ordering_key: call.ordering_key.clone(),
+            },
+        };
+        let _ = control.send(message);
+    }
+    Ok(affected)
+}
+
+/// One call's operation: 404 for an unknown id, 409 when its state does not allow it.
+async fn operate_one(
+    state: &AdminState,
+    id: &str,
+    make: fn(uuid::Uuid) -> Operation,
+    allowed: &str,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_call_id(id)?;
+    let affected = operate(state, make(id)).await?;
+    if affected.is_empty() {
+        let call = state
+            .store
+            .call(id)
+            .await?
+            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no call with id {id}")))?;
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("call {id} is {}; this applies only to {allowed} calls", call.status),
+        ));
+    }
+    let call = state.store.call(id).await?.map_or(Value::Null, |c| call_json(&c));
+    Ok(Json(call))
+}
+
+async fn retry_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    operate_one(&state, &id, Operation::RetryNow, "pending").await
+}
+
+async fn cancel_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    operate_one(&state, &id, Operation::Cancel, "pending, running or dead").await
+}
+
+async fn redrive_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    operate_one(&state, &id, |id| Operation::Redrive(vec![id]), "dead").await
+}
+
+/// Body of the bulk dead-letter actions: explicit ids, or every dead call matching a filter.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadSelection {
+    ids: Option<Vec<String>>,
+    subscription: Option<String>,
+    key: Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+}
+
+/// Most dead calls one bulk request acts on; repeat the request for more.
+const BULK_LIMIT: usize = 10_000;
+
+async fn select_dead(state: &AdminState, selection: DeadSelection) -> Result<Vec<uuid::Uuid>, ApiError> {
+    if let Some(ids) = selection.ids {
+        return ids.iter().map(|id| parse_call_id(id)).collect();
+    }
+    let query = ListQuery {
+        subscription: selection.subscription,
+        key: selection.key,
+        since: selection.since,
+        until: selection.until,
+        ..ListQuery::default()
+    };
+    let filter = query.filter(state, Some(CallStatus::Dead))?;
+    Ok(state
+        .store
+        .list_calls(filter, 0, BULK_LIMIT)
+        .await?
+        .into_iter()
+        .map(|c| c.id)
+        .collect())
+}
+
+async fn redrive_dead(
+    State(state): State<AdminState>,
+    Json(selection): Json<DeadSelection>,
+) -> Result<Json<Value>, ApiError> {
+    let ids = select_dead(&state, selection).await?;
+    let affected = operate(&state, Operation::Redrive(ids)).await?;
+    Ok(Json(
+        json!({ "redriven": affected.len(), "ids": affected.iter().map(|a| a.id).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn purge_dead(
+    State(state): State<AdminState>,
+    Json(selection): Json<DeadSelection>,
+) -> Result<Json<Value>, ApiError> {
+    let ids = select_dead(&state, selection).await?;
+    let affected = operate(&state, Operation::PurgeDead(ids)).await?;
+    Ok(Json(
+        json!({ "purged": affected.len(), "ids": affected.iter().map(|a| a.id).collect::<Vec<_>>() }),
+    ))
 }

@@ -74,6 +74,7 @@ impl Engine {
 
         let mut subscriptions = HashMap::new();
         let mut schedulers = HashMap::new();
+        let mut controls = HashMap::new();
         let endpoints = Endpoints::from_config(&config);
         for sub in &config.subscriptions {
             let endpoint = endpoints.for_subscription(&config, sub);
@@ -90,6 +91,7 @@ impl Engine {
                 ));
             }
             schedulers.insert(sub.name.clone(), stats);
+            controls.insert(sub.name.clone(), scheduler.control());
             let shutdown = shutdown_rx.clone();
             let grace = SHUTDOWN_GRACE.min(sub.timeout);
             tasks.spawn(async move { scheduler.run(shutdown, grace).await.map_err(EngineError::from) });
@@ -113,6 +115,7 @@ impl Engine {
             subscriptions: Arc::new(subscriptions),
             schedulers: Arc::clone(&schedulers),
             endpoints: Arc::clone(&endpoints),
+            controls: Arc::new(controls),
             token: config.admin.token.clone().map(Arc::from),
         });
         let mut admin_shutdown = shutdown_rx.clone();

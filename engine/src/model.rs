@@ -120,6 +120,34 @@ pub struct DueCall {
     pub attempts: u32,
     pub next_attempt_at: Millis,
     pub created_at: Millis,
+    /// Attempts made before the last redrive: the retry budget counts from here.
+    pub attempts_before_redrive: u32,
+    /// When the call was last redriven: its age for `max_age` counts from here.
+    pub redriven_at: Option<Millis>,
+}
+
+/// An operator's action on calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Make a pending call due now.
+    RetryNow(uuid::Uuid),
+    /// Stop a pending, running or dead call for good.
+    Cancel(uuid::Uuid),
+    /// Give dead calls new attempts (the history is kept).
+    Redrive(Vec<uuid::Uuid>),
+    /// Delete dead calls and their history.
+    PurgeDead(Vec<uuid::Uuid>),
+}
+
+/// A call an [`Operation`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affected {
+    pub id: uuid::Uuid,
+    pub seq: i64,
+    pub subscription: String,
+    pub ordering_key: Option<Vec<u8>>,
+    /// Its status before the operation.
+    pub was: CallStatus,
 }
 
 /// The result of one delivery attempt, ready to be recorded.

@@ -8,6 +8,7 @@
 pub mod decide;
 pub mod window;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use crate::config::{OnDead, SubscriptionConfig};
 use crate::delivery::{Deliverer, DeliveryLimits};
 use crate::endpoints::{check_rate, rate_limiter, Endpoint, Wait};
 use crate::limiter::Signal;
-use crate::model::{now_millis, AttemptRecord, DueCall, Millis, Transition};
+use crate::model::{now_millis, AttemptRecord, CallStatus, DueCall, Millis, Transition};
 use crate::store::{Store, StoreError};
 use sdk::protocol::OutcomeClass;
 
@@ -71,6 +72,12 @@ pub struct Scheduler {
     endpoint: Arc<Endpoint>,
     /// This subscription's own rate limit.
     rate: Option<governor::DefaultDirectRateLimiter>,
+    control_tx: mpsc::UnboundedSender<Control>,
+    control_rx: mpsc::UnboundedReceiver<Control>,
+    /// Calls with an attempt in flight.
+    in_flight_calls: HashSet<i64>,
+    /// Calls cancelled while their attempt was in flight.
+    cancelled: HashSet<i64>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -91,7 +98,12 @@ impl Scheduler {
         endpoint: Arc<Endpoint>,
     ) -> Self {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         Self {
+            control_tx,
+            control_rx,
+            in_flight_calls: HashSet::new(),
+            cancelled: HashSet::new(),
             rate: subscription
                 .rate_limit
                 .and_then(|r| rate_limiter(r, subscription.rate_burst)),
@@ -107,6 +119,11 @@ impl Scheduler {
             stats: Arc::default(),
             retry_count_at: Instant::now(),
         }
+    }
+
+    /// Where operators' actions are sent.
+    pub fn control(&self) -> mpsc::UnboundedSender<Control> {
+        self.control_tx.clone()
     }
 
     pub fn stats(&self) -> Arc<SchedulerStats> {
@@ -136,6 +153,7 @@ impl Scheduler {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(finished) = self.finished_rx.recv() => self.on_finished(finished).await?,
+                Some(control) = self.control_rx.recv() => self.on_control(control).await?,
                 Ok(()) = committed.changed(), if may_load => {}
                 Ok(()) = releases.changed(), if wait_for_slot => {}
                 () = sleep_until_opt(wake_at), if wake_at.is_some() => {}
@@ -222,6 +240,7 @@ impl Scheduler {
                 tracing::error!(%error, "cannot record an attempt start");
             }
             self.in_flight += 1;
+            self.in_flight_calls.insert(call.seq);
             let deliverer = self.deliverer.clone();
             let finished = self.finished_tx.clone();
             let subscription = Arc::clone(&self.subscription);
@@ -242,8 +261,54 @@ impl Scheduler {
         None
     }
 
+    async fn on_control(&mut self, control: Control) -> Result<(), StoreError> {
+        let block = self.subscription.on_dead == OnDead::Block;
+        match control {
+            Control::RetryNow { seq } => {
+                self.window.retry_now(seq, now_millis());
+            }
+            Control::Cancelled { seq, was, ordering_key } => {
+                if was == CallStatus::Dead {
+                    return self.unblock(ordering_key).await;
+                }
+                self.stats.open.fetch_sub(1, Relaxed);
+                if self.in_flight_calls.contains(&seq) {
+                    self.cancelled.insert(seq);
+                } else if let Some(load) = self.window.complete(seq, Completion::Done) {
+                    self.load_group(load).await?;
+                }
+            }
+            Control::Redriven { seq, ordering_key } => {
+                self.stats.open.fetch_add(1, Relaxed);
+                let blocked_here = ordering_key.as_ref().is_some_and(|k| self.window.knows_group(k));
+                if block && blocked_here {
+                    // The key was held for this call: it runs first, then the rest in order.
+                    return self.unblock(ordering_key).await;
+                }
+                // Otherwise it runs as soon as possible, outside its key's order (its
+                // successors may well have run already).
+                let mut calls = self.store.pending_after(&self.subscription.name, seq - 1, 1).await?;
+                if let Some(mut call) = calls.pop().filter(|c| c.seq == seq) {
+                    call.ordering_key = None;
+                    self.window.offer(call, false);
+                }
+            }
+            Control::Purged { ordering_key } => return self.unblock(ordering_key).await,
+        }
+        Ok(())
+    }
+
+    /// A dead call no longer blocks its key: let the key run again.
+    async fn unblock(&mut self, ordering_key: Option<Vec<u8>>) -> Result<(), StoreError> {
+        if let Some(load) = ordering_key.and_then(|key| self.window.unblock(&key)) {
+            self.load_group(load).await?;
+        }
+        Ok(())
+    }
+
     async fn on_finished(&mut self, finished: Finished) -> Result<(), StoreError> {
         self.in_flight -= 1;
+        self.in_flight_calls.remove(&finished.call.seq);
         let Finished {
             call,
             attempt,
@@ -254,22 +319,27 @@ impl Scheduler {
         self.endpoint
             .release(signal_of(&outcome), outcome.retry_after, started_at, now);
         let random = rand::rng().random::<f64>();
+        let budget_attempt = attempt.saturating_sub(call.attempts_before_redrive);
+        let age_from = call.redriven_at.unwrap_or(call.created_at);
+        if self.cancelled.remove(&call.seq) {
+            // An operator cancelled it while in flight: record the attempt, nothing more.
+            let record = attempt_record(attempt, started_at, &outcome);
+            self.store
+                .finish_attempt(call.seq, record, Transition::Dead { error: String::new() }, false)?;
+            if let Some(load) = self.window.complete(call.seq, Completion::Done) {
+                self.load_group(load).await?;
+            }
+            return Ok(());
+        }
         let transition = decide(
             &self.subscription.retry,
             &outcome,
-            attempt,
-            call.created_at,
+            budget_attempt,
+            age_from,
             now,
             random,
         );
-        let record = AttemptRecord {
-            attempt,
-            started_at,
-            duration_ms: outcome.duration.as_millis() as i64,
-            outcome: outcome.class.as_str(),
-            http_status: outcome.http_status,
-            error: outcome.error.clone(),
-        };
+        let record = attempt_record(attempt, started_at, &outcome);
         let load = match &transition {
             Transition::Succeeded { .. } => {
                 self.stats.succeeded.fetch_add(1, Relaxed);
@@ -328,6 +398,34 @@ impl Scheduler {
             self.stats.waiting_retry.store(self.window.retrying() as u64, Relaxed);
         }
     }
+}
+
+fn attempt_record(attempt: u32, started_at: Millis, outcome: &AttemptOutcome) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        started_at,
+        duration_ms: outcome.duration.as_millis() as i64,
+        outcome: outcome.class.as_str(),
+        http_status: outcome.http_status,
+        error: outcome.error.clone(),
+    }
+}
+
+/// What an operator did, as the scheduler of the call's subscription must know it.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Run this pending call now.
+    RetryNow { seq: i64 },
+    /// The call was cancelled; `was` is its status before.
+    Cancelled {
+        seq: i64,
+        was: CallStatus,
+        ordering_key: Option<Vec<u8>>,
+    },
+    /// The dead call is pending again.
+    Redriven { seq: i64, ordering_key: Option<Vec<u8>> },
+    /// The dead call was deleted.
+    Purged { ordering_key: Option<Vec<u8>> },
 }
 
 /// What an attempt says about the endpoint's capacity: 429, 503, timeouts and failed

@@ -296,6 +296,8 @@ mod tests {
             attempts: 0,
             next_attempt_at: 0,
             created_at: 0,
+            attempts_before_redrive: 0,
+            redriven_at: None,
         }
     }
 

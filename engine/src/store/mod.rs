@@ -21,11 +21,13 @@ use crossbeam_channel::Sender;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{oneshot, watch};
 
-pub use read::StatusCounts;
+pub use read::{CallFilter, CallSummary, StatusCounts};
 use writer::Command;
 pub use writer::{WriterOptions, WriterStats};
 
-use crate::model::{now_millis, AttemptRecord, CallView, DueCall, Inserted, Millis, NewCall, Transition};
+use crate::model::{
+    now_millis, Affected, AttemptRecord, CallView, DueCall, Inserted, Millis, NewCall, Operation, Transition,
+};
 use std::collections::BTreeMap;
 
 /// Everything that can go wrong with the store, with enough context to act on.
@@ -199,6 +201,13 @@ impl Store {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Apply an operator's action once it is durable; returns the calls it changed.
+    pub async fn operate(&self, operation: Operation) -> Result<Vec<Affected>, StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::Operate { operation, reply })?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Wait until every change sent so far is durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, wait) = oneshot::channel();
@@ -275,6 +284,16 @@ impl Store {
         let subscription = subscription.to_owned();
         self.read(move |c| read::blocked_by_dead(c, &subscription, &ordering_key, before_seq))
             .await
+    }
+
+    /// Calls matching `filter` after the cursor `after`, in creation order.
+    pub async fn list_calls(
+        &self,
+        filter: CallFilter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<CallSummary>, StoreError> {
+        self.read(move |c| read::list_calls(c, &filter, after, limit)).await
     }
 
     /// One call with its attempts.

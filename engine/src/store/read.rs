@@ -8,7 +8,8 @@ use serde::Serialize;
 use crate::model::{AttemptView, CallStatus, CallView, DueCall, KafkaSource};
 
 const DUE_COLUMNS: &str = r#"seq, id, target, payload, kafka_key, headers, topic, partition, "offset",
-    timestamp_ms, ordering_key, attempts, next_attempt_at, created_at, tombstone"#;
+    timestamp_ms, ordering_key, attempts, next_attempt_at, created_at, tombstone,
+    attempts_before_redrive, redriven_at"#;
 
 fn source_from(row: &Row<'_>, first: usize) -> rusqlite::Result<Option<KafkaSource>> {
     let topic: Option<String> = row.get(first)?;
@@ -42,6 +43,8 @@ fn due_call(row: &Row<'_>) -> rusqlite::Result<DueCall> {
         next_attempt_at: row.get(12)?,
         created_at: row.get(13)?,
         tombstone: row.get(14)?,
+        attempts_before_redrive: row.get(15)?,
+        redriven_at: row.get(16)?,
     })
 }
 
@@ -199,6 +202,76 @@ pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, Sta
         }
     }
     Ok(out)
+}
+
+/// A filter for listing calls.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    pub subscription: Option<String>,
+    pub status: Option<CallStatus>,
+    /// The call's key, as bytes.
+    pub key: Option<Vec<u8>>,
+    /// Created at or after this time.
+    pub since: Option<i64>,
+    /// Created before this time.
+    pub until: Option<i64>,
+}
+
+/// One line of a call listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallSummary {
+    pub id: uuid::Uuid,
+    pub subscription: String,
+    pub status: CallStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Where to continue a listing after this call.
+    pub cursor: i64,
+    #[serde(skip)]
+    pub key: Option<Vec<u8>>,
+}
+
+/// Calls matching `filter` after the cursor `after` (0 to start), in creation order.
+pub(crate) fn list_calls(
+    conn: &Connection,
+    filter: &CallFilter,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<CallSummary>> {
+    conn.prepare_cached(
+        "SELECT id, subscription, status, attempts, last_error, created_at, updated_at, seq, kafka_key FROM calls
+         WHERE seq > ?1 AND (?2 IS NULL OR subscription = ?2) AND (?3 IS NULL OR status = ?3)
+           AND (?4 IS NULL OR kafka_key = ?4) AND (?5 IS NULL OR created_at >= ?5) AND (?6 IS NULL OR created_at < ?6)
+         ORDER BY seq LIMIT ?7",
+    )?
+    .query_map(
+        params![
+            after,
+            filter.subscription,
+            filter.status.map(CallStatus::as_str),
+            filter.key,
+            filter.since,
+            filter.until,
+            limit as i64
+        ],
+        |r| {
+            let status: String = r.get(2)?;
+            Ok(CallSummary {
+                id: parse_id(&r.get::<_, String>(0)?, 0)?,
+                subscription: r.get(1)?,
+                status: status.parse().unwrap_or(CallStatus::Pending),
+                attempts: r.get(3)?,
+                last_error: r.get(4)?,
+                created_at: r.get(5)?,
+                updated_at: r.get(6)?,
+                cursor: r.get(7)?,
+                key: r.get(8)?,
+            })
+        },
+    )?
+    .collect()
 }
 
 /// Number of calls of one subscription that are not terminal.

@@ -58,6 +58,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (call_seq, attempt)
     ) WITHOUT ROWID;
     "#,
+    // 2: redrive restarts the attempt budget and the age of a call.
+    "
+    ALTER TABLE calls ADD COLUMN attempts_before_redrive INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN redriven_at INTEGER;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use tokio::sync::{oneshot, watch};
 
 use super::StoreError;
-use crate::model::{now_millis, AttemptRecord, Inserted, Millis, NewCall, Transition};
+use crate::model::{now_millis, Affected, AttemptRecord, Inserted, Millis, NewCall, Operation, Transition};
 
 /// A change for the writer to make.
 #[derive(Debug)]
@@ -33,6 +33,11 @@ pub(crate) enum Command {
     Purge {
         before: Millis,
         reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    /// An operator's action; replies with the calls it changed.
+    Operate {
+        operation: Operation,
+        reply: oneshot::Sender<Result<Vec<Affected>, StoreError>>,
     },
     /// Replies once every command sent before it is durable.
     Barrier { reply: oneshot::Sender<()> },
@@ -140,6 +145,7 @@ fn is_transient(error: &rusqlite::Error) -> bool {
 struct Applied {
     inserted: Vec<Vec<Inserted>>,
     purged: Vec<usize>,
+    operated: Vec<Vec<Affected>>,
     max_seq: Option<i64>,
 }
 
@@ -148,6 +154,7 @@ fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> 
     let mut applied = Applied {
         inserted: Vec::new(),
         purged: Vec::new(),
+        operated: Vec::new(),
         max_seq: None,
     };
     let now = now_millis();
@@ -183,6 +190,7 @@ fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> 
                 }
             }
             Command::Purge { before, .. } => applied.purged.push(purge(&tx, *before)?),
+            Command::Operate { operation, .. } => applied.operated.push(operate(&tx, operation, now)?),
             Command::Barrier { .. } => {}
         }
     }
@@ -315,6 +323,74 @@ pub(crate) fn record_attempt(
     Ok(())
 }
 
+/// Apply an operator's action. A call in a state the action does not apply to is left
+/// alone (and not reported).
+fn operate(tx: &rusqlite::Transaction<'_>, operation: &Operation, now: Millis) -> rusqlite::Result<Vec<Affected>> {
+    use crate::model::CallStatus::{Dead, Pending, Running};
+    let (ids, allowed): (&[uuid::Uuid], &[crate::model::CallStatus]) = match operation {
+        Operation::RetryNow(id) => (std::slice::from_ref(id), &[Pending]),
+        Operation::Cancel(id) => (std::slice::from_ref(id), &[Pending, Running, Dead]),
+        Operation::Redrive(ids) | Operation::PurgeDead(ids) => (ids, &[Dead]),
+    };
+    let mut affected = Vec::new();
+    for id in ids {
+        let row = tx
+            .prepare_cached("SELECT seq, subscription, ordering_key, status FROM calls WHERE id = ?1")?
+            .query_row([id.to_string()], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .optional()?;
+        let Some((seq, subscription, ordering_key, status)) = row else {
+            continue;
+        };
+        let Ok(was) = status.parse::<crate::model::CallStatus>() else {
+            continue;
+        };
+        if !allowed.contains(&was) {
+            continue;
+        }
+        match operation {
+            Operation::RetryNow(_) => {
+                tx.prepare_cached("UPDATE calls SET next_attempt_at = ?2, updated_at = ?2 WHERE seq = ?1")?
+                    .execute(params![seq, now])?;
+            }
+            Operation::Cancel(_) => {
+                tx.prepare_cached("UPDATE calls SET status = 'cancelled', updated_at = ?2 WHERE seq = ?1")?
+                    .execute(params![seq, now])?;
+            }
+            Operation::Redrive(_) => {
+                tx.prepare_cached(
+                    "UPDATE calls SET status = 'pending', next_attempt_at = ?2, updated_at = ?2,
+                         attempts_before_redrive = attempts, redriven_at = ?2
+                     WHERE seq = ?1",
+                )?
+                .execute(params![seq, now])?;
+            }
+            Operation::PurgeDead(_) => {
+                tx.prepare_cached("DELETE FROM attempts WHERE call_seq = ?1")?
+                    .execute([seq])?;
+                tx.prepare_cached("DELETE FROM calls WHERE seq = ?1")?.execute([seq])?;
+            }
+        }
+        // A dead call that is no longer dead no longer blocks its key.
+        tx.prepare_cached("DELETE FROM blocked_groups WHERE dead_seq = ?1")?
+            .execute([seq])?;
+        affected.push(Affected {
+            id: *id,
+            seq,
+            subscription,
+            ordering_key,
+            was,
+        });
+    }
+    Ok(affected)
+}
+
 /// Delete succeeded and cancelled calls last changed before `before`, with their attempts.
 fn purge(tx: &rusqlite::Transaction<'_>, before: Millis) -> rusqlite::Result<usize> {
     tx.execute(
@@ -329,7 +405,7 @@ fn purge(tx: &rusqlite::Transaction<'_>, before: Millis) -> rusqlite::Result<usi
 }
 
 fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq: &watch::Sender<i64>) {
-    let (mut inserted, mut purged, failure) = match outcome {
+    let (mut inserted, mut purged, mut operated, failure) = match outcome {
         Ok(applied) => {
             if let Some(seq) = applied.max_seq {
                 committed_seq.send_if_modified(|current| {
@@ -338,9 +414,19 @@ fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq:
                     grew
                 });
             }
-            (applied.inserted.into_iter(), applied.purged.into_iter(), None)
+            (
+                applied.inserted.into_iter(),
+                applied.purged.into_iter(),
+                applied.operated.into_iter(),
+                None,
+            )
         }
-        Err(error) => (Vec::new().into_iter(), Vec::new().into_iter(), Some(error.to_string())),
+        Err(error) => (
+            Vec::new().into_iter(),
+            Vec::new().into_iter(),
+            Vec::new().into_iter(),
+            Some(error.to_string()),
+        ),
     };
     let result = |value| match &failure {
         None => Ok(value),
@@ -354,6 +440,9 @@ fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq:
             }
             Command::Purge { reply, .. } => {
                 drop(reply.send(result(()).map(|()| purged.next().unwrap_or_default())));
+            }
+            Command::Operate { reply, .. } => {
+                drop(reply.send(result(()).map(|()| operated.next().unwrap_or_default())));
             }
             Command::Barrier { reply } => drop(reply.send(())),
             Command::Start { .. } | Command::Finish { .. } => {}

@@ -1,0 +1,219 @@
+//! Operators' actions through the admin API: list, retry now, cancel, redrive, purge.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::{Config, Engine};
+use integration_tests::{config_toml, wait_for, Admin, Reply, Target};
+use serde_json::{json, Value};
+
+async fn start(dir: &tempfile::TempDir, target: &str, extra: &str) -> (Engine, Admin) {
+    let text = config_toml(
+        &dir.path().join("engine.db"),
+        "127.0.0.1:0".parse().unwrap(),
+        target,
+        extra,
+    );
+    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let admin = Admin::new(engine.admin_addr());
+    (engine, admin)
+}
+
+async fn post(admin: &Admin, engine: &Engine, path: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{}{path}", engine.admin_addr()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let _ = admin;
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_status(admin: &Admin, id: &str, status: &str) {
+    wait_for(
+        &format!("call {id} to be {status}"),
+        Duration::from_secs(20),
+        || async { admin.status(id).await == status },
+    )
+    .await;
+}
+
+/// A target that rejects `poison` (400) until healed.
+async fn healable() -> (Target, Arc<AtomicBool>) {
+    let healed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&healed);
+    let target = Target::start(move |seen| {
+        if seen.body == b"poison" && !flag.load(Ordering::SeqCst) {
+            Reply::Status(400, "bad poison")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    (target, healed)
+}
+
+const FAST: &str = "[subscription.retry]\ninitial_delay = \"10ms\"\nmax_delay = \"100ms\"\n";
+
+#[tokio::test]
+async fn a_redriven_dead_call_succeeds_with_both_eras_in_its_history() {
+    let (target, healed) = healable().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start(&dir, &target.url(), FAST).await;
+    let id = admin.enqueue("test", b"poison", None).await;
+    wait_status(&admin, &id, "dead").await;
+    let dead = admin.get("/v1/dead?subscription=test").await;
+    assert_eq!(dead["calls"][0]["id"], id.as_str());
+
+    healed.store(true, Ordering::SeqCst);
+    let (status, call) = post(&admin, &engine, &format!("/v1/calls/{id}/redrive"), Value::Null).await;
+    assert_eq!(status, 200, "{call}");
+    wait_status(&admin, &id, "succeeded").await;
+    let call = admin.call(&id).await;
+    let outcomes: Vec<_> = call["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].clone())
+        .collect();
+    assert_eq!(outcomes, [json!("permanent"), json!("success")], "{call}");
+    assert_eq!(call["attempts"], 2);
+
+    let (status, body) = post(&admin, &engine, &format!("/v1/calls/{id}/redrive"), Value::Null).await;
+    assert_eq!(status, 409, "a succeeded call cannot be redriven: {body}");
+    let (status, _) = post(
+        &admin,
+        &engine,
+        "/v1/calls/0193a3c4-0000-7000-8000-000000000000/cancel",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = post(&admin, &engine, "/v1/calls/not-a-uuid/cancel", Value::Null).await;
+    assert_eq!(status, 400);
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn redriving_the_dead_call_of_a_blocked_key_releases_the_key_in_order() {
+    let (target, healed) = healable().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start(&dir, &target.url(), &format!("on_dead = \"block\"\n{FAST}")).await;
+    let poison = admin.enqueue("test", b"poison", Some("k")).await;
+    let after = admin.enqueue("test", b"after", Some("k")).await;
+    wait_status(&admin, &poison, "dead").await;
+    assert_eq!(admin.status(&after).await, "pending");
+
+    healed.store(true, Ordering::SeqCst);
+    let (status, body) = post(&admin, &engine, "/v1/dead/redrive", json!({ "subscription": "test" })).await;
+    assert_eq!((status, body["redriven"].clone()), (200, json!(1)));
+    wait_status(&admin, &after, "succeeded").await;
+    assert_eq!(admin.status(&poison).await, "succeeded");
+    let order: Vec<Vec<u8>> = target
+        .seen()
+        .iter()
+        .filter(|s| s.attempt > 0)
+        .map(|s| s.body.clone())
+        .collect();
+    assert_eq!(
+        order.last().unwrap(),
+        b"after",
+        "the redriven call ran before the rest of its key"
+    );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn purging_a_blocking_dead_call_releases_its_key() {
+    let (target, _healed) = healable().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start(&dir, &target.url(), &format!("on_dead = \"block\"\n{FAST}")).await;
+    let poison = admin.enqueue("test", b"poison", Some("k")).await;
+    let after = admin.enqueue("test", b"after", Some("k")).await;
+    wait_status(&admin, &poison, "dead").await;
+    let (status, body) = post(&admin, &engine, "/v1/dead/purge", json!({ "ids": [poison] })).await;
+    assert_eq!((status, body["purged"].clone()), (200, json!(1)));
+    wait_status(&admin, &after, "succeeded").await;
+    let response = reqwest::get(format!("http://{}/v1/calls/{poison}", engine.admin_addr()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404, "purged calls are gone");
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_now_and_cancel_act_on_a_waiting_call() {
+    let target = Target::start(|seen| {
+        if seen.attempt == 1 {
+            Reply::Status(503, "later")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Retries wait an hour unless an operator says otherwise.
+    let slow = "[subscription.retry]\ninitial_delay = \"1h\"\nmax_delay = \"1h\"\njitter = 0.0\n";
+    let (engine, admin) = start(&dir, &target.url(), &format!("ordering = \"unordered\"\n{slow}")).await;
+    let retried = admin.enqueue("test", b"a", None).await;
+    let cancelled = admin.enqueue("test", b"b", None).await;
+    wait_for("both first attempts", Duration::from_secs(20), || async {
+        target.seen().len() == 2
+    })
+    .await;
+    wait_for("both to be waiting", Duration::from_secs(20), || async {
+        admin.stats().await["pending"] == 2
+    })
+    .await;
+
+    let (status, _) = post(&admin, &engine, &format!("/v1/calls/{retried}/retry"), Value::Null).await;
+    assert_eq!(status, 200);
+    wait_status(&admin, &retried, "succeeded").await;
+
+    let (status, call) = post(&admin, &engine, &format!("/v1/calls/{cancelled}/cancel"), Value::Null).await;
+    assert_eq!((status, call["status"].clone()), (200, json!("cancelled")));
+    let (status, _) = post(&admin, &engine, &format!("/v1/calls/{cancelled}/retry"), Value::Null).await;
+    assert_eq!(status, 409, "a cancelled call is not retried");
+    let stats = admin.stats().await;
+    assert_eq!(
+        (stats["pending"].clone(), stats["cancelled"].clone()),
+        (json!(0), json!(1))
+    );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn calls_are_listed_with_filters_and_a_cursor() {
+    let target = Target::start(|_| Reply::Status(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start(&dir, &target.url(), "paused = true\n").await;
+    for n in 0..5 {
+        admin
+            .enqueue(
+                "test",
+                n.to_string().as_bytes(),
+                Some(if n % 2 == 0 { "even" } else { "odd" }),
+            )
+            .await;
+    }
+    let first = admin.get("/v1/calls?limit=2").await;
+    assert_eq!(first["calls"].as_array().unwrap().len(), 2);
+    let next = first["next"].as_i64().unwrap();
+    let rest = admin.get(&format!("/v1/calls?limit=10&after={next}")).await;
+    assert_eq!(rest["calls"].as_array().unwrap().len(), 3);
+    assert!(rest["next"].is_null());
+    let even = admin.get("/v1/calls?key=even&status=pending").await;
+    assert_eq!(even["calls"].as_array().unwrap().len(), 3);
+    assert_eq!(even["calls"][0]["key"]["data"], "even");
+    let response = reqwest::get(format!("http://{}/v1/calls?subscription=nope", engine.admin_addr()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = reqwest::get(format!("http://{}/v1/calls?status=weird", engine.admin_addr()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    engine.shutdown().await.unwrap();
+}
