@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use engine::{Config, Engine};
 
+mod cli;
 mod dev;
 
 /// Durable execution for Kafka records: every record becomes a call that is delivered over
@@ -28,6 +29,32 @@ enum Command {
     /// Try it with no Kafka: an in-process broker, the engine on a SQLite file, a demo
     /// handler, and a producer reading lines from stdin.
     Dev(dev::DevOptions),
+    /// Inspect and act on calls of a running engine.
+    Calls {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: cli::Calls,
+    },
+    /// Inspect, redrive and purge dead letters of a running engine.
+    Dead {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: cli::Dead,
+    },
+    /// Counts by status per subscription, and endpoint limits, of a running engine.
+    Stats {
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Enqueue a call directly, without Kafka.
+    Invoke {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(flatten)]
+        args: cli::InvokeArgs,
+    },
     /// Generate an Ed25519 key pair for request signing: the private key goes to the
     /// engine (`[signing] private_key` or ENGINE_SIGNING_KEY), the public key to handlers
     /// (ENGINE_VERIFY_KEY).
@@ -39,7 +66,17 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ENGINE_LOG").unwrap_or_else(|_| "info".into()))
@@ -60,6 +97,10 @@ fn main() -> anyhow::Result<()> {
             runtime.shutdown_background();
             result
         }
+        Command::Calls { remote, command } => client_runtime()?.block_on(cli::calls(remote, command)),
+        Command::Dead { remote, command } => client_runtime()?.block_on(cli::dead(remote, command)),
+        Command::Stats { remote } => client_runtime()?.block_on(cli::stats(remote)),
+        Command::Invoke { remote, args } => client_runtime()?.block_on(cli::invoke(remote, args)),
         Command::Keygen => {
             let keys = sdk::signing::KeyPair::generate();
             println!("ENGINE_SIGNING_KEY={}", keys.private_base64());
@@ -85,6 +126,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
