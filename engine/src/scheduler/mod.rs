@@ -133,6 +133,11 @@ impl Scheduler {
     /// The main loop. On shutdown, attempts in flight get up to `grace` to finish; any still
     /// running after that are left to crash recovery at the next start.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> Result<(), StoreError> {
+        // Keys held by a dead call are few and change only through this task or an
+        // operator (who tells it): read them once, not per call.
+        for key in self.store.blocked_groups(&self.subscription.name).await? {
+            self.window.block(key);
+        }
         let mut committed = self.store.committed_seq();
         let mut releases = self.endpoint.releases();
         loop {
@@ -192,26 +197,13 @@ impl Scheduler {
             let exhausted = calls.len() < room;
             for call in calls {
                 self.cursor = call.seq;
-                let blocked = self.blocked_by_dead(&call).await?;
-                self.window.offer(call, blocked);
+                self.window.offer(call);
             }
             if exhausted {
                 self.cursor = self.cursor.max(committed_now);
             }
         }
         Ok(())
-    }
-
-    /// Under `on_dead = block`, a group this window does not know may be blocked in the store.
-    async fn blocked_by_dead(&self, call: &DueCall) -> Result<bool, StoreError> {
-        match &call.ordering_key {
-            Some(key) if self.subscription.on_dead == OnDead::Block && !self.window.knows_group(key) => {
-                self.store
-                    .blocked_by_dead(&self.subscription.name, key.clone(), call.seq)
-                    .await
-            }
-            _ => Ok(false),
-        }
     }
 
     /// Start attempts for due calls, up to the limits. Returns what stopped it, when it was
@@ -280,17 +272,18 @@ impl Scheduler {
             }
             Control::Redriven { seq, ordering_key } => {
                 self.stats.open.fetch_add(1, Relaxed);
-                let blocked_here = ordering_key.as_ref().is_some_and(|k| self.window.knows_group(k));
-                if block && blocked_here {
+                if block {
                     // The key was held for this call: it runs first, then the rest in order.
-                    return self.unblock(ordering_key).await;
+                    if let Some(load) = ordering_key.as_deref().and_then(|k| self.window.unblock(k)) {
+                        return self.load_group(load).await;
+                    }
                 }
                 // Otherwise it runs as soon as possible, outside its key's order (its
                 // successors may well have run already).
                 let mut calls = self.store.pending_after(&self.subscription.name, seq - 1, 1).await?;
                 if let Some(mut call) = calls.pop().filter(|c| c.seq == seq) {
                     call.ordering_key = None;
-                    self.window.offer(call, false);
+                    self.window.offer(call);
                 }
             }
             Control::Purged { ordering_key } => return self.unblock(ordering_key).await,

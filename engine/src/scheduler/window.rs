@@ -100,16 +100,20 @@ impl Window {
         self.groups.contains_key(ordering_key)
     }
 
-    /// Offer the next call from the cursor. `blocked_by_dead` says the store found an earlier
-    /// dead call of its group (only checked for groups this window does not know).
-    /// Returns whether the call is now held in memory.
-    pub fn offer(&mut self, call: DueCall, blocked_by_dead: bool) -> bool {
+    /// A dead call holds this key (`on_dead = block`, found in the store at start).
+    pub fn block(&mut self, ordering_key: Vec<u8>) {
+        let group = self.groups.entry(ordering_key).or_default();
+        group.blocked = true;
+        group.more_on_disk = true;
+    }
+
+    /// Offer the next call from the cursor. Returns whether it is now held in memory.
+    pub fn offer(&mut self, call: DueCall) -> bool {
         let Some(key) = call.ordering_key.clone() else {
             self.hold_as_head(call);
             return true;
         };
         let group = self.groups.entry(key).or_default();
-        group.blocked |= blocked_by_dead;
         if group.head.is_none() && group.queued.is_empty() && !group.blocked && !group.loading && !group.more_on_disk {
             group.head = Some(call.seq);
             self.hold_as_head(call);
@@ -249,7 +253,7 @@ impl Window {
             return;
         }
         for call in calls {
-            self.offer(call, false);
+            self.offer(call);
         }
         if !complete {
             if let Some(group) = self.groups.get_mut(ordering_key) {
@@ -309,7 +313,7 @@ mod tests {
     fn unordered_calls_all_run_at_once() {
         let mut w = Window::new(10, 4);
         for seq in 1..=3 {
-            assert!(w.offer(call(seq, None), false));
+            assert!(w.offer(call(seq, None)));
         }
         assert_eq!(drain(&mut w, 0), vec![1, 2, 3]);
     }
@@ -318,7 +322,7 @@ mod tests {
     fn same_key_runs_one_at_a_time_in_order() {
         let mut w = Window::new(10, 4);
         for (seq, key) in [(1, "a"), (2, "b"), (3, "a"), (4, "a")] {
-            assert!(w.offer(call(seq, Some(key)), false));
+            assert!(w.offer(call(seq, Some(key))));
         }
         assert_eq!(drain(&mut w, 0), vec![1, 2]);
         assert_eq!(w.complete(1, Completion::Done), None);
@@ -331,7 +335,7 @@ mod tests {
     fn a_retrying_key_holds_back_only_itself() {
         let mut w = Window::new(10, 4);
         for (seq, key) in [(1, "a"), (2, "a"), (3, "b"), (4, "b")] {
-            w.offer(call(seq, Some(key)), false);
+            w.offer(call(seq, Some(key)));
         }
         assert_eq!(drain(&mut w, 0), vec![1, 3]);
         w.retry(1, 1_000);
@@ -346,21 +350,18 @@ mod tests {
     #[test]
     fn overflowing_group_spills_to_disk_and_is_reloaded_in_order() {
         let mut w = Window::new(100, 1);
-        assert!(w.offer(call(1, Some("a")), false));
-        assert!(w.offer(call(2, Some("a")), false));
-        assert!(!w.offer(call(3, Some("a")), false), "queue full: stays on disk");
-        assert!(!w.offer(call(4, Some("a")), false));
-        assert!(w.offer(call(5, Some("b")), false), "other keys still enter");
+        assert!(w.offer(call(1, Some("a"))));
+        assert!(w.offer(call(2, Some("a"))));
+        assert!(!w.offer(call(3, Some("a"))), "queue full: stays on disk");
+        assert!(!w.offer(call(4, Some("a"))));
+        assert!(w.offer(call(5, Some("b"))), "other keys still enter");
         assert_eq!(w.len(), 3);
         assert_eq!(drain(&mut w, 0), vec![1, 5]);
         assert_eq!(w.complete(1, Completion::Done), None, "queued call 2 takes over");
         assert_eq!(drain(&mut w, 0), vec![2]);
         let load = w.complete(2, Completion::Done).expect("group must be reloaded");
         assert_eq!(load.after_seq, 2);
-        assert!(
-            !w.offer(call(6, Some("a")), false),
-            "cursor calls wait while the group loads"
-        );
+        assert!(!w.offer(call(6, Some("a"))), "cursor calls wait while the group loads");
         w.group_loaded(b"a", vec![call(3, Some("a")), call(4, Some("a"))], false);
         assert_eq!(drain(&mut w, 0), vec![3]);
         w.complete(3, Completion::Done);
@@ -377,12 +378,12 @@ mod tests {
     fn a_dead_call_blocks_its_group_until_unblocked() {
         let mut w = Window::new(10, 4);
         for (seq, key) in [(1, "a"), (2, "a"), (3, "b")] {
-            w.offer(call(seq, Some(key)), false);
+            w.offer(call(seq, Some(key)));
         }
         assert_eq!(drain(&mut w, 0), vec![1, 3]);
         assert_eq!(w.complete(1, Completion::BlocksGroup), None);
         assert_eq!(w.len(), 1, "queued calls of a blocked group are released from memory");
-        assert!(!w.offer(call(4, Some("a")), false));
+        assert!(!w.offer(call(4, Some("a"))));
         assert_eq!(drain(&mut w, 0), Vec::<i64>::new());
         let load = w.unblock(b"a").expect("blocked group reloads");
         w.group_loaded(&load.ordering_key, vec![call(2, Some("a")), call(4, Some("a"))], true);
@@ -392,18 +393,19 @@ mod tests {
     #[test]
     fn a_group_blocked_in_the_store_stays_blocked_after_restart() {
         let mut w = Window::new(10, 4);
-        assert!(!w.offer(call(7, Some("a")), true));
+        w.block(b"a".to_vec());
+        assert!(!w.offer(call(7, Some("a"))));
         assert!(w.knows_group(b"a"));
-        assert!(!w.offer(call(8, Some("a")), false));
+        assert!(!w.offer(call(8, Some("a"))));
         assert_eq!(drain(&mut w, 0), Vec::<i64>::new());
     }
 
     #[test]
     fn capacity_bounds_the_window() {
         let mut w = Window::new(2, 4);
-        w.offer(call(1, None), false);
+        w.offer(call(1, None));
         assert!(w.has_room());
-        w.offer(call(2, None), false);
+        w.offer(call(2, None));
         assert!(!w.has_room());
         drain(&mut w, 0);
         w.complete(1, Completion::Done);
@@ -413,7 +415,7 @@ mod tests {
     #[test]
     fn retry_now_moves_a_waiting_call_forward() {
         let mut w = Window::new(10, 4);
-        w.offer(call(1, None), false);
+        w.offer(call(1, None));
         drain(&mut w, 0);
         assert!(!w.retry_now(1, 5), "in flight: nothing to move");
         w.retry(1, 10_000);

@@ -274,16 +274,10 @@ impl Store {
             .await
     }
 
-    /// Whether a call of the group before `before_seq` is dead.
-    pub async fn blocked_by_dead(
-        &self,
-        subscription: &str,
-        ordering_key: Vec<u8>,
-        before_seq: i64,
-    ) -> Result<bool, StoreError> {
+    /// The ordering keys of `subscription` held by a dead call (`on_dead = block`).
+    pub async fn blocked_groups(&self, subscription: &str) -> Result<Vec<Vec<u8>>, StoreError> {
         let subscription = subscription.to_owned();
-        self.read(move |c| read::blocked_by_dead(c, &subscription, &ordering_key, before_seq))
-            .await
+        self.read(move |c| read::blocked_groups(c, &subscription)).await
     }
 
     /// Calls matching `filter` after the cursor `after`, in creation order.

@@ -87,18 +87,11 @@ pub(crate) fn next_in_group(
     .collect()
 }
 
-/// Whether an earlier call of the group is dead (it blocks the group under `on_dead = block`).
-pub(crate) fn blocked_by_dead(
-    conn: &Connection,
-    subscription: &str,
-    ordering_key: &[u8],
-    before_seq: i64,
-) -> rusqlite::Result<bool> {
-    conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM calls
-         WHERE subscription = ?1 AND ordering_key = ?2 AND seq < ?3 AND status = 'dead')",
-    )?
-    .query_row(params![subscription, ordering_key, before_seq], |r| r.get(0))
+/// The ordering keys of `subscription` held by a dead call under `on_dead = block`.
+pub(crate) fn blocked_groups(conn: &Connection, subscription: &str) -> rusqlite::Result<Vec<Vec<u8>>> {
+    conn.prepare_cached("SELECT ordering_key FROM blocked_groups WHERE subscription = ?1")?
+        .query_map([subscription], |r| r.get(0))?
+        .collect()
 }
 
 /// One call with its attempt history.
