@@ -184,6 +184,16 @@ impl Admin {
         self.call(id).await["status"].as_str().unwrap_or_default().to_string()
     }
 
+    /// Wait (up to 20 s) until a call has this status.
+    pub async fn wait_status(&self, id: &str, status: &str) {
+        wait_for(
+            &format!("call {id} to be {status}"),
+            Duration::from_secs(20),
+            || async { self.status(id).await == status },
+        )
+        .await;
+    }
+
     /// `/v1/stats`.
     pub async fn stats(&self) -> Value {
         self.get("/v1/stats").await
@@ -232,6 +242,22 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         built.insert(name.to_string());
     }
     profile_dir.join(name)
+}
+
+/// Start an engine in-process on a SQLite file in `dir`, with one subscription `test`
+/// delivering to `target` (see [`config_toml`]).
+pub async fn start_engine(dir: &tempfile::TempDir, target: &str, extra: &str) -> (engine::Engine, Admin) {
+    let text = config_toml(
+        &dir.path().join("engine.db"),
+        "127.0.0.1:0".parse().unwrap(),
+        target,
+        extra,
+    );
+    let engine = engine::Engine::start(engine::Config::from_toml(&text).unwrap())
+        .await
+        .unwrap();
+    let admin = Admin::new(engine.admin_addr());
+    (engine, admin)
 }
 
 /// Start `engine serve --config <config>` as a process (logs at warn, to stderr).

@@ -4,21 +4,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::{Config, Engine};
-use integration_tests::{config_toml, wait_for, Admin, Reply, Target};
+use engine::Engine;
+use integration_tests::{start_engine, wait_for, Admin, Reply, Target};
 use serde_json::{json, Value};
-
-async fn start(dir: &tempfile::TempDir, target: &str, extra: &str) -> (Engine, Admin) {
-    let text = config_toml(
-        &dir.path().join("engine.db"),
-        "127.0.0.1:0".parse().unwrap(),
-        target,
-        extra,
-    );
-    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
-    let admin = Admin::new(engine.admin_addr());
-    (engine, admin)
-}
 
 async fn post(admin: &Admin, engine: &Engine, path: &str, body: Value) -> (u16, Value) {
     let response = reqwest::Client::new()
@@ -29,15 +17,6 @@ async fn post(admin: &Admin, engine: &Engine, path: &str, body: Value) -> (u16, 
         .unwrap();
     let _ = admin;
     (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
-}
-
-async fn wait_status(admin: &Admin, id: &str, status: &str) {
-    wait_for(
-        &format!("call {id} to be {status}"),
-        Duration::from_secs(20),
-        || async { admin.status(id).await == status },
-    )
-    .await;
 }
 
 /// A target that rejects `poison` (400) until healed.
@@ -61,16 +40,16 @@ const FAST: &str = "[subscription.retry]\ninitial_delay = \"10ms\"\nmax_delay = 
 async fn a_redriven_dead_call_succeeds_with_both_eras_in_its_history() {
     let (target, healed) = healable().await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start(&dir, &target.url(), FAST).await;
+    let (engine, admin) = start_engine(&dir, &target.url(), FAST).await;
     let id = admin.enqueue("test", b"poison", None).await;
-    wait_status(&admin, &id, "dead").await;
+    admin.wait_status(&id, "dead").await;
     let dead = admin.get("/v1/dead?subscription=test").await;
     assert_eq!(dead["calls"][0]["id"], id.as_str());
 
     healed.store(true, Ordering::SeqCst);
     let (status, call) = post(&admin, &engine, &format!("/v1/calls/{id}/redrive"), Value::Null).await;
     assert_eq!(status, 200, "{call}");
-    wait_status(&admin, &id, "succeeded").await;
+    admin.wait_status(&id, "succeeded").await;
     let call = admin.call(&id).await;
     let outcomes: Vec<_> = call["history"]
         .as_array()
@@ -100,16 +79,16 @@ async fn a_redriven_dead_call_succeeds_with_both_eras_in_its_history() {
 async fn redriving_the_dead_call_of_a_blocked_key_releases_the_key_in_order() {
     let (target, healed) = healable().await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start(&dir, &target.url(), &format!("on_dead = \"block\"\n{FAST}")).await;
+    let (engine, admin) = start_engine(&dir, &target.url(), &format!("on_dead = \"block\"\n{FAST}")).await;
     let poison = admin.enqueue("test", b"poison", Some("k")).await;
     let after = admin.enqueue("test", b"after", Some("k")).await;
-    wait_status(&admin, &poison, "dead").await;
+    admin.wait_status(&poison, "dead").await;
     assert_eq!(admin.status(&after).await, "pending");
 
     healed.store(true, Ordering::SeqCst);
     let (status, body) = post(&admin, &engine, "/v1/dead/redrive", json!({ "subscription": "test" })).await;
     assert_eq!((status, body["redriven"].clone()), (200, json!(1)));
-    wait_status(&admin, &after, "succeeded").await;
+    admin.wait_status(&after, "succeeded").await;
     assert_eq!(admin.status(&poison).await, "succeeded");
     let order: Vec<Vec<u8>> = target
         .seen()
@@ -129,13 +108,13 @@ async fn redriving_the_dead_call_of_a_blocked_key_releases_the_key_in_order() {
 async fn purging_a_blocking_dead_call_releases_its_key() {
     let (target, _healed) = healable().await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start(&dir, &target.url(), &format!("on_dead = \"block\"\n{FAST}")).await;
+    let (engine, admin) = start_engine(&dir, &target.url(), &format!("on_dead = \"block\"\n{FAST}")).await;
     let poison = admin.enqueue("test", b"poison", Some("k")).await;
     let after = admin.enqueue("test", b"after", Some("k")).await;
-    wait_status(&admin, &poison, "dead").await;
+    admin.wait_status(&poison, "dead").await;
     let (status, body) = post(&admin, &engine, "/v1/dead/purge", json!({ "ids": [poison] })).await;
     assert_eq!((status, body["purged"].clone()), (200, json!(1)));
-    wait_status(&admin, &after, "succeeded").await;
+    admin.wait_status(&after, "succeeded").await;
     let response = reqwest::get(format!("http://{}/v1/calls/{poison}", engine.admin_addr()))
         .await
         .unwrap();
@@ -156,7 +135,7 @@ async fn retry_now_and_cancel_act_on_a_waiting_call() {
     let dir = tempfile::tempdir().unwrap();
     // Retries wait an hour unless an operator says otherwise.
     let slow = "[subscription.retry]\ninitial_delay = \"1h\"\nmax_delay = \"1h\"\njitter = 0.0\n";
-    let (engine, admin) = start(&dir, &target.url(), &format!("ordering = \"unordered\"\n{slow}")).await;
+    let (engine, admin) = start_engine(&dir, &target.url(), &format!("ordering = \"unordered\"\n{slow}")).await;
     let retried = admin.enqueue("test", b"a", None).await;
     let cancelled = admin.enqueue("test", b"b", None).await;
     wait_for("both first attempts", Duration::from_secs(20), || async {
@@ -170,7 +149,7 @@ async fn retry_now_and_cancel_act_on_a_waiting_call() {
 
     let (status, _) = post(&admin, &engine, &format!("/v1/calls/{retried}/retry"), Value::Null).await;
     assert_eq!(status, 200);
-    wait_status(&admin, &retried, "succeeded").await;
+    admin.wait_status(&retried, "succeeded").await;
 
     let (status, call) = post(&admin, &engine, &format!("/v1/calls/{cancelled}/cancel"), Value::Null).await;
     assert_eq!((status, call["status"].clone()), (200, json!("cancelled")));
@@ -188,7 +167,7 @@ async fn retry_now_and_cancel_act_on_a_waiting_call() {
 async fn calls_are_listed_with_filters_and_a_cursor() {
     let target = Target::start(|_| Reply::Status(200, "ok")).await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start(&dir, &target.url(), "paused = true\n").await;
+    let (engine, admin) = start_engine(&dir, &target.url(), "paused = true\n").await;
     for n in 0..5 {
         admin
             .enqueue(
