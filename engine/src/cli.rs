@@ -300,6 +300,25 @@ fn print_call(call: &Value) {
     );
 }
 
+/// Calls per second as shown in tables, or `-` when unknown.
+fn rate(value: &Value) -> String {
+    value.as_f64().map_or_else(|| "-".into(), |r| format!("{r:.1}"))
+}
+
+/// The lag summed over partitions, or `-` for a subscription without a Kafka source.
+fn total_lag(value: &Value) -> String {
+    value.as_array().map_or_else(
+        || "-".into(),
+        |partitions| {
+            partitions
+                .iter()
+                .filter_map(|p| p["lag"].as_i64())
+                .sum::<i64>()
+                .to_string()
+        },
+    )
+}
+
 fn print_stats(stats: &Value) {
     let statuses = ["pending", "running", "succeeded", "dead", "cancelled"];
     let mut rows: Vec<Vec<String>> = stats["subscriptions"]
@@ -309,6 +328,7 @@ fn print_stats(stats: &Value) {
                 .map(|(name, s)| {
                     std::iter::once(name.clone())
                         .chain(statuses.iter().map(|k| s[*k].to_string()))
+                        .chain([rate(&s["throughput"]["finished_per_second"]), total_lag(&s["lag"])])
                         .collect()
                 })
                 .collect()
@@ -317,15 +337,51 @@ fn print_stats(stats: &Value) {
     rows.push(
         std::iter::once("(all)".to_string())
             .chain(statuses.iter().map(|k| stats[*k].to_string()))
+            .chain([String::new(), String::new()])
             .collect(),
     );
     print!(
         "{}",
         table(
-            &["SUBSCRIPTION", "PENDING", "RUNNING", "SUCCEEDED", "DEAD", "CANCELLED"],
+            &[
+                "SUBSCRIPTION",
+                "PENDING",
+                "RUNNING",
+                "SUCCEEDED",
+                "DEAD",
+                "CANCELLED",
+                "DONE/S (1M)",
+                "LAG"
+            ],
             &rows
         )
     );
+    let lag: Vec<Vec<String>> = stats["subscriptions"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .flat_map(|(name, s)| {
+            s["lag"].as_array().into_iter().flatten().map(move |p| {
+                vec![
+                    name.clone(),
+                    format!("{}/{}", p["topic"].as_str().unwrap_or("?"), p["partition"]),
+                    p["high_watermark"].to_string(),
+                    p["committed"].to_string(),
+                    p["lag"].to_string(),
+                ]
+            })
+        })
+        .collect();
+    if !lag.is_empty() {
+        println!();
+        print!(
+            "{}",
+            table(
+                &["SUBSCRIPTION", "PARTITION", "HIGH WATERMARK", "COMMITTED", "LAG"],
+                &lag
+            )
+        );
+    }
     let endpoints: Vec<Vec<String>> = stats["endpoints"]
         .as_object()
         .map(|e| {

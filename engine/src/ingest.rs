@@ -89,6 +89,7 @@ fn count_new(stats: &SchedulerStats, inserted: &[Inserted], born_dead: Vec<bool>
         }
     }
     stats.ingested.fetch_add(created, Relaxed);
+    stats.created_rate.add(crate::telemetry::now_secs(), created);
     stats.open.fetch_add(open, Relaxed);
 }
 

@@ -28,6 +28,7 @@ pub mod retry;
 pub mod scheduler;
 pub mod source;
 pub mod store;
+pub mod telemetry;
 
 pub use config::Config;
 pub use engine::{Engine, EngineError};

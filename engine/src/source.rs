@@ -36,6 +36,7 @@ pub async fn run(
     config.options = kafka.options.clone();
     config.batch_size = kafka.batch_size;
     let (source, mut batches) = Source::start(config)?;
+    let _ = stats.source.set(source.status());
     tracing::info!(subscription = %subscription.name, topics = ?kafka.topics, brokers = %kafka.brokers, "consuming");
     let mut waiting_logged = false;
     let mut persisting = tokio::task::JoinSet::new();

@@ -436,3 +436,110 @@ async fn bytes_survive_the_trip_keys_values_tombstones_headers() {
     assert_eq!(tomb.header("engine-kafka-topic"), Some("bytes"));
     engine.shutdown().await.unwrap();
 }
+
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_is_reported_per_partition_and_drains_to_zero() {
+    const RECORDS: u64 = 300;
+    let tansu = Tansu::start();
+    tansu.create_topic("lag", 3).await;
+    let open = Arc::new(AtomicBool::new(false));
+    let gate = Arc::clone(&open);
+    let target = Target::start(move |_| {
+        if gate.load(Ordering::Relaxed) {
+            Reply::Status(200, "ok")
+        } else {
+            Reply::Status(503, "not yet")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = format!("{TANSU_CONSUMER_OPTIONS}\n\"statistics.interval.ms\" = \"200\"");
+    let (engine, admin) = start(
+        &dir,
+        &Setup {
+            bootstrap: &tansu.bootstrap(),
+            topic: "lag",
+            target: &target.url(),
+            subscription_extra: "ordering = \"unordered\"",
+            kafka_extra: "max_backlog = 20\nbatch_size = 10",
+            options: &options,
+        },
+    )
+    .await;
+    let records = (0..RECORDS)
+        .map(|n| Out::keyed(format!("k{n}"), n.to_string()))
+        .collect();
+    produce(&producer(&tansu.bootstrap()), "lag", records).await;
+
+    // Backpressure holds most records in Kafka: they show as lag on all three partitions.
+    let lag_of = |stats: &serde_json::Value| -> (usize, i64) {
+        let partitions = stats["subscriptions"]["test"]["lag"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let total = partitions.iter().filter_map(|p| p["lag"].as_i64()).sum();
+        (partitions.len(), total)
+    };
+    wait_for("lag on three partitions", Duration::from_secs(20), || async {
+        let (partitions, total) = lag_of(&admin.stats().await);
+        partitions == 3 && total >= (RECORDS - 60) as i64
+    })
+    .await;
+    let stats = admin.stats().await;
+    println!("lag while held back: {}", stats["subscriptions"]["test"]["lag"]);
+
+    open.store(true, Ordering::Relaxed);
+    wait_for("every call to succeed", Duration::from_secs(30), || async {
+        count(&admin, "succeeded").await == RECORDS
+    })
+    .await;
+    wait_for("the lag to drain", Duration::from_secs(15), || async {
+        lag_of(&admin.stats().await) == (3, 0)
+    })
+    .await;
+    wait_for("a throughput figure", Duration::from_secs(5), || async {
+        admin.stats().await["subscriptions"]["test"]["throughput"]["finished_per_second"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+    })
+    .await;
+
+    let metrics = reqwest::get(format!("http://{}/metrics", engine.admin_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sub = "subscription=\"test\"";
+    assert!(sample(&metrics, &format!("engine_records_consumed_total{{{sub}}}")).unwrap() >= RECORDS as f64);
+    assert_eq!(
+        sample(&metrics, &format!("engine_calls_total{{{sub},outcome=\"succeeded\"}}")),
+        Some(RECORDS as f64)
+    );
+    for partition in 0..3 {
+        let series = format!("engine_consumer_lag{{{sub},topic=\"lag\",partition=\"{partition}\"}}");
+        assert_eq!(sample(&metrics, &series), Some(0.0), "{series}");
+    }
+    // Every attempt, the 503s included, is in the latency histogram.
+    let attempts = sample(&metrics, &format!("engine_attempt_duration_seconds_count{{{sub}}}")).unwrap();
+    let inf = sample(
+        &metrics,
+        &format!("engine_attempt_duration_seconds_bucket{{{sub},le=\"+Inf\"}}"),
+    );
+    assert!(attempts > RECORDS as f64, "{attempts}");
+    assert_eq!(inf, Some(attempts));
+    let commits = sample(&metrics, "engine_store_commit_rows_count").unwrap();
+    let rows = sample(&metrics, "engine_store_commit_rows_sum").unwrap();
+    assert!(
+        commits >= 1.0 && rows >= RECORDS as f64,
+        "{commits} commits, {rows} rows"
+    );
+    assert!(sample(&metrics, "engine_store_commit_duration_seconds_count") == Some(commits));
+    engine.shutdown().await.unwrap();
+}

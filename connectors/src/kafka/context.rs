@@ -2,14 +2,17 @@
 //! durable, and flushes before partitions are revoked.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use rdkafka::statistics::Statistics;
+
 use super::offsets::{OffsetTracker, TopicPartition};
+use super::{PartitionLag, SourceStatus};
 
 /// Shared between the poll loop and librdkafka's callbacks (which run inside `poll`, on the
 /// poll thread).
@@ -22,16 +25,18 @@ pub(crate) struct SourceContext {
     revoked: Mutex<HashSet<TopicPartition>>,
     revoke_timeout: Duration,
     name: String,
+    status: Arc<SourceStatus>,
 }
 
 impl SourceContext {
-    pub(crate) fn new(name: String, acks: Receiver<u64>, revoke_timeout: Duration) -> Self {
+    pub(crate) fn new(name: String, acks: Receiver<u64>, revoke_timeout: Duration, status: Arc<SourceStatus>) -> Self {
         Self {
             tracker: Mutex::default(),
             acks,
             revoked: Mutex::default(),
             revoke_timeout,
             name,
+            status,
         }
     }
 
@@ -68,6 +73,22 @@ impl SourceContext {
 impl ClientContext for SourceContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(source = %self.name, %error, "Kafka: {reason}");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let mut lag: Vec<PartitionLag> = statistics
+            .topics
+            .iter()
+            .flat_map(|(topic, t)| {
+                t.partitions
+                    .values()
+                    .filter_map(|p| PartitionLag::from_statistics(topic, p))
+            })
+            .collect();
+        lag.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        if let Ok(mut partitions) = self.status.partitions.lock() {
+            *partitions = lag;
+        }
     }
 }
 

@@ -133,6 +133,49 @@ impl Ack {
 pub struct SourceStatus {
     pub consumed: AtomicU64,
     pub paused: AtomicBool,
+    /// Lag per assigned partition, from librdkafka's statistics (every
+    /// `statistics.interval.ms`, 5 s unless configured).
+    pub partitions: std::sync::Mutex<Vec<PartitionLag>>,
+}
+
+impl SourceStatus {
+    /// The last lag figures, sorted by topic and partition.
+    pub fn lag(&self) -> Vec<PartitionLag> {
+        self.partitions.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// Consumer lag of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The partition's high watermark: the offset the next produced record gets.
+    pub high_watermark: i64,
+    /// The group's committed offset, if any.
+    pub committed: Option<i64>,
+    /// Records not yet committed: `high_watermark - committed` (from the log start when
+    /// nothing is committed yet).
+    pub lag: i64,
+}
+
+impl PartitionLag {
+    /// Figures from librdkafka's per-partition statistics, `None` for a partition that is
+    /// not assigned to us or whose watermark is not known yet.
+    pub fn from_statistics(topic: &str, p: &rdkafka::statistics::Partition) -> Option<Self> {
+        if p.partition < 0 || p.hi_offset < 0 || p.fetch_state == "none" || !p.desired {
+            return None;
+        }
+        let committed = (p.committed_offset >= 0).then_some(p.committed_offset);
+        let from = committed.unwrap_or(p.lo_offset.max(0));
+        Some(Self {
+            topic: topic.to_string(),
+            partition: p.partition,
+            high_watermark: p.hi_offset,
+            committed,
+            lag: (p.hi_offset - from).max(0),
+        })
+    }
 }
 
 /// A running source. [`Source::stop`] it to commit what is durable and leave the group.
@@ -147,7 +190,8 @@ impl Source {
     /// Join the group and start polling. Batches arrive on the returned receiver.
     pub fn start(config: SourceConfig) -> Result<(Self, mpsc::Receiver<Batch>), SourceError> {
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
-        let context = SourceContext::new(config.name.clone(), ack_rx, config.revoke_timeout);
+        let status = Arc::new(SourceStatus::default());
+        let context = SourceContext::new(config.name.clone(), ack_rx, config.revoke_timeout, Arc::clone(&status));
         let consumer: BaseConsumer<SourceContext> =
             client_config(&config)
                 .create_with_context(context)
@@ -163,7 +207,6 @@ impl Source {
         })?;
         let (tx, rx) = mpsc::channel(config.channel_batches.max(1));
         let stop = Arc::new(AtomicBool::new(false));
-        let status = Arc::new(SourceStatus::default());
         let poll = PollLoop {
             consumer,
             config,
@@ -215,7 +258,8 @@ fn client_config(config: &SourceConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("queued.max.messages.kbytes", "16384")
-        .set("auto.commit.interval.ms", "1000");
+        .set("auto.commit.interval.ms", "1000")
+        .set("statistics.interval.ms", "5000");
     for (key, value) in &config.options {
         client.set(key, value);
     }

@@ -10,7 +10,7 @@ pub mod window;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rand::Rng;
@@ -26,6 +26,8 @@ use crate::endpoints::{check_rate, rate_limiter, Endpoint, Wait};
 use crate::limiter::Signal;
 use crate::model::{now_millis, AttemptRecord, CallStatus, DueCall, Millis, Transition};
 use crate::store::{Store, StoreError};
+use crate::telemetry::{self, now_secs, Histogram, RateWindow};
+use connectors::kafka::SourceStatus;
 use sdk::protocol::OutcomeClass;
 
 /// Calls waiting behind each group's head in memory.
@@ -34,7 +36,7 @@ const GROUP_QUEUE: usize = 8;
 const LOAD_BATCH: usize = 1000;
 
 /// Live figures of one subscription's scheduler, read by stats and the status line.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SchedulerStats {
     /// Calls created (not counting duplicates of records already stored).
     pub ingested: AtomicU64,
@@ -46,6 +48,33 @@ pub struct SchedulerStats {
     pub in_flight: AtomicU64,
     pub in_memory: AtomicU64,
     pub waiting_retry: AtomicU64,
+    /// Seconds from sending an attempt to its outcome.
+    pub attempt_seconds: Histogram,
+    /// Calls created per second, over the last minute.
+    pub created_rate: RateWindow,
+    /// Calls finished (succeeded or dead) per second, over the last minute.
+    pub finished_rate: RateWindow,
+    /// The Kafka source's figures, once it runs.
+    pub source: OnceLock<Arc<SourceStatus>>,
+}
+
+impl Default for SchedulerStats {
+    fn default() -> Self {
+        Self {
+            ingested: AtomicU64::default(),
+            open: AtomicI64::default(),
+            succeeded: AtomicU64::default(),
+            retried: AtomicU64::default(),
+            dead: AtomicU64::default(),
+            in_flight: AtomicU64::default(),
+            in_memory: AtomicU64::default(),
+            waiting_retry: AtomicU64::default(),
+            attempt_seconds: Histogram::new(telemetry::LATENCY_BOUNDS),
+            created_rate: RateWindow::default(),
+            finished_rate: RateWindow::default(),
+            source: OnceLock::new(),
+        }
+    }
 }
 
 struct Finished {
@@ -236,12 +265,15 @@ impl Scheduler {
             let deliverer = self.deliverer.clone();
             let finished = self.finished_tx.clone();
             let subscription = Arc::clone(&self.subscription);
+            let stats = Arc::clone(&self.stats);
             tokio::spawn(async move {
                 let limits = DeliveryLimits {
                     timeout: subscription.timeout,
                     max_output_bytes: subscription.max_output_bytes,
                 };
+                let sent = std::time::Instant::now();
                 let outcome = deliverer.deliver(&call, attempt, &subscription.name, limits).await;
+                stats.attempt_seconds.observe(sent.elapsed().as_secs_f64());
                 let _ = finished.send(Finished {
                     call,
                     attempt,
@@ -336,6 +368,7 @@ impl Scheduler {
         let load = match &transition {
             Transition::Succeeded { .. } => {
                 self.stats.succeeded.fetch_add(1, Relaxed);
+                self.stats.finished_rate.add(now_secs(), 1);
                 self.stats.open.fetch_sub(1, Relaxed);
                 self.window.complete(call.seq, Completion::Done)
             }
@@ -347,6 +380,7 @@ impl Scheduler {
             }
             Transition::Dead { error } => {
                 self.stats.dead.fetch_add(1, Relaxed);
+                self.stats.finished_rate.add(now_secs(), 1);
                 self.stats.open.fetch_sub(1, Relaxed);
                 tracing::info!(call = %call.id, attempt, %error, "call is dead");
                 let how = if self.subscription.on_dead == OnDead::Block {

@@ -13,6 +13,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::StoreError;
 use crate::model::{now_millis, Affected, AttemptRecord, Inserted, Millis, NewCall, Operation, Transition};
+use crate::telemetry::{self, Histogram};
 
 /// A change for the writer to make.
 #[derive(Debug)]
@@ -60,13 +61,30 @@ pub struct WriterOptions {
 }
 
 /// Figures about the writer, for stats and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriterStats {
     pub commits: std::sync::atomic::AtomicU64,
     pub rows: std::sync::atomic::AtomicU64,
     pub commit_micros: std::sync::atomic::AtomicU64,
     /// Set while the last commit failed (for example a full disk).
     pub failing: std::sync::atomic::AtomicBool,
+    /// Rows per commit.
+    pub batch_rows: Histogram,
+    /// Seconds per commit.
+    pub commit_seconds: Histogram,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        Self {
+            commits: std::sync::atomic::AtomicU64::default(),
+            rows: std::sync::atomic::AtomicU64::default(),
+            commit_micros: std::sync::atomic::AtomicU64::default(),
+            failing: std::sync::atomic::AtomicBool::default(),
+            batch_rows: Histogram::new(telemetry::BATCH_BOUNDS),
+            commit_seconds: Histogram::new(telemetry::COMMIT_BOUNDS),
+        }
+    }
 }
 
 pub(crate) fn run(
@@ -99,9 +117,10 @@ pub(crate) fn run(
                 Ok(outcome) => {
                     stats.commits.fetch_add(1, Relaxed);
                     stats.rows.fetch_add(rows as u64, Relaxed);
-                    stats
-                        .commit_micros
-                        .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+                    let took = started.elapsed();
+                    stats.commit_micros.fetch_add(took.as_micros() as u64, Relaxed);
+                    stats.batch_rows.observe(rows as f64);
+                    stats.commit_seconds.observe(took.as_secs_f64());
                     if stats.failing.swap(false, Relaxed) {
                         tracing::warn!("store writes succeed again");
                     }

@@ -15,6 +15,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+mod metrics;
+
 use crate::config::SubscriptionConfig;
 use crate::ingest::{new_call, persist, Record};
 use crate::model::{Affected, CallStatus, Operation};
@@ -53,7 +55,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/metrics",
-            get(metrics).route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
+            get(metrics::metrics).route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
         )
         .nest("/v1", v1)
         .with_state(state)
@@ -173,6 +175,19 @@ async fn stats(State(state): State<AdminState>) -> Result<Json<Value>, ApiError>
             map.insert("in_flight".into(), s.in_flight.load(Relaxed).into());
             map.insert("waiting_retry".into(), s.waiting_retry.load(Relaxed).into());
             map.insert("in_memory".into(), s.in_memory.load(Relaxed).into());
+            let now = crate::telemetry::now_secs();
+            map.insert(
+                "throughput".into(),
+                json!({
+                    "window_seconds": crate::telemetry::RATE_WINDOW_SECS,
+                    "created_per_second": s.created_rate.per_second(now),
+                    "finished_per_second": s.finished_rate.per_second(now),
+                }),
+            );
+            if let Some(source) = s.source.get() {
+                map.insert("consumed".into(), source.consumed.load(Relaxed).into());
+                map.insert("lag".into(), serde_json::to_value(source.lag()).unwrap_or_default());
+            }
         }
         subscriptions.insert(name.clone(), entry);
     }
@@ -197,114 +212,6 @@ async fn stats(State(state): State<AdminState>) -> Result<Json<Value>, ApiError>
         map.insert("endpoints".into(), serde_json::to_value(endpoints).unwrap_or_default());
     }
     Ok(Json(body))
-}
-
-/// Prometheus text exposition of the live figures.
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let label = |k: &str, v: &str| format!("{{{k}=\"{}\"}}", v.replace('\\', "\\\\").replace('"', "\\\""));
-    let subs: Vec<_> = {
-        let mut subs: Vec<_> = state.schedulers.iter().collect();
-        subs.sort_by(|a, b| a.0.cmp(b.0));
-        subs
-    };
-    let per_sub = |f: &dyn Fn(&SchedulerStats) -> f64| -> Vec<(String, f64)> {
-        subs.iter()
-            .map(|(name, s)| (label("subscription", name), f(s)))
-            .collect()
-    };
-    family(
-        "engine_calls_created_total",
-        "counter",
-        "Calls created from records or the API.",
-        per_sub(&|s| s.ingested.load(Relaxed) as f64),
-    );
-    family(
-        "engine_calls_succeeded_total",
-        "counter",
-        "Calls that succeeded.",
-        per_sub(&|s| s.succeeded.load(Relaxed) as f64),
-    );
-    family(
-        "engine_calls_dead_total",
-        "counter",
-        "Calls that went dead.",
-        per_sub(&|s| s.dead.load(Relaxed) as f64),
-    );
-    family(
-        "engine_attempts_retried_total",
-        "counter",
-        "Attempts that failed temporarily.",
-        per_sub(&|s| s.retried.load(Relaxed) as f64),
-    );
-    family(
-        "engine_backlog",
-        "gauge",
-        "Calls pending or running.",
-        per_sub(&|s| s.open.load(Relaxed) as f64),
-    );
-    family(
-        "engine_in_flight",
-        "gauge",
-        "Attempts in flight.",
-        per_sub(&|s| s.in_flight.load(Relaxed) as f64),
-    );
-    let mut endpoints: Vec<_> = state.endpoints.all().map(|(k, e)| (k.clone(), e.snapshot())).collect();
-    endpoints.sort_by(|a, b| a.0.cmp(&b.0));
-    let per_endpoint = |f: &dyn Fn(&crate::endpoints::EndpointStats) -> f64| -> Vec<(String, f64)> {
-        endpoints.iter().map(|(k, e)| (label("endpoint", k), f(e))).collect()
-    };
-    family(
-        "engine_endpoint_concurrency_limit",
-        "gauge",
-        "Current adaptive concurrency limit.",
-        per_endpoint(&|e| e.limit as f64),
-    );
-    family(
-        "engine_endpoint_in_flight",
-        "gauge",
-        "Attempts in flight to the endpoint.",
-        per_endpoint(&|e| e.in_flight as f64),
-    );
-    family(
-        "engine_endpoint_limit_raises_total",
-        "counter",
-        "Times the limit went up.",
-        per_endpoint(&|e| e.raises as f64),
-    );
-    family(
-        "engine_endpoint_limit_cuts_total",
-        "counter",
-        "Times the limit was cut.",
-        per_endpoint(&|e| e.cuts as f64),
-    );
-    let writer = state.store.writer_stats();
-    family(
-        "engine_store_commits_total",
-        "counter",
-        "Store transactions committed.",
-        vec![(String::new(), writer.commits.load(Relaxed) as f64)],
-    );
-    family(
-        "engine_store_rows_total",
-        "counter",
-        "Changes committed (rows per commit = rows / commits).",
-        vec![(String::new(), writer.rows.load(Relaxed) as f64)],
-    );
-    family(
-        "engine_store_commit_seconds_total",
-        "counter",
-        "Time spent committing.",
-        vec![(String::new(), writer.commit_micros.load(Relaxed) as f64 / 1e6)],
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
 /// Query of `GET /v1/calls` and `GET /v1/dead`.

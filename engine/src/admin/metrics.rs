@@ -1,0 +1,231 @@
+//! `/metrics`: the live figures in Prometheus text exposition format (version 0.0.4).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::AdminState;
+use crate::endpoints::EndpointStats;
+use crate::scheduler::SchedulerStats;
+use crate::telemetry::HistogramSnapshot;
+
+/// Prometheus text exposition of the live figures.
+pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let mut subs: Vec<_> = state.schedulers.iter().collect();
+    subs.sort_by(|a, b| a.0.cmp(b.0));
+    let mut endpoints: Vec<_> = state.endpoints.all().map(|(k, e)| (k.clone(), e.snapshot())).collect();
+    endpoints.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Exposition::default();
+
+    let per_sub = |f: &dyn Fn(&SchedulerStats) -> f64| -> Vec<(String, f64)> {
+        subs.iter()
+            .map(|(name, s)| (labels(&[("subscription", name)]), f(s)))
+            .collect()
+    };
+    out.family(
+        "engine_records_consumed_total",
+        "counter",
+        "Records read from Kafka (before deduplication).",
+        subs.iter()
+            .filter_map(|(name, s)| {
+                let source = s.source.get()?;
+                Some((labels(&[("subscription", name)]), source.consumed.load(Relaxed) as f64))
+            })
+            .collect(),
+    );
+    out.family(
+        "engine_calls_created_total",
+        "counter",
+        "Calls created from records or the API.",
+        per_sub(&|s| s.ingested.load(Relaxed) as f64),
+    );
+    out.family(
+        "engine_calls_total",
+        "counter",
+        "Calls finished, by outcome.",
+        subs.iter()
+            .flat_map(|(name, s)| {
+                [("succeeded", s.succeeded.load(Relaxed)), ("dead", s.dead.load(Relaxed))]
+                    .map(|(outcome, n)| (labels(&[("subscription", name), ("outcome", outcome)]), n as f64))
+            })
+            .collect(),
+    );
+    out.family(
+        "engine_attempts_retried_total",
+        "counter",
+        "Attempts that failed temporarily.",
+        per_sub(&|s| s.retried.load(Relaxed) as f64),
+    );
+    out.histogram(
+        "engine_attempt_duration_seconds",
+        "Time from sending an attempt to its outcome.",
+        subs.iter()
+            .map(|(name, s)| (vec![("subscription", name.as_str())], s.attempt_seconds.snapshot()))
+            .collect(),
+    );
+    out.family(
+        "engine_backlog",
+        "gauge",
+        "Calls pending or running.",
+        per_sub(&|s| s.open.load(Relaxed) as f64),
+    );
+    out.family(
+        "engine_in_flight",
+        "gauge",
+        "Attempts in flight.",
+        per_sub(&|s| s.in_flight.load(Relaxed) as f64),
+    );
+    out.family(
+        "engine_consumer_lag",
+        "gauge",
+        "Records of a partition not yet committed by the engine's consumer group.",
+        subs.iter()
+            .filter_map(|(name, s)| s.source.get().map(|source| (name, source.lag())))
+            .flat_map(|(name, lag)| {
+                lag.into_iter().map(move |p| {
+                    let partition = p.partition.to_string();
+                    (
+                        labels(&[("subscription", name), ("topic", &p.topic), ("partition", &partition)]),
+                        p.lag as f64,
+                    )
+                })
+            })
+            .collect(),
+    );
+    let per_endpoint = |f: &dyn Fn(&EndpointStats) -> f64| -> Vec<(String, f64)> {
+        endpoints
+            .iter()
+            .map(|(k, e)| (labels(&[("endpoint", k)]), f(e)))
+            .collect()
+    };
+    out.family(
+        "engine_endpoint_concurrency_limit",
+        "gauge",
+        "Current adaptive concurrency limit.",
+        per_endpoint(&|e| e.limit as f64),
+    );
+    out.family(
+        "engine_endpoint_in_flight",
+        "gauge",
+        "Attempts in flight to the endpoint.",
+        per_endpoint(&|e| e.in_flight as f64),
+    );
+    out.family(
+        "engine_endpoint_limit_raises_total",
+        "counter",
+        "Times the limit went up.",
+        per_endpoint(&|e| e.raises as f64),
+    );
+    out.family(
+        "engine_endpoint_limit_cuts_total",
+        "counter",
+        "Times the limit was cut.",
+        per_endpoint(&|e| e.cuts as f64),
+    );
+    let writer = state.store.writer_stats();
+    out.family(
+        "engine_store_commits_total",
+        "counter",
+        "Store transactions committed.",
+        vec![(String::new(), writer.commits.load(Relaxed) as f64)],
+    );
+    out.family(
+        "engine_store_rows_total",
+        "counter",
+        "Changes committed.",
+        vec![(String::new(), writer.rows.load(Relaxed) as f64)],
+    );
+    out.histogram(
+        "engine_store_commit_rows",
+        "Changes per store commit (group commit batch size).",
+        vec![(Vec::new(), writer.batch_rows.snapshot())],
+    );
+    out.histogram(
+        "engine_store_commit_duration_seconds",
+        "Time to commit one store transaction.",
+        vec![(Vec::new(), writer.commit_seconds.snapshot())],
+    );
+    out.family(
+        "engine_store_failing",
+        "gauge",
+        "1 while store writes fail (for example a full disk) and ingestion waits.",
+        vec![(String::new(), f64::from(u8::from(writer.failing.load(Relaxed))))],
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out.text)
+}
+
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(self.text, "{name}{labels} {value}");
+        }
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, series: Vec<(Vec<(&str, &str)>, HistogramSnapshot)>) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (base, snapshot) in series {
+            for (bound, count) in &snapshot.buckets {
+                let le = if bound.is_infinite() {
+                    "+Inf".to_string()
+                } else {
+                    bound.to_string()
+                };
+                let mut with_le = base.clone();
+                with_le.push(("le", &le));
+                let _ = writeln!(self.text, "{name}_bucket{} {count}", labels(&with_le));
+            }
+            let _ = writeln!(self.text, "{name}_sum{} {}", labels(&base), snapshot.sum);
+            let _ = writeln!(self.text, "{name}_count{} {}", labels(&base), snapshot.count);
+        }
+    }
+}
+
+/// `{k="v",...}` with values escaped, or nothing for no labels.
+fn labels(pairs: &[(&str, &str)]) -> String {
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| {
+            let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            format!("{k}=\"{v}\"")
+        })
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Histogram;
+
+    #[test]
+    fn histograms_are_exposed_cumulatively_with_sum_and_count() {
+        let h = Histogram::new(&[0.1, 1.0]);
+        h.observe(0.05);
+        h.observe(0.5);
+        let mut out = Exposition::default();
+        out.histogram(
+            "x_seconds",
+            "help",
+            vec![(vec![("subscription", "a\"b")], h.snapshot())],
+        );
+        let expected = "# HELP x_seconds help\n# TYPE x_seconds histogram\n\
+            x_seconds_bucket{subscription=\"a\\\"b\",le=\"0.1\"} 1\n\
+            x_seconds_bucket{subscription=\"a\\\"b\",le=\"1\"} 2\n\
+            x_seconds_bucket{subscription=\"a\\\"b\",le=\"+Inf\"} 2\n\
+            x_seconds_sum{subscription=\"a\\\"b\"} 0.55\n\
+            x_seconds_count{subscription=\"a\\\"b\"} 2\n";
+        assert_eq!(out.text, expected);
+    }
+}
