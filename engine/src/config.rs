@@ -205,6 +205,32 @@ pub struct SubscriptionConfig {
     pub retry: RetryPolicy,
     /// Where records come from; without it, calls are only enqueued through the admin API.
     pub kafka: Option<KafkaConfig>,
+    /// Also produce every call that goes dead to a Kafka topic.
+    pub dead_letter: Option<DeadLetterConfig>,
+}
+
+/// `[subscription.dead_letter]`: the dead-letter topic of a subscription.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    pub topic: String,
+    /// Bootstrap servers. Default: those of `[subscription.kafka]`.
+    pub brokers: Option<String>,
+    /// Any librdkafka producer property, passed through. `acks` and
+    /// `enable.idempotence` are fixed by the engine.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl SubscriptionConfig {
+    /// The dead-letter topic's brokers: its own, or the source's.
+    pub fn dead_letter_brokers(&self) -> Option<&str> {
+        let dead_letter = self.dead_letter.as_ref()?;
+        dead_letter
+            .brokers
+            .as_deref()
+            .or(self.kafka.as_ref().map(|k| k.brokers.as_str()))
+    }
 }
 
 /// `[subscription.kafka]`: the Kafka source of a subscription.
@@ -359,6 +385,23 @@ impl Config {
             sub.retry
                 .validate()
                 .or_else(|m| invalid(format!("subscription `{name}`: {m}")))?;
+            if let Some(dead_letter) = &sub.dead_letter {
+                if dead_letter.topic.trim().is_empty() {
+                    return invalid(format!("subscription `{name}`: dead_letter.topic is empty"));
+                }
+                if sub.dead_letter_brokers().is_none_or(|b| b.trim().is_empty()) {
+                    return invalid(format!(
+                        "subscription `{name}`: dead_letter.brokers is required without a [subscription.kafka] section"
+                    ));
+                }
+                for reserved in ["acks", "enable.idempotence", "bootstrap.servers"] {
+                    if dead_letter.options.contains_key(reserved) {
+                        return invalid(format!(
+                            "subscription `{name}`: dead_letter.options may not set `{reserved}`; the engine manages it"
+                        ));
+                    }
+                }
+            }
             if let Some(kafka) = &sub.kafka {
                 if kafka.topics.is_empty() || kafka.topics.iter().any(String::is_empty) {
                     return invalid(format!(

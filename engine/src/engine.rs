@@ -34,6 +34,8 @@ pub enum EngineError {
     #[error(transparent)]
     Source(#[from] connectors::kafka::SourceError),
     #[error(transparent)]
+    Sink(#[from] connectors::kafka::sink::SinkError),
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
@@ -84,6 +86,14 @@ impl Engine {
             stats.open.store(store.open_calls(&sub.name).await? as i64, Relaxed);
             if sub.kafka.is_some() {
                 tasks.spawn(source::run(
+                    Arc::clone(&sub),
+                    store.clone(),
+                    Arc::clone(&stats),
+                    shutdown_rx.clone(),
+                ));
+            }
+            if sub.dead_letter.is_some() {
+                tasks.spawn(crate::dead_letter::run(
                     Arc::clone(&sub),
                     store.clone(),
                     Arc::clone(&stats),

@@ -91,6 +91,9 @@ fn count_new(stats: &SchedulerStats, inserted: &[Inserted], born_dead: Vec<bool>
     stats.ingested.fetch_add(created, Relaxed);
     stats.created_rate.add(crate::telemetry::now_secs(), created);
     stats.open.fetch_add(open, Relaxed);
+    if created > open.unsigned_abs() {
+        stats.went_dead.notify_one();
+    }
 }
 
 /// The ordering group of a record: `k` + key in key mode, `p` + topic + NUL + partition in

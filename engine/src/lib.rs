@@ -11,13 +11,16 @@
 //! - [`delivery`]: one HTTP attempt and its classification.
 //! - [`limiter`]: the pure AIMD concurrency limit; [`endpoints`] applies it (and rate
 //!   limits) per endpoint.
-//! - [`admin`]: the admin HTTP API.
+//! - [`dead_letter`]: dead calls produced to a subscription's dead-letter topic.
+//! - [`admin`]: the admin HTTP API, `/metrics` and the dashboard.
+//! - [`telemetry`]: histograms and per-second rates behind stats and metrics.
 //! - [`engine`]: wiring and graceful shutdown.
 //!
 //! The binary (`main.rs`, `dev.rs`) is a thin command line over this library.
 
 pub mod admin;
 pub mod config;
+pub mod dead_letter;
 pub mod delivery;
 pub mod endpoints;
 pub mod engine;

@@ -543,3 +543,90 @@ async fn consumer_lag_is_reported_per_partition_and_drains_to_zero() {
     assert!(sample(&metrics, "engine_store_commit_duration_seconds_count") == Some(commits));
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_calls_appear_on_the_dead_letter_topic_exactly_once_with_error_headers() {
+    const RECORDS: usize = 200;
+    let tansu = Tansu::start();
+    tansu.create_topic("dlq-src", 3).await;
+    tansu.create_topic("dlq-out", 1).await;
+    let target = Target::start(|seen| {
+        if seen.body.starts_with(b"bad") {
+            Reply::Status(400, "refused: bad order")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup {
+        bootstrap: &tansu.bootstrap(),
+        topic: "dlq-src",
+        target: &target.url(),
+        subscription_extra: "ordering = \"unordered\"\n[subscription.dead_letter]\ntopic = \"dlq-out\"",
+        kafka_extra: "",
+        options: TANSU_CONSUMER_OPTIONS,
+    };
+    let (engine, admin) = start(&dir, &setup).await;
+    let records: Vec<Out> = (0..RECORDS)
+        .map(|n| {
+            let value = if n % 5 == 0 {
+                format!("bad-{n}")
+            } else {
+                format!("good-{n}")
+            };
+            let mut out = Out::keyed(format!("k{n}"), value);
+            out.headers = vec![("trace".into(), Some(format!("t{n}").into_bytes()))];
+            out
+        })
+        .collect();
+    let bad = RECORDS / 5;
+    produce(&producer(&tansu.bootstrap()), "dlq-src", records).await;
+    wait_for("every call to finish", Duration::from_secs(30), || async {
+        count(&admin, "succeeded").await + count(&admin, "dead").await == RECORDS as u64
+    })
+    .await;
+    assert_eq!(count(&admin, "dead").await, bad as u64);
+    let stats = Arc::clone(&engine.schedulers()["test"]);
+    wait_for("every dead call to be published", Duration::from_secs(30), || async {
+        stats.dead_lettered.load(Ordering::Relaxed) == bad as u64
+    })
+    .await;
+    let dead_ids: HashSet<String> = admin.get("/v1/dead?limit=1000").await["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(dead_ids.len(), bad);
+    // A restart finds nothing left to publish.
+    engine.shutdown().await.unwrap();
+    let (engine, _admin) = start(&dir, &setup).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    engine.shutdown().await.unwrap();
+
+    let bootstrap = tansu.bootstrap();
+    let letters = tokio::task::spawn_blocking(move || {
+        integration_tests::kafka::read_topic(&bootstrap, "dlq-out", 1, bad, Duration::from_secs(3))
+    })
+    .await
+    .unwrap();
+    println!("{} dead letters for {} dead calls", letters.len(), dead_ids.len());
+    assert_eq!(letters.len(), bad, "exactly one dead letter per dead call");
+    let mut seen_ids = HashSet::new();
+    for letter in &letters {
+        let id = letter.header("engine-call-id").expect("call id header");
+        assert!(dead_ids.contains(&id), "{id} is not a dead call");
+        assert!(seen_ids.insert(id.clone()), "{id} published twice");
+        let value = String::from_utf8(letter.value.clone().unwrap()).unwrap();
+        let n: usize = value.strip_prefix("bad-").expect("only bad records").parse().unwrap();
+        assert_eq!(letter.key.as_deref(), Some(format!("k{n}").as_bytes()));
+        assert_eq!(letter.header("trace"), Some(format!("t{n}")));
+        let error = letter.header("engine-error").unwrap();
+        assert!(error.contains("400") && error.contains("bad order"), "{error}");
+        assert_eq!(letter.header("engine-subscription").as_deref(), Some("test"));
+        assert_eq!(letter.header("engine-source-topic").as_deref(), Some("dlq-src"));
+        assert!(letter.header("engine-source-offset").is_some());
+        assert_eq!(letter.header("engine-attempts").as_deref(), Some("1"));
+    }
+}

@@ -3,6 +3,7 @@
 //!
 //! - `offsets`: the in-order commit tokens (pure).
 //! - `context`: librdkafka callbacks: offset storage and the flush on revoke.
+//! - `sink`: the idempotent producer of dead letters.
 //! - this module: configuration, the poll loop, backpressure.
 //!
 //! Backpressure: batches go through a bounded channel. When the engine stops taking them
@@ -11,6 +12,7 @@
 
 mod context;
 pub mod offsets;
+pub mod sink;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

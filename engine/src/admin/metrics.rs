@@ -67,6 +67,15 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
             .collect(),
     );
     out.family(
+        "engine_dead_letters_published_total",
+        "counter",
+        "Dead calls produced to the subscription's dead-letter topic.",
+        subs.iter()
+            .filter(|(name, _)| state.subscriptions.get(*name).is_some_and(|s| s.dead_letter.is_some()))
+            .map(|(name, s)| (labels(&[("subscription", name)]), s.dead_lettered.load(Relaxed) as f64))
+            .collect(),
+    );
+    out.family(
         "engine_backlog",
         "gauge",
         "Calls pending or running.",

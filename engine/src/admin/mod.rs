@@ -184,6 +184,9 @@ async fn stats(State(state): State<AdminState>) -> Result<Json<Value>, ApiError>
                     "finished_per_second": s.finished_rate.per_second(now),
                 }),
             );
+            if state.subscriptions.get(name).is_some_and(|c| c.dead_letter.is_some()) {
+                map.insert("dead_lettered".into(), s.dead_lettered.load(Relaxed).into());
+            }
             if let Some(source) = s.source.get() {
                 map.insert("consumed".into(), source.consumed.load(Relaxed).into());
                 map.insert("lag".into(), serde_json::to_value(source.lag()).unwrap_or_default());

@@ -9,12 +9,12 @@ pub mod decide;
 pub mod window;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 pub use decide::{decide, AttemptOutcome};
@@ -56,6 +56,12 @@ pub struct SchedulerStats {
     pub finished_rate: RateWindow,
     /// The Kafka source's figures, once it runs.
     pub source: OnceLock<Arc<SourceStatus>>,
+    /// Woken when a call goes dead, for the dead-letter publisher.
+    pub went_dead: Notify,
+    /// Dead calls produced to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Set while producing dead letters fails.
+    pub dead_letter_failing: AtomicBool,
 }
 
 impl Default for SchedulerStats {
@@ -73,6 +79,9 @@ impl Default for SchedulerStats {
             created_rate: RateWindow::default(),
             finished_rate: RateWindow::default(),
             source: OnceLock::new(),
+            went_dead: Notify::new(),
+            dead_lettered: AtomicU64::default(),
+            dead_letter_failing: AtomicBool::default(),
         }
     }
 }
@@ -381,6 +390,7 @@ impl Scheduler {
             Transition::Dead { error } => {
                 self.stats.dead.fetch_add(1, Relaxed);
                 self.stats.finished_rate.add(now_secs(), 1);
+                self.stats.went_dead.notify_one();
                 self.stats.open.fetch_sub(1, Relaxed);
                 tracing::info!(call = %call.id, attempt, %error, "call is dead");
                 let how = if self.subscription.on_dead == OnDead::Block {

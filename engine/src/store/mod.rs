@@ -21,7 +21,7 @@ use crossbeam_channel::Sender;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{oneshot, watch};
 
-pub use read::{CallFilter, CallSummary, StatusCounts};
+pub use read::{CallFilter, CallSummary, DeadCall, StatusCounts};
 use writer::Command;
 pub use writer::{WriterOptions, WriterStats};
 
@@ -206,6 +206,20 @@ impl Store {
         let (reply, wait) = oneshot::channel();
         self.send(Command::Operate { operation, reply })?;
         wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Record that these dead calls are on their dead-letter topic.
+    pub async fn dead_lettered(&self, seqs: Vec<i64>) -> Result<(), StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::DeadLettered { seqs, reply })?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Dead calls of `subscription` not yet on its dead-letter topic, oldest first.
+    pub async fn dead_unpublished(&self, subscription: &str, limit: usize) -> Result<Vec<DeadCall>, StoreError> {
+        let subscription = subscription.to_owned();
+        self.read(move |c| read::dead_unpublished(c, &subscription, limit))
+            .await
     }
 
     /// Wait until every change sent so far is durable.

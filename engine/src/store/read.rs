@@ -48,6 +48,34 @@ fn due_call(row: &Row<'_>) -> rusqlite::Result<DueCall> {
     })
 }
 
+/// A dead call as its dead-letter record needs it.
+#[derive(Debug, Clone)]
+pub struct DeadCall {
+    pub call: DueCall,
+    pub subscription: String,
+    pub last_error: Option<String>,
+    /// When it went dead (ms since the epoch).
+    pub dead_at: i64,
+}
+
+/// Dead calls of `subscription` not yet on its dead-letter topic, oldest first.
+pub(crate) fn dead_unpublished(conn: &Connection, subscription: &str, limit: usize) -> rusqlite::Result<Vec<DeadCall>> {
+    conn.prepare_cached(&format!(
+        "SELECT {DUE_COLUMNS}, last_error, updated_at, subscription FROM calls
+         WHERE subscription = ?1 AND status = 'dead' AND dead_letter_published_at IS NULL
+         ORDER BY seq LIMIT ?2"
+    ))?
+    .query_map(params![subscription, limit as i64], |row| {
+        Ok(DeadCall {
+            call: due_call(row)?,
+            last_error: row.get(17)?,
+            dead_at: row.get(18)?,
+            subscription: row.get(19)?,
+        })
+    })?
+    .collect()
+}
+
 /// Pending calls of `subscription` created after `after_seq`, in creation order.
 pub(crate) fn pending_after(
     conn: &Connection,

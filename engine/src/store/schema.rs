@@ -63,6 +63,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE calls ADD COLUMN attempts_before_redrive INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE calls ADD COLUMN redriven_at INTEGER;
     ",
+    // 3: dead calls produced to a dead-letter topic.
+    "
+    ALTER TABLE calls ADD COLUMN dead_letter_published_at INTEGER;
+    CREATE INDEX calls_dead_unpublished ON calls (subscription, seq)
+        WHERE status = 'dead' AND dead_letter_published_at IS NULL;
+    ",
 ];
 
 /// The schema version this build writes.

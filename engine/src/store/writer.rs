@@ -40,6 +40,11 @@ pub(crate) enum Command {
         operation: Operation,
         reply: oneshot::Sender<Result<Vec<Affected>, StoreError>>,
     },
+    /// Dead calls now on their dead-letter topic.
+    DeadLettered {
+        seqs: Vec<i64>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Replies once every command sent before it is durable.
     Barrier { reply: oneshot::Sender<()> },
 }
@@ -48,6 +53,7 @@ impl Command {
     fn rows(&self) -> usize {
         match self {
             Self::Insert { calls, .. } => calls.len(),
+            Self::DeadLettered { seqs, .. } => seqs.len(),
             _ => 1,
         }
     }
@@ -210,6 +216,14 @@ fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> 
             }
             Command::Purge { before, .. } => applied.purged.push(purge(&tx, *before)?),
             Command::Operate { operation, .. } => applied.operated.push(operate(&tx, operation, now)?),
+            Command::DeadLettered { seqs, .. } => {
+                for seq in seqs {
+                    tx.prepare_cached(
+                        "UPDATE calls SET dead_letter_published_at = ?2 WHERE seq = ?1 AND status = 'dead'",
+                    )?
+                    .execute(params![seq, now])?;
+                }
+            }
             Command::Barrier { .. } => {}
         }
     }
@@ -385,7 +399,8 @@ fn operate(tx: &rusqlite::Transaction<'_>, operation: &Operation, now: Millis) -
             Operation::Redrive(_) => {
                 tx.prepare_cached(
                     "UPDATE calls SET status = 'pending', next_attempt_at = ?2, updated_at = ?2,
-                         attempts_before_redrive = attempts, redriven_at = ?2
+                         attempts_before_redrive = attempts, redriven_at = ?2,
+                         dead_letter_published_at = NULL
                      WHERE seq = ?1",
                 )?
                 .execute(params![seq, now])?;
@@ -463,6 +478,7 @@ fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq:
             Command::Operate { reply, .. } => {
                 drop(reply.send(result(()).map(|()| operated.next().unwrap_or_default())));
             }
+            Command::DeadLettered { reply, .. } => drop(reply.send(result(()))),
             Command::Barrier { reply } => drop(reply.send(())),
             Command::Start { .. } | Command::Finish { .. } => {}
         }

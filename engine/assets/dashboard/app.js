@@ -1,0 +1,518 @@
+// The engine's dashboard: one page over the admin JSON API (/v1), hash-routed, no dependencies.
+'use strict';
+
+const TOKEN_KEY = 'engine.adminToken';
+const STATUSES = ['pending', 'running', 'succeeded', 'dead', 'cancelled'];
+const PAGE = 50;
+const $ = (id) => document.getElementById(id);
+const view = $('view');
+
+let gen = 0; // bumped on every navigation: async work of an older page drops its result
+let timer = 0;
+let refresh = () => {}; // re-runs the current page's load now
+let needToken = false;
+let subNames = null; // subscription names, from the last /v1/stats
+let shownDead = []; // ids in the dead letters table
+
+// ---- DOM
+
+function h(tag, props, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (v == null || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k === 'testid') el.dataset.testid = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? '' : v);
+  }
+  for (const kid of kids.flat(9)) if (kid != null && kid !== false) el.append(kid);
+  return el;
+}
+
+// Make `old` look like `neu`, keeping the nodes that stay (so polling keeps hover, focus,
+// selection and scroll). Dynamic parts carry no listeners: clicks are delegated.
+function morph(old, neu) {
+  if (old.nodeType !== neu.nodeType || old.nodeName !== neu.nodeName) return old.replaceWith(neu);
+  if (old.nodeType !== 1) {
+    if (old.nodeValue !== neu.nodeValue) old.nodeValue = neu.nodeValue;
+    return;
+  }
+  for (const a of [...old.attributes]) if (!neu.hasAttribute(a.name)) old.removeAttribute(a.name);
+  for (const a of [...neu.attributes]) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+  const o = [...old.childNodes];
+  const n = [...neu.childNodes];
+  n.forEach((c, i) => (i < o.length ? morph(o[i], c) : old.append(c)));
+  o.slice(n.length).forEach((c) => c.remove());
+}
+
+// A page: a static part built once (forms), then results that polling updates in place.
+function page(title, ...statics) {
+  document.title = `${title} · Engine`;
+  view.replaceChildren(...statics, h('div', { id: 'results' }, h('p', { class: 'muted' }, 'Loading…')));
+}
+function show(node) {
+  const box = $('results');
+  if (!box) return;
+  if (box.firstChild && box.childNodes.length === 1) morph(box.firstChild, node);
+  else box.replaceChildren(node);
+}
+
+// ---- formatting
+
+const pad = (n, w = 2) => String(n).padStart(w, '0');
+const num = (v) => (typeof v === 'number' ? v.toLocaleString('en-US', { maximumFractionDigits: 2 }) : v == null ? '—' : String(v));
+const clock = (d) => `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+// A local time; `short` leaves out today's date.
+function time(ms, withMs, short) {
+  if (ms == null) return '—';
+  const d = new Date(ms);
+  const day = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  const today = short && d.toDateString() === new Date().toDateString();
+  return h('span', { class: 'nowrap', title: d.toISOString() },
+    `${today ? '' : day + ' '}${clock(d)}${withMs ? '.' + pad(d.getMilliseconds(), 3) : ''}`);
+}
+function dur(ms) {
+  if (ms == null) return '—';
+  if (ms < 1000) return `${ms} ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+  const s = Math.round(ms / 1000);
+  return s < 3600 ? `${Math.floor(s / 60)}m ${s % 60}s` : `${Math.floor(s / 3600)}h ${Math.floor(s / 60) % 60}m`;
+}
+const rel = (ms) => (ms > Date.now() ? `in ${dur(ms - Date.now())}` : `${dur(Date.now() - ms)} ago`);
+const badge = (text, cls) => h('span', { class: `badge ${cls}` }, text);
+const statusBadge = (s, testid) => h('span', { class: `badge s-${s}`, testid }, s);
+const bytes = (b) => (b == null ? h('span', { class: 'muted' }, '—') :
+  b.encoding === 'utf8' ? b.data : h('span', { title: 'percent-encoded bytes' }, b.data, ' ', badge('bytes', '')));
+function preview(b, testid) {
+  if (b == null) return h('p', { class: 'muted', testid }, 'none');
+  let text = b.data;
+  if (b.encoding === 'utf8') {
+    try { text = JSON.stringify(JSON.parse(text), null, 2); } catch { /* not JSON: as is */ }
+  }
+  const max = 8000;
+  return [
+    h('pre', { class: 'preview', testid }, text.length > max ? text.slice(0, max) + '\n…' : text),
+    h('p', { class: 'muted' }, `${b.data.length.toLocaleString('en-US')} characters`,
+      b.encoding === 'percent' ? ', binary (percent-encoded)' : '', text.length > max ? ', truncated' : ''),
+  ];
+}
+const callLink = (id) => h('a', { href: `#/calls/${encodeURIComponent(id)}`, class: 'mono', testid: 'call-link' }, id);
+const subLink = (name) => h('a', { href: `#/calls?subscription=${encodeURIComponent(name)}` }, name);
+
+// ---- API
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(path, method = 'GET', body) {
+  const headers = { Accept: 'application/json' };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let res;
+  try {
+    res = await fetch(path, { method, headers, cache: 'no-store', body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    throw new ApiError(0, `cannot reach the engine (${e.message})`);
+  }
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { /* a plain-text error */ }
+  if (res.status === 401) {
+    if (token) sessionStorage.removeItem(TOKEN_KEY);
+    askToken(token ? 'That token was refused.' : (data && data.error) || '');
+    throw new ApiError(401, 'unauthorized');
+  }
+  if (!res.ok) {
+    const why = (data && data.error) || text.trim() || res.statusText;
+    throw new ApiError(res.status, `${res.status}: ${why}`);
+  }
+  return data;
+}
+
+async function subscriptions() {
+  if (!subNames) subNames = Object.keys((await api('/v1/stats')).subscriptions || {});
+  return subNames;
+}
+
+// ---- chrome: token form, banner, flash, "updated"
+
+function askToken(msg) {
+  needToken = true;
+  clearTimeout(timer);
+  $('banner').hidden = true;
+  $('token-msg').textContent = msg;
+  $('token-form').hidden = false;
+  $('token-clear').hidden = true;
+  $('token-input').focus();
+}
+$('token-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const token = $('token-input').value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $('token-input').value = '';
+  $('token-form').hidden = true;
+  needToken = false;
+  route();
+});
+$('token-clear').addEventListener('click', () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  route();
+});
+
+function ok() {
+  $('banner').hidden = true;
+  $('updated').textContent = `updated ${clock(new Date())}`;
+  $('token-clear').hidden = !sessionStorage.getItem(TOKEN_KEY);
+}
+function failed(e) {
+  if (e.status === 401) return; // the token form says it
+  $('banner').textContent = `Error: ${e.message}`;
+  $('banner').hidden = false;
+}
+let flashTimer = 0;
+function flash(msg, kind) {
+  const f = $('flash');
+  f.className = `banner ${kind}`;
+  f.firstChild.textContent = msg;
+  f.hidden = false;
+  clearTimeout(flashTimer);
+  if (kind === 'ok') flashTimer = setTimeout(() => (f.hidden = true), 6000);
+}
+$('flash').lastChild.addEventListener('click', () => ($('flash').hidden = true));
+
+// Run `load` now and then every `every()` ms while the page stays; a 400/404 stops it.
+function poll(load, every) {
+  const my = gen;
+  const tick = async () => {
+    clearTimeout(timer);
+    if (my !== gen || needToken) return;
+    let again = true;
+    if (!document.hidden) {
+      try {
+        await load(my);
+        if (my === gen) ok();
+      } catch (e) {
+        if (my !== gen) return;
+        failed(e);
+        again = e.status !== 400 && e.status !== 404;
+      }
+    }
+    if (my === gen && again && every && !needToken) timer = setTimeout(tick, every());
+  };
+  refresh = tick;
+  tick();
+}
+
+async function act(label, fn) {
+  try {
+    const msg = await fn();
+    if (msg) flash(msg, 'ok');
+  } catch (e) {
+    if (e.status !== 401) flash(`${label} failed: ${e.message}`, 'error');
+  }
+  refresh();
+}
+
+// ---- overview
+
+function pick(stats, name, field) {
+  const sub = stats.subscriptions[name] || {};
+  return sub[field] !== undefined ? sub[field] : stats[field] && stats[field][name];
+}
+function rates(tp) {
+  if (tp == null) return '—';
+  if (typeof tp !== 'object') return `${num(tp)}/s`;
+  return Object.entries(tp)
+    .filter(([, v]) => typeof v === 'number')
+    .map(([k, v]) => (k.endsWith('_per_s') ? `${k.slice(0, -6).replace(/_/g, ' ')} ${num(v)}/s` : `${k.replace(/_/g, ' ')} ${num(v)}`))
+    .join(' · ') || '—';
+}
+// Lag: a list of {topic, partition, lag, ...}, or {total, partitions: [...]}, or a number.
+const lagRows = (lag) => (Array.isArray(lag) ? lag : (lag && Array.isArray(lag.partitions) && lag.partitions) || [])
+  .filter((l) => l && typeof l === 'object');
+function lagTotal(lag) {
+  if (typeof lag === 'number') return lag;
+  if (lag && typeof lag.total === 'number') return lag.total;
+  const rows = lagRows(lag);
+  return rows.length ? rows.reduce((a, l) => a + (Number.isFinite(l.lag) ? l.lag : 0), 0) : null;
+}
+
+function overviewView(stats) {
+  const subs = Object.keys(stats.subscriptions || {}).sort();
+  const hasTp = subs.some((n) => pick(stats, n, 'throughput') != null);
+  const hasLag = subs.some((n) => pick(stats, n, 'lag') != null);
+  const cols = [...STATUSES, 'in_flight', 'waiting_retry', 'in_memory'];
+  const inFlight = subs.reduce((a, n) => a + (stats.subscriptions[n].in_flight || 0), 0);
+  const card = (k, v, href) => h('a', { class: `card ${k}`, href },
+    h('div', { class: 'label' }, k.replace('_', ' ')), h('div', { class: 'value', testid: `total-${k}` }, num(v)));
+  const cell = (name, k, v) => {
+    const href = k === 'dead' ? `#/dead?subscription=${encodeURIComponent(name)}`
+      : STATUSES.includes(k) ? `#/calls?subscription=${encodeURIComponent(name)}&status=${k}` : null;
+    return h('td', { class: 'num', testid: `sub-${name}-${k}` }, href && v ? h('a', { href }, num(v)) : num(v));
+  };
+  const lagList = subs.flatMap((n) => lagRows(pick(stats, n, 'lag')).map((l) => [n, l]));
+  const lagKeys = [...new Set(lagList.flatMap(([, l]) => Object.keys(l)))].filter((k) => !['topic', 'partition', 'lag'].includes(k));
+  const eps = Object.entries(stats.endpoints || {}).sort(([a], [b]) => a.localeCompare(b));
+  return h('div', null,
+    h('h1', null, 'Overview'),
+    h('div', { class: 'cards' },
+      STATUSES.map((k) => card(k, stats[k], k === 'dead' ? '#/dead' : `#/calls?status=${k}`)),
+      card('in_flight', inFlight, '#/calls?status=running')),
+    h('h2', null, 'Subscriptions'),
+    h('div', { class: 'scroll' }, h('table', { testid: 'subscriptions' },
+      h('thead', null, h('tr', null, h('th', null, 'Subscription'),
+        cols.map((k) => h('th', { class: 'num' }, k.replace('_', ' '))),
+        hasTp && h('th', null, 'Throughput'), hasLag && h('th', { class: 'num' }, 'Kafka lag'))),
+      h('tbody', null, subs.length ? subs.map((n) => {
+        const s = stats.subscriptions[n];
+        return h('tr', { 'data-sub': n }, h('td', null, subLink(n)), cols.map((k) => cell(n, k, s[k])),
+          hasTp && h('td', { testid: `sub-${n}-throughput` }, rates(pick(stats, n, 'throughput'))),
+          hasLag && h('td', { class: 'num', testid: `sub-${n}-lag` }, num(lagTotal(pick(stats, n, 'lag')))));
+      }) : h('tr', null, h('td', { class: 'empty', colspan: 12 }, 'No subscriptions.'))))),
+    lagList.length > 0 && [
+      h('h2', null, 'Kafka lag by partition'),
+      h('table', { testid: 'lag' },
+        h('thead', null, h('tr', null, ['Subscription', 'Topic', 'Partition', 'Lag', ...lagKeys].map((k) => h('th', null, k.replace(/_/g, ' '))))),
+        h('tbody', null, lagList.map(([n, l]) => h('tr', { testid: `lag-${n}-${l.topic}-${l.partition}` },
+          h('td', null, n), h('td', null, l.topic), h('td', { class: 'num' }, num(l.partition)),
+          h('td', { class: 'num' }, num(l.lag)), lagKeys.map((k) => h('td', { class: 'num' }, num(l[k])))))))],
+    h('h2', null, 'Endpoints'),
+    h('table', { testid: 'endpoints' },
+      h('thead', null, h('tr', null, ['Endpoint', 'Adaptive limit', 'In flight', 'Raises', 'Cuts', 'Paused', 'Last limit change']
+        .map((k, i) => h('th', { class: i && i < 5 ? 'num' : null }, k)))),
+      h('tbody', null, eps.length ? eps.map(([key, e]) => {
+        const last = (e.recent_changes || []).slice(-1)[0];
+        return h('tr', { 'data-endpoint': key }, h('td', { class: 'mono' }, key),
+          ['limit', 'in_flight', 'raises', 'cuts'].map((k) => h('td', { class: 'num', testid: `endpoint-${key}-${k}` }, num(e[k]))),
+          h('td', null, e.paused_until && e.paused_until > Date.now() ? ['until ', time(e.paused_until)] : 'no'),
+          h('td', null, last ? [`${last.from} → ${last.to} (${last.reason}) `, h('span', { class: 'muted' }, rel(last.at))] : '—'));
+      }) : h('tr', null, h('td', { class: 'empty', colspan: 7 }, 'No endpoint has been called yet.')))));
+}
+
+function overview() {
+  page('Overview');
+  poll(async (my) => {
+    const stats = await api('/v1/stats');
+    if (my !== gen) return;
+    subNames = Object.keys(stats.subscriptions || {});
+    show(overviewView(stats));
+  }, () => 1500);
+}
+
+// ---- calls and dead letters
+
+function filterForm(q, subs, base, withStatus) {
+  const select = (name, label, values) => h('label', null, label,
+    h('select', { name, testid: `filter-${name}` }, values.map(([v, t]) => h('option', { value: v, selected: (q.get(name) || '') === v }, t))));
+  const input = (name, label, type, extra) => h('label', null, label,
+    h('input', { name, type, value: q.get(name) || '', testid: `filter-${name}`, ...extra }));
+  const names = subs.includes(q.get('subscription')) || !q.get('subscription') ? subs : [...subs, q.get('subscription')];
+  const form = h('form', { class: 'filters', testid: 'filters' },
+    select('subscription', 'Subscription', [['', 'all'], ...names.map((n) => [n, n])]),
+    withStatus && select('status', 'Status', [['', 'any'], ...STATUSES.map((s) => [s, s])]),
+    input('key', 'Key (exact)', 'text', { placeholder: 'any', size: 16 }),
+    input('since', 'Created since', 'datetime-local', { step: 1 }),
+    input('until', 'Created before', 'datetime-local', { step: 1 }),
+    h('button', { type: 'submit', testid: 'filter-apply' }, 'Apply'),
+    h('a', { href: `#${base}` }, 'Reset'));
+  const apply = () => {
+    const p = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (v) p.set(k, v);
+    go(`#${base}${p.toString() ? '?' + p : ''}`);
+  };
+  form.addEventListener('submit', (e) => { e.preventDefault(); apply(); });
+  form.addEventListener('change', (e) => { if (e.target.tagName === 'SELECT') apply(); });
+  return form;
+}
+
+function listQuery(q) {
+  const p = new URLSearchParams({ limit: PAGE });
+  for (const k of ['subscription', 'status', 'key', 'after']) if (q.get(k)) p.set(k, q.get(k));
+  for (const k of ['since', 'until']) {
+    const t = q.get(k) ? new Date(q.get(k)).getTime() : NaN;
+    if (Number.isFinite(t)) p.set(k, t);
+  }
+  return p;
+}
+
+function pager(base, q, list, n) {
+  const next = new URLSearchParams(q);
+  next.set('after', list.next);
+  const first = new URLSearchParams(q);
+  first.delete('after');
+  return h('div', { class: 'pager' },
+    h('span', { class: 'muted' }, `${n} call${n === 1 ? '' : 's'} on this page`),
+    q.get('after') && h('a', { href: `#${base}?${first}`, testid: 'first-page' }, '« First page'),
+    list.next != null && h('a', { href: `#${base}?${next}`, testid: 'next-page' }, 'Next page »'));
+}
+
+const keyCell = (k) => h('td', { class: 'mono key', title: k ? k.data : null }, bytes(k));
+
+function callsView(list, q) {
+  const rows = list.calls || [];
+  return h('div', null,
+    h('table', { testid: 'calls' },
+      h('thead', null, h('tr', null, ['Call', 'Subscription', 'Status', 'Key', 'Created', 'Updated', 'Attempts', 'Last error']
+        .map((k) => h('th', { class: k === 'Attempts' ? 'num' : null }, k)))),
+      h('tbody', null, rows.length ? rows.map((c) => h('tr', { testid: 'call-row', 'data-id': c.id },
+        h('td', null, callLink(c.id)), h('td', null, subLink(c.subscription)), h('td', null, statusBadge(c.status)),
+        keyCell(c.key), h('td', null, time(c.created_at, false, true)), h('td', null, time(c.updated_at, false, true)),
+        h('td', { class: 'num' }, num(c.attempts)), h('td', { class: 'err' }, c.last_error || '')))
+        : h('tr', null, h('td', { class: 'empty', colspan: 8 }, 'No calls match.')))),
+    pager('/calls', q, list, rows.length));
+}
+
+async function callsPage(q) {
+  const my = gen;
+  page('Calls', h('h1', null, 'Calls'));
+  const subs = await subscriptions();
+  if (my !== gen) return;
+  $('results').before(filterForm(q, subs, '/calls', true),
+    h('div', { class: 'actions' }, h('button', { type: 'button', 'data-action': 'reload', testid: 'refresh' }, 'Refresh')));
+  poll(async (my) => {
+    const list = await api(`/v1/calls?${listQuery(q)}`);
+    if (my === gen) show(callsView(list, q));
+  }, null);
+}
+
+function deadView(list, q) {
+  const rows = list.calls || [];
+  shownDead = rows.map((c) => c.id);
+  const n = rows.length;
+  return h('div', null,
+    h('div', { class: 'actions' },
+      h('button', { type: 'button', class: 'primary', 'data-action': 'redrive-shown', disabled: !n, testid: 'redrive-shown' }, `Redrive all shown (${n})`),
+      h('button', { type: 'button', class: 'danger', 'data-action': 'purge-shown', disabled: !n, testid: 'purge-shown' }, `Purge shown (${n})`)),
+    h('table', { testid: 'dead' },
+      h('thead', null, h('tr', null, ['Call', 'Subscription', 'Key', 'Created', 'Died', 'Attempts', 'Reason', '']
+        .map((k) => h('th', { class: k === 'Attempts' ? 'num' : null }, k)))),
+      h('tbody', null, n ? rows.map((c) => h('tr', { testid: 'dead-row', 'data-id': c.id },
+        h('td', null, callLink(c.id)), h('td', null, subLink(c.subscription)), keyCell(c.key),
+        h('td', null, time(c.created_at, false, true)), h('td', null, time(c.updated_at, false, true)), h('td', { class: 'num' }, num(c.attempts)),
+        h('td', { class: 'err', testid: 'dead-reason' }, c.last_error || ''),
+        h('td', null, h('button', { type: 'button', class: 'small', 'data-action': 'redrive', 'data-id': c.id, testid: 'redrive-row' }, 'Redrive'))))
+        : h('tr', null, h('td', { class: 'empty', colspan: 8 }, 'No dead calls match.')))),
+    pager('/dead', q, list, n));
+}
+
+async function deadPage(q) {
+  const my = gen;
+  page('Dead letters', h('h1', null, 'Dead letters'));
+  const subs = await subscriptions();
+  if (my !== gen) return;
+  $('results').before(filterForm(q, subs, '/dead', false));
+  poll(async (my) => {
+    const list = await api(`/v1/dead?${listQuery(q)}`);
+    if (my === gen) show(deadView(list, q));
+  }, () => 3000);
+}
+
+// ---- one call
+
+let open = false; // the call shown is pending or running: poll it fast
+
+function detailView(c) {
+  const src = c.source;
+  const field = (label, value, testid) => [h('dt', null, label), h('dd', { testid }, value)];
+  const can = (s) => s.split(' ').includes(c.status);
+  const button = (action, label, cls) => h('button', { type: 'button', class: cls, 'data-action': action, 'data-id': c.id, testid: `action-${action}` }, label);
+  const history = c.history || [];
+  return h('div', { 'data-id': c.id },
+    h('h1', null, 'Call ', h('span', { class: 'mono', testid: 'call-id' }, c.id), ' ', statusBadge(c.status, 'call-status')),
+    h('div', { class: 'actions' },
+      can('pending') && button('retry', 'Retry now', 'primary'),
+      can('dead') && button('redrive', 'Redrive', 'primary'),
+      can('pending running dead') && button('cancel', 'Cancel', 'danger'),
+      open && h('span', { class: 'muted' }, 'refreshing every second…')),
+    h('div', { class: 'cols' },
+      h('div', null, h('dl', { class: 'fields' },
+        field('Subscription', subLink(c.subscription), 'call-subscription'),
+        field('Target', h('span', { class: 'mono' }, c.target)),
+        field('Key', h('span', { class: 'mono' }, bytes(c.key)), 'call-key'),
+        src && field('Source', `${src.topic} / partition ${src.partition} / offset ${src.offset}`, 'call-source'),
+        src && src.timestamp != null && field('Record time', time(src.timestamp)),
+        field('Created', time(c.created_at, true)),
+        field('Updated', time(c.updated_at, true)),
+        field('Attempts', num(c.attempts), 'call-attempts'),
+        c.next_attempt_at != null && c.status === 'pending' && field('Next attempt', [time(c.next_attempt_at, true), ' ', h('span', { class: 'muted' }, `(${rel(c.next_attempt_at)})`)]),
+        field(c.status === 'dead' ? 'Reason' : 'Last error', c.last_error || h('span', { class: 'muted' }, '—'), 'call-error'),
+        c.headers && field('Headers', h('span', { class: 'mono' }, c.headers)))),
+      h('div', null, h('h2', null, 'Payload'), preview(c.payload, 'call-payload'),
+        c.output && [h('h2', null, 'Output'), preview(c.output, 'call-output')])),
+    h('h2', null, `Attempts (${history.length})`),
+    h('table', { testid: 'attempts' },
+      h('thead', null, h('tr', null, ['#', 'Started', 'Duration', 'Outcome', 'HTTP', 'Error']
+        .map((k, i) => h('th', { class: i === 0 || i === 2 || i === 4 ? 'num' : null }, k)))),
+      h('tbody', null, history.length ? history.map((a) => h('tr', { testid: 'attempt-row', 'data-attempt': a.attempt },
+        h('td', { class: 'num' }, a.attempt), h('td', null, time(a.started_at, true)), h('td', { class: 'num' }, dur(a.duration_ms)),
+        h('td', null, badge(a.outcome, `o-${a.outcome}`)), h('td', { class: 'num' }, a.http_status == null ? '—' : a.http_status),
+        h('td', { class: 'err' }, a.error || '')))
+        : h('tr', null, h('td', { class: 'empty', colspan: 6 }, 'No attempt yet.')))));
+}
+
+function detail(id) {
+  page('Call');
+  open = false;
+  const url = `/v1/calls/${encodeURIComponent(id)}`;
+  poll(async (my) => {
+    const call = await api(url);
+    if (my !== gen) return;
+    open = call.status === 'pending' || call.status === 'running';
+    show(detailView(call));
+  }, () => (open ? 1000 : 5000));
+}
+
+// ---- actions (delegated clicks)
+
+const post = (path, body) => api(path, 'POST', body);
+const actions = {
+  reload: () => refresh(),
+  retry: (id) => act('Retry', async () => { await post(`/v1/calls/${id}/retry`); open = true; return 'The call is due now.'; }),
+  redrive: (id) => act('Redrive', async () => { await post(`/v1/calls/${id}/redrive`); open = true; return `Call ${id} redriven.`; }),
+  cancel: (id) => confirm('Cancel this call for good?') &&
+    act('Cancel', async () => { await post(`/v1/calls/${id}/cancel`); return 'The call was cancelled.'; }),
+  'redrive-shown': () => confirm(`Redrive the ${shownDead.length} dead calls shown?`) &&
+    act('Redrive', async () => `${(await post('/v1/dead/redrive', { ids: shownDead })).redriven} calls redriven.`),
+  'purge-shown': () => confirm(`Delete the ${shownDead.length} dead calls shown and their history? This cannot be undone.`) &&
+    act('Purge', async () => `${(await post('/v1/dead/purge', { ids: shownDead })).purged} calls purged.`),
+};
+view.addEventListener('click', (e) => {
+  const b = e.target.closest('button[data-action]');
+  if (!b || b.disabled || !actions[b.dataset.action]) return;
+  actions[b.dataset.action](b.dataset.id);
+});
+
+// ---- routing
+
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+
+function route() {
+  gen++;
+  clearTimeout(timer);
+  refresh = () => {};
+  const raw = location.hash.slice(1) || '/';
+  const i = raw.indexOf('?');
+  const path = i < 0 ? raw : raw.slice(0, i);
+  const q = new URLSearchParams(i < 0 ? '' : raw.slice(i + 1));
+  for (const a of document.querySelectorAll('[data-nav]')) {
+    const nav = a.dataset.nav;
+    a.classList.toggle('active', nav === path || (nav === '/calls' && path.startsWith('/calls/')));
+  }
+  const m = path.match(/^\/calls\/([^/]+)$/);
+  const run = path === '/' ? overview
+    : path === '/calls' ? () => callsPage(q)
+    : path === '/dead' ? () => deadPage(q)
+    : m ? () => detail(decodeURIComponent(m[1]))
+    : () => { page('Not found'); show(h('p', null, 'No such page. ', h('a', { href: '#/' }, 'Go to the overview.'))); };
+  Promise.resolve().then(run).catch(failed);
+}
+
+window.addEventListener('hashchange', route);
+document.addEventListener('visibilitychange', () => { if (!document.hidden) refresh(); });
+route();

@@ -1,0 +1,187 @@
+//! Dead-letter topics: every call that goes dead in a subscription with a
+//! `[subscription.dead_letter]` section is produced to that topic, with the record's key,
+//! value and headers plus `engine-*` headers saying why. A call is marked published only
+//! after the broker acknowledged it (`acks=all`, idempotent producer); until then it is
+//! found again by the next pass, after a restart too.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use connectors::kafka::sink::{Sink, SinkConfig, SinkRecord};
+use tokio::sync::watch;
+
+use crate::config::SubscriptionConfig;
+use crate::engine::EngineError;
+use crate::scheduler::SchedulerStats;
+use crate::store::{DeadCall, Store};
+
+/// Headers added to a dead letter.
+pub mod header {
+    /// The last error of the call.
+    pub const ERROR: &str = "engine-error";
+    /// The call's id.
+    pub const CALL_ID: &str = sdk::protocol::header::CALL_ID;
+    pub const SUBSCRIPTION: &str = sdk::protocol::header::SUBSCRIPTION;
+    /// Attempts made, in all eras.
+    pub const ATTEMPTS: &str = "engine-attempts";
+    /// When the call went dead, ms since the epoch.
+    pub const DEAD_AT: &str = "engine-dead-at";
+    pub const SOURCE_TOPIC: &str = "engine-source-topic";
+    pub const SOURCE_PARTITION: &str = "engine-source-partition";
+    pub const SOURCE_OFFSET: &str = "engine-source-offset";
+}
+
+/// Dead calls read and produced per pass.
+const BATCH: usize = 500;
+/// A pass runs at least this often, even without a call going dead meanwhile.
+const IDLE_PASS: Duration = Duration::from_secs(5);
+
+/// The dead letter of a call: the original record, plus why it died.
+pub fn dead_letter_of(dead: &DeadCall) -> SinkRecord {
+    let call = &dead.call;
+    let mut headers = call
+        .headers
+        .as_deref()
+        .map(sdk::protocol::decode_record_headers)
+        .unwrap_or_default();
+    let mut add = |name: &str, value: String| headers.push((name.to_string(), Some(value.into_bytes())));
+    add(header::ERROR, dead.last_error.clone().unwrap_or_default());
+    add(header::CALL_ID, call.id.to_string());
+    add(header::SUBSCRIPTION, dead.subscription.clone());
+    add(header::ATTEMPTS, call.attempts.to_string());
+    add(header::DEAD_AT, dead.dead_at.to_string());
+    if let Some(source) = &call.source {
+        add(header::SOURCE_TOPIC, source.topic.clone());
+        add(header::SOURCE_PARTITION, source.partition.to_string());
+        add(header::SOURCE_OFFSET, source.offset.to_string());
+    }
+    SinkRecord {
+        key: call.key.clone(),
+        value: (!call.tombstone).then(|| call.payload.clone()),
+        headers,
+    }
+}
+
+/// Produce the dead calls of `subscription` to its dead-letter topic until shutdown.
+pub async fn run(
+    subscription: Arc<SubscriptionConfig>,
+    store: Store,
+    stats: Arc<SchedulerStats>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), EngineError> {
+    let config = subscription
+        .dead_letter
+        .as_ref()
+        .expect("only subscriptions with a dead_letter section publish dead letters");
+    let sink = Sink::new(&SinkConfig {
+        name: subscription.name.clone(),
+        brokers: subscription.dead_letter_brokers().unwrap_or_default().to_string(),
+        topic: config.topic.clone(),
+        options: config.options.clone(),
+    })?;
+    let name = subscription.name.as_str();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        // Outcomes are queued to the writer before the wake-up: wait until they are durable.
+        store.flush().await?;
+        let dead = store.dead_unpublished(name, BATCH).await?;
+        if dead.is_empty() {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                () = stats.went_dead.notified() => {}
+                () = tokio::time::sleep(IDLE_PASS) => {}
+            }
+            continue;
+        }
+        let records: Vec<SinkRecord> = dead.iter().map(dead_letter_of).collect();
+        let results = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            results = sink.send_all(&records) => results,
+        };
+        let mut published = Vec::new();
+        let mut failure = None;
+        for (call, result) in dead.iter().zip(results) {
+            match result {
+                Ok(_) => published.push(call.call.seq),
+                Err(error) => failure = Some(error),
+            }
+        }
+        stats.dead_lettered.fetch_add(published.len() as u64, Relaxed);
+        if !published.is_empty() {
+            store.dead_lettered(published).await?;
+        }
+        if let Some(error) = failure {
+            stats.dead_letter_failing.store(true, Relaxed);
+            tracing::warn!(subscription = %name, topic = %sink.topic(), %error, retry_in = ?backoff, "cannot produce dead letters; will retry");
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        } else {
+            if stats.dead_letter_failing.swap(false, Relaxed) {
+                tracing::info!(subscription = %name, topic = %sink.topic(), "dead letters are produced again");
+            }
+            backoff = Duration::from_millis(200);
+        }
+    }
+    tokio::task::spawn_blocking(move || sink.flush(Duration::from_secs(5)))
+        .await
+        .map_err(|e| EngineError::Task(format!("flushing dead letters: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DueCall, KafkaSource};
+
+    #[test]
+    fn a_dead_letter_keeps_the_record_and_says_why() {
+        let headers = sdk::protocol::encode_record_headers(&[
+            ("trace".to_string(), Some(b"abc".to_vec())),
+            ("empty".to_string(), None),
+        ]);
+        let dead = DeadCall {
+            call: DueCall {
+                seq: 7,
+                id: uuid::Uuid::nil(),
+                target: "http://t".into(),
+                payload: vec![0xff, 0x00],
+                key: Some(b"k1".to_vec()),
+                headers: Some(headers),
+                source: Some(KafkaSource {
+                    topic: "orders".into(),
+                    partition: 2,
+                    offset: 41,
+                    timestamp: None,
+                }),
+                ordering_key: None,
+                attempts: 3,
+                next_attempt_at: 0,
+                created_at: 0,
+                tombstone: false,
+                attempts_before_redrive: 0,
+                redriven_at: None,
+            },
+            subscription: "s".into(),
+            last_error: Some("HTTP 400: bad order".into()),
+            dead_at: 1234,
+        };
+        let record = dead_letter_of(&dead);
+        assert_eq!(record.key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(record.value.as_deref(), Some(&[0xff, 0x00][..]));
+        let get = |name: &str| record.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        assert_eq!(get("trace"), Some(Some(b"abc".to_vec())));
+        assert_eq!(get("empty"), Some(None));
+        assert_eq!(get(header::ERROR), Some(Some(b"HTTP 400: bad order".to_vec())));
+        assert_eq!(get(header::ATTEMPTS), Some(Some(b"3".to_vec())));
+        assert_eq!(get(header::SOURCE_OFFSET), Some(Some(b"41".to_vec())));
+        assert_eq!(get(header::DEAD_AT), Some(Some(b"1234".to_vec())));
+
+        let mut tombstone = dead;
+        tombstone.call.tombstone = true;
+        tombstone.call.payload = Vec::new();
+        assert_eq!(dead_letter_of(&tombstone).value, None);
+    }
+}
