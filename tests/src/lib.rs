@@ -23,6 +23,8 @@ pub struct Seen {
     pub attempt: u32,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 impl Seen {
@@ -39,6 +41,8 @@ pub enum Reply {
     RetryAfter(u16, &'static str),
     /// Wait this long before answering 200.
     Hang(Duration),
+    /// 200 with a body of this many bytes.
+    Large(usize),
 }
 
 type Behaviour = dyn Fn(&Seen) -> Reply + Send + Sync;
@@ -110,6 +114,7 @@ async fn handle(State(state): State<TargetState>, headers: HeaderMap, body: Byte
             .unwrap_or_default(),
         headers,
         body: body.to_vec(),
+        at: std::time::Instant::now(),
     };
     let reply = (state.behaviour)(&seen);
     state.seen.lock().unwrap().push(seen);
@@ -122,6 +127,7 @@ async fn handle(State(state): State<TargetState>, headers: HeaderMap, body: Byte
             tokio::time::sleep(duration).await;
             (StatusCode::OK, "late").into_response()
         }
+        Reply::Large(bytes) => (StatusCode::OK, vec![b'x'; bytes]).into_response(),
     }
 }
 
@@ -159,6 +165,22 @@ impl Admin {
         Self {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
+        }
+    }
+
+    /// A client that sends `Authorization: Bearer <token>`.
+    pub fn with_token(addr: SocketAddr, token: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("token header"),
+        );
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("client"),
         }
     }
 

@@ -2,6 +2,7 @@
 //! durable, and flushes before partitions are revoked.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,10 +73,21 @@ impl SourceContext {
 
 impl ClientContext for SourceContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode;
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            if !self.status.brokers_down.swap(true, Relaxed) {
+                tracing::error!(source = %self.name, "Kafka unreachable: every broker is down ({reason}); consumption waits, records already taken keep being delivered, nothing is lost");
+            }
+            return;
+        }
         tracing::warn!(source = %self.name, %error, "Kafka: {reason}");
     }
 
     fn stats(&self, statistics: Statistics) {
+        let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
+        if up && self.status.brokers_down.swap(false, Relaxed) {
+            tracing::warn!(source = %self.name, "Kafka reachable again; consumption resumes");
+        }
         let mut lag: Vec<PartitionLag> = statistics
             .topics
             .iter()

@@ -135,6 +135,8 @@ impl Ack {
 pub struct SourceStatus {
     pub consumed: AtomicU64,
     pub paused: AtomicBool,
+    /// Set when librdkafka reports every broker down, cleared once one is up again.
+    pub brokers_down: AtomicBool,
     /// Lag per assigned partition, from librdkafka's statistics (every
     /// `statistics.interval.ms`, 5 s unless configured).
     pub partitions: std::sync::Mutex<Vec<PartitionLag>>,

@@ -48,7 +48,7 @@ function morph(old, neu) {
 // A page: a static part built once (forms), then results that polling updates in place.
 function page(title, ...statics) {
   document.title = `${title} · Engine`;
-  view.replaceChildren(...statics, h('div', { id: 'results' }, h('p', { class: 'muted' }, 'Loading…')));
+  view.replaceChildren(...statics, h('div', { id: 'results' }, h('p', { class: 'muted', 'data-loading': '' }, 'Loading…')));
 }
 function show(node) {
   const box = $('results');
@@ -78,6 +78,7 @@ function dur(ms) {
   const s = Math.round(ms / 1000);
   return s < 3600 ? `${Math.floor(s / 60)}m ${s % 60}s` : `${Math.floor(s / 3600)}h ${Math.floor(s / 60) % 60}m`;
 }
+const calls = (n) => `${n} call${n === 1 ? '' : 's'}`;
 const rel = (ms) => (ms > Date.now() ? `in ${dur(ms - Date.now())}` : `${dur(Date.now() - ms)} ago`);
 const badge = (text, cls) => h('span', { class: `badge ${cls}` }, text);
 const statusBadge = (s, testid) => h('span', { class: `badge s-${s}`, testid }, s);
@@ -98,12 +99,16 @@ function preview(b, testid) {
 }
 const callLink = (id) => h('a', { href: `#/calls/${encodeURIComponent(id)}`, class: 'mono', testid: 'call-link' }, id);
 const subLink = (name) => h('a', { href: `#/calls?subscription=${encodeURIComponent(name)}` }, name);
+const td = (v, cls, testid, colspan) => h('td', { class: cls, testid, colspan }, v);
+const ntd = (v, testid) => td(num(v), 'num', testid);
+// A table; a heading starting with '#' is a numeric column.
+const table = (testid, heads, rows, empty) => h('table', { testid },
+  h('thead', null, h('tr', null, heads.map((k) => k !== false && h('th', { class: k[0] === '#' ? 'num' : null }, k[0] === '#' ? k.slice(1) : k)))),
+  h('tbody', null, rows.length ? rows : h('tr', null, td(empty, 'empty', null, heads.length))));
 
 // ---- API
 
-class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
+const apiError = (status, message) => Object.assign(new Error(message), { status });
 
 async function api(path, method = 'GET', body) {
   const headers = { Accept: 'application/json' };
@@ -114,7 +119,7 @@ async function api(path, method = 'GET', body) {
   try {
     res = await fetch(path, { method, headers, cache: 'no-store', body: body === undefined ? undefined : JSON.stringify(body) });
   } catch (e) {
-    throw new ApiError(0, `cannot reach the engine (${e.message})`);
+    throw apiError(0, `cannot reach the engine (${e.message})`);
   }
   const text = await res.text();
   let data = null;
@@ -122,11 +127,11 @@ async function api(path, method = 'GET', body) {
   if (res.status === 401) {
     if (token) sessionStorage.removeItem(TOKEN_KEY);
     askToken(token ? 'That token was refused.' : (data && data.error) || '');
-    throw new ApiError(401, 'unauthorized');
+    throw apiError(401, 'unauthorized');
   }
   if (!res.ok) {
     const why = (data && data.error) || text.trim() || res.statusText;
-    throw new ApiError(res.status, `${res.status}: ${why}`);
+    throw apiError(res.status, `${res.status}: ${why}`);
   }
   return data;
 }
@@ -142,6 +147,7 @@ function askToken(msg) {
   needToken = true;
   clearTimeout(timer);
   $('banner').hidden = true;
+  $('updated').textContent = '';
   $('token-msg').textContent = msg;
   $('token-form').hidden = false;
   $('token-clear').hidden = true;
@@ -176,12 +182,12 @@ let flashTimer = 0;
 function flash(msg, kind) {
   const f = $('flash');
   f.className = `banner ${kind}`;
-  f.firstChild.textContent = msg;
+  f.querySelector('span').textContent = msg;
   f.hidden = false;
   clearTimeout(flashTimer);
   if (kind === 'ok') flashTimer = setTimeout(() => (f.hidden = true), 6000);
 }
-$('flash').lastChild.addEventListener('click', () => ($('flash').hidden = true));
+$('flash').querySelector('button').addEventListener('click', () => ($('flash').hidden = true));
 
 // Run `load` now and then every `every()` ms while the page stays; a 400/404 stops it.
 function poll(load, every) {
@@ -197,6 +203,7 @@ function poll(load, every) {
       } catch (e) {
         if (my !== gen) return;
         failed(e);
+        if ($('results')?.querySelector('[data-loading]')) show(h('p', { class: 'empty' }, e.status === 401 ? '' : e.message));
         again = e.status !== 400 && e.status !== 404;
       }
     }
@@ -222,12 +229,16 @@ function pick(stats, name, field) {
   const sub = stats.subscriptions[name] || {};
   return sub[field] !== undefined ? sub[field] : stats[field] && stats[field][name];
 }
+// Throughput, e.g. {created_per_second, finished_per_second, window_seconds}: "created 1.5/s · finished 1/s".
 function rates(tp) {
   if (tp == null) return '—';
   if (typeof tp !== 'object') return `${num(tp)}/s`;
   return Object.entries(tp)
-    .filter(([, v]) => typeof v === 'number')
-    .map(([k, v]) => (k.endsWith('_per_s') ? `${k.slice(0, -6).replace(/_/g, ' ')} ${num(v)}/s` : `${k.replace(/_/g, ' ')} ${num(v)}`))
+    .filter(([k, v]) => typeof v === 'number' && !k.startsWith('window'))
+    .map(([k, v]) => {
+      const m = k.match(/^(.*)_per_s(econd)?$/);
+      return m ? `${m[1].replace(/_/g, ' ')} ${num(v)}/s` : `${k.replace(/_/g, ' ')} ${num(v)}`;
+    })
     .join(' · ') || '—';
 }
 // Lag: a list of {topic, partition, lag, ...}, or {total, partitions: [...]}, or a number.
@@ -244,14 +255,16 @@ function overviewView(stats) {
   const subs = Object.keys(stats.subscriptions || {}).sort();
   const hasTp = subs.some((n) => pick(stats, n, 'throughput') != null);
   const hasLag = subs.some((n) => pick(stats, n, 'lag') != null);
-  const cols = [...STATUSES, 'in_flight', 'waiting_retry', 'in_memory'];
+  const win = subs.map((n) => pick(stats, n, 'throughput')).find((t) => t && t.window_seconds);
+  const extra = ['consumed', 'dead_lettered'].filter((k) => subs.some((n) => stats.subscriptions[n][k] != null));
+  const cols = [...STATUSES, 'in_flight', 'waiting_retry', 'in_memory', ...extra];
   const inFlight = subs.reduce((a, n) => a + (stats.subscriptions[n].in_flight || 0), 0);
   const card = (k, v, href) => h('a', { class: `card ${k}`, href },
     h('div', { class: 'label' }, k.replace('_', ' ')), h('div', { class: 'value', testid: `total-${k}` }, num(v)));
   const cell = (name, k, v) => {
     const href = k === 'dead' ? `#/dead?subscription=${encodeURIComponent(name)}`
       : STATUSES.includes(k) ? `#/calls?subscription=${encodeURIComponent(name)}&status=${k}` : null;
-    return h('td', { class: 'num', testid: `sub-${name}-${k}` }, href && v ? h('a', { href }, num(v)) : num(v));
+    return td(href && v ? h('a', { href }, num(v)) : num(v), 'num', `sub-${name}-${k}`);
   };
   const lagList = subs.flatMap((n) => lagRows(pick(stats, n, 'lag')).map((l) => [n, l]));
   const lagKeys = [...new Set(lagList.flatMap(([, l]) => Object.keys(l)))].filter((k) => !['topic', 'partition', 'lag'].includes(k));
@@ -262,34 +275,25 @@ function overviewView(stats) {
       STATUSES.map((k) => card(k, stats[k], k === 'dead' ? '#/dead' : `#/calls?status=${k}`)),
       card('in_flight', inFlight, '#/calls?status=running')),
     h('h2', null, 'Subscriptions'),
-    h('div', { class: 'scroll' }, h('table', { testid: 'subscriptions' },
-      h('thead', null, h('tr', null, h('th', null, 'Subscription'),
-        cols.map((k) => h('th', { class: 'num' }, k.replace('_', ' '))),
-        hasTp && h('th', null, 'Throughput'), hasLag && h('th', { class: 'num' }, 'Kafka lag'))),
-      h('tbody', null, subs.length ? subs.map((n) => {
-        const s = stats.subscriptions[n];
-        return h('tr', { 'data-sub': n }, h('td', null, subLink(n)), cols.map((k) => cell(n, k, s[k])),
-          hasTp && h('td', { testid: `sub-${n}-throughput` }, rates(pick(stats, n, 'throughput'))),
-          hasLag && h('td', { class: 'num', testid: `sub-${n}-lag` }, num(lagTotal(pick(stats, n, 'lag')))));
-      }) : h('tr', null, h('td', { class: 'empty', colspan: 12 }, 'No subscriptions.'))))),
-    lagList.length > 0 && [
-      h('h2', null, 'Kafka lag by partition'),
-      h('table', { testid: 'lag' },
-        h('thead', null, h('tr', null, ['Subscription', 'Topic', 'Partition', 'Lag', ...lagKeys].map((k) => h('th', null, k.replace(/_/g, ' '))))),
-        h('tbody', null, lagList.map(([n, l]) => h('tr', { testid: `lag-${n}-${l.topic}-${l.partition}` },
-          h('td', null, n), h('td', null, l.topic), h('td', { class: 'num' }, num(l.partition)),
-          h('td', { class: 'num' }, num(l.lag)), lagKeys.map((k) => h('td', { class: 'num' }, num(l[k])))))))],
+    h('div', { class: 'scroll' }, table('subscriptions',
+      ['Subscription', ...cols.map((k) => '#' + k.replace('_', ' ')),
+        hasTp && `Throughput${win ? ` (last ${win.window_seconds} s)` : ''}`, hasLag && '#Kafka lag'],
+      subs.map((n) => h('tr', { 'data-sub': n }, td(subLink(n)), cols.map((k) => cell(n, k, stats.subscriptions[n][k])),
+        hasTp && td(rates(pick(stats, n, 'throughput')), null, `sub-${n}-throughput`),
+        hasLag && ntd(lagTotal(pick(stats, n, 'lag')), `sub-${n}-lag`))), 'No subscriptions.')),
+    lagList.length > 0 && [h('h2', null, 'Kafka lag by partition'),
+      table('lag', ['Subscription', 'Topic', '#Partition', '#Lag', ...lagKeys.map((k) => '#' + k.replace(/_/g, ' '))],
+        lagList.map(([n, l]) => h('tr', { testid: `lag-${n}-${l.topic}-${l.partition}` },
+          td(n), td(l.topic), ntd(l.partition), ntd(l.lag), lagKeys.map((k) => ntd(l[k])))))],
     h('h2', null, 'Endpoints'),
-    h('table', { testid: 'endpoints' },
-      h('thead', null, h('tr', null, ['Endpoint', 'Adaptive limit', 'In flight', 'Raises', 'Cuts', 'Paused', 'Last limit change']
-        .map((k, i) => h('th', { class: i && i < 5 ? 'num' : null }, k)))),
-      h('tbody', null, eps.length ? eps.map(([key, e]) => {
+    table('endpoints', ['Endpoint', '#Adaptive limit', '#In flight', '#Raises', '#Cuts', 'Paused', 'Last limit change'],
+      eps.map(([key, e]) => {
         const last = (e.recent_changes || []).slice(-1)[0];
-        return h('tr', { 'data-endpoint': key }, h('td', { class: 'mono' }, key),
-          ['limit', 'in_flight', 'raises', 'cuts'].map((k) => h('td', { class: 'num', testid: `endpoint-${key}-${k}` }, num(e[k]))),
-          h('td', null, e.paused_until && e.paused_until > Date.now() ? ['until ', time(e.paused_until)] : 'no'),
-          h('td', null, last ? [`${last.from} → ${last.to} (${last.reason}) `, h('span', { class: 'muted' }, rel(last.at))] : '—'));
-      }) : h('tr', null, h('td', { class: 'empty', colspan: 7 }, 'No endpoint has been called yet.')))));
+        return h('tr', { 'data-endpoint': key }, td(key, 'mono'),
+          ['limit', 'in_flight', 'raises', 'cuts'].map((k) => ntd(e[k], `endpoint-${key}-${k}`)),
+          td(e.paused_until && e.paused_until > Date.now() ? ['until ', time(e.paused_until)] : 'no'),
+          td(last ? [`${last.from} → ${last.to} (${last.reason}) `, h('span', { class: 'muted' }, rel(last.at))] : '—'));
+      }), 'No endpoint has been called yet.'));
 }
 
 function overview() {
@@ -344,7 +348,7 @@ function pager(base, q, list, n) {
   const first = new URLSearchParams(q);
   first.delete('after');
   return h('div', { class: 'pager' },
-    h('span', { class: 'muted' }, `${n} call${n === 1 ? '' : 's'} on this page`),
+    h('span', { class: 'muted' }, `${calls(n)} on this page`),
     q.get('after') && h('a', { href: `#${base}?${first}`, testid: 'first-page' }, '« First page'),
     list.next != null && h('a', { href: `#${base}?${next}`, testid: 'next-page' }, 'Next page »'));
 }
@@ -354,14 +358,11 @@ const keyCell = (k) => h('td', { class: 'mono key', title: k ? k.data : null }, 
 function callsView(list, q) {
   const rows = list.calls || [];
   return h('div', null,
-    h('table', { testid: 'calls' },
-      h('thead', null, h('tr', null, ['Call', 'Subscription', 'Status', 'Key', 'Created', 'Updated', 'Attempts', 'Last error']
-        .map((k) => h('th', { class: k === 'Attempts' ? 'num' : null }, k)))),
-      h('tbody', null, rows.length ? rows.map((c) => h('tr', { testid: 'call-row', 'data-id': c.id },
-        h('td', null, callLink(c.id)), h('td', null, subLink(c.subscription)), h('td', null, statusBadge(c.status)),
-        keyCell(c.key), h('td', null, time(c.created_at, false, true)), h('td', null, time(c.updated_at, false, true)),
-        h('td', { class: 'num' }, num(c.attempts)), h('td', { class: 'err' }, c.last_error || '')))
-        : h('tr', null, h('td', { class: 'empty', colspan: 8 }, 'No calls match.')))),
+    table('calls', ['Call', 'Subscription', 'Status', 'Key', 'Created', 'Updated', '#Attempts', 'Last error'],
+      rows.map((c) => h('tr', { testid: 'call-row', 'data-id': c.id },
+        td(callLink(c.id)), td(subLink(c.subscription)), td(statusBadge(c.status)), keyCell(c.key),
+        td(time(c.created_at, false, true)), td(time(c.updated_at, false, true)), ntd(c.attempts), td(c.last_error || '', 'err'))),
+      'No calls match.'),
     pager('/calls', q, list, rows.length));
 }
 
@@ -370,8 +371,9 @@ async function callsPage(q) {
   page('Calls', h('h1', null, 'Calls'));
   const subs = await subscriptions();
   if (my !== gen) return;
-  $('results').before(filterForm(q, subs, '/calls', true),
-    h('div', { class: 'actions' }, h('button', { type: 'button', 'data-action': 'reload', testid: 'refresh' }, 'Refresh')));
+  const form = filterForm(q, subs, '/calls', true);
+  form.append(h('button', { type: 'button', 'data-action': 'reload', testid: 'refresh' }, 'Refresh'));
+  $('results').before(form);
   poll(async (my) => {
     const list = await api(`/v1/calls?${listQuery(q)}`);
     if (my === gen) show(callsView(list, q));
@@ -386,15 +388,12 @@ function deadView(list, q) {
     h('div', { class: 'actions' },
       h('button', { type: 'button', class: 'primary', 'data-action': 'redrive-shown', disabled: !n, testid: 'redrive-shown' }, `Redrive all shown (${n})`),
       h('button', { type: 'button', class: 'danger', 'data-action': 'purge-shown', disabled: !n, testid: 'purge-shown' }, `Purge shown (${n})`)),
-    h('table', { testid: 'dead' },
-      h('thead', null, h('tr', null, ['Call', 'Subscription', 'Key', 'Created', 'Died', 'Attempts', 'Reason', '']
-        .map((k) => h('th', { class: k === 'Attempts' ? 'num' : null }, k)))),
-      h('tbody', null, n ? rows.map((c) => h('tr', { testid: 'dead-row', 'data-id': c.id },
-        h('td', null, callLink(c.id)), h('td', null, subLink(c.subscription)), keyCell(c.key),
-        h('td', null, time(c.created_at, false, true)), h('td', null, time(c.updated_at, false, true)), h('td', { class: 'num' }, num(c.attempts)),
-        h('td', { class: 'err', testid: 'dead-reason' }, c.last_error || ''),
-        h('td', null, h('button', { type: 'button', class: 'small', 'data-action': 'redrive', 'data-id': c.id, testid: 'redrive-row' }, 'Redrive'))))
-        : h('tr', null, h('td', { class: 'empty', colspan: 8 }, 'No dead calls match.')))),
+    table('dead', ['Call', 'Subscription', 'Key', 'Created', 'Died', '#Attempts', 'Reason', ''],
+      rows.map((c) => h('tr', { testid: 'dead-row', 'data-id': c.id },
+        td(callLink(c.id)), td(subLink(c.subscription)), keyCell(c.key), td(time(c.created_at, false, true)),
+        td(time(c.updated_at, false, true)), ntd(c.attempts), td(c.last_error || '', 'err', 'dead-reason'),
+        td(h('button', { type: 'button', class: 'small', 'data-action': 'redrive', 'data-id': c.id, testid: 'redrive-row' }, 'Redrive')))),
+      'No dead calls match.'),
     pager('/dead', q, list, n));
 }
 
@@ -443,14 +442,11 @@ function detailView(c) {
       h('div', null, h('h2', null, 'Payload'), preview(c.payload, 'call-payload'),
         c.output && [h('h2', null, 'Output'), preview(c.output, 'call-output')])),
     h('h2', null, `Attempts (${history.length})`),
-    h('table', { testid: 'attempts' },
-      h('thead', null, h('tr', null, ['#', 'Started', 'Duration', 'Outcome', 'HTTP', 'Error']
-        .map((k, i) => h('th', { class: i === 0 || i === 2 || i === 4 ? 'num' : null }, k)))),
-      h('tbody', null, history.length ? history.map((a) => h('tr', { testid: 'attempt-row', 'data-attempt': a.attempt },
-        h('td', { class: 'num' }, a.attempt), h('td', null, time(a.started_at, true)), h('td', { class: 'num' }, dur(a.duration_ms)),
-        h('td', null, badge(a.outcome, `o-${a.outcome}`)), h('td', { class: 'num' }, a.http_status == null ? '—' : a.http_status),
-        h('td', { class: 'err' }, a.error || '')))
-        : h('tr', null, h('td', { class: 'empty', colspan: 6 }, 'No attempt yet.')))));
+    table('attempts', ['##', 'Started', '#Duration', 'Outcome', '#HTTP', 'Error'],
+      history.map((a) => h('tr', { testid: 'attempt-row', 'data-attempt': a.attempt },
+        ntd(a.attempt), td(time(a.started_at, true)), td(dur(a.duration_ms), 'num'),
+        td(badge(a.outcome, `o-${a.outcome}`)), ntd(a.http_status), td(a.error || '', 'err'))),
+      'No attempt yet.'));
 }
 
 function detail(id) {
@@ -474,10 +470,10 @@ const actions = {
   redrive: (id) => act('Redrive', async () => { await post(`/v1/calls/${id}/redrive`); open = true; return `Call ${id} redriven.`; }),
   cancel: (id) => confirm('Cancel this call for good?') &&
     act('Cancel', async () => { await post(`/v1/calls/${id}/cancel`); return 'The call was cancelled.'; }),
-  'redrive-shown': () => confirm(`Redrive the ${shownDead.length} dead calls shown?`) &&
-    act('Redrive', async () => `${(await post('/v1/dead/redrive', { ids: shownDead })).redriven} calls redriven.`),
-  'purge-shown': () => confirm(`Delete the ${shownDead.length} dead calls shown and their history? This cannot be undone.`) &&
-    act('Purge', async () => `${(await post('/v1/dead/purge', { ids: shownDead })).purged} calls purged.`),
+  'redrive-shown': () => confirm(`Redrive the ${calls(shownDead.length)} shown?`) &&
+    act('Redrive', async () => `${calls((await post('/v1/dead/redrive', { ids: shownDead })).redriven)} redriven.`),
+  'purge-shown': () => confirm(`Delete the ${calls(shownDead.length)} shown and their history? This cannot be undone.`) &&
+    act('Purge', async () => `${calls((await post('/v1/dead/purge', { ids: shownDead })).purged)} purged.`),
 };
 view.addEventListener('click', (e) => {
   const b = e.target.closest('button[data-action]');
@@ -510,7 +506,10 @@ function route() {
     : path === '/dead' ? () => deadPage(q)
     : m ? () => detail(decodeURIComponent(m[1]))
     : () => { page('Not found'); show(h('p', null, 'No such page. ', h('a', { href: '#/' }, 'Go to the overview.'))); };
-  Promise.resolve().then(run).catch(failed);
+  Promise.resolve().then(run).catch((e) => {
+    failed(e);
+    if (e.status !== 401) show(h('p', { class: 'empty' }, e.message));
+  });
 }
 
 window.addEventListener('hashchange', route);

@@ -37,6 +37,17 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
             .collect(),
     );
     out.family(
+        "engine_kafka_brokers_down",
+        "gauge",
+        "1 while librdkafka reports every broker of the subscription's cluster down.",
+        subs.iter()
+            .filter_map(|(name, s)| {
+                let down = s.source.get()?.brokers_down.load(Relaxed);
+                Some((labels(&[("subscription", name)]), f64::from(u8::from(down))))
+            })
+            .collect(),
+    );
+    out.family(
         "engine_calls_created_total",
         "counter",
         "Calls created from records or the API.",

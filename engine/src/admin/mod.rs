@@ -1,5 +1,9 @@
 //! The admin HTTP API (JSON, versioned under `/v1`). Binds to loopback by default; with a
 //! token configured, every `/v1` request needs `Authorization: Bearer <token>`.
+//!
+//! - this module: routes, auth, calls, dead letters, stats;
+//! - `metrics`: `/metrics` in Prometheus text format;
+//! - `dashboard`: the embedded web dashboard at `/`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -15,6 +19,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+mod dashboard;
 mod metrics;
 
 use crate::config::SubscriptionConfig;
@@ -58,6 +63,7 @@ pub fn router(state: AdminState) -> Router {
             get(metrics::metrics).route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
         )
         .nest("/v1", v1)
+        .merge(dashboard::routes())
         .with_state(state)
 }
 
@@ -189,6 +195,7 @@ async fn stats(State(state): State<AdminState>) -> Result<Json<Value>, ApiError>
             }
             if let Some(source) = s.source.get() {
                 map.insert("consumed".into(), source.consumed.load(Relaxed).into());
+                map.insert("kafka_down".into(), source.brokers_down.load(Relaxed).into());
                 map.insert("lag".into(), serde_json::to_value(source.lag()).unwrap_or_default());
             }
         }
