@@ -24,7 +24,7 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
     /// When the request arrived.
-    pub at: std::time::Instant,
+    pub at: Instant,
 }
 
 impl Seen {
@@ -114,7 +114,7 @@ async fn handle(State(state): State<TargetState>, headers: HeaderMap, body: Byte
             .unwrap_or_default(),
         headers,
         body: body.to_vec(),
-        at: std::time::Instant::now(),
+        at: Instant::now(),
     };
     let reply = (state.behaviour)(&seen);
     state.seen.lock().unwrap().push(seen);
@@ -170,7 +170,7 @@ impl Admin {
 
     /// A client that sends `Authorization: Bearer <token>`.
     pub fn with_token(addr: SocketAddr, token: &str) -> Self {
-        let mut headers = reqwest::header::HeaderMap::new();
+        let mut headers = HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
             format!("Bearer {token}").parse().expect("token header"),

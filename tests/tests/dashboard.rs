@@ -61,9 +61,8 @@ ordering = "key"
     // The target is fixed: a redrive now succeeds.
     healthy.store(true, Ordering::Relaxed);
 
-    let screenshots = std::env::var("DASHBOARD_SCREENSHOTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| dir.path().join("screenshots"));
+    let screenshots =
+        std::env::var("DASHBOARD_SCREENSHOTS").map_or_else(|_| dir.path().join("screenshots"), PathBuf::from);
     let url = format!("http://{}/", engine.admin_addr());
     let dead_id = dead.clone();
     let output = tokio::task::spawn_blocking(move || {

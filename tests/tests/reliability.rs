@@ -47,8 +47,8 @@ fn db_rows<T>(db: &std::path::Path, sql: &str, row: impl FnMut(&rusqlite::Row<'_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_loop_loses_no_record_and_explains_every_duplicate() {
-    let (records, kills) = if soak() { (200_000, 50) } else { (20_000, 10) };
     const KEYS: usize = 200;
+    let (records, kills) = if soak() { (200_000, 50) } else { (20_000, 10) };
     let tansu = Tansu::start();
     tansu.create_topic("kill", 3).await;
     // The handler lives in this process, which is never killed: its log is complete.
