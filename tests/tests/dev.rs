@@ -121,8 +121,12 @@ async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
             && printed("\"from-stdin\"").is_some_and(|l| l.contains("OK") && l.contains("key user-7"))
     })
     .await;
+    // The handler prints before the engine has committed the outcome: wait for the store.
     let admin = Admin::new(admin_addr);
-    assert_eq!(admin.stats().await["succeeded"], 2);
+    wait_for("both calls to be recorded as succeeded", Duration::from_secs(10), || async {
+        admin.stats().await["succeeded"] == 2
+    })
+    .await;
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
