@@ -3,6 +3,10 @@
 //! `cargo run --release -p bench -- ingest [--records N]`: the raw rdkafka consume rate of
 //! N small records next to the engine's durable ingest rate (Kafka to calls in SQLite, with
 //! delivery paused), from the same topic on the same broker.
+//!
+//! `bench e2e`: end to end through the SDK handler, latency at fixed rates, head-of-line
+//! blocking against a naive consumer, memory with a 1M backlog, and Restate side by side
+//! (see `scripts/bench`, which provisions and runs all of it).
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +17,10 @@ use integration_tests::kafka::{produce, producer, Out, Tansu, TANSU_CONSUMER_OPT
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
+mod e2e;
+mod handler;
 mod limits;
+mod report;
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks of the engine, as ratios measured in one run")]
@@ -36,6 +43,16 @@ enum Scenario {
         #[arg(long, default_value_t = 15)]
         seconds: u64,
     },
+    /// The SDK no-op handler of the end-to-end scenarios (started by them as a process).
+    Handler {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        stats: std::net::SocketAddr,
+    },
+    /// End to end: throughput, latency at fixed rates, head-of-line, memory and restart,
+    /// and the same workloads through Restate when its binaries are given.
+    E2e(report::E2eArgs),
     /// Raw consume rate vs durable ingest rate from the same topic.
     Ingest {
         #[arg(long, default_value_t = 200_000)]
@@ -56,6 +73,8 @@ async fn main() -> anyhow::Result<()> {
             payload_bytes,
             runs,
         } => ingest(records, payload_bytes, runs).await,
+        Scenario::Handler { listen, stats } => handler::serve(listen, stats).await,
+        Scenario::E2e(args) => report::run(args).await,
         Scenario::Limits {
             capacities,
             latency_ms,
@@ -111,6 +130,13 @@ fn summary(values: &[f64]) -> (f64, f64, f64) {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     (sorted[sorted.len() / 2], sorted[0], sorted[sorted.len() - 1])
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn consumer_options(config: &mut ClientConfig) {
@@ -175,7 +201,7 @@ async fn source_consume(bootstrap: &str, records: usize) -> anyhow::Result<f64> 
 
 /// Records/s from Kafka to durable calls, delivery paused, from the first call to the last.
 async fn engine_ingest(bootstrap: &str, records: usize, run: usize) -> anyhow::Result<f64> {
-    let dir = tempfile::tempdir_in(".")?;
+    let dir = tempfile::tempdir_in("target")?;
     let config = Config::from_toml(&format!(
         r#"
 [store]

@@ -43,7 +43,9 @@ struct Args {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Everything the handler records.
@@ -57,6 +59,8 @@ struct Recorder {
     min_produced_us: Option<u64>,
     histogram: Histogram<u64>,
     raw: Vec<u64>,
+    /// When each of those arrived, µs since the epoch.
+    arrivals: Vec<u64>,
 }
 
 impl Recorder {
@@ -71,6 +75,7 @@ impl Recorder {
             // 1 µs .. 1 hour, 3 significant digits.
             histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"),
             raw: Vec::new(),
+            arrivals: Vec::new(),
         }
     }
 
@@ -86,6 +91,7 @@ impl Recorder {
                 let latency = now.saturating_sub(payload.ts_us).max(1);
                 self.histogram.saturating_record(latency);
                 self.raw.push(latency);
+                self.arrivals.push(now);
                 let min = self.min_produced_us.get_or_insert(payload.ts_us);
                 *min = (*min).min(payload.ts_us);
             }
@@ -122,6 +128,7 @@ impl Recorder {
         });
         if raw {
             stats["latencies_us"] = json!(self.raw);
+            stats["arrivals_us"] = json!(self.arrivals);
         }
         stats
     }
@@ -157,11 +164,11 @@ fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .expect("response")
 }
 
-async fn serve_stats(
-    recorder: Shared,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let raw = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "raw=1" || p == "raw=true"));
+async fn serve_stats(recorder: Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let raw = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "raw=1" || p == "raw=true"));
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/stats") => {
             let stats = recorder.lock().unwrap().stats(raw);
@@ -172,7 +179,10 @@ async fn serve_stats(
             *recorder.lock().unwrap() = Recorder::new();
             respond(StatusCode::OK, r#"{"reset":true}"#.to_owned())
         }
-        _ => respond(StatusCode::NOT_FOUND, r#"{"error":"GET /stats or POST /reset"}"#.to_owned()),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            r#"{"error":"GET /stats or POST /reset"}"#.to_owned(),
+        ),
     };
     Ok(response)
 }
@@ -208,9 +218,7 @@ async fn main() -> anyhow::Result<()> {
     // Fail early (before the SDK server starts) if the stats port is taken.
     tokio::task::yield_now().await;
 
-    let endpoint = Endpoint::builder()
-        .bind(Bench { recorder })
-        .build();
+    let endpoint = Endpoint::builder().bind(Bench { recorder }).build();
     eprintln!(
         "restate-peer: service Bench/run on http://{} (register this URI), stats on http://{}/stats",
         args.listen, args.stats

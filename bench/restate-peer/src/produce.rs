@@ -70,7 +70,9 @@ impl ProducerContext for Ctx {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// `{"ts_us":N,"pad":"xxx"}` padded to `size` bytes.

@@ -41,7 +41,8 @@ pub struct SourceConfig {
     pub options: BTreeMap<String, String>,
     /// Most records per batch.
     pub batch_size: usize,
-    /// Longest wait to fill a batch.
+    /// Longest a batch stays open while records keep arriving; it closes earlier as soon as
+    /// no more records are ready.
     pub batch_linger: Duration,
     /// Batches waiting in the channel for the engine.
     pub channel_batches: usize,
@@ -324,10 +325,13 @@ impl PollLoop {
                 paused = false;
             }
 
+            // With records in hand, only take what librdkafka already holds: a batch closes
+            // as soon as its queue is drained, so a trickle is not held back for
+            // `batch_linger` while a stream still fills batches up to `batch_size`.
             let timeout = if building.is_empty() {
                 Duration::from_millis(100)
             } else {
-                self.config.batch_linger.saturating_sub(building_since.elapsed())
+                Duration::ZERO
             };
             match self.consumer.poll(timeout) {
                 Some(Ok(message)) => {
@@ -347,6 +351,7 @@ impl PollLoop {
                         last_error = Some((text, Instant::now()));
                     }
                 }
+                None if !building.is_empty() => held.push_back(std::mem::take(&mut building)),
                 None => {}
             }
             let revoked = self.consumer.context().take_revoked();
