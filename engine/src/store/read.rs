@@ -92,9 +92,8 @@ pub(crate) fn pending_after(
     .collect()
 }
 
-/// The next pending calls of an ordering group in `(after_seq, up_to_seq]`, in order.
-/// Walks the pending index from `after_seq`: only groups that overflowed the window come
-/// here, and their next calls are close.
+/// The next pending calls of an ordering group in `(after_seq, up_to_seq]`, in order: a
+/// seek in the group index.
 pub(crate) fn next_in_group(
     conn: &Connection,
     subscription: &str,
@@ -104,8 +103,8 @@ pub(crate) fn next_in_group(
     limit: usize,
 ) -> rusqlite::Result<Vec<DueCall>> {
     conn.prepare_cached(&format!(
-        "SELECT {DUE_COLUMNS} FROM calls INDEXED BY calls_pending
-         WHERE subscription = ?1 AND status = 'pending' AND seq > ?3 AND seq <= ?4 AND ordering_key = ?2
+        "SELECT {DUE_COLUMNS} FROM calls INDEXED BY calls_pending_group
+         WHERE subscription = ?1 AND status = 'pending' AND ordering_key = ?2 AND seq > ?3 AND seq <= ?4
          ORDER BY seq LIMIT ?5"
     ))?
     .query_map(
