@@ -44,6 +44,9 @@ pub struct E2eArgs {
     /// restate-peer binary (bench/restate-peer).
     #[arg(long)]
     restate_peer: Option<PathBuf>,
+    /// Restate's `default-num-partitions` (its default is 24; fewer suit 2 cores better).
+    #[arg(long, default_value_t = 2)]
+    restate_partitions: u32,
     /// Where results.md and the CSV files go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -53,7 +56,11 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let tansu = Tansu::start();
     let restate = match (&args.restate_server, &args.restate_peer) {
-        (Some(server), Some(peer)) => Some((server.clone(), peer.clone())),
+        (Some(server), Some(peer)) => Some(RestateBins {
+            server: server.clone(),
+            peer: peer.clone(),
+            partitions: args.restate_partitions,
+        }),
         _ => None,
     };
     let mut md = String::new();
@@ -69,8 +76,8 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     let mut restate_runs = Vec::new();
     for run in 0..args.runs {
         engine_runs.push(e2e::engine_throughput(&tansu, args.records, run).await?);
-        if let Some((server, peer)) = &restate {
-            restate_runs.push(restate_throughput(&tansu, server, peer, args.records, run).await?);
+        if let Some(bins) = &restate {
+            restate_runs.push(restate_throughput(&tansu, bins, args.records, run).await?);
         }
     }
     let rates: Vec<f64> = engine_runs.iter().map(|t| t.calls_per_s).collect();
@@ -129,8 +136,8 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         let engine = e2e::engine_latency(&tansu, rate, args.seconds).await?;
         write_csv(&args.out.join(format!("latency-engine-{rate}.csv")), &engine)?;
         let _ = writeln!(latency_md, "{}", latency_row("engine", rate, &engine));
-        if let Some((server, peer)) = &restate {
-            match restate_latency(&tansu, server, peer, rate, args.seconds).await {
+        if let Some(bins) = &restate {
+            match restate_latency(&tansu, bins, rate, args.seconds).await {
                 Ok(restate) => {
                     write_csv(&args.out.join(format!("latency-restate-{rate}.csv")), &restate)?;
                     let _ = writeln!(latency_md, "{}", latency_row("Restate 1.7.12", rate, &restate));
@@ -258,6 +265,13 @@ fn mem_gib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0)
 }
 
+/// The Restate side: binaries and settings.
+struct RestateBins {
+    server: PathBuf,
+    peer: PathBuf,
+    partitions: u32,
+}
+
 /// restate-server, its peer, the deployment registered.
 struct Restate {
     server: Proc,
@@ -268,11 +282,11 @@ struct Restate {
 }
 
 impl Restate {
-    async fn start(tansu: &Tansu, server: &Path, peer: &Path) -> anyhow::Result<Self> {
+    async fn start(tansu: &Tansu, bins: &RestateBins) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir_in("target")?;
         let (node, admin, ingress, listen, stats) = (free_addr(), free_addr(), free_addr(), free_addr(), free_addr());
         let peer = Proc(
-            Command::new(peer)
+            Command::new(&bins.peer)
                 .args(["--listen", &listen.to_string(), "--stats", &stats.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -290,6 +304,7 @@ base-dir = "{base}"
 listen-mode = "tcp"
 bind-address = "{node}"
 advertised-address = "http://{node}/"
+default-num-partitions = {partitions}
 disable-telemetry = true
 log-filter = "warn,octocrab=off"
 log-disable-ansi-codes = true
@@ -307,10 +322,11 @@ brokers = ["{bootstrap}"]
 "#,
                 base = dir.path().join("data").display(),
                 bootstrap = tansu.bootstrap(),
+                partitions = bins.partitions,
             ),
         )?;
         let server = Proc(
-            Command::new(server)
+            Command::new(&bins.server)
                 .args(["--config-file"])
                 .arg(&config)
                 .arg("--no-logo")
@@ -369,15 +385,14 @@ brokers = ["{bootstrap}"]
 /// (calls/s first to last delivery, CPU µs per record of restate-server).
 async fn restate_throughput(
     tansu: &Tansu,
-    server: &Path,
-    peer: &Path,
+    bins: &RestateBins,
     records: usize,
     run: usize,
 ) -> anyhow::Result<(f64, f64)> {
     let topic = format!("rs-e2e-{run}");
     tansu.create_topic(&topic, 3).await;
     produce_all(&producer(&tansu.bootstrap()), &topic, records, |_| 0).await?;
-    let restate = Restate::start(tansu, server, peer).await?;
+    let restate = Restate::start(tansu, bins).await?;
     let cpu_before = cpu_seconds(restate.server.pid());
     let started = Instant::now();
     restate.subscribe(&topic).await?;
@@ -392,16 +407,10 @@ async fn restate_throughput(
     Ok(((records - 1) as f64 / span, cpu * 1e6 / records as f64))
 }
 
-async fn restate_latency(
-    tansu: &Tansu,
-    server: &Path,
-    peer: &Path,
-    rate: u64,
-    seconds: u64,
-) -> anyhow::Result<Delivered> {
+async fn restate_latency(tansu: &Tansu, bins: &RestateBins, rate: u64, seconds: u64) -> anyhow::Result<Delivered> {
     let topic = format!("rs-latency-{rate}");
     tansu.create_topic(&topic, 3).await;
-    let restate = Restate::start(tansu, server, peer).await?;
+    let restate = Restate::start(tansu, bins).await?;
     restate.subscribe(&topic).await?;
     produce_all(&producer(&tansu.bootstrap()), &topic, 10, |_| 0).await?;
     wait_delivered(&restate.stats, 10, Duration::from_secs(60)).await?;

@@ -123,9 +123,11 @@ async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
     .await;
     // The handler prints before the engine has committed the outcome: wait for the store.
     let admin = Admin::new(admin_addr);
-    wait_for("both calls to be recorded as succeeded", Duration::from_secs(10), || async {
-        admin.stats().await["succeeded"] == 2
-    })
+    wait_for(
+        "both calls to be recorded as succeeded",
+        Duration::from_secs(10),
+        || async { admin.stats().await["succeeded"] == 2 },
+    )
     .await;
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -116,7 +116,7 @@ async fn the_limit_converges_near_the_endpoint_capacity() {
     );
     assert!(
         metrics.contains(&format!(
-            "engine_calls_succeeded_total{{subscription=\"test\"}} {CALLS}"
+            "engine_calls_total{{subscription=\"test\",outcome=\"succeeded\"}} {CALLS}"
         )),
         "{metrics}"
     );
