@@ -215,7 +215,8 @@ pub async fn produce_all(
 ) -> anyhow::Result<()> {
     let mut pending = Vec::with_capacity(10_000);
     for i in 0..n {
-        let key = format!("key-{}", i % 1000);
+        // 997 keys: a prime, so that records picked by `i % 100` spread over all keys.
+        let key = format!("key-{}", i % 997);
         let value = payload(fail(i));
         loop {
             match producer.send_result(FutureRecord::to(topic).key(&key).payload(&value)) {

@@ -47,6 +47,9 @@ pub struct E2eArgs {
     /// Restate's `default-num-partitions` (its default is 24; fewer suit 2 cores better).
     #[arg(long, default_value_t = 2)]
     restate_partitions: u32,
+    /// Scenarios to run: throughput, latency, hol, memory.
+    #[arg(long, value_delimiter = ',', default_values_t = ["throughput".to_string(), "latency".to_string(), "hol".to_string(), "memory".to_string()])]
+    scenarios: Vec<String>,
     /// Where results.md and the CSV files go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -71,13 +74,31 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         mem_gib()
     );
 
-    // Throughput.
+    let wants = |name: &str| args.scenarios.iter().any(|s| s == name);
+    if wants("throughput") {
+        throughput(&args, &tansu, restate.as_ref(), &mut md).await?;
+    }
+    if wants("latency") {
+        latency(&args, &tansu, restate.as_ref(), &mut md).await?;
+    }
+    if wants("hol") {
+        head_of_line(&args, &tansu, &mut md).await?;
+    }
+    if wants("memory") && args.memory_records > 0 {
+        memory(&args, &tansu, &mut md).await?;
+    }
+    std::fs::write(args.out.join("results.md"), &md)?;
+    eprintln!("written: {}", args.out.join("results.md").display());
+    Ok(())
+}
+
+async fn throughput(args: &E2eArgs, tansu: &Tansu, restate: Option<&RestateBins>, md: &mut String) -> anyhow::Result<()> {
     let mut engine_runs = Vec::new();
     let mut restate_runs = Vec::new();
     for run in 0..args.runs {
-        engine_runs.push(e2e::engine_throughput(&tansu, args.records, run).await?);
-        if let Some(bins) = &restate {
-            restate_runs.push(restate_throughput(&tansu, bins, args.records, run).await?);
+        engine_runs.push(e2e::engine_throughput(tansu, args.records, run).await?);
+        if let Some(bins) = restate {
+            restate_runs.push(restate_throughput(tansu, bins, args.records, run).await?);
         }
     }
     let rates: Vec<f64> = engine_runs.iter().map(|t| t.calls_per_s).collect();
@@ -118,8 +139,10 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         summary(&commits).0
     );
     print!("{md}");
+    Ok(())
+}
 
-    // Latency.
+async fn latency(args: &E2eArgs, tansu: &Tansu, restate: Option<&RestateBins>, md: &mut String) -> anyhow::Result<()> {
     let mut latency_md = String::new();
     let _ = writeln!(
         latency_md,
@@ -133,11 +156,11 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     let _ = writeln!(latency_md, "|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for &rate in &args.rates {
-        let engine = e2e::engine_latency(&tansu, rate, args.seconds).await?;
+        let engine = e2e::engine_latency(tansu, rate, args.seconds).await?;
         write_csv(&args.out.join(format!("latency-engine-{rate}.csv")), &engine)?;
         let _ = writeln!(latency_md, "{}", latency_row("engine", rate, &engine));
-        if let Some(bins) = &restate {
-            match restate_latency(&tansu, bins, rate, args.seconds).await {
+        if let Some(bins) = restate {
+            match restate_latency(tansu, bins, rate, args.seconds).await {
                 Ok(restate) => {
                     write_csv(&args.out.join(format!("latency-restate-{rate}.csv")), &restate)?;
                     let _ = writeln!(latency_md, "{}", latency_row("Restate 1.7.12", rate, &restate));
@@ -157,16 +180,18 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     }
     print!("{latency_md}");
     md.push_str(&latency_md);
+    Ok(())
+}
 
-    // Head-of-line.
+async fn head_of_line(args: &E2eArgs, tansu: &Tansu, md: &mut String) -> anyhow::Result<()> {
     let mut hol = String::new();
     let mut ok_runs = Vec::new();
     let mut fail_runs = Vec::new();
     let mut naive_runs = Vec::new();
     for run in 0..args.runs {
-        ok_runs.push(e2e::engine_hol(&tansu, args.hol_records, false, run).await?);
-        fail_runs.push(e2e::engine_hol(&tansu, args.hol_records, true, run).await?);
-        naive_runs.push(e2e::naive_hol(&tansu, args.hol_records, run).await?);
+        ok_runs.push(e2e::engine_hol(tansu, args.hol_records, false, run).await?);
+        fail_runs.push(e2e::engine_hol(tansu, args.hol_records, true, run).await?);
+        naive_runs.push(e2e::naive_hol(tansu, args.hol_records, run).await?);
     }
     let (ok, fail, naive) = (summary(&ok_runs), summary(&fail_runs), summary(&naive_runs));
     let _ = writeln!(
@@ -195,10 +220,12 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     );
     print!("{hol}");
     md.push_str(&hol);
+    Ok(())
+}
 
-    // Memory and restart.
-    if args.memory_records > 0 {
-        let m = e2e::engine_memory(&tansu, args.memory_records).await?;
+async fn memory(args: &E2eArgs, tansu: &Tansu, md: &mut String) -> anyhow::Result<()> {
+    {
+        let m = e2e::engine_memory(tansu, args.memory_records).await?;
         let mut mem = String::new();
         let _ = writeln!(mem, "\n### Memory and restart with a backlog of {} calls\n", m.backlog);
         let _ = writeln!(mem, "| measure | value |");
@@ -223,8 +250,6 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         print!("{mem}");
         md.push_str(&mem);
     }
-    std::fs::write(args.out.join("results.md"), &md)?;
-    eprintln!("written: {}", args.out.join("results.md").display());
     Ok(())
 }
 
