@@ -190,6 +190,10 @@ pub struct CallView {
     pub output: Option<Vec<u8>>,
     pub headers: Option<String>,
     pub source: Option<KafkaSource>,
+    /// Attempts made before the last redrive (0 if never redriven): the eras of the history.
+    pub attempts_before_redrive: u32,
+    /// When the call was last redriven.
+    pub redriven_at: Option<Millis>,
     pub history: Vec<AttemptView>,
 }
 

@@ -90,5 +90,10 @@ ordering = "key"
     assert!(history.len() >= 2, "{history:?}");
     assert_eq!(history[0]["http_status"], 400);
     assert_eq!(history.last().unwrap()["http_status"], 200);
+    assert_eq!(
+        call["attempts_before_redrive"], 1,
+        "the eras: one attempt before the redrive"
+    );
+    assert!(call["redriven_at"].as_i64().is_some());
     engine.shutdown().await.unwrap();
 }

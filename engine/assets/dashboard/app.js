@@ -436,6 +436,7 @@ function detailView(c) {
         field('Created', time(c.created_at, true)),
         field('Updated', time(c.updated_at, true)),
         field('Attempts', num(c.attempts), 'call-attempts'),
+        c.redriven_at != null && field('Redriven', [time(c.redriven_at, true), ' ', h('span', { class: 'muted' }, `after attempt ${c.attempts_before_redrive}`)], 'call-redriven'),
         c.next_attempt_at != null && c.status === 'pending' && field('Next attempt', [time(c.next_attempt_at, true), ' ', h('span', { class: 'muted' }, `(${rel(c.next_attempt_at)})`)]),
         field(c.status === 'dead' ? 'Reason' : 'Last error', c.last_error || h('span', { class: 'muted' }, '—'), 'call-error'),
         c.headers && field('Headers', h('span', { class: 'mono' }, c.headers)))),
@@ -443,7 +444,8 @@ function detailView(c) {
         c.output && [h('h2', null, 'Output'), preview(c.output, 'call-output')])),
     h('h2', null, `Attempts (${history.length})`),
     table('attempts', ['##', 'Started', '#Duration', 'Outcome', '#HTTP', 'Error'],
-      history.map((a) => h('tr', { testid: 'attempt-row', 'data-attempt': a.attempt },
+      history.map((a) => h('tr', { testid: 'attempt-row', 'data-attempt': a.attempt,
+          class: a.attempt === (c.attempts_before_redrive || 0) + 1 && c.redriven_at != null ? 'redriven' : null },
         ntd(a.attempt), td(time(a.started_at, true)), td(dur(a.duration_ms), 'num'),
         td(badge(a.outcome, `o-${a.outcome}`)), ntd(a.http_status), td(a.error || '', 'err'))),
       'No attempt yet.'));

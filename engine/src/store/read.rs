@@ -127,7 +127,7 @@ pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result
         .prepare_cached(
             r#"SELECT seq, id, subscription, target, status, attempts, next_attempt_at, last_error,
                       created_at, updated_at, kafka_key, payload, output, headers,
-                      topic, partition, "offset", timestamp_ms
+                      topic, partition, "offset", timestamp_ms, attempts_before_redrive, redriven_at
                FROM calls WHERE id = ?1"#,
         )?
         .query_row([id.to_string()], |row| {
@@ -153,6 +153,8 @@ pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result
                     output: row.get(12)?,
                     headers: row.get(13)?,
                     source: source_from(row, 14)?,
+                    attempts_before_redrive: row.get(18)?,
+                    redriven_at: row.get(19)?,
                     history: Vec::new(),
                 },
             ))
