@@ -194,5 +194,29 @@ async fn calls_are_listed_with_filters_and_a_cursor() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    // Malformed queries and bodies are JSON errors too, naming the problem.
+    for path in ["/v1/calls?since=abc", "/v1/dead?colour=red"] {
+        let response = reqwest::get(format!("http://{}{path}", engine.admin_addr()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{path}: {body}");
+    }
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/dead/redrive", engine.admin_addr()))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("JSON") || e.contains("json")),
+        "{body}"
+    );
     engine.shutdown().await.unwrap();
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -83,6 +84,18 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self(StatusCode::BAD_REQUEST, rejection.body_text())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        Self(rejection.status(), rejection.body_text())
+    }
+}
+
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
         let presented = request
@@ -107,9 +120,10 @@ struct EnqueueQuery {
 async fn enqueue(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-    Query(query): Query<EnqueueQuery>,
+    query: Result<Query<EnqueueQuery>, QueryRejection>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    let Query(query) = query?;
     let subscription = state
         .subscriptions
         .get(&name)
@@ -285,11 +299,19 @@ async fn list(state: &AdminState, query: &ListQuery, status: Option<CallStatus>)
     })))
 }
 
-async fn list_calls(State(state): State<AdminState>, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_calls(
+    State(state): State<AdminState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query?;
     list(&state, &query, None).await
 }
 
-async fn list_dead(State(state): State<AdminState>, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_dead(
+    State(state): State<AdminState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query?;
     list(&state, &query, Some(CallStatus::Dead)).await
 }
 
@@ -398,8 +420,9 @@ async fn select_dead(state: &AdminState, selection: DeadSelection) -> Result<Vec
 
 async fn redrive_dead(
     State(state): State<AdminState>,
-    Json(selection): Json<DeadSelection>,
+    selection: Result<Json<DeadSelection>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Json(selection) = selection?;
     let ids = select_dead(&state, selection).await?;
     let affected = operate(&state, Operation::Redrive(ids)).await?;
     Ok(Json(
@@ -409,8 +432,9 @@ async fn redrive_dead(
 
 async fn purge_dead(
     State(state): State<AdminState>,
-    Json(selection): Json<DeadSelection>,
+    selection: Result<Json<DeadSelection>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Json(selection) = selection?;
     let ids = select_dead(&state, selection).await?;
     let affected = operate(&state, Operation::PurgeDead(ids)).await?;
     Ok(Json(
