@@ -92,7 +92,12 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn throughput(args: &E2eArgs, tansu: &Tansu, restate: Option<&RestateBins>, md: &mut String) -> anyhow::Result<()> {
+async fn throughput(
+    args: &E2eArgs,
+    tansu: &Tansu,
+    restate: Option<&RestateBins>,
+    md: &mut String,
+) -> anyhow::Result<()> {
     let mut engine_runs = Vec::new();
     let mut restate_runs = Vec::new();
     for run in 0..args.runs {
