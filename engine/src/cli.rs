@@ -232,7 +232,7 @@ fn print_listing(value: &Value) {
                 .collect()
         })
         .unwrap_or_default();
-    print!(
+    out!(
         "{}",
         table(
             &[
@@ -248,26 +248,26 @@ fn print_listing(value: &Value) {
         )
     );
     if let Some(next) = value["next"].as_i64() {
-        println!("(more: --after {next})");
+        outln!("(more: --after {next})");
     }
 }
 
 fn print_call(call: &Value) {
-    println!("call {}", text(&call["id"]));
+    outln!("call {}", text(&call["id"]));
     for (label, field) in [
         ("subscription", "subscription"),
         ("target", "target"),
         ("status", "status"),
         ("last error", "last_error"),
     ] {
-        println!("  {label:<13} {}", text(&call[field]));
+        outln!("  {label:<13} {}", text(&call[field]));
     }
-    println!("  {:<13} {}", "attempts", call["attempts"]);
-    println!("  {:<13} {}", "key", text(&call["key"]));
-    println!("  {:<13} {}", "created", time(&call["created_at"]));
-    println!("  {:<13} {}", "next attempt", time(&call["next_attempt_at"]));
+    outln!("  {:<13} {}", "attempts", call["attempts"]);
+    outln!("  {:<13} {}", "key", text(&call["key"]));
+    outln!("  {:<13} {}", "created", time(&call["created_at"]));
+    outln!("  {:<13} {}", "next attempt", time(&call["next_attempt_at"]));
     if let Some(source) = call["source"].as_object() {
-        println!(
+        outln!(
             "  {:<13} {}/{} offset {}",
             "kafka",
             text(&source["topic"]),
@@ -275,7 +275,7 @@ fn print_call(call: &Value) {
             source["offset"]
         );
     }
-    println!("  {:<13} {}", "output", text(&call["output"]));
+    outln!("  {:<13} {}", "output", text(&call["output"]));
     let rows: Vec<Vec<String>> = call["history"]
         .as_array()
         .map(|h| {
@@ -293,8 +293,8 @@ fn print_call(call: &Value) {
                 .collect()
         })
         .unwrap_or_default();
-    println!();
-    print!(
+    outln!();
+    out!(
         "{}",
         table(&["ATTEMPT", "STARTED", "DURATION", "OUTCOME", "HTTP", "ERROR"], &rows)
     );
@@ -340,7 +340,7 @@ fn print_stats(stats: &Value) {
             .chain([String::new(), String::new()])
             .collect(),
     );
-    print!(
+    out!(
         "{}",
         table(
             &[
@@ -373,8 +373,8 @@ fn print_stats(stats: &Value) {
         })
         .collect();
     if !lag.is_empty() {
-        println!();
-        print!(
+        outln!();
+        out!(
             "{}",
             table(
                 &["SUBSCRIPTION", "PARTITION", "HIGH WATERMARK", "COMMITTED", "LAG"],
@@ -398,14 +398,14 @@ fn print_stats(stats: &Value) {
         })
         .unwrap_or_default();
     if !endpoints.is_empty() {
-        println!();
-        print!("{}", table(&["ENDPOINT", "LIMIT", "IN FLIGHT", "CUTS"], &endpoints));
+        outln!();
+        out!("{}", table(&["ENDPOINT", "LIMIT", "IN FLIGHT", "CUTS"], &endpoints));
     }
 }
 
 fn emit(remote: &Remote, value: &Value, human: impl FnOnce(&Value)) {
     if remote.json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
     } else {
         human(value);
     }
@@ -424,14 +424,14 @@ pub async fn calls(remote: Remote, command: Calls) -> anyhow::Result<()> {
             &remote,
             &client.post(&format!("/v1/calls/{id}/retry"), None).await?,
             |c| {
-                println!("call {} is due now", text(&c["id"]));
+                outln!("call {} is due now", text(&c["id"]));
             },
         ),
         Calls::Cancel { id } => emit(
             &remote,
             &client.post(&format!("/v1/calls/{id}/cancel"), None).await?,
             |c| {
-                println!("call {} is {}", text(&c["id"]), text(&c["status"]));
+                outln!("call {} is {}", text(&c["id"]), text(&c["status"]));
             },
         ),
     }
@@ -462,14 +462,14 @@ pub async fn dead(remote: Remote, command: Dead) -> anyhow::Result<()> {
             &remote,
             &client.post("/v1/dead/redrive", Some(selection(s)?)).await?,
             |v| {
-                println!("redrove {} dead call(s)", v["redriven"]);
+                outln!("redrove {} dead call(s)", v["redriven"]);
             },
         ),
         Dead::Purge(s) => emit(
             &remote,
             &client.post("/v1/dead/purge", Some(selection(s)?)).await?,
             |v| {
-                println!("purged {} dead call(s)", v["purged"]);
+                outln!("purged {} dead call(s)", v["purged"]);
             },
         ),
     }
@@ -500,7 +500,7 @@ pub async fn invoke(remote: Remote, args: InvokeArgs) -> anyhow::Result<()> {
     }
     let created = client.send(reqwest::Method::POST, &path, Some(body), false).await?;
     emit(&remote, &created, |c| {
-        println!("call {} is {}", text(&c["id"]), text(&c["status"]));
+        outln!("call {} is {}", text(&c["id"]), text(&c["status"]));
     });
     Ok(())
 }

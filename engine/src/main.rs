@@ -6,8 +6,38 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use engine::{Config, Engine};
 
+/// `print!` to stdout that ends the process quietly once stdout is closed
+/// (`engine calls list | head`), instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::stdout_failed(&error);
+        }
+    }};
+}
+
+/// `println!` with the behaviour of [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::stdout_failed(&error);
+        }
+    }};
+}
+
 mod cli;
 mod dev;
+
+/// A closed pipe is the reader saying it has enough: exit as `head` expects.
+fn stdout_failed(error: &std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to stdout: {error}");
+    std::process::exit(1);
+}
 
 /// Durable execution for Kafka records: every record becomes a call that is delivered over
 /// HTTP, retried with backoff, and kept as a dead letter when it cannot succeed.
@@ -103,24 +133,26 @@ fn run() -> anyhow::Result<()> {
         Command::Invoke { remote, args } => client_runtime()?.block_on(cli::invoke(remote, args)),
         Command::Keygen => {
             let keys = sdk::signing::KeyPair::generate();
-            println!("ENGINE_SIGNING_KEY={}", keys.private_base64());
-            println!("ENGINE_VERIFY_KEY={}", keys.public_base64());
+            outln!("ENGINE_SIGNING_KEY={}", keys.private_base64());
+            outln!("ENGINE_VERIFY_KEY={}", keys.public_base64());
             eprintln!("Give ENGINE_SIGNING_KEY to the engine only; handlers need ENGINE_VERIFY_KEY.");
             Ok(())
         }
         Command::CheckConfig { config } => {
             let loaded = Config::load(&config)?;
-            println!("{}: ok", config.display());
-            println!("  store: {}", loaded.store.path.display());
-            println!("  admin: http://{}", loaded.admin.listen);
+            outln!("{}: ok", config.display());
+            outln!("  store: {}", loaded.store.path.display());
+            outln!("  admin: http://{}", loaded.admin.listen);
             for sub in &loaded.subscriptions {
                 let source = sub.kafka.as_ref().map_or_else(
                     || "admin API only".to_string(),
                     |k| format!("kafka {} from {}", k.topics.join(","), k.brokers),
                 );
-                println!(
+                outln!(
                     "  subscription {} -> {} ({source}, ordering {:?})",
-                    sub.name, sub.target, sub.ordering
+                    sub.name,
+                    sub.target,
+                    sub.ordering
                 );
             }
             Ok(())
