@@ -379,10 +379,7 @@ max_backlog = 2000000
 }
 
 pub fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    integration_tests::metric(metrics, series).unwrap_or(0.0)
 }
 
 /// One run of the throughput scenario for the engine.

@@ -5,7 +5,7 @@
 //! stays within [0.7 C, 1.3 C] for a second), throughput as a fraction of the endpoint's
 //! capacity (C requests per 2 × latency, its best rate), and the share of 429 answers.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -14,14 +14,7 @@ use engine::store::{Store, StoreOptions};
 use engine::{Config, Engine};
 use integration_tests::{free_addr, workspace_binary};
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::e2e::Proc;
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -73,7 +66,7 @@ async fn one(capacity: u64, latency_ms: u64, seconds: u64, adaptive: bool) -> an
     let best_rate = capacity as f64 / (2.0 * latency_ms as f64 / 1000.0);
     let calls = (best_rate * seconds as f64) as i64;
     let addr = free_addr();
-    let _endpoint = Killed(
+    let _endpoint = Proc(
         Command::new(workspace_binary("flaky-endpoint"))
             .args(["--listen", &addr.to_string(), "--capacity", &capacity.to_string()])
             .args(["--latency-ms", &latency_ms.to_string()])

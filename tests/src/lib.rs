@@ -312,3 +312,10 @@ target = "{target}"
         db = db.display()
     )
 }
+
+/// The value of one series (name with its labels, exactly as exposed) in Prometheus text.
+pub fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use engine::{Config, Engine};
 use integration_tests::kafka::{produce, producer, Out, Tansu, TANSU_CONSUMER_OPTIONS};
-use integration_tests::{free_addr, spawn_engine, wait_for, Admin, Reply, Seen, Target};
+use integration_tests::{free_addr, metric, spawn_engine, wait_for, Admin, Reply, Seen, Target};
 use rand::Rng;
 
 struct Setup<'a> {
@@ -437,12 +437,6 @@ async fn bytes_survive_the_trip_keys_values_tombstones_headers() {
     engine.shutdown().await.unwrap();
 }
 
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_lag_is_reported_per_partition_and_drains_to_zero() {
     const RECORDS: u64 = 300;
@@ -494,6 +488,12 @@ async fn consumer_lag_is_reported_per_partition_and_drains_to_zero() {
     let stats = admin.stats().await;
     println!("lag while held back: {}", stats["subscriptions"]["test"]["lag"]);
 
+    // Some attempts failed (503) before the target opens: the histogram counts them too.
+    let scheduler = Arc::clone(&engine.schedulers()["test"]);
+    wait_for("a failed attempt", Duration::from_secs(20), || async {
+        scheduler.retried.load(Ordering::Relaxed) > 0
+    })
+    .await;
     open.store(true, Ordering::Relaxed);
     wait_for("every call to succeed", Duration::from_secs(30), || async {
         count(&admin, "succeeded").await == RECORDS
@@ -517,30 +517,30 @@ async fn consumer_lag_is_reported_per_partition_and_drains_to_zero() {
         .await
         .unwrap();
     let sub = "subscription=\"test\"";
-    assert!(sample(&metrics, &format!("engine_records_consumed_total{{{sub}}}")).unwrap() >= RECORDS as f64);
+    assert!(metric(&metrics, &format!("engine_records_consumed_total{{{sub}}}")).unwrap() >= RECORDS as f64);
     assert_eq!(
-        sample(&metrics, &format!("engine_calls_total{{{sub},outcome=\"succeeded\"}}")),
+        metric(&metrics, &format!("engine_calls_total{{{sub},outcome=\"succeeded\"}}")),
         Some(RECORDS as f64)
     );
     for partition in 0..3 {
         let series = format!("engine_consumer_lag{{{sub},topic=\"lag\",partition=\"{partition}\"}}");
-        assert_eq!(sample(&metrics, &series), Some(0.0), "{series}");
+        assert_eq!(metric(&metrics, &series), Some(0.0), "{series}");
     }
     // Every attempt, the 503s included, is in the latency histogram.
-    let attempts = sample(&metrics, &format!("engine_attempt_duration_seconds_count{{{sub}}}")).unwrap();
-    let inf = sample(
+    let attempts = metric(&metrics, &format!("engine_attempt_duration_seconds_count{{{sub}}}")).unwrap();
+    let inf = metric(
         &metrics,
         &format!("engine_attempt_duration_seconds_bucket{{{sub},le=\"+Inf\"}}"),
     );
     assert!(attempts > RECORDS as f64, "{attempts}");
     assert_eq!(inf, Some(attempts));
-    let commits = sample(&metrics, "engine_store_commit_rows_count").unwrap();
-    let rows = sample(&metrics, "engine_store_commit_rows_sum").unwrap();
+    let commits = metric(&metrics, "engine_store_commit_rows_count").unwrap();
+    let rows = metric(&metrics, "engine_store_commit_rows_sum").unwrap();
     assert!(
         commits >= 1.0 && rows >= RECORDS as f64,
         "{commits} commits, {rows} rows"
     );
-    assert!(sample(&metrics, "engine_store_commit_duration_seconds_count") == Some(commits));
+    assert!(metric(&metrics, "engine_store_commit_duration_seconds_count") == Some(commits));
     engine.shutdown().await.unwrap();
 }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use integration_tests::kafka::{produce, producer, Out, Tansu, TANSU_CONSUMER_OPTIONS};
-use integration_tests::{free_addr, spawn_engine, wait_for, workspace_binary, Admin, Reply, Seen, Target};
+use integration_tests::{free_addr, metric, spawn_engine, wait_for, workspace_binary, Admin, Reply, Seen, Target};
 use rand::Rng;
 
 fn soak() -> bool {
@@ -372,12 +372,6 @@ topics = ["outage"]
         1,
         "the outage is logged once, not once per reconnect:\n{log}"
     );
-}
-
-fn metric(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A full disk, for real: the engine runs with a file-size limit (`RLIMIT_FSIZE`, with
