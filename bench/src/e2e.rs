@@ -382,6 +382,27 @@ pub fn metric(metrics: &str, series: &str) -> f64 {
     integration_tests::metric(metrics, series).unwrap_or(0.0)
 }
 
+/// `engine serve` on a fresh database under `target/`, in key order, from `topic` to the
+/// bench handler. The directory lives as long as the returned guard.
+async fn keyed_engine(
+    bootstrap: &str,
+    topic: &str,
+    handler: &Handler,
+) -> anyhow::Result<(EngineProc, tempfile::TempDir)> {
+    let dir = tempfile::tempdir_in("target")?;
+    let group = format!("engine-{topic}");
+    let engine = EngineProc::start(&EngineSetup {
+        dir: dir.path(),
+        bootstrap,
+        topic,
+        target: &handler.url,
+        group: &group,
+        extra: "ordering = \"key\"",
+    })
+    .await?;
+    Ok((engine, dir))
+}
+
 /// One run of the throughput scenario for the engine.
 #[derive(Debug, Clone)]
 pub struct Throughput {
@@ -397,18 +418,8 @@ pub async fn engine_throughput(tansu: &Tansu, records: usize, run: usize) -> any
     let bootstrap = tansu.bootstrap();
     produce_all(&producer(&bootstrap), &topic, records, |_| 0).await?;
     let handler = Handler::start().await?;
-    let dir = tempfile::tempdir_in("target")?;
-    let group = format!("engine-{topic}");
     let started = Instant::now();
-    let engine = EngineProc::start(&EngineSetup {
-        dir: dir.path(),
-        bootstrap: &bootstrap,
-        topic: &topic,
-        target: &handler.url,
-        group: &group,
-        extra: "ordering = \"key\"",
-    })
-    .await?;
+    let (engine, _dir) = keyed_engine(&bootstrap, &topic, &handler).await?;
     let cpu_before = cpu_seconds(engine.proc.pid());
     let done = wait_delivered(&handler.stats, records as u64, Duration::from_secs(60)).await?;
     let total = started.elapsed();
@@ -444,17 +455,7 @@ pub async fn engine_latency(tansu: &Tansu, rate: u64, seconds: u64) -> anyhow::R
     tansu.create_topic(&topic, 3).await;
     let bootstrap = tansu.bootstrap();
     let handler = Handler::start().await?;
-    let dir = tempfile::tempdir_in("target")?;
-    let group = format!("engine-{topic}");
-    let engine = EngineProc::start(&EngineSetup {
-        dir: dir.path(),
-        bootstrap: &bootstrap,
-        topic: &topic,
-        target: &handler.url,
-        group: &group,
-        extra: "ordering = \"key\"",
-    })
-    .await?;
+    let (engine, _dir) = keyed_engine(&bootstrap, &topic, &handler).await?;
     // Warm up: the group join and the first fetches are not part of the steady state.
     produce_all(&producer(&bootstrap), &topic, 10, |_| 0).await?;
     wait_delivered(&handler.stats, 10, Duration::from_secs(60)).await?;
@@ -484,18 +485,8 @@ pub async fn engine_hol(tansu: &Tansu, records: usize, failing: bool, run: usize
     })
     .await?;
     let handler = Handler::start().await?;
-    let dir = tempfile::tempdir_in("target")?;
-    let group = format!("engine-{topic}");
     let started = Instant::now();
-    let engine = EngineProc::start(&EngineSetup {
-        dir: dir.path(),
-        bootstrap: &bootstrap,
-        topic: &topic,
-        target: &handler.url,
-        group: &group,
-        extra: "ordering = \"key\"",
-    })
-    .await?;
+    let (engine, _dir) = keyed_engine(&bootstrap, &topic, &handler).await?;
     wait_delivered(&handler.stats, records as u64, Duration::from_secs(60)).await?;
     let elapsed = started.elapsed().as_secs_f64();
     engine.proc.stop();
