@@ -5,10 +5,40 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use sdk::protocol::{self, classify_status, header, OutcomeClass};
+use sdk::protocol::{self, classify_status, header, DeclaredFailure, OutcomeClass};
 
 use crate::model::DueCall;
-use crate::scheduler::AttemptOutcome;
+
+/// The classified result of one delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptOutcome {
+    pub class: OutcomeClass,
+    pub http_status: Option<u16>,
+    /// What went wrong, for operators; `None` on success.
+    pub error: Option<String>,
+    /// The (bounded) response body of a successful attempt.
+    pub output: Option<Vec<u8>>,
+    /// A delay the target asked for with `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// What the handler said a temporary failure is (`engine-failure`, protocol 2).
+    pub declared: Option<DeclaredFailure>,
+    /// How the exchange failed, when no answer came.
+    pub transport: Option<TransportFailure>,
+    pub duration: Duration,
+}
+
+/// An attempt that got no (complete) answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFailure {
+    /// No answer within the subscription's timeout.
+    TimedOut,
+    /// The connection could not be made.
+    Refused,
+    /// The connection was reset or closed before an answer.
+    Reset,
+    /// An answer came that is not valid HTTP, or its body broke off.
+    Broken,
+}
 
 /// Error texts are truncated to this many bytes before they are stored.
 pub const MAX_ERROR_BYTES: usize = 1024;
@@ -69,18 +99,23 @@ impl Deliverer {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| protocol::parse_retry_after(v, SystemTime::now()));
             let class = classify_status(status);
+            let declared = response
+                .headers()
+                .get(header::FAILURE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(DeclaredFailure::parse);
             let limit = if class == OutcomeClass::Success {
                 limits.max_output_bytes
             } else {
                 MAX_ERROR_BYTES
             };
             let (body, truncated) = read_bounded(response, limit).await?;
-            Ok::<_, reqwest::Error>((status, class, retry_after, body, truncated))
+            Ok::<_, reqwest::Error>((status, class, retry_after, declared, body, truncated))
         })
         .await;
         let duration = started.elapsed();
         match result {
-            Ok(Ok((status, class, retry_after, body, truncated))) => {
+            Ok(Ok((status, class, retry_after, declared, body, truncated))) => {
                 let (output, error) = if class == OutcomeClass::Success {
                     (Some(body), None)
                 } else {
@@ -103,6 +138,8 @@ impl Deliverer {
                     } else {
                         None
                     },
+                    declared: declared.filter(|_| class == OutcomeClass::Temporary),
+                    transport: None,
                     duration,
                 }
             }
@@ -116,6 +153,8 @@ impl Deliverer {
                 )),
                 output: None,
                 retry_after: None,
+                declared: None,
+                transport: Some(TransportFailure::TimedOut),
                 duration,
             },
         }
@@ -136,16 +175,19 @@ fn sign(signer: &sdk::signing::Signer, headers: &mut HeaderMap, target: &str, bo
 
 /// Connection refused, reset, DNS failure, a broken response: all temporary.
 fn transport_failure(error: &reqwest::Error, duration: Duration) -> AttemptOutcome {
-    let mut text = if error.is_connect() {
-        "connection failed".to_string()
+    let (mut text, mut kind) = if error.is_connect() {
+        ("connection failed".to_string(), TransportFailure::Refused)
     } else if error.is_body() || error.is_decode() {
-        "failed reading the response".to_string()
+        ("failed reading the response".to_string(), TransportFailure::Broken)
     } else {
-        "request failed".to_string()
+        ("request failed".to_string(), TransportFailure::Broken)
     };
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         let _ = write!(text, ": {cause}");
+        if is_reset(cause) && kind != TransportFailure::Refused {
+            kind = TransportFailure::Reset;
+        }
         source = cause.source();
     }
     text.truncate(floor_char_boundary(&text, MAX_ERROR_BYTES));
@@ -155,8 +197,21 @@ fn transport_failure(error: &reqwest::Error, duration: Duration) -> AttemptOutco
         error: Some(text),
         output: None,
         retry_after: None,
+        declared: None,
+        transport: Some(kind),
         duration,
     }
+}
+
+/// A connection reset or aborted by the peer: what an overloaded server's full accept queue
+/// looks like from outside.
+fn is_reset(cause: &(dyn std::error::Error + 'static)) -> bool {
+    cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        )
+    })
 }
 
 fn floor_char_boundary(text: &str, max: usize) -> usize {

@@ -4,7 +4,7 @@
 //!
 //! A call waiting here for capacity is not failing: it makes no attempt and gets no backoff.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, EndpointConfig, SubscriptionConfig};
 use crate::limiter::{Aimd, AimdConfig, ChangeReason, LimitChange, Signal};
+
 use crate::model::Millis;
 
 /// Longest pause a `Retry-After` may impose on a whole endpoint.
@@ -40,6 +41,8 @@ struct State {
     changes: VecDeque<LimitChange>,
     raises: u64,
     cuts: u64,
+    /// Changes and verdicts by [`ChangeReason::code`].
+    by_reason: BTreeMap<&'static str, u64>,
 }
 
 /// One endpoint.
@@ -77,6 +80,7 @@ impl Endpoint {
                 changes: VecDeque::new(),
                 raises: 0,
                 cuts: 0,
+                by_reason: BTreeMap::new(),
             }),
             rate,
             releases: watch::channel(0).0,
@@ -106,22 +110,32 @@ impl Endpoint {
     }
 
     /// An attempt finished: feed the limiter and free the slot. A `retry_after` on an
-    /// overload pauses the whole endpoint (up to a minute).
+    /// overload pauses the whole endpoint (up to a minute); on any other failure it only
+    /// delays its own call (the scheduler's business).
     pub fn release(&self, signal: Signal, retry_after: Option<Duration>, started: Millis, now: Millis) {
         let mut state = self.state.lock().expect("endpoint lock");
         let in_flight = state.in_flight;
         state.in_flight -= 1;
-        if let (Signal::Overload, Some(delay)) = (signal, retry_after) {
+        if let (Signal::Overload(_), Some(delay)) = (signal, retry_after) {
             let until = now + delay.min(MAX_ENDPOINT_PAUSE).as_millis() as Millis;
             state.paused_until = state.paused_until.max(until);
         }
         if let Some(change) = state.aimd.on_signal(signal, in_flight, started, now) {
-            tracing::debug!(endpoint = %self.key, from = change.from, to = change.to, reason = ?change.reason, "concurrency limit changed");
-            if change.reason == ChangeReason::Raise {
+            let reason = change.reason;
+            match reason {
+                ChangeReason::ErrorsWereOverload { .. } | ChangeReason::ErrorsNotOverload { .. } => {
+                    tracing::info!(endpoint = %self.key, from = change.from, to = change.to, "{}", reason.explain());
+                }
+                _ => {
+                    tracing::debug!(endpoint = %self.key, from = change.from, to = change.to, "{}", reason.explain());
+                }
+            }
+            if reason == ChangeReason::Raise {
                 state.raises += 1;
-            } else {
+            } else if reason.is_cut() {
                 state.cuts += 1;
             }
+            *state.by_reason.entry(reason.code()).or_default() += 1;
             if state.changes.len() == RECENT_CHANGES {
                 state.changes.pop_front();
             }
@@ -144,6 +158,7 @@ impl Endpoint {
             in_flight: state.in_flight,
             raises: state.raises,
             cuts: state.cuts,
+            changes_by_reason: state.by_reason.clone(),
             paused_until: (state.paused_until > 0).then_some(state.paused_until),
             recent_changes: state
                 .changes
@@ -152,11 +167,8 @@ impl Endpoint {
                     at: c.at,
                     from: c.from,
                     to: c.to,
-                    reason: match c.reason {
-                        ChangeReason::Raise => "raise",
-                        ChangeReason::CutOverload => "cut: overload",
-                        ChangeReason::CutLatency => "cut: latency",
-                    },
+                    reason: c.reason.code(),
+                    detail: c.reason.explain(),
                 })
                 .collect(),
         }
@@ -168,20 +180,27 @@ impl Endpoint {
 pub struct EndpointStats {
     pub limit: usize,
     pub in_flight: usize,
-    /// Times the limit went up / down since start.
+    /// Times the limit went up / was cut for overload since start.
     pub raises: u64,
     pub cuts: u64,
+    /// Every change and verdict since start, by reason code (`raise`, `overload`,
+    /// `latency`, `error_trial`, `errors_were_overload`, `errors_not_overload`, `probe`,
+    /// `probed`).
+    pub changes_by_reason: BTreeMap<&'static str, u64>,
     pub paused_until: Option<Millis>,
     pub recent_changes: Vec<ChangeView>,
 }
 
-/// One limit change, for stats.
+/// One limit change or verdict, for stats: what the limiter saw and did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangeView {
     pub at: Millis,
     pub from: usize,
     pub to: usize,
+    /// A stable code ([`ChangeReason::code`]).
     pub reason: &'static str,
+    /// The same, in a sentence with the figures behind it.
+    pub detail: String,
 }
 
 /// The origin (`scheme://host:port`) of a URL, the default endpoint key.

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::context::Context;
 use crate::error::{Error, ErrorKind};
+use crate::protocol::{header, DeclaredFailure, PROTOCOL_VERSION};
 use crate::signing::{KeyError, Verifier};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, Error>> + Send>>;
@@ -192,24 +193,43 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
-/// The HTTP status that carries an error's class.
-fn status_of(error: &Error) -> StatusCode {
-    match (error.status().map(StatusCode::from_u16), error.kind()) {
-        (Some(Ok(status)), _) => status,
-        // 503 is temporary and 422 permanent in the protocol's classification.
-        (_, ErrorKind::Temporary) => StatusCode::SERVICE_UNAVAILABLE,
-        (_, ErrorKind::Permanent) => StatusCode::UNPROCESSABLE_ENTITY,
-    }
+/// The HTTP status that carries an error's class, and what the failure is (protocol 2).
+fn status_of(error: &Error) -> (StatusCode, Option<DeclaredFailure>) {
+    let (default, declared) = match error.kind() {
+        // 500 and 503 are temporary, 422 permanent, in the protocol's classification.
+        ErrorKind::Temporary => (StatusCode::INTERNAL_SERVER_ERROR, Some(DeclaredFailure::Application)),
+        ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, Some(DeclaredFailure::Overload)),
+        ErrorKind::Permanent => (StatusCode::UNPROCESSABLE_ENTITY, None),
+    };
+    let status = error
+        .status()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(default);
+    (status, declared)
 }
 
 fn error_response(error: &Error) -> Response {
-    let mut response = (status_of(error), format!("{}\n", error.message())).into_response();
-    if let Some(delay) = error.retry_after_hint() {
-        let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
-        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert("retry-after", value);
+    let (status, declared) = status_of(error);
+    let mut response = (status, format!("{}\n", error.message())).into_response();
+    if let Some(declared) = declared {
+        response
+            .headers_mut()
+            .insert(header::FAILURE, HeaderValue::from_static(declared.as_str()));
+        if let Some(delay) = error.retry_after_hint() {
+            let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
         }
     }
+    response
+}
+
+/// Every answer says which protocol version the SDK speaks.
+fn stamp(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::PROTOCOL, HeaderValue::from(PROTOCOL_VERSION));
     response
 }
 
@@ -226,16 +246,16 @@ async fn call(
             .as_secs();
         if let Err(error) = verifier.verify("POST", &format!("/{name}"), &body, &headers, now) {
             tracing::warn!(function = %name, %error, "refused a request");
-            return (StatusCode::UNAUTHORIZED, format!("{error}\n")).into_response();
+            return stamp((StatusCode::UNAUTHORIZED, format!("{error}\n")).into_response());
         }
     }
     let Some(function) = endpoint.functions.get(&name).cloned() else {
-        return (StatusCode::NOT_FOUND, format!("no function named `{name}`\n")).into_response();
+        return stamp((StatusCode::NOT_FOUND, format!("no function named `{name}`\n")).into_response());
     };
     let ctx = Context::from_headers(&headers);
     let call_id = ctx.call_id.clone();
     // Run the function in its own task so that a panic is contained and reported.
-    match tokio::spawn(function(ctx, body)).await {
+    let response = match tokio::spawn(function(ctx, body)).await {
         Ok(Ok(output)) => (StatusCode::OK, output).into_response(),
         Ok(Err(error)) => {
             tracing::debug!(function = %name, call = %call_id, %error, "function failed");
@@ -253,11 +273,8 @@ async fn call(
                 "the function was cancelled".into()
             };
             tracing::error!(function = %name, call = %call_id, panic = %text, "function panicked");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the function panicked: {text}\n"),
-            )
-                .into_response()
+            error_response(&Error::temporary(format!("the function panicked: {text}")))
         }
-    }
+    };
+    stamp(response)
 }

@@ -7,8 +7,12 @@ use std::time::Duration;
 /// What the engine should do about a failed call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// Retry later, with backoff (or after the suggested delay).
+    /// Retry later, with backoff (or after the suggested delay). The handler's own failure:
+    /// the engine keeps sending other calls at the same concurrency.
     Temporary,
+    /// The handler is saturated: retry later, and send less. The engine lowers the
+    /// endpoint's concurrency, and a suggested delay pauses the whole endpoint.
+    Overloaded,
     /// Retrying cannot help: the call becomes a dead letter.
     Permanent,
 }
@@ -27,8 +31,11 @@ pub enum ErrorKind {
 /// }
 /// assert_eq!(parse("x").unwrap_err().kind(), ErrorKind::Permanent);
 ///
-/// let busy = Error::temporary("rate limited").retry_after(Duration::from_secs(2));
-/// assert_eq!(busy.retry_after_hint(), Some(Duration::from_secs(2)));
+/// let flaky = Error::temporary("payment API timed out").retry_after(Duration::from_secs(2));
+/// assert_eq!(flaky.retry_after_hint(), Some(Duration::from_secs(2)));
+///
+/// let busy = Error::overloaded("connection pool exhausted");
+/// assert_eq!(busy.kind(), ErrorKind::Overloaded);
 ///
 /// fn read() -> Result<String, Error> {
 ///     Ok(std::fs::read_to_string("/definitely/not/here")?)
@@ -55,6 +62,18 @@ impl Error {
         }
     }
 
+    /// The handler cannot take more work now (a full pool, a queue over its bound): the
+    /// call is retried and the engine sends less to this endpoint. Use
+    /// [`Error::temporary`] for failures that sending less would not fix.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Overloaded,
+            message: message.into(),
+            retry_after: None,
+            status: None,
+        }
+    }
+
     /// A failure that retrying cannot fix.
     pub fn permanent(message: impl Into<String>) -> Self {
         Self {
@@ -65,8 +84,9 @@ impl Error {
         }
     }
 
-    /// Suggest when to retry (sent as `Retry-After`, rounded up to whole seconds). Only
-    /// meaningful for temporary errors.
+    /// Suggest when to retry (sent as `Retry-After`, rounded up to whole seconds). On a
+    /// temporary error it delays only this call; on an overloaded one, the whole endpoint.
+    /// Ignored on permanent errors.
     #[must_use]
     pub fn retry_after(mut self, delay: Duration) -> Self {
         self.retry_after = Some(delay);
@@ -83,7 +103,7 @@ impl Error {
         &self.message
     }
 
-    /// Answer with this status instead of the kind's default (503 or 422).
+    /// Answer with this status instead of the kind's default (500, 503 or 422).
     pub(crate) fn with_status(mut self, status: u16) -> Self {
         self.status = Some(status);
         self
@@ -103,6 +123,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
             ErrorKind::Temporary => "temporary",
+            ErrorKind::Overloaded => "overloaded",
             ErrorKind::Permanent => "permanent",
         };
         write!(f, "{kind} error: {}", self.message)

@@ -11,12 +11,13 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 /// The protocol version the engine speaks. Sent in [`header::PROTOCOL`].
 ///
 /// Later versions add fields (for example a journal of durable steps) without changing the
-/// meaning of version 1 headers, so plain webhooks keep working.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// meaning of version 1 headers, so plain webhooks keep working. Version 2 added the
+/// response headers [`header::PROTOCOL`] and [`header::FAILURE`].
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Header names, lower case as HTTP/2 requires and HTTP/1 ignores.
 pub mod header {
-    /// Protocol version of the request, for example `1`.
+    /// Protocol version of the request, for example `2`; an SDK answers with its own.
     pub const PROTOCOL: &str = "engine-protocol";
     /// The call id, a UUID v7, stable across attempts.
     pub const CALL_ID: &str = "engine-call-id";
@@ -42,6 +43,49 @@ pub mod header {
     pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     /// Response header: seconds or an HTTP date after which a retry may happen.
     pub const RETRY_AFTER: &str = "retry-after";
+    /// Response header (version 2): what a temporary failure is, see
+    /// [`super::DeclaredFailure`]. Absent from plain webhooks.
+    pub const FAILURE: &str = "engine-failure";
+}
+
+/// What a handler says a temporary failure is, in [`header::FAILURE`]. The class of the
+/// outcome still comes from the status; this tells the engine's adaptive concurrency limit
+/// whether to slow down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeclaredFailure {
+    /// The handler failed for its own reasons (a bug, a bad input, a failing dependency):
+    /// sending less would not help. The call is retried; the endpoint's limit is kept, and
+    /// a `Retry-After` delays only this call.
+    Application,
+    /// The handler is saturated: the engine lowers the endpoint's concurrency, and a
+    /// `Retry-After` pauses the whole endpoint.
+    Overload,
+}
+
+impl DeclaredFailure {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Application => "application",
+            Self::Overload => "overload",
+        }
+    }
+
+    /// Read a header value; anything else is `None` (treated like a plain webhook).
+    ///
+    /// ```
+    /// use sdk::protocol::DeclaredFailure;
+    /// assert_eq!(DeclaredFailure::parse("overload"), Some(DeclaredFailure::Overload));
+    /// assert_eq!(DeclaredFailure::parse("Application "), Some(DeclaredFailure::Application));
+    /// assert_eq!(DeclaredFailure::parse("busy"), None);
+    /// ```
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "application" => Some(Self::Application),
+            "overload" => Some(Self::Overload),
+            _ => None,
+        }
+    }
 }
 
 /// How the engine treats the outcome of one attempt.

@@ -28,6 +28,7 @@ async fn charge(ctx: Context, order: Order) -> Result<Receipt, Error> {
         a if a < 0 => Err(Error::permanent("negative amount")),
         0 => Err(Error::temporary("bank busy").retry_after(Duration::from_millis(1500))),
         13 => panic!("unlucky order"),
+        99 => Err(Error::overloaded("pool exhausted").retry_after(Duration::from_secs(3))),
         _ => Ok(Receipt {
             id: order.id,
             call: ctx.call_id.clone(),
@@ -93,10 +94,18 @@ async fn undecodable_input_is_permanent() {
 async fn temporary_and_permanent_errors_map_to_their_classes() {
     let (addr, _stop) = serve(endpoint()).await;
     let temporary = post(addr, "/charge", r#"{"id": 1, "amount": 0}"#).await;
+    assert_eq!(temporary.status(), 500, "an application error is not a 503");
     assert_eq!(classify_status(temporary.status().as_u16()), OutcomeClass::Temporary);
     assert_eq!(temporary.headers()["retry-after"], "2", "1.5 s rounds up");
+    assert_eq!(temporary.headers()[header::FAILURE], "application");
+    assert_eq!(temporary.headers()[header::PROTOCOL], "2");
+    let overloaded = post(addr, "/charge", r#"{"id": 1, "amount": 99}"#).await;
+    assert_eq!(overloaded.status(), 503);
+    assert_eq!(overloaded.headers()[header::FAILURE], "overload");
+    assert_eq!(overloaded.headers()["retry-after"], "3");
     let permanent = post(addr, "/charge", r#"{"id": 1, "amount": -5}"#).await;
     assert_eq!(classify_status(permanent.status().as_u16()), OutcomeClass::Permanent);
+    assert!(permanent.headers().get(header::FAILURE).is_none());
     assert!(permanent.text().await.unwrap().contains("negative amount"));
 }
 
@@ -106,6 +115,7 @@ async fn a_panic_is_temporary_and_the_server_survives() {
     let response = post(addr, "/charge", r#"{"id": 1, "amount": 13}"#).await;
     assert_eq!(response.status(), 500);
     assert_eq!(classify_status(500), OutcomeClass::Temporary);
+    assert_eq!(response.headers()[header::FAILURE], "application");
     assert!(response.text().await.unwrap().contains("unlucky order"));
     let after = post(addr, "/charge", r#"{"id": 2, "amount": 1}"#).await;
     assert_eq!(after.status(), 200, "the server still serves after a panic");

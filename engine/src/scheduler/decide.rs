@@ -1,26 +1,11 @@
 //! What happens to a call after an attempt: a pure function of the outcome, the policy, the
 //! call's age and a random draw.
 
-use std::time::Duration;
-
 use sdk::protocol::OutcomeClass;
 
+use crate::delivery::AttemptOutcome;
 use crate::model::{Millis, Transition};
 use crate::retry::RetryPolicy;
-
-/// The classified result of one delivery attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AttemptOutcome {
-    pub class: OutcomeClass,
-    pub http_status: Option<u16>,
-    /// What went wrong, for operators; `None` on success.
-    pub error: Option<String>,
-    /// The (bounded) response body of a successful attempt.
-    pub output: Option<Vec<u8>>,
-    /// A delay the target asked for with `Retry-After`.
-    pub retry_after: Option<Duration>,
-    pub duration: Duration,
-}
 
 /// Decide the call's next state after attempt number `attempt`.
 pub fn decide(
@@ -65,6 +50,8 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn outcome(class: OutcomeClass) -> AttemptOutcome {
@@ -74,6 +61,8 @@ mod tests {
             error: Some("HTTP 503".into()),
             output: None,
             retry_after: None,
+            declared: None,
+            transport: None,
             duration: Duration::from_millis(3),
         }
     }

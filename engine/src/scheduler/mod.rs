@@ -17,18 +17,17 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
-pub use decide::{decide, AttemptOutcome};
+pub use decide::decide;
 use window::{Completion, GroupLoad, Window};
 
 use crate::config::{OnDead, SubscriptionConfig};
-use crate::delivery::{Deliverer, DeliveryLimits};
+use crate::delivery::{AttemptOutcome, Deliverer, DeliveryLimits};
 use crate::endpoints::{check_rate, rate_limiter, Endpoint, Wait};
-use crate::limiter::Signal;
+use crate::limiter::signal_of;
 use crate::model::{now_millis, AttemptRecord, CallStatus, DueCall, Millis, Transition};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, now_secs, Histogram, RateWindow};
 use connectors::kafka::SourceStatus;
-use sdk::protocol::OutcomeClass;
 
 /// Calls waiting behind each group's head in memory.
 const GROUP_QUEUE: usize = 8;
@@ -463,17 +462,6 @@ pub enum Control {
     Redriven { seq: i64, ordering_key: Option<Vec<u8>> },
     /// The dead call was deleted.
     Purged { ordering_key: Option<Vec<u8>> },
-}
-
-/// What an attempt says about the endpoint's capacity: 429, 503, timeouts and failed
-/// connections are overload; any other answer carries a latency.
-fn signal_of(outcome: &AttemptOutcome) -> Signal {
-    match (outcome.class, outcome.http_status) {
-        (_, Some(429 | 503)) | (OutcomeClass::Temporary, None) => Signal::Overload,
-        _ => Signal::Answered {
-            latency: outcome.duration,
-        },
-    }
 }
 
 fn instant_at(at: Millis, now: Millis) -> Instant {

@@ -1,0 +1,519 @@
+//! Adaptive concurrency per endpoint. Pure: signals and time go in, a limit and the reason
+//! for each change come out.
+//!
+//! The limit reacts only to real overload, and keeps a healthy endpoint busy:
+//!
+//! - **Growth.** Each good answer that arrives while the endpoint is busy (at least half
+//!   the limit in flight) raises the limit: by half a slot in *slow start* (×1.5 per round trip,
+//!   until the first cut), by `1 / limit` afterwards (one slot per round trip), and five
+//!   times slower just above the level where the endpoint last overflowed (the *ceiling*).
+//!   Once well past the ceiling with no complaint, the ceiling is forgotten and slow start
+//!   resumes, so a recovered endpoint is used fully within seconds.
+//! - **Explicit overload** ([`signal`]: 429, 503 with `Retry-After`, an SDK's declared
+//!   overload, a timeout, a refused or reset connection) cuts the limit by
+//!   `decrease_factor`, at most once per round trip.
+//! - **Unexplained errors** (a 500, or a 503 without `Retry-After`) may be a saturated server
+//!   or a bug. When their share of a round rises above what is usual for the endpoint, the
+//!   limit is cut *as a trial*: if the errors fall in the next round, they were overload and
+//!   the cut stays; if not, they are application errors, the limit is restored, and their
+//!   rate becomes the endpoint's usual rate. A cut that did not help is not repeated.
+//! - **Latency rising with concurrency.** The median latency of a round is compared with the
+//!   median measured at low concurrency (the initial limit), like with like: a jittery
+//!   service has the same median at any concurrency; a saturating one does not. Two rounds
+//!   in a row above `latency_tolerance` times the reference cut the limit in proportion.
+//!   The reference is measured again every `probe_interval` by holding concurrency at the
+//!   initial limit for one short round, and after a latency cut that did not lower latency.
+//!
+//! A *round* is the answers to `max(32, limit)` attempts started since the last change, so
+//! decisions never mix attempts sent under different limits.
+
+mod round;
+pub mod signal;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::Millis;
+use round::{Round, RoundSummary};
+pub use signal::{signal_of, OverloadCause, Signal};
+
+/// Answers in a round, at least (more when the limit is higher).
+const MIN_ROUND: usize = 32;
+/// Answers in a round, at most: decisions stay quick at high limits.
+const MAX_ROUND: usize = 128;
+/// Answers in a probe round at low concurrency.
+const PROBE_ROUND: usize = 16;
+/// Answers in the round that judges an error trial: enough to tell 20% from 0%.
+const TRIAL_ROUND: usize = 100;
+/// With no usual error rate learned yet, a round with more errors than this starts a trial.
+const ERROR_ONSET: f64 = 0.1;
+/// Rounds in a row over the latency threshold before a cut.
+const SLOW_ROUNDS_TO_CUT: u32 = 2;
+/// Gentlest cut for latency: it is a gradual signal, not a wall.
+const LATENCY_CUT_MAX_FACTOR: f64 = 0.95;
+
+/// Settings of the adaptive limit.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AimdConfig {
+    /// Adapt the limit; when false the limit stays at `max` (a fixed limit).
+    pub adaptive: bool,
+    /// The limit never goes below this. Default 1.
+    pub min: usize,
+    /// The limit never goes above this. Default 256.
+    pub max: usize,
+    /// Where the limit starts, and the low concurrency at which the reference latency is
+    /// measured. Default 4.
+    pub initial: usize,
+    /// Factor applied on overload, in (0, 1). Default 0.9.
+    pub decrease_factor: f64,
+    /// A round's median latency above this multiple of the latency at low concurrency
+    /// counts as overload. Default 1.75.
+    pub latency_tolerance: f64,
+    /// ... but only when it is also this much above it (tiny latencies are noisy).
+    /// Default 5 ms.
+    #[serde(with = "humantime_serde")]
+    pub latency_floor: Duration,
+    /// How often the latency at low concurrency is measured again while the endpoint is
+    /// kept busy above it. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+}
+
+impl Default for AimdConfig {
+    fn default() -> Self {
+        Self {
+            adaptive: true,
+            min: 1,
+            max: 256,
+            initial: 4,
+            decrease_factor: 0.9,
+            latency_tolerance: 1.75,
+            latency_floor: Duration::from_millis(5),
+            probe_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl AimdConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.min == 0 || self.min > self.max {
+            return Err(format!(
+                "concurrency needs 1 <= min <= max, got min {} and max {}",
+                self.min, self.max
+            ));
+        }
+        if !(self.decrease_factor > 0.0 && self.decrease_factor < 1.0) {
+            return Err(format!(
+                "decrease_factor must be within (0, 1), got {}",
+                self.decrease_factor
+            ));
+        }
+        if self.latency_tolerance.is_nan() || self.latency_tolerance <= 1.0 {
+            return Err(format!(
+                "latency_tolerance must be above 1, got {}",
+                self.latency_tolerance
+            ));
+        }
+        if self.probe_interval < Duration::from_secs(1) {
+            return Err(format!(
+                "probe_interval must be at least 1s, got {}",
+                humantime::format_duration(self.probe_interval)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The low concurrency where the reference latency is measured.
+    fn low(&self) -> usize {
+        self.initial.clamp(self.min, self.max)
+    }
+}
+
+/// A change of the limit, or a verdict about the endpoint, for logs and stats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitChange {
+    pub at: Millis,
+    pub from: usize,
+    pub to: usize,
+    pub reason: ChangeReason,
+}
+
+/// Why the limit changed, with what was seen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ChangeReason {
+    /// The endpoint was kept busy and answered without complaint.
+    Raise,
+    /// An attempt said the endpoint is saturated.
+    Overload(OverloadCause),
+    /// The median latency rose with concurrency.
+    Latency {
+        median_ms: f64,
+        reference_ms: f64,
+        in_flight: f64,
+    },
+    /// Unexplained errors rose above the usual rate: a trial cut.
+    ErrorTrial { rate: f64, usual: Option<f64> },
+    /// The trial cut made the errors fall: they were overload, the cut stays.
+    ErrorsWereOverload { before: f64, after: f64 },
+    /// The trial cut did not make the errors fall: application errors, the limit is back.
+    ErrorsNotOverload { before: f64, after: f64 },
+    /// Concurrency held at the initial limit for a round, to measure the latency there.
+    Probe { after_futile_cut: bool },
+    /// The probe's measurement; the limit is back.
+    Probed { reference_ms: f64 },
+}
+
+impl ChangeReason {
+    /// A stable short name, for metrics labels and filters.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Raise => "raise",
+            Self::Overload(_) => "overload",
+            Self::Latency { .. } => "latency",
+            Self::ErrorTrial { .. } => "error_trial",
+            Self::ErrorsWereOverload { .. } => "errors_were_overload",
+            Self::ErrorsNotOverload { .. } => "errors_not_overload",
+            Self::Probe { .. } => "probe",
+            Self::Probed { .. } => "probed",
+        }
+    }
+
+    /// Whether this lowered the limit because of the endpoint's state.
+    pub fn is_cut(&self) -> bool {
+        matches!(self, Self::Overload(_) | Self::Latency { .. } | Self::ErrorTrial { .. })
+    }
+
+    /// What was seen and what was done, in a sentence for operators.
+    pub fn explain(&self) -> String {
+        let pct = |rate: f64| format!("{:.0}%", rate * 100.0);
+        match *self {
+            Self::Raise => "raise: the endpoint was kept busy and answered without overload".into(),
+            Self::Overload(cause) => format!("cut: {} (overload)", cause.describe()),
+            Self::Latency {
+                median_ms,
+                reference_ms,
+                in_flight,
+            } => format!(
+                "cut: median latency {median_ms:.1} ms at {in_flight:.0} in flight, {:.1}x the {reference_ms:.1} ms at low concurrency",
+                median_ms / reference_ms.max(1e-3)
+            ),
+            Self::ErrorTrial { rate, usual } => format!(
+                "trial cut: {} of answers were 5xx errors (usual {}); do they fall with concurrency?",
+                pct(rate),
+                usual.map_or_else(|| "unknown".into(), pct)
+            ),
+            Self::ErrorsWereOverload { before, after } => format!(
+                "kept the cut: 5xx errors fell from {} to {} with less concurrency (overload)",
+                pct(before),
+                pct(after)
+            ),
+            Self::ErrorsNotOverload { before, after } => format!(
+                "restored: 5xx errors did not fall with less concurrency ({} then {}): application errors, not overload",
+                pct(before),
+                pct(after)
+            ),
+            Self::Probe { after_futile_cut } => if after_futile_cut {
+                "probe: latency did not fall after a cut; measuring it again at low concurrency"
+            } else {
+                "probe: measuring latency at low concurrency for one round"
+            }
+            .into(),
+            Self::Probed { reference_ms } => {
+                format!("probe done: median latency {reference_ms:.1} ms at low concurrency")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Reference {
+    ms: f64,
+    at: Millis,
+}
+
+/// A trial cut for errors, with the state before it (to restore) and what was seen.
+#[derive(Debug, Clone, Copy)]
+struct Trial {
+    limit: f64,
+    ceiling: Option<f64>,
+    slow_start: bool,
+    rate_before: f64,
+    samples_before: usize,
+}
+
+/// The limiter of one endpoint.
+#[derive(Debug, Clone)]
+pub struct Aimd {
+    config: AimdConfig,
+    limit: f64,
+    slow_start: bool,
+    /// The limit just before the last cut: where the endpoint overflowed.
+    ceiling: Option<f64>,
+    last_cut: Option<Millis>,
+    round: Round,
+    /// Median latency at low concurrency.
+    reference: Option<Reference>,
+    slow_rounds: u32,
+    /// The median just before the last latency cut, to check that the cut helped.
+    latency_cut_from: Option<f64>,
+    /// The endpoint's usual share of unexplained errors, once learned.
+    usual_error_rate: Option<f64>,
+    trial: Option<Trial>,
+    /// Probing (concurrency held low) since this moment.
+    probe_since: Option<Millis>,
+}
+
+impl Aimd {
+    pub fn new(config: AimdConfig) -> Self {
+        let start = if config.adaptive { config.low() } else { config.max };
+        Self {
+            limit: start as f64,
+            config,
+            slow_start: true,
+            ceiling: None,
+            last_cut: None,
+            round: Round::new(0),
+            reference: None,
+            slow_rounds: 0,
+            latency_cut_from: None,
+            usual_error_rate: None,
+            trial: None,
+            probe_since: None,
+        }
+    }
+
+    /// The current limit of attempts in flight (lower while a probe holds it down).
+    pub fn limit(&self) -> usize {
+        let limit = self.limit.floor() as usize;
+        if self.probe_since.is_some() {
+            limit.min(self.config.low())
+        } else {
+            limit
+        }
+    }
+
+    /// Feed the outcome of an attempt that started at `started`. `in_flight` is the number
+    /// of attempts in flight when it arrived (including this one). Returns a change of the
+    /// whole-number limit, or a verdict, with its reason.
+    pub fn on_signal(&mut self, signal: Signal, in_flight: usize, started: Millis, now: Millis) -> Option<LimitChange> {
+        if !self.config.adaptive {
+            return None;
+        }
+        let before = self.limit();
+        let reason = match signal {
+            Signal::Overload(cause) => {
+                // Attempts sent before the last cut were sent under the old limit.
+                let fresh = self.last_cut.is_none_or(|at| started >= at);
+                fresh.then(|| {
+                    self.trial = None;
+                    self.cut(self.config.decrease_factor, now, true);
+                    ChangeReason::Overload(cause)
+                })
+            }
+            Signal::Answered { latency } | Signal::Error { latency } => {
+                let error = matches!(signal, Signal::Error { .. });
+                if started >= self.round.since {
+                    self.round.add(latency.as_secs_f64() * 1000.0, in_flight, error);
+                }
+                let verdict = self.close_round(now);
+                // An error is no reason to grow, whatever it turns out to be.
+                if verdict.is_none() && !error && self.may_grow() && in_flight * 2 >= self.limit.floor() as usize {
+                    self.grow();
+                    Some(ChangeReason::Raise)
+                } else {
+                    verdict
+                }
+            }
+        };
+        let after = self.limit();
+        match reason {
+            Some(ChangeReason::Raise) if after == before => None,
+            Some(reason) => Some(LimitChange {
+                at: now,
+                from: before,
+                to: after,
+                reason,
+            }),
+            None => None,
+        }
+    }
+
+    fn may_grow(&self) -> bool {
+        self.reference.is_some() && self.trial.is_none() && self.probe_since.is_none()
+    }
+
+    fn grow(&mut self) {
+        let step = if self.slow_start {
+            0.5
+        } else if self.ceiling.is_some_and(|c| self.limit + 1.0 >= c) {
+            0.2 / self.limit
+        } else {
+            1.0 / self.limit
+        };
+        self.limit = (self.limit + step).min(self.config.max as f64);
+        if self.ceiling.is_some_and(|c| self.limit >= c * 1.25 + 2.0) {
+            // Well past where it overflowed, with no complaint: it has more room now.
+            self.ceiling = None;
+            self.slow_start = true;
+        }
+    }
+
+    /// Multiply the limit by `factor`; `overflowed` marks the old limit as the ceiling.
+    fn cut(&mut self, factor: f64, now: Millis, overflowed: bool) {
+        if overflowed {
+            self.ceiling = Some(self.limit);
+        }
+        self.limit = (self.limit * factor).max(self.config.min as f64);
+        self.last_cut = Some(now);
+        self.slow_start = false;
+        self.slow_rounds = 0;
+        self.latency_cut_from = None;
+        self.round = Round::new(now);
+    }
+
+    /// When the round has enough answers, judge it.
+    fn close_round(&mut self, now: Millis) -> Option<ChangeReason> {
+        let needed = if self.probe_since.is_some() {
+            PROBE_ROUND
+        } else if self.trial.is_some() {
+            TRIAL_ROUND.max(self.limit.floor() as usize)
+        } else {
+            (self.limit.floor() as usize).clamp(MIN_ROUND, MAX_ROUND)
+        };
+        if self.round.len() < needed {
+            return None;
+        }
+        let summary = self.round.summary();
+        self.round = Round::new(now);
+        if self.probe_since.take().is_some() {
+            self.reference = Some(Reference {
+                ms: summary.median_ms,
+                at: now,
+            });
+            self.slow_rounds = 0;
+            return Some(ChangeReason::Probed {
+                reference_ms: summary.median_ms,
+            });
+        }
+        if summary.mean_in_flight <= self.config.low() as f64 {
+            let ms = match self.reference {
+                Some(r) if now - r.at < self.probe_interval_ms() => r.ms * 0.7 + summary.median_ms * 0.3,
+                _ => summary.median_ms,
+            };
+            self.reference = Some(Reference { ms, at: now });
+        }
+        if let Some(reason) = self.judge_errors(&summary, now) {
+            return Some(reason);
+        }
+        if let Some(reason) = self.judge_latency(&summary, now) {
+            return Some(reason);
+        }
+        let stale = self
+            .reference
+            .is_none_or(|r| now - r.at >= self.probe_interval_ms());
+        (stale && self.limit.floor() as usize > self.config.low()).then(|| {
+            self.probe_since = Some(now);
+            ChangeReason::Probe {
+                after_futile_cut: false,
+            }
+        })
+    }
+
+    fn probe_interval_ms(&self) -> Millis {
+        self.config.probe_interval.as_millis() as Millis
+    }
+
+    fn judge_errors(&mut self, summary: &RoundSummary, now: Millis) -> Option<ChangeReason> {
+        let rate = summary.error_rate;
+        if let Some(trial) = self.trial.take() {
+            let (before, after) = (trial.rate_before, rate);
+            if self.trial_helped(&trial, summary) {
+                self.ceiling = Some(trial.limit);
+                return Some(ChangeReason::ErrorsWereOverload { before, after });
+            }
+            self.limit = self.limit.max(trial.limit);
+            self.ceiling = trial.ceiling;
+            self.slow_start = trial.slow_start;
+            self.usual_error_rate = Some(self.usual_error_rate.map_or(after, |u| u.max(after)));
+            return Some(ChangeReason::ErrorsNotOverload { before, after });
+        }
+        let usual = self.usual_error_rate;
+        let threshold = usual.map_or(ERROR_ONSET, |u| u + (3.0 * binomial_sd(u, summary.samples)).max(0.1));
+        if rate > threshold {
+            self.trial = Some(Trial {
+                limit: self.limit,
+                ceiling: self.ceiling,
+                slow_start: self.slow_start,
+                rate_before: rate,
+                samples_before: summary.samples,
+            });
+            // If the errors are the excess over a capacity, the capacity is about this.
+            let factor = (1.0 - rate).clamp(0.5, self.config.decrease_factor);
+            self.cut(factor, now, false);
+            return Some(ChangeReason::ErrorTrial { rate, usual });
+        }
+        if let Some(u) = usual.filter(|&u| rate < u - 2.0 * binomial_sd(u, summary.samples)) {
+            // An application that got better: its usual rate follows it down. It goes up
+            // only through a trial, so errors that creep up with concurrency are not
+            // mistaken for the application's own.
+            self.usual_error_rate = Some(u * 0.9 + rate * 0.1);
+        }
+        None
+    }
+
+    /// Whether the errors fell to the usual rate (none, if none is known) after a trial
+    /// cut, by more than chance would explain.
+    fn trial_helped(&self, trial: &Trial, after: &RoundSummary) -> bool {
+        let expected = self.usual_error_rate.unwrap_or(0.0);
+        let at_usual = after.error_rate <= expected + 2.0 * binomial_sd(expected.max(0.02), after.samples) + 0.02;
+        let halved = after.error_rate <= trial.rate_before * 0.5;
+        let (n1, n2) = (trial.samples_before as f64, after.samples as f64);
+        let pooled = (trial.rate_before * n1 + after.error_rate * n2) / (n1 + n2);
+        let sd = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
+        (at_usual || halved) && trial.rate_before - after.error_rate > 3.0 * sd
+    }
+
+    fn judge_latency(&mut self, summary: &RoundSummary, now: Millis) -> Option<ChangeReason> {
+        let reference = self.reference?;
+        if let Some(from) = self.latency_cut_from.take() {
+            if summary.median_ms >= from {
+                // The cut did not lower latency: the reference may be stale. Measure it
+                // again before cutting for latency once more.
+                self.probe_since = Some(now);
+                return Some(ChangeReason::Probe { after_futile_cut: true });
+            }
+        }
+        if summary.mean_in_flight <= self.config.low() as f64 {
+            self.slow_rounds = 0;
+            return None;
+        }
+        let floor_ms = self.config.latency_floor.as_secs_f64() * 1000.0;
+        let threshold = (reference.ms * self.config.latency_tolerance).max(reference.ms + floor_ms);
+        if summary.median_ms <= threshold {
+            self.slow_rounds = 0;
+            return None;
+        }
+        self.slow_rounds += 1;
+        if self.slow_rounds < SLOW_ROUNDS_TO_CUT {
+            return None;
+        }
+        let factor = (threshold / summary.median_ms).clamp(0.5, LATENCY_CUT_MAX_FACTOR);
+        self.cut(factor, now, true);
+        self.latency_cut_from = Some(summary.median_ms);
+        Some(ChangeReason::Latency {
+            median_ms: summary.median_ms,
+            reference_ms: reference.ms,
+            in_flight: summary.mean_in_flight,
+        })
+    }
+}
+
+/// Standard deviation of an observed rate over `n` samples when the true rate is `p`.
+fn binomial_sd(p: f64, n: usize) -> f64 {
+    (p * (1.0 - p) / n.max(1) as f64).sqrt()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,260 @@
+//! The limiter against simulated endpoints: each step is one round trip in which the
+//! endpoint receives `limit` attempts at once, with a seeded random source.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+/// An endpoint's answer to one attempt: `(in_flight, index in the round trip, rng)`.
+type Answer<'a> = &'a dyn Fn(usize, usize, &mut StdRng) -> Signal;
+
+struct Sim {
+    aimd: Aimd,
+    now: Millis,
+    rng: StdRng,
+    changes: Vec<LimitChange>,
+}
+
+impl Sim {
+    fn new(config: AimdConfig) -> Self {
+        Self {
+            aimd: Aimd::new(config),
+            now: 1,
+            rng: StdRng::seed_from_u64(7),
+            changes: Vec::new(),
+        }
+    }
+
+    /// One round trip; `answer(in_flight, index, rng)` is each attempt's signal.
+    fn step(&mut self, answer: Answer) {
+        let n = self.aimd.limit();
+        let started = self.now;
+        let mut signals: Vec<(Millis, Signal)> = (0..n)
+            .map(|i| {
+                let signal = answer(n, i, &mut self.rng);
+                let ms = match signal {
+                    Signal::Answered { latency } | Signal::Error { latency } => latency.as_millis() as Millis,
+                    Signal::Overload(_) => 0,
+                };
+                (ms.max(1), signal)
+            })
+            .collect();
+        signals.sort_by_key(|s| s.0);
+        for &(ms, signal) in &signals {
+            if let Some(change) = self.aimd.on_signal(signal, n, started, started + ms) {
+                self.changes.push(change);
+            }
+        }
+        self.now = started + signals.last().map_or(1, |s| s.0);
+    }
+
+    fn run(&mut self, steps: usize, answer: Answer) -> Vec<usize> {
+        (0..steps)
+            .map(|_| {
+                self.step(answer);
+                self.aimd.limit()
+            })
+            .collect()
+    }
+
+    fn count(&self, code: &str) -> usize {
+        self.changes.iter().filter(|c| c.reason.code() == code).count()
+    }
+}
+
+fn ms(value: f64) -> Duration {
+    Duration::from_secs_f64(value.max(0.0) / 1000.0)
+}
+
+fn answered(value: f64) -> Signal {
+    Signal::Answered { latency: ms(value) }
+}
+
+fn exponential(rng: &mut StdRng, mean: f64) -> f64 {
+    -mean * (1.0 - rng.random::<f64>()).ln()
+}
+
+fn mean(values: &[usize]) -> f64 {
+    values.iter().sum::<usize>() as f64 / values.len() as f64
+}
+
+#[test]
+fn a_healthy_endpoint_is_used_up_to_the_max_within_a_few_dozen_round_trips() {
+    let mut sim = Sim::new(AimdConfig::default());
+    let limits = sim.run(40, &|_, _, _| answered(10.0));
+    assert_eq!(*limits.last().unwrap(), 256, "{limits:?}");
+    assert!(sim.changes.iter().all(|c| !c.reason.is_cut()), "{:?}", sim.changes);
+}
+
+#[test]
+fn an_idle_endpoint_does_not_inflate_its_limit() {
+    let mut aimd = Aimd::new(AimdConfig::default());
+    for now in 0..1000 {
+        aimd.on_signal(answered(5.0), 1, now, now);
+    }
+    assert_eq!(aimd.limit(), 4, "one call at a time proves nothing about capacity");
+}
+
+#[test]
+fn a_burst_of_429_cuts_once_per_round_trip() {
+    let mut sim = Sim::new(AimdConfig::default());
+    sim.run(40, &|_, _, _| answered(5.0));
+    let (mut aimd, mut now) = (sim.aimd, sim.now);
+    let sent = now;
+    now += 10;
+    let change = aimd
+        .on_signal(Signal::Overload(OverloadCause::TooManyRequests), 256, sent, now)
+        .unwrap();
+    assert_eq!((change.from, change.to), (256, 230));
+    assert_eq!(change.reason.explain(), "cut: 429 Too Many Requests (overload)");
+    for _ in 0..50 {
+        now += 1;
+        let again = aimd.on_signal(Signal::Overload(OverloadCause::Timeout), 230, sent, now);
+        assert_eq!(again, None, "sent before the cut");
+    }
+    let change = aimd
+        .on_signal(Signal::Overload(OverloadCause::Refused), 230, now, now + 10)
+        .unwrap();
+    assert_eq!(change.to, 207, "230.4 * 0.9, from an attempt sent after the cut");
+}
+
+#[test]
+fn random_application_errors_do_not_hold_the_limit_down() {
+    for rate in [0.2, 0.5] {
+        for latency in [1.0, 20.0] {
+            let mut sim = Sim::new(AimdConfig::default());
+            let limits = sim.run(300, &|_, _, rng| {
+                if rng.random::<f64>() < rate {
+                    Signal::Error { latency: ms(latency) }
+                } else {
+                    answered(latency)
+                }
+            });
+            let label = format!("{rate} errors at {latency} ms: {:?}", sim.changes);
+            assert!(mean(&limits[100..]) > 240.0, "{label}");
+            assert!(sim.count("errors_not_overload") >= 1, "{label}");
+            assert!(sim.count("error_trial") <= 2, "a futile trial is not repeated: {label}");
+            assert_eq!(sim.count("latency") + sim.count("overload"), 0, "{label}");
+        }
+    }
+}
+
+#[test]
+fn errors_that_grow_with_concurrency_are_overload() {
+    // A server that answers 503 (without Retry-After) to what is above 16 in flight.
+    let mut sim = Sim::new(AimdConfig::default());
+    let limits = sim.run(600, &|_, index, _| {
+        if index >= 16 {
+            Signal::Error { latency: ms(1.0) }
+        } else {
+            answered(10.0)
+        }
+    });
+    let settled = mean(&limits[300..]);
+    assert!((12.0..=20.0).contains(&settled), "mean limit {settled}: {:?}", sim.changes);
+    assert!(sim.count("errors_were_overload") >= 1, "{:?}", sim.changes);
+}
+
+#[test]
+fn jittery_latency_that_does_not_depend_on_load_does_not_cut() {
+    // 2 ms + an exponential tail of mean 10 ms; and a heavy tail with p99 = 20x the median.
+    let tails: [Answer; 2] = [
+        &|_, _, rng| answered(2.0 + exponential(rng, 10.0)),
+        &|_, _, rng| {
+            let z = (-2.0 * (1.0 - rng.random::<f64>()).ln()).sqrt() * (std::f64::consts::TAU * rng.random::<f64>()).cos();
+            answered(5.0 * (1.288 * z).exp())
+        },
+    ];
+    for answer in tails {
+        let mut sim = Sim::new(AimdConfig::default());
+        let limits = sim.run(400, answer);
+        assert!(mean(&limits[100..]) > 240.0, "{:?}", sim.changes);
+        assert!(sim.count("latency") <= 1, "{:?}", sim.changes);
+    }
+}
+
+#[test]
+fn latency_rising_with_concurrency_settles_near_the_knee() {
+    // latency = 10 ms + 0.25 ms per attempt in flight: 2x the unloaded latency at 42.
+    let mut sim = Sim::new(AimdConfig::default());
+    let limits = sim.run(1500, &|n, _, _| answered(10.0 + 0.25 * n as f64));
+    let settled = mean(&limits[500..]);
+    let unloaded = 10.25;
+    let latency_at = |n: f64| 10.0 + 0.25 * n;
+    let peak = *limits[500..].iter().max().unwrap() as f64;
+    assert!(latency_at(peak) <= 2.0 * unloaded, "peak {peak}: {:?}", &sim.changes[..20]);
+    let throughput = |n: f64| n / latency_at(n);
+    assert!(
+        throughput(settled) >= 0.9 * throughput(42.0),
+        "mean limit {settled}: {:.0}% of the knee's throughput",
+        100.0 * throughput(settled) / throughput(42.0)
+    );
+    assert!(sim.count("latency") >= 1);
+}
+
+#[test]
+fn the_reference_latency_is_measured_again_at_low_concurrency() {
+    let mut sim = Sim::new(AimdConfig::default());
+    sim.run(40, &|_, _, _| answered(10.0));
+    assert_eq!(sim.aimd.limit(), 256);
+    // 30 s of 10 ms round trips later, a probe holds the limit at 4 for one round.
+    let limits = sim.run(3100, &|_, _, _| answered(10.0));
+    assert!(limits.contains(&4), "a probe ran");
+    assert!(sim.count("probe") >= 1 && sim.count("probed") >= 1);
+    assert_eq!(*limits.last().unwrap(), 256);
+    let probed = sim.changes.iter().find(|c| c.reason.code() == "probed").unwrap();
+    assert_eq!((probed.from, probed.to), (4, 256));
+}
+
+#[test]
+fn a_latency_cut_that_did_not_lower_latency_is_not_repeated() {
+    let mut sim = Sim::new(AimdConfig::default());
+    sim.run(40, &|_, _, _| answered(10.0));
+    // The service becomes four times slower at every concurrency (a slow dependency).
+    let limits = sim.run(300, &|_, _, _| answered(40.0));
+    assert_eq!(sim.count("latency"), 1, "{:?}", sim.changes);
+    let futile = sim
+        .changes
+        .iter()
+        .any(|c| c.reason == ChangeReason::Probe { after_futile_cut: true });
+    assert!(futile, "{:?}", sim.changes);
+    assert_eq!(*limits.last().unwrap(), 256, "{:?}", sim.changes);
+}
+
+#[test]
+fn capacity_that_returns_is_used_again_within_seconds() {
+    let mut sim = Sim::new(AimdConfig::default());
+    let capacity_8 = |_: usize, index: usize, _: &mut StdRng| {
+        if index >= 8 {
+            Signal::Overload(OverloadCause::TooManyRequests)
+        } else {
+            answered(20.0)
+        }
+    };
+    let limits = sim.run(300, &capacity_8);
+    let settled = mean(&limits[100..]);
+    assert!((6.0..=9.5).contains(&settled), "mean limit {settled}");
+    // 100 round trips of 20 ms: two seconds.
+    let limits = sim.run(100, &|_, _, _| answered(20.0));
+    assert_eq!(*limits.last().unwrap(), 256, "{limits:?}");
+}
+
+#[test]
+fn never_below_min_and_a_fixed_limit_never_moves() {
+    let mut aimd = Aimd::new(AimdConfig {
+        min: 2,
+        ..AimdConfig::default()
+    });
+    for n in 0..100 {
+        aimd.on_signal(Signal::Overload(OverloadCause::Timeout), 1, n * 10, n * 10 + 5);
+    }
+    assert_eq!(aimd.limit(), 2);
+    let mut fixed = Aimd::new(AimdConfig {
+        adaptive: false,
+        ..AimdConfig::default()
+    });
+    assert_eq!(fixed.limit(), 256);
+    assert_eq!(fixed.on_signal(Signal::Overload(OverloadCause::Timeout), 256, 0, 0), None);
+    assert_eq!(fixed.limit(), 256);
+}
