@@ -1,116 +1,328 @@
-//! Adaptive concurrency vs a fixed limit, against `flaky-endpoint --capacity C`.
+//! Adaptive concurrency against unkind targets (`tests/targets/unkind.py`, a threaded Python
+//! server), next to fixed limits on the same target and workload.
 //!
-//! For each capacity, the same backlog of calls is delivered twice: with the adaptive limit
-//! (the default), and with a fixed limit of 256. Reported: time to converge (the limit
-//! stays within [0.7 C, 1.3 C] for a second), throughput as a fraction of the endpoint's
-//! capacity (C requests per 2 × latency, its best rate), and the share of 429 answers.
+//! Each run stores a backlog of keyed calls (1,000 keys, ordered per key) before delivery
+//! starts, then starts the engine with one limit setting and waits until every call has
+//! succeeded. Six target classes:
+//!
+//! 1. random application failures (503 or 500, 20% or 50%), no capacity limit;
+//! 2. healthy but jittery (an exponential tail; a heavy tail with p99 = 20x the median);
+//! 3. a real capacity C (429 above C in flight), with and without `Retry-After` and jitter;
+//! 4. a saturating service (latency = base + k x in flight, no refusals);
+//! 5. capacity plus random application failures;
+//! 6. capacity that changes mid-run (64 -> 8 -> 64).
+//!
+//! Reported per run: completion time, throughput, refused share, calls lost, per-key order
+//! violations and overlaps, the limit's mean, and its changes by reason.
 
-use std::process::{Command, Stdio};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::model::NewCall;
-use engine::store::{Store, StoreOptions};
 use engine::{Config, Engine};
-use integration_tests::{free_addr, workspace_binary};
+use integration_tests::unkind::{store_keyed_backlog, UnkindTarget};
+use serde_json::Value;
 
-use crate::e2e::Proc;
+const KEYS: usize = 1000;
 
+/// A limit setting for one run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Limit {
+    Adaptive,
+    Fixed(usize),
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Adaptive => write!(f, "adaptive"),
+            Self::Fixed(n) => write!(f, "fixed {n}"),
+        }
+    }
+}
+
+/// What a target class is judged on.
 #[derive(Debug, Clone, Copy)]
-struct Sample {
-    at: f64,
-    limit: usize,
-    ok: u64,
-    throttled: u64,
+enum Goal {
+    /// Completion time within 1.1x of the best fixed limit.
+    Completion,
+    /// At least 90% of `capacity_per_s` with at most 2% refused.
+    Capacity { capacity_per_s: f64 },
+    /// At least 90% of the knee's throughput, p99 within 2x the unloaded latency.
+    Knee { knee_per_s: f64, unloaded_ms: f64 },
+    /// Back to 90% of each phase's capacity within 5 s: (start s, capacity per s).
+    Phases {
+        phases: &'static [(f64, f64)],
+        seconds: f64,
+    },
 }
 
-async fn endpoint_stats(url: &str) -> anyhow::Result<(u64, u64)> {
-    let body = reqwest_get(url).await?;
-    let value: serde_json::Value = serde_json::from_str(&body)?;
-    Ok((
-        value["ok"].as_u64().unwrap_or(0),
-        value["throttled_429"].as_u64().unwrap_or(0),
-    ))
+struct Case {
+    name: &'static str,
+    args: Vec<&'static str>,
+    calls: usize,
+    goal: Goal,
+    limits: Vec<Limit>,
 }
 
-async fn reqwest_get(url: &str) -> anyhow::Result<String> {
-    // A plain HTTP/1.0 GET, to keep the bench's dependencies to the engine's own.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.trim_start_matches("http://");
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    stream
-        .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
+fn cases(scale: f64) -> Vec<Case> {
+    let n = |calls: f64| (calls * scale) as usize;
+    let completion = |name, args: Vec<&'static str>, calls| Case {
+        name,
+        args,
+        calls: n(calls),
+        goal: Goal::Completion,
+        limits: vec![Limit::Adaptive, Limit::Fixed(16), Limit::Fixed(64), Limit::Fixed(256)],
+    };
+    let capacity = |name, args: Vec<&'static str>, c: f64, mean_ms: f64| Case {
+        name,
+        args,
+        calls: n(12.0 * c / mean_ms * 1000.0),
+        goal: Goal::Capacity {
+            capacity_per_s: c / mean_ms * 1000.0,
+        },
+        limits: vec![Limit::Adaptive],
+    };
+    vec![
+        completion("1a: 20% 503, 0 ms", vec!["--error-rate", "0.2"], 12_000.0),
+        completion(
+            "1b: 50% 503, 20 ms",
+            vec!["--error-rate", "0.5", "--latency-ms", "20"],
+            8_000.0,
+        ),
+        completion(
+            "1c: 20% 500, 20 ms",
+            vec!["--error-rate", "0.2", "--error-status", "500", "--latency-ms", "20"],
+            10_000.0,
+        ),
+        completion(
+            "1d: 50% 500, 0 ms",
+            vec!["--error-rate", "0.5", "--error-status", "500"],
+            8_000.0,
+        ),
+        completion(
+            "2a: 2 ms + exp(10 ms) tail",
+            vec!["--latency-ms", "2", "--jitter", "exp:10"],
+            12_000.0,
+        ),
+        completion(
+            "2b: heavy tail, median 5 ms, p99 20x",
+            vec!["--latency-ms", "5", "--jitter", "heavy:20"],
+            12_000.0,
+        ),
+        capacity(
+            "3a: C=8, 20 ms + exp(5 ms), 429",
+            vec!["--capacity", "8", "--latency-ms", "20", "--jitter", "exp:5"],
+            8.0,
+            25.0,
+        ),
+        capacity(
+            "3b: C=8, 25 ms, 429 + Retry-After: 1",
+            vec!["--capacity", "8", "--latency-ms", "25", "--retry-after", "1"],
+            8.0,
+            25.0,
+        ),
+        capacity(
+            "3c: C=64, 80 ms + exp(20 ms), 429 + Retry-After: 1",
+            vec![
+                "--capacity",
+                "64",
+                "--latency-ms",
+                "80",
+                "--jitter",
+                "exp:20",
+                "--retry-after",
+                "1",
+            ],
+            64.0,
+            100.0,
+        ),
+        capacity(
+            "3d: C=64, 100 ms, 429",
+            vec!["--capacity", "64", "--latency-ms", "100"],
+            64.0,
+            100.0,
+        ),
+        Case {
+            name: "4: latency 50 ms + 1 ms per request in flight",
+            args: vec!["--latency-ms", "50", "--per-flight-ms", "1"],
+            calls: n(6_000.0),
+            // 2x the unloaded 51 ms at 51 in flight: 51 / 102 ms.
+            goal: Goal::Knee {
+                knee_per_s: 500.0,
+                unloaded_ms: 51.0,
+            },
+            limits: vec![Limit::Adaptive, Limit::Fixed(51)],
+        },
+        Case {
+            name: "5: C=16, 20 ms, 429 + 20% 503",
+            args: vec!["--capacity", "16", "--latency-ms", "20", "--error-rate", "0.2"],
+            calls: n(8_000.0),
+            goal: Goal::Completion,
+            limits: vec![Limit::Adaptive, Limit::Fixed(16), Limit::Fixed(64), Limit::Fixed(256)],
+        },
+        Case {
+            name: "6: C=64 -> 8 at 10 s -> 64 at 20 s, 100 ms",
+            args: vec!["--latency-ms", "100", "--capacity", "64", "--phases", "0:64,10:8,20:64"],
+            calls: 100_000,
+            goal: Goal::Phases {
+                phases: &[(0.0, 640.0), (10.0, 80.0), (20.0, 640.0)],
+                seconds: 30.0,
+            },
+            limits: vec![Limit::Adaptive],
+        },
+    ]
 }
 
-pub async fn run(capacities: &[u64], latency_ms: u64, seconds: u64) -> anyhow::Result<()> {
-    println!("| capacity C | limit | converged after | throughput / capacity | 429 share after convergence | mean limit after convergence |");
-    println!("|---|---|---|---|---|---|");
-    for &capacity in capacities {
-        for adaptive in [true, false] {
-            let row = one(capacity, latency_ms, seconds, adaptive).await?;
-            println!("{row}");
+/// What one run measured.
+#[derive(Debug, Clone)]
+struct Run {
+    limit: Limit,
+    seconds: f64,
+    succeeded: u64,
+    calls: usize,
+    target: Value,
+    mean_limit: f64,
+    changes: BTreeMap<&'static str, u64>,
+    /// Successes per 100 ms at the target.
+    ticks: Vec<f64>,
+    /// Stopped at a set time with calls left (the changing-capacity target).
+    stopped_early: bool,
+}
+
+impl Run {
+    fn refused_share(&self) -> f64 {
+        let requests = self.target["requests"].as_f64().unwrap_or(0.0);
+        self.target["refused"].as_f64().unwrap_or(0.0) / requests.max(1.0)
+    }
+
+    fn throughput(&self) -> f64 {
+        self.succeeded as f64 / self.seconds
+    }
+
+    /// Successes per second at the target from `from` s to `to` s after its first request.
+    fn rate_between(&self, from: f64, to: f64) -> f64 {
+        let (a, b) = ((from * 10.0) as usize, ((to * 10.0) as usize).min(self.ticks.len()));
+        if b <= a {
+            return 0.0;
+        }
+        self.ticks[a..b].iter().sum::<f64>() / ((b - a) as f64 / 10.0)
+    }
+
+    /// Seconds after `at` until a 1 s window first reaches `rate`.
+    fn time_to_reach(&self, at: f64, rate: f64) -> Option<f64> {
+        let start = (at * 10.0) as usize;
+        (start..self.ticks.len().saturating_sub(10))
+            .find(|&i| self.ticks[i..i + 10].iter().sum::<f64>() >= rate)
+            .map(|i| (i - start) as f64 / 10.0 + 1.0)
+    }
+}
+
+pub async fn run(scale: f64, only: Option<String>) -> anyhow::Result<()> {
+    println!("| target | limit | time | calls/s | refused | lost | order violations / overlaps | mean limit | limit changes | verdict |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for case in cases(scale) {
+        if only.as_deref().is_some_and(|o| !case.name.starts_with(o)) {
+            continue;
+        }
+        let mut runs = Vec::new();
+        for &limit in &case.limits {
+            let run = one(&case, limit).await?;
+            runs.push(run);
+        }
+        let verdicts = judge(&case, &runs);
+        for (run, verdict) in runs.iter().zip(verdicts) {
+            println!("{}", row(case.name, run, &verdict));
         }
     }
     Ok(())
 }
 
-async fn one(capacity: u64, latency_ms: u64, seconds: u64, adaptive: bool) -> anyhow::Result<String> {
-    let best_rate = capacity as f64 / (2.0 * latency_ms as f64 / 1000.0);
-    let calls = (best_rate * seconds as f64) as i64;
-    let addr = free_addr();
-    let _endpoint = Proc(
-        Command::new(workspace_binary("flaky-endpoint"))
-            .args(["--listen", &addr.to_string(), "--capacity", &capacity.to_string()])
-            .args(["--latency-ms", &latency_ms.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let stats_url = format!("http://{addr}/stats");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while endpoint_stats(&stats_url).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "flaky-endpoint did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+fn judge(case: &Case, runs: &[Run]) -> Vec<String> {
+    let adaptive = &runs[0];
+    let mut verdicts = vec![String::new(); runs.len()];
+    verdicts[0] = match case.goal {
+        Goal::Completion => {
+            let best = runs[1..].iter().map(|r| r.seconds).fold(f64::INFINITY, f64::min);
+            let ratio = adaptive.seconds / best;
+            format!("{ratio:.2}x the best fixed limit (goal <= 1.1)")
+        }
+        Goal::Capacity { capacity_per_s } => {
+            let share = adaptive.rate_between(2.0, adaptive.seconds - 0.5) / capacity_per_s;
+            format!(
+                "{:.0}% of capacity after 2 s, {:.1}% refused; 90% reached after {} (goals >= 90%, <= 2%)",
+                share * 100.0,
+                adaptive.refused_share() * 100.0,
+                adaptive
+                    .time_to_reach(0.0, 0.9 * capacity_per_s)
+                    .map_or("never".into(), |s| format!("{s:.1} s"))
+            )
+        }
+        Goal::Knee {
+            knee_per_s,
+            unloaded_ms,
+        } => {
+            let p99 = adaptive.target["served_ms"]["p99"].as_f64().unwrap_or(0.0);
+            format!(
+                "{:.0}% of the knee's throughput, p99 {p99:.0} ms = {:.2}x unloaded (goals >= 90%, <= 2x)",
+                adaptive.throughput() / knee_per_s * 100.0,
+                p99 / unloaded_ms
+            )
+        }
+        Goal::Phases { phases, .. } => phases
+            .iter()
+            .map(|&(at, capacity)| {
+                let reached = adaptive
+                    .time_to_reach(at, 0.9 * capacity)
+                    .map_or("never".into(), |s| format!("{s:.1} s"));
+                format!("C={capacity:.0}/s at {at:.0} s: 90% after {reached}")
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    verdicts
+}
 
+fn row(name: &str, run: &Run, verdict: &str) -> String {
+    let lost = if run.stopped_early {
+        "-".to_string()
+    } else {
+        (run.calls as i64 - run.target["unique_ok"].as_i64().unwrap_or(0)).to_string()
+    };
+    let changes = run
+        .changes
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "| {name} | {} | {:.1} s | {:.0} | {:.1}% | {lost} | {} / {} | {} | {} | {verdict} |",
+        run.limit,
+        run.seconds,
+        run.throughput(),
+        run.refused_share() * 100.0,
+        run.target["order_violations"],
+        run.target["key_overlaps"],
+        if run.limit == Limit::Adaptive {
+            format!("{:.1}", run.mean_limit)
+        } else {
+            "-".into()
+        },
+        if changes.is_empty() { "-".into() } else { changes },
+    )
+}
+
+async fn one(case: &Case, limit: Limit) -> anyhow::Result<Run> {
+    let target = UnkindTarget::start(&case.args).await;
     let dir = tempfile::tempdir_in(".")?;
     let db = dir.path().join("limits.db");
-    let target = format!("http://{addr}/work");
-    // The backlog is in the store before delivery starts.
-    let store = Store::open(&db, StoreOptions::default())?;
-    for chunk in (0..calls).collect::<Vec<_>>().chunks(5000) {
-        let batch = chunk
-            .iter()
-            .map(|n| NewCall {
-                subscription: "bench".into(),
-                target: target.clone(),
-                payload: n.to_string().into_bytes(),
-                tombstone: false,
-                key: None,
-                headers: None,
-                source: None,
-                ordering_key: None,
-                dead_reason: None,
-                block_group_if_dead: false,
-            })
-            .collect();
-        store.insert(batch).await?;
-    }
-    store.close();
-    drop(store);
+    let url = target.url();
+    store_keyed_backlog(&db, "bench", &url, case.calls, KEYS).await?;
 
-    let concurrency = if adaptive {
-        String::new()
-    } else {
-        "[endpoint.concurrency]\nadaptive = false\nmax = 256\n".to_string()
+    let concurrency = match limit {
+        Limit::Adaptive => String::new(),
+        Limit::Fixed(n) => format!("[endpoint.concurrency]\nadaptive = false\nmax = {n}\n"),
     };
     let config = Config::from_toml(&format!(
         r#"
@@ -123,71 +335,67 @@ origin = "http://{addr}"
 {concurrency}
 [[subscription]]
 name = "bench"
-target = "{target}"
-ordering = "unordered"
+target = "{url}"
+ordering = "key"
 max_concurrency = 256
 [subscription.retry]
-initial_delay = "20ms"
-max_delay = "500ms"
+initial_delay = "50ms"
+max_delay = "1s"
 max_attempts = 0
 "#,
-        db = db.display()
+        db = db.display(),
+        addr = target.addr,
     ))?;
     let started = Instant::now();
     let engine = Engine::start(config).await?;
     let (_, endpoint) = engine.endpoints().all().next().expect("one endpoint");
-    let endpoint = std::sync::Arc::clone(endpoint);
-    let stats = std::sync::Arc::clone(&engine.schedulers()["bench"]);
-    let mut samples = Vec::new();
-    while stats.succeeded.load(Relaxed) < calls as u64 {
-        let (ok, throttled) = endpoint_stats(&stats_url).await?;
-        samples.push(Sample {
-            at: started.elapsed().as_secs_f64(),
-            limit: endpoint.snapshot().limit,
-            ok,
-            throttled,
-        });
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(seconds * 20),
-            "run did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let endpoint = Arc::clone(endpoint);
+    let stats = Arc::clone(&engine.schedulers()["bench"]);
+    let stop_after = match case.goal {
+        Goal::Phases { seconds, .. } => Duration::from_secs_f64(seconds),
+        _ => Duration::from_secs(600),
+    };
+    let mut limits = Vec::new();
+    let trace = std::env::var_os("BENCH_TRACE").is_some();
+    let mut traced = 0;
+    while stats.succeeded.load(Relaxed) < case.calls as u64 && started.elapsed() < stop_after {
+        let snapshot = endpoint.snapshot();
+        limits.push(snapshot.limit as f64);
+        if trace {
+            let since = traced;
+            for change in snapshot.recent_changes.iter().filter(|c| c.at > since) {
+                if change.reason != "raise" {
+                    eprintln!(
+                        "  {:6.2} s  {:>3} -> {:<3} {}",
+                        started.elapsed().as_secs_f64(),
+                        change.from,
+                        change.to,
+                        change.detail
+                    );
+                }
+                traced = change.at;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let total = started.elapsed().as_secs_f64();
-    let (ok_end, throttled_end) = endpoint_stats(&stats_url).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let succeeded = stats.succeeded.load(Relaxed);
+    let snapshot = endpoint.snapshot();
     engine.shutdown().await?;
-
-    let c = capacity as f64;
-    let within = |s: &Sample| (0.7 * c..=1.3 * c).contains(&(s.limit as f64));
-    let converged = if adaptive {
-        samples
-            .iter()
-            .enumerate()
-            .find(|(i, s)| within(s) && samples[*i..].iter().take_while(|t| t.at - s.at <= 1.0).all(within))
-            .map(|(i, _)| i)
-    } else {
-        None
-    };
-    let from = converged.map_or(samples[0], |i| samples[i]);
-    let window = (total - from.at).max(1e-3);
-    let ok = ok_end - from.ok;
-    let throttled = throttled_end - from.throttled;
-    let after: Vec<&Sample> = converged.map(|i| samples[i..].iter().collect()).unwrap_or_default();
-    let mean_limit = if after.is_empty() {
-        "-".to_string()
-    } else {
-        format!(
-            "{:.1}",
-            after.iter().map(|s| s.limit as f64).sum::<f64>() / after.len() as f64
-        )
-    };
-    Ok(format!(
-        "| {capacity} | {} | {} | {:.0}% ({:.0} of {:.0} calls/s) | {:.1}% | {mean_limit} |",
-        if adaptive { "adaptive" } else { "fixed 256" },
-        converged.map_or("-".to_string(), |i| format!("{:.2} s", samples[i].at)),
-        100.0 * ok as f64 / window / best_rate,
-        ok as f64 / window,
-        best_rate,
-        100.0 * throttled as f64 / (ok + throttled).max(1) as f64,
-    ))
+    let target_stats = target.stats().await;
+    let ticks = target_stats["ok_per_tick"]
+        .as_array()
+        .map(|t| t.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    Ok(Run {
+        limit,
+        seconds,
+        succeeded,
+        calls: case.calls,
+        stopped_early: succeeded < case.calls as u64,
+        target: target_stats,
+        mean_limit: limits.iter().sum::<f64>() / limits.len().max(1) as f64,
+        changes: snapshot.changes_by_reason,
+        ticks,
+    })
 }

@@ -31,17 +31,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// Adaptive concurrency against flaky-endpoint with capacity C, and a fixed limit of 256.
+    /// Adaptive concurrency against unkind targets (random 5xx, jitter, capacity, a
+    /// saturating service, changing capacity), next to fixed limits.
     Limits {
-        /// Endpoint capacities to test.
-        #[arg(long = "capacity", default_values_t = [8, 64])]
-        capacities: Vec<u64>,
-        /// Base latency of the endpoint (it doubles at capacity).
-        #[arg(long, default_value_t = 10)]
-        latency_ms: u64,
-        /// Seconds of work per run at the endpoint's capacity.
-        #[arg(long, default_value_t = 15)]
-        seconds: u64,
+        /// Multiply every target's number of calls (0.5 for a quick run).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Only the targets whose name starts with this (for example `3` or `1a`).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// The SDK no-op handler of the end-to-end scenarios (started by them as a process).
     Handler {
@@ -75,11 +73,7 @@ async fn main() -> anyhow::Result<()> {
         } => ingest(records, payload_bytes, runs).await,
         Scenario::Handler { listen, stats } => handler::serve(listen, stats).await,
         Scenario::E2e(args) => report::run(args).await,
-        Scenario::Limits {
-            capacities,
-            latency_ms,
-            seconds,
-        } => limits::run(&capacities, latency_ms, seconds).await,
+        Scenario::Limits { scale, only } => limits::run(scale, only).await,
     }
 }
 

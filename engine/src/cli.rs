@@ -387,11 +387,19 @@ fn print_stats(stats: &Value) {
         .map(|e| {
             e.iter()
                 .map(|(name, e)| {
+                    let last = e["recent_changes"]
+                        .as_array()
+                        .and_then(|c| c.iter().rev().find(|c| c["reason"] != "raise"))
+                        .map_or_else(
+                            || "-".to_string(),
+                            |c| format!("{} -> {}: {}", c["from"], c["to"], c["detail"].as_str().unwrap_or("")),
+                        );
                     vec![
                         name.clone(),
                         e["limit"].to_string(),
                         e["in_flight"].to_string(),
                         e["cuts"].to_string(),
+                        last,
                     ]
                 })
                 .collect()
@@ -399,7 +407,10 @@ fn print_stats(stats: &Value) {
         .unwrap_or_default();
     if !endpoints.is_empty() {
         outln!();
-        out!("{}", table(&["ENDPOINT", "LIMIT", "IN FLIGHT", "CUTS"], &endpoints));
+        out!(
+            "{}",
+            table(&["ENDPOINT", "LIMIT", "IN FLIGHT", "CUTS", "LAST DECISION"], &endpoints)
+        );
     }
 }
 

@@ -21,6 +21,9 @@ use crate::model::Millis;
 
 /// Longest pause a `Retry-After` may impose on a whole endpoint.
 const MAX_ENDPOINT_PAUSE: Duration = Duration::from_secs(60);
+/// An endpoint that answered within this window is still serving: its `Retry-After` on an
+/// overload refuses the excess, and does not pause it.
+const SERVING_WINDOW_MS: Millis = 1000;
 /// Limit changes kept for stats.
 const RECENT_CHANGES: usize = 20;
 
@@ -38,6 +41,8 @@ struct State {
     aimd: Aimd,
     in_flight: usize,
     paused_until: Millis,
+    /// When the last answer that was not overload arrived.
+    last_served: Millis,
     changes: VecDeque<LimitChange>,
     raises: u64,
     cuts: u64,
@@ -77,6 +82,7 @@ impl Endpoint {
                 aimd: Aimd::new(concurrency),
                 in_flight: 0,
                 paused_until: 0,
+                last_served: 0,
                 changes: VecDeque::new(),
                 raises: 0,
                 cuts: 0,
@@ -109,16 +115,23 @@ impl Endpoint {
         self.releases.send_modify(|n| *n += 1);
     }
 
-    /// An attempt finished: feed the limiter and free the slot. A `retry_after` on an
-    /// overload pauses the whole endpoint (up to a minute); on any other failure it only
-    /// delays its own call (the scheduler's business).
+    /// An attempt finished: feed the limiter and free the slot.
+    ///
+    /// A `retry_after` on an overload pauses the whole endpoint (up to a minute), unless
+    /// the endpoint served another attempt within the last second: then it refused only
+    /// the excess over its capacity, the limit is cut, and the delay applies to this call
+    /// alone. On any other failure a `retry_after` only delays its own call.
     pub fn release(&self, signal: Signal, retry_after: Option<Duration>, started: Millis, now: Millis) {
         let mut state = self.state.lock().expect("endpoint lock");
         let in_flight = state.in_flight;
         state.in_flight -= 1;
-        if let (Signal::Overload(_), Some(delay)) = (signal, retry_after) {
-            let until = now + delay.min(MAX_ENDPOINT_PAUSE).as_millis() as Millis;
-            state.paused_until = state.paused_until.max(until);
+        match (signal, retry_after) {
+            (Signal::Overload(_), Some(delay)) if state.last_served + SERVING_WINDOW_MS < now => {
+                let until = now + delay.min(MAX_ENDPOINT_PAUSE).as_millis() as Millis;
+                state.paused_until = state.paused_until.max(until);
+            }
+            (Signal::Overload(_), _) => {}
+            _ => state.last_served = now,
         }
         if let Some(change) = state.aimd.on_signal(signal, in_flight, started, now) {
             let reason = change.reason;

@@ -3,6 +3,7 @@
 //! admin API calls, and waiting on conditions.
 
 pub mod kafka;
+pub mod unkind;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -292,8 +292,15 @@ function overviewView(stats) {
         return h('tr', { 'data-endpoint': key }, td(key, 'mono'),
           ['limit', 'in_flight', 'raises', 'cuts'].map((k) => ntd(e[k], `endpoint-${key}-${k}`)),
           td(e.paused_until && e.paused_until > Date.now() ? ['until ', time(e.paused_until)] : 'no'),
-          td(last ? [`${last.from} → ${last.to} (${last.reason}) `, h('span', { class: 'muted' }, rel(last.at))] : '—'));
-      }), 'No endpoint has been called yet.'));
+          td(last ? [`${last.from} → ${last.to}: ${last.detail} `, h('span', { class: 'muted' }, rel(last.at))] : '—', null, `endpoint-${key}-last-change`));
+      }), 'No endpoint has been called yet.'),
+    eps.some(([, e]) => (e.recent_changes || []).some((c) => c.reason !== 'raise')) && [
+      h('h2', null, 'Why the limits moved'),
+      table('limit-changes', ['Endpoint', 'When', '#From', '#To', 'What the engine saw and did'],
+        eps.flatMap(([key, e]) => (e.recent_changes || []).filter((c) => c.reason !== 'raise')
+          .map((c) => ({ key, c })))
+          .sort((a, b) => b.c.at - a.c.at).slice(0, 12)
+          .map(({ key, c }) => h('tr', { 'data-reason': c.reason }, td(key, 'mono'), td(rel(c.at)), ntd(c.from), ntd(c.to), td(c.detail))))]);
 }
 
 function overview() {

@@ -142,8 +142,21 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
     out.family(
         "engine_endpoint_limit_cuts_total",
         "counter",
-        "Times the limit was cut.",
+        "Times the limit was cut for overload (explicit, latency, or a 5xx trial).",
         per_endpoint(&|e| e.cuts as f64),
+    );
+    out.family(
+        "engine_endpoint_limit_changes_total",
+        "counter",
+        "Limit changes and verdicts by reason: raise, overload, latency, error_trial, errors_were_overload, errors_not_overload, probe, probed.",
+        endpoints
+            .iter()
+            .flat_map(|(k, e)| {
+                e.changes_by_reason
+                    .iter()
+                    .map(move |(reason, n)| (labels(&[("endpoint", k), ("reason", reason)]), *n as f64))
+            })
+            .collect(),
     );
     let writer = state.store.writer_stats();
     out.family(

@@ -18,11 +18,13 @@
 //!   the cut stays; if not, they are application errors, the limit is restored, and their
 //!   rate becomes the endpoint's usual rate. A cut that did not help is not repeated.
 //! - **Latency rising with concurrency.** The median latency of a round is compared with the
-//!   median measured at low concurrency (the initial limit), like with like: a jittery
+//!   median measured at low concurrency (2 in flight), like with like: a jittery
 //!   service has the same median at any concurrency; a saturating one does not. Two rounds
 //!   in a row above `latency_tolerance` times the reference cut the limit in proportion.
-//!   The reference is measured again every `probe_interval` by holding concurrency at the
-//!   initial limit for one short round, and after a latency cut that did not lower latency.
+//!   The reference is measured first and again every `probe_interval`, by holding
+//!   concurrency at 2 for one short round. When cuts in a row have taken a fifth off the
+//!   limit and latency did not fall at all, the reference is measured again before the
+//!   next cut.
 //!
 //! A *round* is the answers to `max(32, limit)` attempts started since the last change, so
 //! decisions never mix attempts sent under different limits.
@@ -43,13 +45,17 @@ const MIN_ROUND: usize = 32;
 /// Answers in a round, at most: decisions stay quick at high limits.
 const MAX_ROUND: usize = 128;
 /// Answers in a probe round at low concurrency.
-const PROBE_ROUND: usize = 16;
+const PROBE_ROUND: usize = 20;
 /// Answers in the round that judges an error trial: enough to tell 20% from 0%.
 const TRIAL_ROUND: usize = 100;
 /// With no usual error rate learned yet, a round with more errors than this starts a trial.
 const ERROR_ONSET: f64 = 0.1;
 /// Rounds in a row over the latency threshold before a cut.
 const SLOW_ROUNDS_TO_CUT: u32 = 2;
+/// Growth per round trip on reaching the ceiling; it doubles every two round trips.
+const PLATEAU_STEP: f64 = 0.01;
+/// Attempts in flight (at most) when the reference latency is measured.
+const REFERENCE_CONCURRENCY: usize = 2;
 /// Gentlest cut for latency: it is a gradual signal, not a wall.
 const LATENCY_CUT_MAX_FACTOR: f64 = 0.95;
 
@@ -63,13 +69,13 @@ pub struct AimdConfig {
     pub min: usize,
     /// The limit never goes above this. Default 256.
     pub max: usize,
-    /// Where the limit starts, and the low concurrency at which the reference latency is
-    /// measured. Default 4.
+    /// Where the limit starts. Default 4. The reference latency is measured at 2 in flight
+    /// (or this, if lower).
     pub initial: usize,
     /// Factor applied on overload, in (0, 1). Default 0.9.
     pub decrease_factor: f64,
     /// A round's median latency above this multiple of the latency at low concurrency
-    /// counts as overload. Default 1.75.
+    /// counts as overload. Default 1.8.
     pub latency_tolerance: f64,
     /// ... but only when it is also this much above it (tiny latencies are noisy).
     /// Default 5 ms.
@@ -89,7 +95,7 @@ impl Default for AimdConfig {
             max: 256,
             initial: 4,
             decrease_factor: 0.9,
-            latency_tolerance: 1.75,
+            latency_tolerance: 1.8,
             latency_floor: Duration::from_millis(5),
             probe_interval: Duration::from_secs(30),
         }
@@ -125,9 +131,14 @@ impl AimdConfig {
         Ok(())
     }
 
+    /// The limit it starts at.
+    fn start(&self) -> usize {
+        self.initial.clamp(self.min, self.max)
+    }
+
     /// The low concurrency where the reference latency is measured.
     fn low(&self) -> usize {
-        self.initial.clamp(self.min, self.max)
+        self.initial.min(REFERENCE_CONCURRENCY).clamp(self.min, self.max)
     }
 }
 
@@ -215,7 +226,7 @@ impl ChangeReason {
                 pct(after)
             ),
             Self::Probe { after_futile_cut } => if after_futile_cut {
-                "probe: latency did not fall after a cut; measuring it again at low concurrency"
+                "probe: latency did not fall after cutting the limit by a fifth; measuring it at low concurrency before cutting again"
             } else {
                 "probe: measuring latency at low concurrency for one round"
             }
@@ -252,12 +263,15 @@ pub struct Aimd {
     /// The limit just before the last cut: where the endpoint overflowed.
     ceiling: Option<f64>,
     last_cut: Option<Millis>,
+    /// Good answers since the limit came within one of the ceiling.
+    probing_answers: f64,
     round: Round,
     /// Median latency at low concurrency.
     reference: Option<Reference>,
     slow_rounds: u32,
-    /// The median just before the last latency cut, to check that the cut helped.
-    latency_cut_from: Option<f64>,
+    /// The median and the limit before the first of the latency cuts in a row, to check
+    /// that they lowered latency.
+    latency_cuts_from: Option<(f64, f64)>,
     /// The endpoint's usual share of unexplained errors, once learned.
     usual_error_rate: Option<f64>,
     trial: Option<Trial>,
@@ -267,17 +281,18 @@ pub struct Aimd {
 
 impl Aimd {
     pub fn new(config: AimdConfig) -> Self {
-        let start = if config.adaptive { config.low() } else { config.max };
+        let start = if config.adaptive { config.start() } else { config.max };
         Self {
             limit: start as f64,
             config,
             slow_start: true,
             ceiling: None,
             last_cut: None,
+            probing_answers: 0.0,
             round: Round::new(0),
             reference: None,
             slow_rounds: 0,
-            latency_cut_from: None,
+            latency_cuts_from: None,
             usual_error_rate: None,
             trial: None,
             probe_since: None,
@@ -345,10 +360,16 @@ impl Aimd {
     }
 
     fn grow(&mut self) {
-        let step = if self.slow_start {
+        // A round over the latency threshold pauses slow start: grow by one per round trip
+        // while a second round confirms it, so the limit does not overshoot by half again.
+        let step = if self.slow_start && self.slow_rounds == 0 {
             0.5
         } else if self.ceiling.is_some_and(|c| self.limit + 1.0 >= c) {
-            0.2 / self.limit
+            // Stay near where it overflowed, then probe faster and faster (as TCP CUBIC
+            // does): a steady endpoint is refused rarely, a grown one is found in seconds.
+            let rounds = self.probing_answers / self.limit;
+            self.probing_answers += 1.0;
+            (PLATEAU_STEP * (rounds / 2.0).exp2() / self.limit).min(0.5)
         } else {
             1.0 / self.limit
         };
@@ -367,18 +388,20 @@ impl Aimd {
         }
         self.limit = (self.limit * factor).max(self.config.min as f64);
         self.last_cut = Some(now);
+        self.probing_answers = 0.0;
         self.slow_start = false;
         self.slow_rounds = 0;
-        self.latency_cut_from = None;
         self.round = Round::new(now);
     }
 
     /// When the round has enough answers, judge it.
     fn close_round(&mut self, now: Millis) -> Option<ChangeReason> {
-        let needed = if self.probe_since.is_some() {
+        let limit = self.limit.floor() as usize;
+        let needed = if self.probe_since.is_some() || self.reference.is_none() {
             PROBE_ROUND
         } else if self.trial.is_some() {
-            TRIAL_ROUND.max(self.limit.floor() as usize)
+            // Enough to tell 20% from none, without holding a small limit down for long.
+            (4 * limit).clamp(MIN_ROUND, TRIAL_ROUND)
         } else {
             (self.limit.floor() as usize).clamp(MIN_ROUND, MAX_ROUND)
         };
@@ -387,32 +410,40 @@ impl Aimd {
         }
         let summary = self.round.summary();
         self.round = Round::new(now);
-        if self.probe_since.take().is_some() {
-            self.reference = Some(Reference {
-                ms: summary.median_ms,
-                at: now,
-            });
-            self.slow_rounds = 0;
-            return Some(ChangeReason::Probed {
-                reference_ms: summary.median_ms,
+        let low = summary.mean_in_flight <= self.config.low() as f64 + 0.5;
+        if self.reference.is_none() && self.probe_since.is_none() && !low {
+            // Busy from the start: measure the reference before growing.
+            self.probe_since = Some(now);
+            return Some(ChangeReason::Probe {
+                after_futile_cut: false,
             });
         }
-        if summary.mean_in_flight <= self.config.low() as f64 {
+        let probed = self.probe_since.take().is_some();
+        if probed || self.reference.is_none() {
+            // A short round is a noisy median: blend it with the last one, if any.
+            let ms = self
+                .reference
+                .map_or(summary.median_ms, |r| f64::midpoint(r.ms, summary.median_ms));
+            self.reference = Some(Reference { ms, at: now });
+            self.slow_rounds = 0;
+            return probed.then_some(ChangeReason::Probed { reference_ms: ms });
+        }
+        if low {
             let ms = match self.reference {
                 Some(r) if now - r.at < self.probe_interval_ms() => r.ms * 0.7 + summary.median_ms * 0.3,
                 _ => summary.median_ms,
             };
             self.reference = Some(Reference { ms, at: now });
         }
-        if let Some(reason) = self.judge_errors(&summary, now) {
-            return Some(reason);
+        if summary.samples >= MIN_ROUND {
+            if let Some(reason) = self.judge_errors(&summary, now) {
+                return Some(reason);
+            }
         }
         if let Some(reason) = self.judge_latency(&summary, now) {
             return Some(reason);
         }
-        let stale = self
-            .reference
-            .is_none_or(|r| now - r.at >= self.probe_interval_ms());
+        let stale = self.reference.is_none_or(|r| now - r.at >= self.probe_interval_ms());
         (stale && self.limit.floor() as usize > self.config.low()).then(|| {
             self.probe_since = Some(now);
             ChangeReason::Probe {
@@ -436,11 +467,14 @@ impl Aimd {
             self.limit = self.limit.max(trial.limit);
             self.ceiling = trial.ceiling;
             self.slow_start = trial.slow_start;
-            self.usual_error_rate = Some(self.usual_error_rate.map_or(after, |u| u.max(after)));
+            // Both rounds saw the application's errors (the first one picked for being high).
+            let (n1, n2) = (trial.samples_before as f64, summary.samples as f64);
+            let pooled = (before * n1 + after * n2) / (n1 + n2);
+            self.usual_error_rate = Some(self.usual_error_rate.map_or(pooled, |u| u.max(pooled)));
             return Some(ChangeReason::ErrorsNotOverload { before, after });
         }
         let usual = self.usual_error_rate;
-        let threshold = usual.map_or(ERROR_ONSET, |u| u + (3.0 * binomial_sd(u, summary.samples)).max(0.1));
+        let threshold = usual.map_or(ERROR_ONSET, |u| u + (4.0 * binomial_sd(u, summary.samples)).max(0.1));
         if rate > threshold {
             self.trial = Some(Trial {
                 limit: self.limit,
@@ -454,7 +488,7 @@ impl Aimd {
             self.cut(factor, now, false);
             return Some(ChangeReason::ErrorTrial { rate, usual });
         }
-        if let Some(u) = usual.filter(|&u| rate < u - 2.0 * binomial_sd(u, summary.samples)) {
+        if let Some(u) = usual.filter(|&u| rate < u - 3.0 * binomial_sd(u, summary.samples)) {
             // An application that got better: its usual rate follows it down. It goes up
             // only through a trial, so errors that creep up with concurrency are not
             // mistaken for the application's own.
@@ -477,14 +511,6 @@ impl Aimd {
 
     fn judge_latency(&mut self, summary: &RoundSummary, now: Millis) -> Option<ChangeReason> {
         let reference = self.reference?;
-        if let Some(from) = self.latency_cut_from.take() {
-            if summary.median_ms >= from {
-                // The cut did not lower latency: the reference may be stale. Measure it
-                // again before cutting for latency once more.
-                self.probe_since = Some(now);
-                return Some(ChangeReason::Probe { after_futile_cut: true });
-            }
-        }
         if summary.mean_in_flight <= self.config.low() as f64 {
             self.slow_rounds = 0;
             return None;
@@ -493,15 +519,27 @@ impl Aimd {
         let threshold = (reference.ms * self.config.latency_tolerance).max(reference.ms + floor_ms);
         if summary.median_ms <= threshold {
             self.slow_rounds = 0;
+            self.latency_cuts_from = None;
             return None;
         }
         self.slow_rounds += 1;
         if self.slow_rounds < SLOW_ROUNDS_TO_CUT {
             return None;
         }
+        if let Some((median, limit)) = self.latency_cuts_from {
+            if self.limit <= limit * 0.8 && summary.median_ms >= median {
+                // Latency that grows with concurrency falls when the limit is cut by a
+                // fifth; it did not fall at all, so the reference may be stale (the service
+                // got slower at any concurrency): measure it before cutting again.
+                self.slow_rounds = 0;
+                self.latency_cuts_from = None;
+                self.probe_since = Some(now);
+                return Some(ChangeReason::Probe { after_futile_cut: true });
+            }
+        }
         let factor = (threshold / summary.median_ms).clamp(0.5, LATENCY_CUT_MAX_FACTOR);
+        self.latency_cuts_from.get_or_insert((summary.median_ms, self.limit));
         self.cut(factor, now, true);
-        self.latency_cut_from = Some(summary.median_ms);
         Some(ChangeReason::Latency {
             median_ms: summary.median_ms,
             reference_ms: reference.ms,

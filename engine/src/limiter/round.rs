@@ -73,6 +73,9 @@ mod tests {
             round.add(ms, in_flight, error);
         }
         let s = round.summary();
-        assert_eq!((s.samples, s.median_ms, s.mean_in_flight, s.error_rate), (4, 4.0, 5.0, 0.25));
+        assert_eq!(
+            (s.samples, s.median_ms, s.mean_in_flight, s.error_rate),
+            (4, 4.0, 5.0, 0.25)
+        );
     }
 }

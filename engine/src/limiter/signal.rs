@@ -71,9 +71,7 @@ pub fn signal_of(outcome: &AttemptOutcome) -> Signal {
     match (outcome.declared, outcome.http_status) {
         (Some(DeclaredFailure::Overload), _) => Signal::Overload(OverloadCause::Declared),
         (None, Some(429)) => Signal::Overload(OverloadCause::TooManyRequests),
-        (None, Some(503)) if outcome.retry_after.is_some() => {
-            Signal::Overload(OverloadCause::UnavailableRetryAfter)
-        }
+        (None, Some(503)) if outcome.retry_after.is_some() => Signal::Overload(OverloadCause::UnavailableRetryAfter),
         (None, Some(status)) if sdk::protocol::classify_status(status) == sdk::protocol::OutcomeClass::Temporary => {
             Signal::Error { latency }
         }
@@ -104,15 +102,26 @@ mod tests {
 
     #[test]
     fn only_answers_that_say_so_are_overload() {
-        assert_eq!(signal_of(&answer(429)), Signal::Overload(OverloadCause::TooManyRequests));
+        assert_eq!(
+            signal_of(&answer(429)),
+            Signal::Overload(OverloadCause::TooManyRequests)
+        );
         for status in [500, 502, 503, 504, 408] {
-            assert_eq!(signal_of(&answer(status)), Signal::Error { latency: LATENCY }, "{status}");
+            assert_eq!(
+                signal_of(&answer(status)),
+                Signal::Error { latency: LATENCY },
+                "{status}"
+            );
         }
         let mut busy = answer(503);
         busy.retry_after = Some(Duration::from_secs(1));
         assert_eq!(signal_of(&busy), Signal::Overload(OverloadCause::UnavailableRetryAfter));
         for status in [200, 204, 400, 404, 422, 501] {
-            assert_eq!(signal_of(&answer(status)), Signal::Answered { latency: LATENCY }, "{status}");
+            assert_eq!(
+                signal_of(&answer(status)),
+                Signal::Answered { latency: LATENCY },
+                "{status}"
+            );
         }
     }
 

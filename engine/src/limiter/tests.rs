@@ -58,6 +58,15 @@ impl Sim {
             .collect()
     }
 
+    /// Every change but raises, for failure messages.
+    fn verdicts(&self) -> Vec<String> {
+        self.changes
+            .iter()
+            .filter(|c| c.reason != ChangeReason::Raise)
+            .map(|c| format!("{}: {} -> {} {}", c.at, c.from, c.to, c.reason.explain()))
+            .collect()
+    }
+
     fn count(&self, code: &str) -> usize {
         self.changes.iter().filter(|c| c.reason.code() == code).count()
     }
@@ -84,7 +93,7 @@ fn a_healthy_endpoint_is_used_up_to_the_max_within_a_few_dozen_round_trips() {
     let mut sim = Sim::new(AimdConfig::default());
     let limits = sim.run(40, &|_, _, _| answered(10.0));
     assert_eq!(*limits.last().unwrap(), 256, "{limits:?}");
-    assert!(sim.changes.iter().all(|c| !c.reason.is_cut()), "{:?}", sim.changes);
+    assert!(sim.changes.iter().all(|c| !c.reason.is_cut()), "{:#?}", sim.verdicts());
 }
 
 #[test]
@@ -131,7 +140,7 @@ fn random_application_errors_do_not_hold_the_limit_down() {
                     answered(latency)
                 }
             });
-            let label = format!("{rate} errors at {latency} ms: {:?}", sim.changes);
+            let label = format!("{rate} errors at {latency} ms: {:#?}", sim.verdicts());
             assert!(mean(&limits[100..]) > 240.0, "{label}");
             assert!(sim.count("errors_not_overload") >= 1, "{label}");
             assert!(sim.count("error_trial") <= 2, "a futile trial is not repeated: {label}");
@@ -152,25 +161,32 @@ fn errors_that_grow_with_concurrency_are_overload() {
         }
     });
     let settled = mean(&limits[300..]);
-    assert!((12.0..=20.0).contains(&settled), "mean limit {settled}: {:?}", sim.changes);
-    assert!(sim.count("errors_were_overload") >= 1, "{:?}", sim.changes);
+    assert!(
+        (12.0..=20.0).contains(&settled),
+        "mean limit {settled}: {:#?}",
+        sim.verdicts()
+    );
+    assert!(sim.count("errors_were_overload") >= 1, "{:#?}", sim.verdicts());
 }
 
 #[test]
 fn jittery_latency_that_does_not_depend_on_load_does_not_cut() {
     // 2 ms + an exponential tail of mean 10 ms; and a heavy tail with p99 = 20x the median.
-    let tails: [Answer; 2] = [
-        &|_, _, rng| answered(2.0 + exponential(rng, 10.0)),
-        &|_, _, rng| {
-            let z = (-2.0 * (1.0 - rng.random::<f64>()).ln()).sqrt() * (std::f64::consts::TAU * rng.random::<f64>()).cos();
-            answered(5.0 * (1.288 * z).exp())
-        },
-    ];
+    let tails: [Answer; 2] = [&|_, _, rng| answered(2.0 + exponential(rng, 10.0)), &|_, _, rng| {
+        let z = (-2.0 * (1.0 - rng.random::<f64>()).ln()).sqrt() * (std::f64::consts::TAU * rng.random::<f64>()).cos();
+        answered(5.0 * (1.288 * z).exp())
+    }];
     for answer in tails {
         let mut sim = Sim::new(AimdConfig::default());
-        let limits = sim.run(400, answer);
-        assert!(mean(&limits[100..]) > 240.0, "{:?}", sim.changes);
-        assert!(sim.count("latency") <= 1, "{:?}", sim.changes);
+        let mut limits = sim.run(400, answer);
+        limits.sort_unstable();
+        assert_eq!(
+            limits[200],
+            256,
+            "the limit stays at the max but for probes: {:#?}",
+            sim.verdicts()
+        );
+        assert!(sim.count("latency") <= 1, "{:#?}", sim.verdicts());
     }
 }
 
@@ -182,13 +198,20 @@ fn latency_rising_with_concurrency_settles_near_the_knee() {
     let settled = mean(&limits[500..]);
     let unloaded = 10.25;
     let latency_at = |n: f64| 10.0 + 0.25 * n;
-    let peak = *limits[500..].iter().max().unwrap() as f64;
-    assert!(latency_at(peak) <= 2.0 * unloaded, "peak {peak}: {:?}", &sim.changes[..20]);
+    let mut settled_limits = limits[500..].to_vec();
+    settled_limits.sort_unstable();
+    let p99 = settled_limits[settled_limits.len() * 99 / 100] as f64;
+    assert!(
+        latency_at(p99) <= 2.0 * unloaded,
+        "p99 limit {p99}: {:#?}",
+        sim.verdicts()
+    );
     let throughput = |n: f64| n / latency_at(n);
     assert!(
         throughput(settled) >= 0.9 * throughput(42.0),
-        "mean limit {settled}: {:.0}% of the knee's throughput",
-        100.0 * throughput(settled) / throughput(42.0)
+        "mean limit {settled}: {:.0}% of the knee's throughput: {:#?}",
+        100.0 * throughput(settled) / throughput(42.0),
+        sim.verdicts()
     );
     assert!(sim.count("latency") >= 1);
 }
@@ -198,13 +221,14 @@ fn the_reference_latency_is_measured_again_at_low_concurrency() {
     let mut sim = Sim::new(AimdConfig::default());
     sim.run(40, &|_, _, _| answered(10.0));
     assert_eq!(sim.aimd.limit(), 256);
-    // 30 s of 10 ms round trips later, a probe holds the limit at 4 for one round.
+    let probes = sim.count("probe");
+    // 30 s of 10 ms round trips later, a probe holds the limit at 2 for one round.
     let limits = sim.run(3100, &|_, _, _| answered(10.0));
-    assert!(limits.contains(&4), "a probe ran");
-    assert!(sim.count("probe") >= 1 && sim.count("probed") >= 1);
+    assert!(limits.contains(&2), "a probe ran");
+    assert!(sim.count("probe") > probes && sim.count("probed") > probes);
     assert_eq!(*limits.last().unwrap(), 256);
-    let probed = sim.changes.iter().find(|c| c.reason.code() == "probed").unwrap();
-    assert_eq!((probed.from, probed.to), (4, 256));
+    let probed = sim.changes.iter().rev().find(|c| c.reason.code() == "probed").unwrap();
+    assert_eq!((probed.from, probed.to), (2, 256));
 }
 
 #[test]
@@ -213,13 +237,13 @@ fn a_latency_cut_that_did_not_lower_latency_is_not_repeated() {
     sim.run(40, &|_, _, _| answered(10.0));
     // The service becomes four times slower at every concurrency (a slow dependency).
     let limits = sim.run(300, &|_, _, _| answered(40.0));
-    assert_eq!(sim.count("latency"), 1, "{:?}", sim.changes);
+    assert_eq!(sim.count("latency"), 1, "{:#?}", sim.verdicts());
     let futile = sim
         .changes
         .iter()
         .any(|c| c.reason == ChangeReason::Probe { after_futile_cut: true });
-    assert!(futile, "{:?}", sim.changes);
-    assert_eq!(*limits.last().unwrap(), 256, "{:?}", sim.changes);
+    assert!(futile, "{:#?}", sim.verdicts());
+    assert_eq!(*limits.last().unwrap(), 256, "{:#?}", sim.verdicts());
 }
 
 #[test]
@@ -255,6 +279,9 @@ fn never_below_min_and_a_fixed_limit_never_moves() {
         ..AimdConfig::default()
     });
     assert_eq!(fixed.limit(), 256);
-    assert_eq!(fixed.on_signal(Signal::Overload(OverloadCause::Timeout), 256, 0, 0), None);
+    assert_eq!(
+        fixed.on_signal(Signal::Overload(OverloadCause::Timeout), 256, 0, 0),
+        None
+    );
     assert_eq!(fixed.limit(), 256);
 }

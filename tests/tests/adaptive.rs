@@ -1,0 +1,195 @@
+//! The adaptive limit against unkind targets: a threaded Python webhook with random 5xx
+//! and jitter (`tests/targets/unkind.py`), and SDK handlers that declare what their
+//! failures are. Throttle only real overload; keep healthy endpoints busy.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::{Config, Engine};
+use integration_tests::unkind::{store_keyed_backlog, UnkindTarget};
+use integration_tests::{config_toml, wait_for, Admin};
+use sdk::{Context, Error};
+use serde_json::Value;
+
+const FAST_RETRY: &str = "[subscription.retry]\ninitial_delay = \"20ms\"\nmax_delay = \"500ms\"\nmax_attempts = 0\n";
+
+/// Start an engine on a stored backlog of `calls` keyed calls to `url`; return it with the
+/// highest limit its endpoint reached by the time every call succeeded.
+async fn drain(url: &str, calls: usize, extra: &str) -> (Engine, usize, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("engine.db");
+    store_keyed_backlog(&db, "test", url, calls, 200).await.unwrap();
+    let text = config_toml(
+        &db,
+        "127.0.0.1:0".parse().unwrap(),
+        url,
+        &format!("ordering = \"key\"\nmax_concurrency = 256\n{extra}{FAST_RETRY}"),
+    );
+    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let (_, endpoint) = engine.endpoints().all().next().unwrap();
+    let endpoint = Arc::clone(endpoint);
+    let stats = Arc::clone(&engine.schedulers()["test"]);
+    let mut highest = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stats.succeeded.load(Ordering::Relaxed) < calls as u64 {
+        assert!(Instant::now() < deadline, "calls still pending after 120 s");
+        highest = highest.max(endpoint.snapshot().limit);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (engine, highest, dir)
+}
+
+fn endpoint_stats(stats: &Value) -> Value {
+    stats["endpoints"].as_object().unwrap().values().next().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_503s_from_a_python_webhook_do_not_throttle_it() {
+    const CALLS: usize = 3_000;
+    let target = UnkindTarget::start(&["--error-rate", "0.2", "--latency-ms", "5", "--jitter", "exp:5"]).await;
+    let (engine, highest, _dir) = drain(&target.url(), CALLS, "").await;
+    let seen = target.stats().await;
+    assert_eq!(seen["unique_ok"], CALLS, "every call reached the target once: {seen}");
+    assert_eq!(seen["order_violations"], 0, "per-key order: {seen}");
+    assert_eq!(seen["key_overlaps"], 0, "one call of a key in flight at a time: {seen}");
+    assert!(
+        seen["errors"].as_u64().unwrap() > 300,
+        "the target failed calls: {seen}"
+    );
+    let stats = Admin::new(engine.admin_addr()).stats().await;
+    let endpoint = endpoint_stats(&stats);
+    println!("highest limit {highest}; {}", endpoint["changes_by_reason"]);
+    assert!(
+        highest >= 32,
+        "the limit grew past 32 despite 20% random 503s (it reached {highest})"
+    );
+    assert!(
+        endpoint["changes_by_reason"]["errors_not_overload"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "the engine found the 503s were not overload: {endpoint}"
+    );
+    assert_eq!(
+        endpoint["changes_by_reason"].get("overload"),
+        None,
+        "a 503 without Retry-After is not taken as overload: {endpoint}"
+    );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_service_with_a_capacity_is_held_near_it() {
+    const CALLS: usize = 2_000;
+    let target = UnkindTarget::start(&["--capacity", "8", "--latency-ms", "10", "--jitter", "exp:5"]).await;
+    let (engine, _, _dir) = drain(&target.url(), CALLS, "").await;
+    let seen = target.stats().await;
+    assert_eq!(seen["unique_ok"], CALLS, "{seen}");
+    assert_eq!(seen["order_violations"], 0, "{seen}");
+    let refused = seen["refused"].as_f64().unwrap() / seen["requests"].as_f64().unwrap();
+    let stats = Admin::new(engine.admin_addr()).stats().await;
+    let endpoint = endpoint_stats(&stats);
+    println!("refused {:.1}%; {}", refused * 100.0, endpoint["changes_by_reason"]);
+    assert!(refused < 0.1, "{:.1}% refused: {seen}", refused * 100.0);
+    assert!(endpoint["changes_by_reason"]["overload"].as_u64().unwrap() >= 1);
+    let detail = endpoint["recent_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["detail"].as_str())
+        .find(|d| d.contains("429 Too Many Requests"));
+    assert!(detail.is_some(), "each cut says why: {endpoint}");
+    engine.shutdown().await.unwrap();
+}
+
+/// An SDK handler whose first call fails with an application error asking for a minute's
+/// delay, and whose other calls succeed.
+async fn sdk_handler(overloaded: bool) -> (String, Arc<AtomicU64>) {
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&served);
+    let endpoint = sdk::Endpoint::new().raw("work", move |_ctx: Context, body| {
+        let counter = Arc::clone(&counter);
+        async move {
+            if &body[..] == b"slow" {
+                let error = if overloaded {
+                    Error::overloaded("pool exhausted")
+                } else {
+                    Error::temporary("the bank asked us to wait")
+                };
+                return Err(error.retry_after(Duration::from_secs(60)));
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(Vec::new())
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/work", listener.local_addr().unwrap());
+    tokio::spawn(endpoint.serve_on(listener, std::future::pending()));
+    (url, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_application_errors_retry_after_delays_only_its_call() {
+    let (url, served) = sdk_handler(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_toml(
+        &dir.path().join("engine.db"),
+        "127.0.0.1:0".parse().unwrap(),
+        &url,
+        &format!("ordering = \"unordered\"\n{}", FAST_RETRY.replace("500ms", "2m")),
+    );
+    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let admin = Admin::new(engine.admin_addr());
+    let slow = admin.enqueue("test", b"slow", None).await;
+    wait_for("the failed attempt", Duration::from_secs(10), || async {
+        admin.call(&slow).await["attempts"] == 1
+    })
+    .await;
+    for n in 0..100 {
+        admin.enqueue("test", format!("fast {n}").as_bytes(), None).await;
+    }
+    wait_for(
+        "the other calls, long before the minute",
+        Duration::from_secs(20),
+        || async { served.load(Ordering::SeqCst) == 100 },
+    )
+    .await;
+    let call = admin.call(&slow).await;
+    assert_eq!(call["status"], "pending", "{call}");
+    let next = call["next_attempt_at"].as_i64().unwrap() - call["history"][0]["started_at"].as_i64().unwrap();
+    assert!(next >= 59_000, "the hint delays its own call: {call}");
+    let endpoint = endpoint_stats(&admin.stats().await);
+    assert!(
+        endpoint["paused_until"].is_null(),
+        "the endpoint was not paused: {endpoint}"
+    );
+    assert_eq!(endpoint["cuts"], 0, "an application error is no overload: {endpoint}");
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_declared_overload_cuts_and_pauses_the_endpoint() {
+    let (url, _) = sdk_handler(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_toml(
+        &dir.path().join("engine.db"),
+        "127.0.0.1:0".parse().unwrap(),
+        &url,
+        &format!("ordering = \"unordered\"\n{FAST_RETRY}"),
+    );
+    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let admin = Admin::new(engine.admin_addr());
+    admin.enqueue("test", b"slow", None).await;
+    wait_for("the cut", Duration::from_secs(10), || async {
+        endpoint_stats(&admin.stats().await)["cuts"] == 1
+    })
+    .await;
+    let endpoint = endpoint_stats(&admin.stats().await);
+    assert!(endpoint["paused_until"].is_i64(), "{endpoint}");
+    assert_eq!(
+        endpoint["recent_changes"][0]["detail"],
+        "cut: the handler declared overload (overload)"
+    );
+    engine.shutdown().await.unwrap();
+}
