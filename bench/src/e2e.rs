@@ -9,7 +9,7 @@
 //! - memory: RSS with a 1M-call backlog, and the time from restart to the first delivery.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -21,27 +21,7 @@ use serde_json::Value;
 
 use crate::now_us;
 
-/// A child process killed on drop.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    /// SIGTERM, then wait.
-    pub fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
-}
+pub use integration_tests::Proc;
 
 /// CPU seconds (user + system) used so far by a process.
 pub fn cpu_seconds(pid: u32) -> f64 {

@@ -9,8 +9,9 @@
 //! - [`scheduler`]: the pure window and decisions, and the executor that runs them.
 //! - [`retry`]: backoff policy.
 //! - [`delivery`]: one HTTP attempt and its classification.
-//! - [`limiter`]: the pure AIMD concurrency limit; [`endpoints`] applies it (and rate
-//!   limits) per endpoint.
+//! - [`limiter`]: the pure adaptive concurrency limit (what an outcome says about load,
+//!   rounds of answers, the decisions and their reasons); [`endpoints`] applies it (and
+//!   rate limits, and `Retry-After` pauses) per endpoint.
 //! - [`dead_letter`]: dead calls produced to a subscription's dead-letter topic.
 //! - [`admin`]: the admin HTTP API, `/metrics` and the dashboard.
 //! - [`telemetry`]: histograms and per-second rates behind stats and metrics.

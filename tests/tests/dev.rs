@@ -8,7 +8,7 @@ use std::time::Duration;
 use connectors::dev_broker::DevBroker;
 use engine::{Config, Engine};
 use integration_tests::kafka::{produce, producer, Out};
-use integration_tests::{engine_binary, free_addr, wait_for, Admin, Reply, Target};
+use integration_tests::{engine_binary, free_addr, wait_for, Admin, Proc, Reply, Target};
 
 #[tokio::test]
 async fn a_broker_outage_mid_stream_loses_nothing() {
@@ -134,4 +134,69 @@ async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
         .status()
         .unwrap();
     assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_dev_keeps_its_limit_up_against_its_failing_demo_handler() {
+    const CALLS: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr = free_addr();
+    let mut child = Proc(
+        Command::new(engine_binary())
+            .arg("dev")
+            .arg("--db")
+            .arg(dir.path().join("dev.db"))
+            .args(["--admin", &admin_addr.to_string()])
+            .env("ENGINE_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn engine dev"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || for _ in BufReader::new(stdout).lines().map_while(Result::ok) {});
+    let admin = Admin::new(admin_addr);
+    wait_for("the admin API", Duration::from_secs(60), || async {
+        reqwest::get(format!("http://{admin_addr}/v1/stats")).await.is_ok()
+    })
+    .await;
+    // A burst from 8 clients at once, so that the endpoint is kept busy.
+    let senders: Vec<_> = (0..8)
+        .map(|client| {
+            tokio::spawn(async move {
+                let admin = Admin::new(admin_addr);
+                for n in (client..CALLS).step_by(8) {
+                    let key = format!("user{}", n % 40);
+                    admin.enqueue("dev", format!("record {n}").as_bytes(), Some(&key)).await;
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    wait_for(
+        "every call to succeed past the 30% failures",
+        Duration::from_secs(120),
+        || async { admin.stats().await["succeeded"] == CALLS },
+    )
+    .await;
+    let stats = admin.stats().await;
+    let endpoint = stats["endpoints"].as_object().unwrap().values().next().unwrap();
+    println!("{endpoint}");
+    assert!(
+        endpoint["limit"].as_u64().unwrap() >= 4,
+        "the demo handler's random 503s are not overload: {endpoint}"
+    );
+    assert!(
+        endpoint["changes_by_reason"]["errors_not_overload"].as_u64().unwrap() >= 1,
+        "{endpoint}"
+    );
+    assert!(endpoint["changes_by_reason"].get("overload").is_none(), "{endpoint}");
+    Command::new("kill")
+        .args(["-TERM", &child.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.0.wait().unwrap().success());
 }

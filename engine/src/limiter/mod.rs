@@ -4,11 +4,13 @@
 //! The limit reacts only to real overload, and keeps a healthy endpoint busy:
 //!
 //! - **Growth.** Each good answer that arrives while the endpoint is busy (at least half
-//!   the limit in flight) raises the limit: by half a slot in *slow start* (×1.5 per round trip,
-//!   until the first cut), by `1 / limit` afterwards (one slot per round trip), and five
-//!   times slower just above the level where the endpoint last overflowed (the *ceiling*).
-//!   Once well past the ceiling with no complaint, the ceiling is forgotten and slow start
-//!   resumes, so a recovered endpoint is used fully within seconds.
+//!   the limit in flight) raises the limit: by 0.3 in *slow start* (×1.3 per round trip,
+//!   until the first cut, paused while a round's latency is over its threshold), by
+//!   `1 / limit` afterwards (one slot per round trip). Within one of the level where the
+//!   endpoint last overflowed (the *ceiling*) it holds almost still, then probes faster and
+//!   faster (as TCP CUBIC does). Once well past the ceiling with no complaint, the ceiling
+//!   is forgotten and slow start resumes, so a recovered endpoint is used fully within
+//!   seconds.
 //! - **Explicit overload** ([`signal`]: 429, 503 with `Retry-After`, an SDK's declared
 //!   overload, a timeout, a refused or reset connection) cuts the limit by
 //!   `decrease_factor`, at most once per round trip.
@@ -29,6 +31,7 @@
 //! A *round* is the answers to `max(32, limit)` attempts started since the last change, so
 //! decisions never mix attempts sent under different limits.
 
+mod change;
 mod round;
 pub mod signal;
 
@@ -37,6 +40,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model::Millis;
+pub use change::{ChangeReason, LimitChange};
 use round::{Round, RoundSummary};
 pub use signal::{signal_of, OverloadCause, Signal};
 
@@ -52,6 +56,9 @@ const TRIAL_ROUND: usize = 100;
 const ERROR_ONSET: f64 = 0.1;
 /// Rounds in a row over the latency threshold before a cut.
 const SLOW_ROUNDS_TO_CUT: u32 = 2;
+/// Growth per good answer in slow start: x1.3 per round trip. Latency answers a round
+/// trip late, so a faster start overshoots a saturating service by twice or more.
+const SLOW_START_STEP: f64 = 0.3;
 /// Growth per round trip on reaching the ceiling; it doubles every two round trips.
 const PLATEAU_STEP: f64 = 0.01;
 /// Attempts in flight (at most) when the reference latency is measured.
@@ -139,102 +146,6 @@ impl AimdConfig {
     /// The low concurrency where the reference latency is measured.
     fn low(&self) -> usize {
         self.initial.min(REFERENCE_CONCURRENCY).clamp(self.min, self.max)
-    }
-}
-
-/// A change of the limit, or a verdict about the endpoint, for logs and stats.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LimitChange {
-    pub at: Millis,
-    pub from: usize,
-    pub to: usize,
-    pub reason: ChangeReason,
-}
-
-/// Why the limit changed, with what was seen.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ChangeReason {
-    /// The endpoint was kept busy and answered without complaint.
-    Raise,
-    /// An attempt said the endpoint is saturated.
-    Overload(OverloadCause),
-    /// The median latency rose with concurrency.
-    Latency {
-        median_ms: f64,
-        reference_ms: f64,
-        in_flight: f64,
-    },
-    /// Unexplained errors rose above the usual rate: a trial cut.
-    ErrorTrial { rate: f64, usual: Option<f64> },
-    /// The trial cut made the errors fall: they were overload, the cut stays.
-    ErrorsWereOverload { before: f64, after: f64 },
-    /// The trial cut did not make the errors fall: application errors, the limit is back.
-    ErrorsNotOverload { before: f64, after: f64 },
-    /// Concurrency held at the initial limit for a round, to measure the latency there.
-    Probe { after_futile_cut: bool },
-    /// The probe's measurement; the limit is back.
-    Probed { reference_ms: f64 },
-}
-
-impl ChangeReason {
-    /// A stable short name, for metrics labels and filters.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Raise => "raise",
-            Self::Overload(_) => "overload",
-            Self::Latency { .. } => "latency",
-            Self::ErrorTrial { .. } => "error_trial",
-            Self::ErrorsWereOverload { .. } => "errors_were_overload",
-            Self::ErrorsNotOverload { .. } => "errors_not_overload",
-            Self::Probe { .. } => "probe",
-            Self::Probed { .. } => "probed",
-        }
-    }
-
-    /// Whether this lowered the limit because of the endpoint's state.
-    pub fn is_cut(&self) -> bool {
-        matches!(self, Self::Overload(_) | Self::Latency { .. } | Self::ErrorTrial { .. })
-    }
-
-    /// What was seen and what was done, in a sentence for operators.
-    pub fn explain(&self) -> String {
-        let pct = |rate: f64| format!("{:.0}%", rate * 100.0);
-        match *self {
-            Self::Raise => "raise: the endpoint was kept busy and answered without overload".into(),
-            Self::Overload(cause) => format!("cut: {} (overload)", cause.describe()),
-            Self::Latency {
-                median_ms,
-                reference_ms,
-                in_flight,
-            } => format!(
-                "cut: median latency {median_ms:.1} ms at {in_flight:.0} in flight, {:.1}x the {reference_ms:.1} ms at low concurrency",
-                median_ms / reference_ms.max(1e-3)
-            ),
-            Self::ErrorTrial { rate, usual } => format!(
-                "trial cut: {} of answers were 5xx errors (usual {}); do they fall with concurrency?",
-                pct(rate),
-                usual.map_or_else(|| "unknown".into(), pct)
-            ),
-            Self::ErrorsWereOverload { before, after } => format!(
-                "kept the cut: 5xx errors fell from {} to {} with less concurrency (overload)",
-                pct(before),
-                pct(after)
-            ),
-            Self::ErrorsNotOverload { before, after } => format!(
-                "restored: 5xx errors did not fall with less concurrency ({} then {}): application errors, not overload",
-                pct(before),
-                pct(after)
-            ),
-            Self::Probe { after_futile_cut } => if after_futile_cut {
-                "probe: latency did not fall after cutting the limit by a fifth; measuring it at low concurrency before cutting again"
-            } else {
-                "probe: measuring latency at low concurrency for one round"
-            }
-            .into(),
-            Self::Probed { reference_ms } => {
-                format!("probe done: median latency {reference_ms:.1} ms at low concurrency")
-            }
-        }
     }
 }
 
@@ -363,13 +274,13 @@ impl Aimd {
         // A round over the latency threshold pauses slow start: grow by one per round trip
         // while a second round confirms it, so the limit does not overshoot by half again.
         let step = if self.slow_start && self.slow_rounds == 0 {
-            0.5
+            SLOW_START_STEP
         } else if self.ceiling.is_some_and(|c| self.limit + 1.0 >= c) {
             // Stay near where it overflowed, then probe faster and faster (as TCP CUBIC
             // does): a steady endpoint is refused rarely, a grown one is found in seconds.
             let rounds = self.probing_answers / self.limit;
             self.probing_answers += 1.0;
-            (PLATEAU_STEP * (rounds / 2.0).exp2() / self.limit).min(0.5)
+            (PLATEAU_STEP * (rounds / 2.0).exp2() / self.limit).min(SLOW_START_STEP)
         } else {
             1.0 / self.limit
         };

@@ -1,0 +1,101 @@
+//! What the limiter did and why: a change of the limit or a verdict, explained with the
+//! figures behind it for stats, metrics, logs and the dashboard.
+
+use super::OverloadCause;
+use crate::model::Millis;
+
+/// A change of the limit, or a verdict about the endpoint, for logs and stats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitChange {
+    pub at: Millis,
+    pub from: usize,
+    pub to: usize,
+    pub reason: ChangeReason,
+}
+
+/// Why the limit changed, with what was seen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ChangeReason {
+    /// The endpoint was kept busy and answered without complaint.
+    Raise,
+    /// An attempt said the endpoint is saturated.
+    Overload(OverloadCause),
+    /// The median latency rose with concurrency.
+    Latency {
+        median_ms: f64,
+        reference_ms: f64,
+        in_flight: f64,
+    },
+    /// Unexplained errors rose above the usual rate: a trial cut.
+    ErrorTrial { rate: f64, usual: Option<f64> },
+    /// The trial cut made the errors fall: they were overload, the cut stays.
+    ErrorsWereOverload { before: f64, after: f64 },
+    /// The trial cut did not make the errors fall: application errors, the limit is back.
+    ErrorsNotOverload { before: f64, after: f64 },
+    /// Concurrency held at the initial limit for a round, to measure the latency there.
+    Probe { after_futile_cut: bool },
+    /// The probe's measurement; the limit is back.
+    Probed { reference_ms: f64 },
+}
+
+impl ChangeReason {
+    /// A stable short name, for metrics labels and filters.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Raise => "raise",
+            Self::Overload(_) => "overload",
+            Self::Latency { .. } => "latency",
+            Self::ErrorTrial { .. } => "error_trial",
+            Self::ErrorsWereOverload { .. } => "errors_were_overload",
+            Self::ErrorsNotOverload { .. } => "errors_not_overload",
+            Self::Probe { .. } => "probe",
+            Self::Probed { .. } => "probed",
+        }
+    }
+
+    /// Whether this lowered the limit because of the endpoint's state.
+    pub fn is_cut(&self) -> bool {
+        matches!(self, Self::Overload(_) | Self::Latency { .. } | Self::ErrorTrial { .. })
+    }
+
+    /// What was seen and what was done, in a sentence for operators.
+    pub fn explain(&self) -> String {
+        let pct = |rate: f64| format!("{:.0}%", rate * 100.0);
+        match *self {
+            Self::Raise => "raise: the endpoint was kept busy and answered without overload".into(),
+            Self::Overload(cause) => format!("cut: {} (overload)", cause.describe()),
+            Self::Latency {
+                median_ms,
+                reference_ms,
+                in_flight,
+            } => format!(
+                "cut: median latency {median_ms:.1} ms at {in_flight:.0} in flight, {:.1}x the {reference_ms:.1} ms at low concurrency",
+                median_ms / reference_ms.max(1e-3)
+            ),
+            Self::ErrorTrial { rate, usual } => format!(
+                "trial cut: {} of answers were 5xx errors (usual {}); do they fall with concurrency?",
+                pct(rate),
+                usual.map_or_else(|| "unknown".into(), pct)
+            ),
+            Self::ErrorsWereOverload { before, after } => format!(
+                "kept the cut: 5xx errors fell from {} to {} with less concurrency (overload)",
+                pct(before),
+                pct(after)
+            ),
+            Self::ErrorsNotOverload { before, after } => format!(
+                "restored: 5xx errors did not fall with less concurrency ({} then {}): application errors, not overload",
+                pct(before),
+                pct(after)
+            ),
+            Self::Probe { after_futile_cut } => if after_futile_cut {
+                "probe: latency did not fall after cutting the limit by a fifth; measuring it at low concurrency before cutting again"
+            } else {
+                "probe: measuring latency at low concurrency for one round"
+            }
+            .into(),
+            Self::Probed { reference_ms } => {
+                format!("probe done: median latency {reference_ms:.1} ms at low concurrency")
+            }
+        }
+    }
+}
