@@ -68,12 +68,19 @@ struct Case {
 
 fn cases(scale: f64) -> Vec<Case> {
     let n = |calls: f64| (calls * scale) as usize;
-    let completion = |name, args: Vec<&'static str>, calls| Case {
-        name,
-        args,
-        calls: n(calls),
-        goal: Goal::Completion,
-        limits: vec![Limit::Adaptive, Limit::Fixed(16), Limit::Fixed(64), Limit::Fixed(256)],
+    // Fixed 16 is a contender only where the target's own CPU is the bottleneck (0 ms).
+    let completion = |name, args: Vec<&'static str>, calls| {
+        let mut limits = vec![Limit::Adaptive, Limit::Fixed(64), Limit::Fixed(256)];
+        if !args.contains(&"--latency-ms") {
+            limits.insert(1, Limit::Fixed(16));
+        }
+        Case {
+            name,
+            args,
+            calls: n(calls),
+            goal: Goal::Completion,
+            limits,
+        }
     };
     let capacity = |name, args: Vec<&'static str>, c: f64, mean_ms: f64| Case {
         name,
@@ -222,7 +229,7 @@ impl Run {
     }
 }
 
-pub async fn run(scale: f64, only: Option<String>) -> anyhow::Result<()> {
+pub async fn run(scale: f64, only: Option<String>, repeat: usize) -> anyhow::Result<()> {
     println!("| target | limit | time to 99% / 100% | calls/s | refused | lost | order violations / overlaps | mean limit | limit changes | verdict |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for case in cases(scale) {
@@ -231,7 +238,19 @@ pub async fn run(scale: f64, only: Option<String>) -> anyhow::Result<()> {
         }
         let mut runs = Vec::new();
         for &limit in &case.limits {
-            let run = one(&case, limit).await?;
+            // Completion times vary by several percent between identical runs (the retry
+            // tail, the shared 2 cores): the run with the median time stands for them.
+            let repeat = if matches!(case.goal, Goal::Completion) {
+                repeat
+            } else {
+                1
+            };
+            let mut tries = Vec::new();
+            for _ in 0..repeat.max(1) {
+                tries.push(one(&case, limit).await?);
+            }
+            tries.sort_by(|a, b| a.seconds_to_99.total_cmp(&b.seconds_to_99));
+            let run = tries.swap_remove(tries.len() / 2);
             runs.push(run);
         }
         let verdicts = judge(&case, &runs);

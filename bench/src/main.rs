@@ -40,6 +40,9 @@ enum Scenario {
         /// Only the targets whose name starts with this (for example `3` or `1a`).
         #[arg(long)]
         only: Option<String>,
+        /// Run each completion-time comparison this many times and report the median.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
     },
     /// The SDK no-op handler of the end-to-end scenarios (started by them as a process).
     Handler {
@@ -73,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
         } => ingest(records, payload_bytes, runs).await,
         Scenario::Handler { listen, stats } => handler::serve(listen, stats).await,
         Scenario::E2e(args) => report::run(args).await,
-        Scenario::Limits { scale, only } => limits::run(scale, only).await,
+        Scenario::Limits { scale, only, repeat } => limits::run(scale, only, repeat).await,
     }
 }
 

@@ -38,7 +38,8 @@ struct Args {
     /// Requests served at once; above this, 429. 0: unlimited.
     #[arg(long, default_value_t = 0)]
     capacity: u64,
-    /// Send `Retry-After: N` with each 429 (the engine then pauses the whole endpoint).
+    /// Send `Retry-After: N` with each 429 (the engine pauses the whole endpoint when it
+    /// served nothing else in the last second; otherwise only that call waits).
     #[arg(long)]
     retry_after: Option<u64>,
     /// Base latency in milliseconds; it rises with the number of requests in flight.
