@@ -599,20 +599,37 @@ async fn dead_calls_appear_on_the_dead_letter_topic_exactly_once_with_error_head
         .map(|c| c["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(dead_ids.len(), bad);
-    // A restart finds nothing left to publish.
+    // A restart finds nothing left to publish: one more dead call after it is published,
+    // and any republishing of the earlier ones would have happened before that.
     engine.shutdown().await.unwrap();
-    let (engine, _admin) = start(&dir, &setup).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (engine, admin) = start(&dir, &setup).await;
+    let mut late = Out::keyed("k-late", "bad-1000");
+    late.headers = vec![("trace".into(), Some(b"t1000".to_vec()))];
+    produce(&producer(&tansu.bootstrap()), "dlq-src", vec![late]).await;
+    let stats = Arc::clone(&engine.schedulers()["test"]);
+    wait_for(
+        "the dead call made after the restart to be published",
+        Duration::from_secs(30),
+        || async { stats.dead_lettered.load(Ordering::Relaxed) == 1 },
+    )
+    .await;
+    let dead_ids: HashSet<String> = admin.get("/v1/dead?limit=1000").await["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(dead_ids.len(), bad + 1);
     engine.shutdown().await.unwrap();
 
     let bootstrap = tansu.bootstrap();
     let letters = tokio::task::spawn_blocking(move || {
-        integration_tests::kafka::read_topic(&bootstrap, "dlq-out", 1, bad, Duration::from_secs(3))
+        integration_tests::kafka::read_topic(&bootstrap, "dlq-out", 1, bad + 1, Duration::from_secs(3))
     })
     .await
     .unwrap();
     println!("{} dead letters for {} dead calls", letters.len(), dead_ids.len());
-    assert_eq!(letters.len(), bad, "exactly one dead letter per dead call");
+    assert_eq!(letters.len(), bad + 1, "exactly one dead letter per dead call");
     let mut seen_ids = HashSet::new();
     for letter in &letters {
         let id = letter.header("engine-call-id").expect("call id header");
@@ -620,7 +637,12 @@ async fn dead_calls_appear_on_the_dead_letter_topic_exactly_once_with_error_head
         assert!(seen_ids.insert(id.clone()), "{id} published twice");
         let value = String::from_utf8(letter.value.clone().unwrap()).unwrap();
         let n: usize = value.strip_prefix("bad-").expect("only bad records").parse().unwrap();
-        assert_eq!(letter.key.as_deref(), Some(format!("k{n}").as_bytes()));
+        let key = if n == 1000 {
+            "k-late".to_string()
+        } else {
+            format!("k{n}")
+        };
+        assert_eq!(letter.key.as_deref(), Some(key.as_bytes()));
         assert_eq!(letter.header("trace"), Some(format!("t{n}")));
         let error = letter.header("engine-error").unwrap();
         assert!(error.contains("400") && error.contains("bad order"), "{error}");

@@ -124,7 +124,7 @@ async fn the_limit_converges_near_the_endpoint_capacity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rate_limit_holds_at_the_endpoint() {
+async fn a_subscription_rate_limit_holds() {
     const RATE: usize = 50;
     const CALLS: usize = 200;
     let (url, endpoint) = serve(1_000).await;
@@ -150,16 +150,7 @@ async fn a_rate_limit_holds_at_the_endpoint() {
         CALLS,
         "waiting for the rate limit is not a failed attempt"
     );
-    let busiest = arrivals
-        .iter()
-        .map(|start| {
-            arrivals
-                .iter()
-                .filter(|t| **t >= *start && **t < *start + Duration::from_secs(1))
-                .count()
-        })
-        .max()
-        .unwrap();
+    let busiest = busiest_second(&arrivals);
     println!("rate limit {RATE}/s: busiest one-second window had {busiest} requests");
     assert!(
         busiest as f64 <= RATE as f64 * 1.1 + 1.0,
@@ -169,6 +160,71 @@ async fn a_rate_limit_holds_at_the_endpoint() {
     assert!(
         total >= (CALLS - RATE) as f64 / RATE as f64,
         "{CALLS} calls took only {total:.2}s"
+    );
+    engine.shutdown().await.unwrap();
+}
+
+/// The busiest one-second window of `arrivals`.
+fn busiest_second(arrivals: &[Instant]) -> usize {
+    arrivals
+        .iter()
+        .map(|start| {
+            arrivals
+                .iter()
+                .filter(|t| **t >= *start && **t < *start + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_rate_limit_holds_across_two_subscriptions() {
+    const RATE: usize = 40;
+    const PER_SUBSCRIPTION: usize = 80;
+    let (url, endpoint) = serve(1_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let origin = url.trim_end_matches("/work");
+    let text = format!(
+        r#"
+[store]
+path = "{db}"
+[admin]
+listen = "127.0.0.1:0"
+[[endpoint]]
+origin = "{origin}"
+rate_limit = {RATE}
+rate_burst = 1
+[[subscription]]
+name = "a"
+target = "{url}"
+ordering = "unordered"
+[[subscription]]
+name = "b"
+target = "{url}"
+ordering = "unordered"
+"#,
+        db = dir.path().join("engine.db").display()
+    );
+    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let admin = Admin::new(engine.admin_addr());
+    for n in 0..PER_SUBSCRIPTION {
+        admin.enqueue("a", n.to_string().as_bytes(), None).await;
+        admin.enqueue("b", n.to_string().as_bytes(), None).await;
+    }
+    wait_for(
+        "every call of both subscriptions to succeed",
+        Duration::from_secs(60),
+        || async { admin.stats().await["succeeded"].as_u64().unwrap_or(0) == 2 * PER_SUBSCRIPTION as u64 },
+    )
+    .await;
+    let arrivals = endpoint.arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 2 * PER_SUBSCRIPTION);
+    let busiest = busiest_second(&arrivals);
+    println!("endpoint rate limit {RATE}/s over two subscriptions: busiest second had {busiest}");
+    assert!(
+        busiest as f64 <= RATE as f64 * 1.1 + 1.0,
+        "{busiest} requests in one second: the two subscriptions share the endpoint's limit"
     );
     engine.shutdown().await.unwrap();
 }

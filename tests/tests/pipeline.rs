@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use engine::model::{Inserted, KafkaSource, NewCall};
 use engine::store::{Store, StoreOptions};
+use integration_tests::unkind::UnkindTarget;
 use integration_tests::{free_addr, start_engine, wait_for, Reply, Target};
 
 const FAST_RETRY: &str = r#"
@@ -189,6 +190,37 @@ async fn same_key_calls_run_one_at_a_time_in_order() {
         assert_eq!(order, sorted, "key {key} ran out of order");
         assert_eq!(order.len(), 10);
     }
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_calls_never_overlap_at_a_slow_failing_python_target() {
+    const CALLS: usize = 90;
+    // The target holds each request 3 ms + an exponential tail and fails 30% of them; it
+    // counts a request that arrives while another of its key is in flight, and successes
+    // of a key out of order.
+    let target = UnkindTarget::start(&["--error-rate", "0.3", "--latency-ms", "3", "--jitter", "exp:3"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start_engine(&dir, &target.url(), FAST_RETRY).await;
+    for n in 0..CALLS {
+        let key = ["a", "b", "c"][n % 3];
+        admin.enqueue("test", format!("{key}:{n}").as_bytes(), Some(key)).await;
+    }
+    wait_for("every call to succeed", Duration::from_secs(60), || async {
+        admin.stats().await["succeeded"] == CALLS
+    })
+    .await;
+    let seen = target.stats().await;
+    assert_eq!(seen["unique_ok"], CALLS, "{seen}");
+    assert!(seen["errors"].as_u64().unwrap() > 0, "retries interleaved: {seen}");
+    assert_eq!(
+        seen["key_overlaps"], 0,
+        "two calls of one key in flight at once: {seen}"
+    );
+    assert_eq!(
+        seen["order_violations"], 0,
+        "a key's calls succeeded out of order: {seen}"
+    );
     engine.shutdown().await.unwrap();
 }
 

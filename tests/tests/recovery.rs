@@ -3,15 +3,28 @@
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use integration_tests::{config_toml, free_addr, spawn_engine, wait_for, Admin, Reply, Target};
+use integration_tests::{config_toml, free_addr, spawn_engine, wait_for, Admin, Proc, Reply, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_flight_then_restarted_every_call_finishes() {
     const CALLS: usize = 100;
     const CONCURRENCY: usize = 8;
-    let target = Target::start(|_| Reply::Hang(Duration::from_millis(100))).await;
+    // Once `hold` is set, the target keeps every new request: the kill then lands while
+    // attempts are surely in flight.
+    let hold = Arc::new(AtomicBool::new(false));
+    let holding = Arc::clone(&hold);
+    let target = Target::start(move |_| {
+        if holding.load(Ordering::SeqCst) {
+            Reply::Hang(Duration::from_secs(120))
+        } else {
+            Reply::Hang(Duration::from_millis(100))
+        }
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let admin_addr = free_addr();
     let config = dir.path().join("engine.toml");
@@ -23,7 +36,7 @@ async fn killed_mid_flight_then_restarted_every_call_finishes() {
     .unwrap();
     let admin = Admin::new(admin_addr);
 
-    let mut engine = spawn_engine(&config);
+    let mut engine = Proc(spawn_engine(&config));
     wait_for("the admin API", Duration::from_secs(60), || admin.is_up()).await;
     let mut ids = Vec::new();
     for n in 0..CALLS {
@@ -33,12 +46,28 @@ async fn killed_mid_flight_then_restarted_every_call_finishes() {
         admin.stats().await["succeeded"].as_u64().unwrap_or(0) >= 16
     })
     .await;
-    engine.kill().unwrap(); // SIGKILL: no chance to clean up
-    engine.wait().unwrap();
+    hold.store(true, Ordering::SeqCst);
+    let held_since = Instant::now();
+    // Held attempts stop the limit from growing, so once every held attempt's start is
+    // stored, nothing changes until the kill.
+    let held = || target.seen().iter().filter(|s| s.at > held_since).count();
+    wait_for(
+        "held attempts, their starts stored",
+        Duration::from_secs(30),
+        || async {
+            let running = admin.stats().await["running"].as_u64().unwrap_or(0);
+            held() > 0 && running == held() as u64
+        },
+    )
+    .await;
+    let held = held();
+    engine.0.kill().unwrap(); // SIGKILL: no chance to clean up
+    engine.0.wait().unwrap();
+    hold.store(false, Ordering::SeqCst);
     let before_restart = admin.is_up().await;
     assert!(!before_restart, "the engine should be gone");
 
-    let mut engine = spawn_engine(&config);
+    let mut engine = Proc(spawn_engine(&config));
     wait_for("the admin API after restart", Duration::from_secs(60), || admin.is_up()).await;
     wait_for("every call to succeed", Duration::from_secs(60), || async {
         admin.stats().await["succeeded"].as_u64().unwrap_or(0) == CALLS as u64
@@ -66,7 +95,15 @@ async fn killed_mid_flight_then_restarted_every_call_finishes() {
         .map(|attempts| attempts.windows(2).filter(|w| w[1] > w[0]).count())
         .sum();
     println!(
-        "calls {CALLS}, interrupted attempts recorded {interrupted}, duplicate deliveries {duplicates} ({after_recorded_start} after a recorded start)"
+        "calls {CALLS}, attempts held at the kill {held}, interrupted attempts recorded {interrupted}, duplicate deliveries {duplicates} ({after_recorded_start} after a recorded start)"
+    );
+    assert_eq!(
+        interrupted, held,
+        "the {held} attempts in flight at the kill are recorded as interrupted"
+    );
+    assert!(
+        duplicates >= held,
+        "the interrupted attempts were delivered again: {duplicates}"
     );
     assert!(
         duplicates <= CONCURRENCY,
@@ -79,9 +116,9 @@ async fn killed_mid_flight_then_restarted_every_call_finishes() {
 
     // A graceful stop (SIGTERM) leaves nothing running.
     Command::new("kill")
-        .args(["-TERM", &engine.id().to_string()])
+        .args(["-TERM", &engine.pid().to_string()])
         .status()
         .unwrap();
-    let status = engine.wait().unwrap();
+    let status = engine.0.wait().unwrap();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }

@@ -194,11 +194,26 @@ async fn produce_reports_every_failure_in_sync_and_async_modes_when_the_broker_d
             .unwrap();
         let summary = summary_of(&output);
         println!("{mode}, broker up: {summary}");
+        // What reached the broker, read back, against what the mode reported.
+        let bootstrap = tansu.bootstrap();
+        let stored = tokio::task::spawn_blocking(move || {
+            integration_tests::kafka::read_topic(&bootstrap, "produce", 3, 200, Duration::from_secs(3))
+        })
+        .await
+        .unwrap();
+        println!("{mode}: {} records read back from the topic", stored.len());
         if mode == "fire-and-forget" {
             assert_eq!(figure(&summary, "sent"), 200);
+            assert_eq!(figure(&summary, "unknown"), 200, "{summary}");
+            assert_eq!(stored.len(), 200, "handed over and flushed at exit: all on the broker");
         } else {
             assert_eq!(figure(&summary, "acked"), 200, "{summary}");
             assert_eq!(figure(&summary, "failed"), 0, "{summary}");
+            assert_eq!(
+                stored.len() as u64,
+                figure(&summary, "acked"),
+                "every ack is a stored record"
+            );
         }
 
         // The broker dies mid-run.

@@ -187,6 +187,12 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
         "1 while store writes fail (for example a full disk) and ingestion waits.",
         vec![(String::new(), f64::from(u8::from(writer.failing.load(Relaxed))))],
     );
+    out.family(
+        "engine_store_failed_writes_total",
+        "counter",
+        "Store commits that failed and were retried (the batch is held until one succeeds).",
+        vec![(String::new(), writer.failed_writes.load(Relaxed) as f64)],
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out.text)
 }
 

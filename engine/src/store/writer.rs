@@ -74,6 +74,8 @@ pub struct WriterStats {
     pub commit_micros: std::sync::atomic::AtomicU64,
     /// Set while the last commit failed (for example a full disk).
     pub failing: std::sync::atomic::AtomicBool,
+    /// Commits that failed and are retried (each retry of a held batch counts).
+    pub failed_writes: std::sync::atomic::AtomicU64,
     /// Rows per commit.
     pub batch_rows: Histogram,
     /// Seconds per commit.
@@ -87,6 +89,7 @@ impl Default for WriterStats {
             rows: std::sync::atomic::AtomicU64::default(),
             commit_micros: std::sync::atomic::AtomicU64::default(),
             failing: std::sync::atomic::AtomicBool::default(),
+            failed_writes: std::sync::atomic::AtomicU64::default(),
             batch_rows: Histogram::new(telemetry::BATCH_BOUNDS),
             commit_seconds: Histogram::new(telemetry::COMMIT_BOUNDS),
         }
@@ -135,6 +138,7 @@ pub(crate) fn run(
                 Err(error) if is_transient(&error) => {
                     // Keep the batch and its callers waiting: nothing is acknowledged that is
                     // not durable, so ingestion stops until the disk recovers.
+                    stats.failed_writes.fetch_add(1, Relaxed);
                     if !stats.failing.swap(true, Relaxed) || delay >= Duration::from_secs(5) {
                         tracing::error!(%error, retry_in = ?delay, "store write failed; holding {} commands until it succeeds", batch.len());
                     }
