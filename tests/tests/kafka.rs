@@ -544,6 +544,16 @@ async fn consumer_lag_is_reported_per_partition_and_drains_to_zero() {
     engine.shutdown().await.unwrap();
 }
 
+/// The ids of the dead calls the admin API lists.
+async fn dead_call_ids(admin: &Admin) -> HashSet<String> {
+    admin.get("/v1/dead?limit=1000").await["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_calls_appear_on_the_dead_letter_topic_exactly_once_with_error_headers() {
     const RECORDS: usize = 200;
@@ -592,12 +602,7 @@ async fn dead_calls_appear_on_the_dead_letter_topic_exactly_once_with_error_head
         stats.dead_lettered.load(Ordering::Relaxed) == bad as u64
     })
     .await;
-    let dead_ids: HashSet<String> = admin.get("/v1/dead?limit=1000").await["calls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["id"].as_str().unwrap().to_string())
-        .collect();
+    let dead_ids = dead_call_ids(&admin).await;
     assert_eq!(dead_ids.len(), bad);
     // A restart finds nothing left to publish: one more dead call after it is published,
     // and any republishing of the earlier ones would have happened before that.
@@ -613,12 +618,7 @@ async fn dead_calls_appear_on_the_dead_letter_topic_exactly_once_with_error_head
         || async { stats.dead_lettered.load(Ordering::Relaxed) == 1 },
     )
     .await;
-    let dead_ids: HashSet<String> = admin.get("/v1/dead?limit=1000").await["calls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["id"].as_str().unwrap().to_string())
-        .collect();
+    let dead_ids = dead_call_ids(&admin).await;
     assert_eq!(dead_ids.len(), bad + 1);
     engine.shutdown().await.unwrap();
 
