@@ -314,7 +314,7 @@ impl Aimd {
             // Enough to tell 20% from none, without holding a small limit down for long.
             (4 * limit).clamp(MIN_ROUND, TRIAL_ROUND)
         } else {
-            (self.limit.floor() as usize).clamp(MIN_ROUND, MAX_ROUND)
+            limit.clamp(MIN_ROUND, MAX_ROUND)
         };
         if self.round.len() < needed {
             return None;
