@@ -301,11 +301,10 @@ async fn in_unordered_mode_a_failing_record_does_not_delay_the_others() {
         count(&admin, "succeeded").await == RECORDS as u64 - 1
     })
     .await;
-    assert_eq!(
-        count(&admin, "pending").await + count(&admin, "running").await,
-        1,
-        "only the poison record waits"
-    );
+    // One snapshot: two requests could see the poison call once as pending and again as running.
+    let stats = admin.stats().await;
+    let waiting = stats["pending"].as_u64().unwrap_or(0) + stats["running"].as_u64().unwrap_or(0);
+    assert_eq!(waiting, 1, "only the poison record waits");
     healed.store(true, Ordering::SeqCst);
     wait_for(
         "the poison record to succeed once healed",
