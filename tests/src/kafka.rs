@@ -79,6 +79,26 @@ impl Tansu {
         }
     }
 
+    /// Stop the broker process without killing it (SIGSTOP): connections stay open and
+    /// requests wait in the socket, as with a broker stuck in a long pause.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Let a frozen broker go on (SIGCONT); it then serves the requests that waited.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("tansu is running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} tansu");
+    }
+
     pub fn bootstrap(&self) -> String {
         self.addr.to_string()
     }
