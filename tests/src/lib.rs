@@ -284,15 +284,17 @@ pub async fn start_engine(dir: &tempfile::TempDir, target: &str, extra: &str) ->
 }
 
 /// Start `engine serve --config <config>` as a process (logs at warn, to stderr).
-pub fn spawn_engine(config: &std::path::Path) -> std::process::Child {
-    std::process::Command::new(engine_binary())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("ENGINE_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn engine")
+pub fn spawn_engine(config: &std::path::Path) -> Proc {
+    Proc(
+        std::process::Command::new(engine_binary())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("ENGINE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn engine"),
+    )
 }
 
 /// A config for one subscription named `test` delivering to `target`, with fast retries.
@@ -336,6 +338,16 @@ impl Drop for Proc {
 impl Proc {
     pub fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {}", self.0.id());
+        self.0.wait().expect("wait for the process")
     }
 
     /// SIGTERM, then wait.

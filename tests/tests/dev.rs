@@ -79,20 +79,22 @@ topics = ["outage"]
 async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
     let dir = tempfile::tempdir().unwrap();
     let admin_addr = free_addr();
-    let mut child = Command::new(engine_binary())
-        .arg("dev")
-        .arg("--db")
-        .arg(dir.path().join("dev.db"))
-        .args(["--admin", &admin_addr.to_string(), "--failure-rate", "0"])
-        .env("ENGINE_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn engine dev");
+    let mut child = Proc(
+        Command::new(engine_binary())
+            .arg("dev")
+            .arg("--db")
+            .arg(dir.path().join("dev.db"))
+            .args(["--admin", &admin_addr.to_string(), "--failure-rate", "0"])
+            .env("ENGINE_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn engine dev"),
+    );
     let output = Arc::new(Mutex::new(Vec::<String>::new()));
     let lines = Arc::clone(&output);
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             lines.lock().unwrap().push(line);
@@ -112,7 +114,7 @@ async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
         vec![Out::keyed("k", "from-a-kafka-client")],
     )
     .await;
-    let mut stdin = child.stdin.take().unwrap();
+    let mut stdin = child.0.stdin.take().unwrap();
     writeln!(stdin, "user-7: from-stdin").unwrap();
     stdin.flush().unwrap();
 
@@ -129,11 +131,7 @@ async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
         || async { admin.stats().await["succeeded"] == 2 },
     )
     .await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(child.terminate().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,9 +192,5 @@ async fn engine_dev_keeps_its_limit_up_against_its_failing_demo_handler() {
         "{endpoint}"
     );
     assert!(endpoint["changes_by_reason"].get("overload").is_none(), "{endpoint}");
-    Command::new("kill")
-        .args(["-TERM", &child.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.0.wait().unwrap().success());
+    assert!(child.terminate().success());
 }

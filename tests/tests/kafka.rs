@@ -2,7 +2,6 @@
 //! real SQLite file.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,8 +176,8 @@ async fn sigkill_while_consuming_loses_nothing_and_duplicates_no_call() {
         admin.is_up().await && total_calls(&admin).await >= 2_000
     })
     .await;
-    engine.kill().unwrap();
-    engine.wait().unwrap();
+    engine.0.kill().unwrap();
+    engine.0.wait().unwrap();
 
     let mut engine = spawn_engine(&config);
     let produced = producing.await.unwrap();
@@ -199,11 +198,7 @@ async fn sigkill_while_consuming_loses_nothing_and_duplicates_no_call() {
         produced.into_iter().collect::<HashSet<_>>(),
         "no record lost"
     );
-    Command::new("kill")
-        .args(["-TERM", &engine.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(engine.wait().unwrap().success());
+    assert!(engine.terminate().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

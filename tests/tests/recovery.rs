@@ -2,12 +2,11 @@
 //! and check that every call finishes and none is lost.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::{config_toml, free_addr, spawn_engine, wait_for, Admin, Proc, Reply, Target};
+use integration_tests::{config_toml, free_addr, spawn_engine, wait_for, Admin, Reply, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_flight_then_restarted_every_call_finishes() {
@@ -36,7 +35,7 @@ async fn killed_mid_flight_then_restarted_every_call_finishes() {
     .unwrap();
     let admin = Admin::new(admin_addr);
 
-    let mut engine = Proc(spawn_engine(&config));
+    let mut engine = spawn_engine(&config);
     wait_for("the admin API", Duration::from_secs(60), || admin.is_up()).await;
     let mut ids = Vec::new();
     for n in 0..CALLS {
@@ -67,7 +66,7 @@ async fn killed_mid_flight_then_restarted_every_call_finishes() {
     let before_restart = admin.is_up().await;
     assert!(!before_restart, "the engine should be gone");
 
-    let mut engine = Proc(spawn_engine(&config));
+    let mut engine = spawn_engine(&config);
     wait_for("the admin API after restart", Duration::from_secs(60), || admin.is_up()).await;
     wait_for("every call to succeed", Duration::from_secs(60), || async {
         admin.stats().await["succeeded"].as_u64().unwrap_or(0) == CALLS as u64
@@ -115,10 +114,6 @@ async fn killed_mid_flight_then_restarted_every_call_finishes() {
     );
 
     // A graceful stop (SIGTERM) leaves nothing running.
-    Command::new("kill")
-        .args(["-TERM", &engine.pid().to_string()])
-        .status()
-        .unwrap();
-    let status = engine.0.wait().unwrap();
+    let status = engine.terminate();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }

@@ -6,29 +6,27 @@
 //! attempt that was in flight at a crash.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use integration_tests::kafka::{produce, producer, Out, Tansu, TANSU_CONSUMER_OPTIONS};
-use integration_tests::{free_addr, metric, spawn_engine, wait_for, workspace_binary, Admin, Reply, Seen, Target};
+use integration_tests::{
+    free_addr, metric, spawn_engine, wait_for, workspace_binary, Admin, Proc, Reply, Seen, Target,
+};
 use rand::Rng;
 
 fn soak() -> bool {
     std::env::var_os("ENGINE_SOAK").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-fn sigkill(child: &mut Child) {
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
+fn sigkill(child: &mut Proc) {
+    child.0.kill().expect("SIGKILL");
+    child.0.wait().expect("reap");
 }
 
-fn sigterm(child: &mut Child) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "the engine exits cleanly on SIGTERM");
+fn sigterm(child: &mut Proc) {
+    assert!(child.terminate().success(), "the engine exits cleanly on SIGTERM");
 }
 
 fn kafka_position(seen: &Seen) -> (i32, i64) {
@@ -213,13 +211,15 @@ batch_size = 200
 }
 
 /// The flaky-endpoint example as the handler process, on a fixed address.
-fn spawn_handler(addr: std::net::SocketAddr) -> Child {
-    Command::new(workspace_binary("flaky-endpoint"))
-        .args(["--listen", &addr.to_string(), "--latency-ms", "20"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn flaky-endpoint")
+fn spawn_handler(addr: std::net::SocketAddr) -> Proc {
+    Proc(
+        Command::new(workspace_binary("flaky-endpoint"))
+            .args(["--listen", &addr.to_string(), "--latency-ms", "20"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn flaky-endpoint"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,15 +309,17 @@ topics = ["outage"]
     )
     .unwrap();
     let log_path = dir.path().join("engine.log");
-    let mut engine = Command::new(integration_tests::engine_binary())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("ENGINE_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut engine = Proc(
+        Command::new(integration_tests::engine_binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("ENGINE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let admin = Admin::new(admin_addr);
     let half = |range: std::ops::Range<usize>| -> Vec<Out> {
         range
@@ -411,17 +413,19 @@ topics = ["full"]
     .unwrap();
     let log_path = dir.path().join("engine.log");
     // 2 MiB per file: the database and its WAL cannot grow past it.
-    let mut engine = Command::new("bash")
-        .arg("-c")
-        .arg("trap '' XFSZ; ulimit -S -f 2048; exec \"$0\" serve --config \"$1\"")
-        .arg(integration_tests::engine_binary())
-        .arg(&config)
-        .env("ENGINE_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut engine = Proc(
+        Command::new("bash")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -S -f 2048; exec \"$0\" serve --config \"$1\"")
+            .arg(integration_tests::engine_binary())
+            .arg(&config)
+            .env("ENGINE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let admin = Admin::new(admin_addr);
     wait_for("the engine to come up", Duration::from_secs(30), || admin.is_up()).await;
     let pad = "x".repeat(400);
@@ -463,7 +467,7 @@ topics = ["full"]
     );
 
     let lifted = Command::new("prlimit")
-        .args(["--pid", &engine.id().to_string(), "--fsize=unlimited:"])
+        .args(["--pid", &engine.pid().to_string(), "--fsize=unlimited:"])
         .status()
         .unwrap();
     assert!(lifted.success(), "prlimit");
