@@ -16,7 +16,6 @@
 //! violations and overlaps, the limit's mean, and its changes by reason.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -194,7 +193,7 @@ struct Run {
     calls: usize,
     target: Value,
     mean_limit: f64,
-    changes: BTreeMap<&'static str, u64>,
+    changes: BTreeMap<String, u64>,
     /// Successes per 100 ms at the target.
     ticks: Vec<f64>,
     /// Stopped at a set time with calls left (the changing-capacity target).
@@ -378,7 +377,7 @@ max_attempts = 0
     let engine = Engine::start(config).await?;
     let (_, endpoint) = engine.endpoints().all().next().expect("one endpoint");
     let endpoint = Arc::clone(endpoint);
-    let stats = Arc::clone(&engine.schedulers()["bench"]);
+    let stats = Arc::clone(&engine.figures()["bench"]);
     let stop_after = match case.goal {
         Goal::Phases { seconds, .. } => Duration::from_secs_f64(seconds),
         _ => Duration::from_secs(600),
@@ -387,10 +386,10 @@ max_attempts = 0
     let mut to_99 = None;
     let trace = std::env::var_os("BENCH_TRACE").is_some();
     let mut traced = 0;
-    while stats.succeeded.load(Relaxed) < case.calls as u64 && started.elapsed() < stop_after {
+    while stats.snapshot().succeeded < case.calls as u64 && started.elapsed() < stop_after {
         let snapshot = endpoint.snapshot();
         limits.push(snapshot.limit as f64);
-        if to_99.is_none() && stats.succeeded.load(Relaxed) * 100 >= case.calls as u64 * 99 {
+        if to_99.is_none() && stats.snapshot().succeeded * 100 >= case.calls as u64 * 99 {
             to_99 = Some(started.elapsed().as_secs_f64());
         }
         if trace && limits.len() % 10 == 0 {
@@ -399,7 +398,7 @@ max_attempts = 0
                 started.elapsed().as_secs_f64(),
                 snapshot.limit,
                 snapshot.in_flight,
-                stats.succeeded.load(Relaxed)
+                stats.snapshot().succeeded
             );
         }
         if trace {
@@ -420,7 +419,7 @@ max_attempts = 0
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let succeeded = stats.succeeded.load(Relaxed);
+    let succeeded = stats.snapshot().succeeded;
     let snapshot = endpoint.snapshot();
     engine.shutdown().await?;
     let target_stats = target.stats().await;

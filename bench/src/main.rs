@@ -220,8 +220,8 @@ max_backlog = 100000000
         db = dir.path().join("bench.db").display()
     ))?;
     let engine = Engine::start(config).await?;
-    let stats = std::sync::Arc::clone(&engine.schedulers()["bench"]);
-    let ingested = || stats.ingested.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    let stats = std::sync::Arc::clone(&engine.figures()["bench"]);
+    let ingested = || stats.snapshot().ingested as usize;
     let deadline = Instant::now() + Duration::from_secs(600);
     while ingested() == 0 {
         anyhow::ensure!(Instant::now() < deadline, "engine ingested nothing");

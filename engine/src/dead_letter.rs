@@ -4,16 +4,15 @@
 //! after the broker acknowledged it (`acks=all`, idempotent producer); until then it is
 //! found again by the next pass, after a restart too.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use connectors::kafka::sink::{Sink, SinkConfig, SinkRecord};
-use tokio::sync::watch;
 
 use crate::config::SubscriptionConfig;
-use crate::engine::EngineError;
-use crate::scheduler::SchedulerStats;
+use crate::error::EngineError;
+use crate::figures::Figures;
+use crate::shutdown::Shutdown;
 use crate::store::{DeadCall, Store};
 
 /// Headers added to a dead letter.
@@ -67,8 +66,8 @@ pub fn dead_letter_of(dead: &DeadCall) -> SinkRecord {
 pub async fn run(
     subscription: Arc<SubscriptionConfig>,
     store: Store,
-    stats: Arc<SchedulerStats>,
-    mut shutdown: watch::Receiver<bool>,
+    figures: Arc<Figures>,
+    mut shutdown: Shutdown,
 ) -> Result<(), EngineError> {
     let config = subscription
         .dead_letter
@@ -88,15 +87,15 @@ pub async fn run(
         let dead = store.dead_unpublished(name, BATCH).await?;
         if dead.is_empty() {
             tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => break,
-                () = stats.went_dead.notified() => {}
+                () = shutdown.recv() => break,
+                () = figures.went_dead() => {}
                 () = tokio::time::sleep(IDLE_PASS) => {}
             }
             continue;
         }
         let records: Vec<SinkRecord> = dead.iter().map(dead_letter_of).collect();
         let results = tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            () = shutdown.recv() => break,
             results = sink.send_all(&records) => results,
         };
         let mut published = Vec::new();
@@ -107,20 +106,20 @@ pub async fn run(
                 Err(error) => failure = Some(error),
             }
         }
-        stats.dead_lettered.fetch_add(published.len() as u64, Relaxed);
+        figures.dead_letters_published(published.len());
         if !published.is_empty() {
             store.dead_lettered(published).await?;
         }
         if let Some(error) = failure {
-            stats.dead_letter_failing.store(true, Relaxed);
+            figures.dead_letters_failing(true);
             tracing::warn!(subscription = %name, topic = %sink.topic(), %error, retry_in = ?backoff, "cannot produce dead letters; will retry");
             tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                () = shutdown.recv() => break,
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         } else {
-            if stats.dead_letter_failing.swap(false, Relaxed) {
+            if figures.dead_letters_failing(false) {
                 tracing::info!(subscription = %name, topic = %sink.topic(), "dead letters are produced again");
             }
             backoff = Duration::from_millis(200);
@@ -128,7 +127,7 @@ pub async fn run(
     }
     tokio::task::spawn_blocking(move || sink.flush(Duration::from_secs(5)))
         .await
-        .map_err(|e| EngineError::Task(format!("flushing dead letters: {e}")))
+        .map_err(|e| EngineError::task("flushing dead letters", e))
 }
 
 #[cfg(test)]

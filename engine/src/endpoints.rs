@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::api::{ChangeView, EndpointStats};
 use crate::config::{Config, EndpointConfig, SubscriptionConfig};
 use crate::limiter::{Aimd, AimdConfig, ChangeReason, LimitChange, Signal};
 
@@ -171,7 +171,11 @@ impl Endpoint {
             in_flight: state.in_flight,
             raises: state.raises,
             cuts: state.cuts,
-            changes_by_reason: state.by_reason.clone(),
+            changes_by_reason: state
+                .by_reason
+                .iter()
+                .map(|(reason, n)| ((*reason).to_string(), *n))
+                .collect(),
             paused_until: (state.paused_until > 0).then_some(state.paused_until),
             recent_changes: state
                 .changes
@@ -180,40 +184,12 @@ impl Endpoint {
                     at: c.at,
                     from: c.from,
                     to: c.to,
-                    reason: c.reason.code(),
+                    reason: c.reason.code().to_string(),
                     detail: c.reason.explain(),
                 })
                 .collect(),
         }
     }
-}
-
-/// Figures of one endpoint, for stats.
-#[derive(Debug, Clone, Serialize)]
-pub struct EndpointStats {
-    pub limit: usize,
-    pub in_flight: usize,
-    /// Times the limit went up / was cut for overload since start.
-    pub raises: u64,
-    pub cuts: u64,
-    /// Every change and verdict since start, by reason code (`raise`, `overload`,
-    /// `latency`, `error_trial`, `errors_were_overload`, `errors_not_overload`, `probe`,
-    /// `probed`).
-    pub changes_by_reason: BTreeMap<&'static str, u64>,
-    pub paused_until: Option<Millis>,
-    pub recent_changes: Vec<ChangeView>,
-}
-
-/// One limit change or verdict, for stats: what the limiter saw and did.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChangeView {
-    pub at: Millis,
-    pub from: usize,
-    pub to: usize,
-    /// A stable code ([`ChangeReason::code`]).
-    pub reason: &'static str,
-    /// The same, in a sentence with the figures behind it.
-    pub detail: String,
 }
 
 /// The origin (`scheme://host:port`) of a URL, the default endpoint key.

@@ -1,10 +1,8 @@
 //! Turning a record (from Kafka or the admin API) into a [`NewCall`] for a subscription.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use crate::config::{OnDead, Ordering, SubscriptionConfig};
+use crate::figures::Figures;
 use crate::model::{Inserted, KafkaSource, NewCall};
-use crate::scheduler::SchedulerStats;
 use crate::store::{Store, StoreError};
 
 /// A record as it arrives, before it becomes a call. Bytes stay bytes: nothing is decoded.
@@ -46,8 +44,8 @@ pub fn new_call(subscription: &SubscriptionConfig, record: Record) -> NewCall {
 }
 
 /// Make calls durable and count them into the subscription's backlog.
-pub async fn persist(store: &Store, stats: &SchedulerStats, calls: Vec<NewCall>) -> Result<Vec<Inserted>, StoreError> {
-    persist_queued(store, calls)?.counted(stats).await
+pub async fn persist(store: &Store, figures: &Figures, calls: Vec<NewCall>) -> Result<Vec<Inserted>, StoreError> {
+    persist_queued(store, calls)?.counted(figures).await
 }
 
 /// Calls queued for creation (in order) but not yet known to be durable.
@@ -72,27 +70,17 @@ pub fn persist_queued(
 
 impl<F: std::future::Future<Output = Result<Vec<Inserted>, StoreError>>> Persisting<F> {
     /// Wait until durable, then count the new calls into the subscription's figures.
-    pub async fn counted(self, stats: &SchedulerStats) -> Result<Vec<Inserted>, StoreError> {
+    pub async fn counted(self, figures: &Figures) -> Result<Vec<Inserted>, StoreError> {
         let inserted = self.durable.await?;
-        count_new(stats, &inserted, self.born_dead);
-        Ok(inserted)
-    }
-}
-
-fn count_new(stats: &SchedulerStats, inserted: &[Inserted], born_dead: Vec<bool>) {
-    let mut created = 0;
-    let mut open = 0;
-    for (result, dead) in inserted.iter().zip(born_dead) {
-        if matches!(result, Inserted::New(_)) {
-            created += 1;
-            open += i64::from(!dead);
+        let (mut created, mut born_dead) = (0, 0);
+        for (result, dead) in inserted.iter().zip(self.born_dead) {
+            if matches!(result, Inserted::New(_)) {
+                created += 1;
+                born_dead += u64::from(dead);
+            }
         }
-    }
-    stats.ingested.fetch_add(created, Relaxed);
-    stats.created_rate.add(crate::telemetry::now_secs(), created);
-    stats.open.fetch_add(open, Relaxed);
-    if created > open.unsigned_abs() {
-        stats.went_dead.notify_one();
+        figures.calls_created(created, born_dead);
+        Ok(inserted)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch: the engine's one time unit on disk.
 pub type Millis = i64;
@@ -17,7 +17,7 @@ pub fn now_millis() -> Millis {
 
 /// Lifecycle of a call. `succeeded`, `dead` and `cancelled` are terminal, though an operator
 /// may redrive a dead call back to `pending`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CallStatus {
     Pending,
@@ -64,7 +64,7 @@ impl FromStr for CallStatus {
 }
 
 /// Where a record came from in Kafka. Calls enqueued directly have none.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KafkaSource {
     pub topic: String,
     pub partition: i32,
@@ -139,6 +139,36 @@ pub enum Operation {
     PurgeDead(Vec<uuid::Uuid>),
 }
 
+impl Operation {
+    /// The statuses a call must have for this operation to apply to it.
+    pub fn applies_to(&self) -> &'static [CallStatus] {
+        use CallStatus::{Dead, Pending, Running};
+        match self {
+            Self::RetryNow(_) => &[Pending],
+            Self::Cancel(_) => &[Pending, Running, Dead],
+            Self::Redrive(_) | Self::PurgeDead(_) => &[Dead],
+        }
+    }
+
+    /// The calls it names.
+    pub fn ids(&self) -> &[uuid::Uuid] {
+        match self {
+            Self::RetryNow(id) | Self::Cancel(id) => std::slice::from_ref(id),
+            Self::Redrive(ids) | Self::PurgeDead(ids) => ids,
+        }
+    }
+
+    /// [`Self::applies_to`] in words: "pending, running or dead".
+    pub fn applies_to_text(&self) -> String {
+        let names: Vec<&str> = self.applies_to().iter().map(|s| s.as_str()).collect();
+        match names.split_last() {
+            Some((last, [])) => (*last).to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    }
+}
+
 /// A call an [`Operation`] changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Affected {
@@ -198,7 +228,7 @@ pub struct CallView {
 }
 
 /// One attempt of a call, as shown to operators.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptView {
     pub attempt: u32,
     pub started_at: Millis,

@@ -7,21 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use connectors::kafka::{Source, SourceConfig, SourceRecord};
-use tokio::sync::watch;
 
 use crate::config::SubscriptionConfig;
-use crate::engine::EngineError;
+use crate::error::EngineError;
+use crate::figures::Figures;
 use crate::ingest::{new_call, persist_queued, Record};
 use crate::model::KafkaSource;
-use crate::scheduler::SchedulerStats;
+use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 
 /// Run the source of `subscription` until shutdown.
 pub async fn run(
     subscription: Arc<SubscriptionConfig>,
     store: Store,
-    stats: Arc<SchedulerStats>,
-    mut shutdown: watch::Receiver<bool>,
+    figures: Arc<Figures>,
+    mut shutdown: Shutdown,
 ) -> Result<(), EngineError> {
     let kafka = subscription
         .kafka
@@ -36,13 +36,13 @@ pub async fn run(
     config.options = kafka.options.clone();
     config.batch_size = kafka.batch_size;
     let (source, mut batches) = Source::start(config)?;
-    let _ = stats.source.set(source.status());
+    figures.source_started(source.status());
     tracing::info!(subscription = %subscription.name, topics = ?kafka.topics, brokers = %kafka.brokers, "consuming");
     let mut waiting_logged = false;
     let mut persisting = tokio::task::JoinSet::new();
     // Records taken but not yet durable count toward the backlog too.
     let in_flight_records = Arc::new(AtomicI64::new(0));
-    let backlog = || stats.open.load(Relaxed) + in_flight_records.load(Relaxed);
+    let backlog = || figures.backlog() + in_flight_records.load(Relaxed);
 
     'consume: loop {
         // Backpressure: stop taking batches at the bound; the connector pauses its
@@ -52,9 +52,12 @@ pub async fn run(
                 tracing::info!(subscription = %subscription.name, backlog = backlog(), "backlog at max_backlog; pausing consumption");
                 waiting_logged = true;
             }
+            // Woken when a call finishes; records being made durable only add to the
+            // backlog, so the periodic check is a safety net, not the mechanism.
             tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => break 'consume,
-                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                () = shutdown.recv() => break 'consume,
+                () = figures.backlog_fell() => {}
+                () = tokio::time::sleep(BACKLOG_RECHECK) => {}
             }
         }
         if waiting_logged {
@@ -62,7 +65,7 @@ pub async fn run(
             waiting_logged = false;
         }
         let batch = tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            () = shutdown.recv() => break,
             batch = batches.recv() => match batch {
                 Some(batch) => batch,
                 None => break,
@@ -82,9 +85,9 @@ pub async fn run(
         in_flight_records.fetch_add(size, Relaxed);
         // Queued here, in poll order, so that calls keep offset order; awaited apart.
         let queued = persist_queued(&store, calls)?;
-        let (stats, in_flight) = (Arc::clone(&stats), Arc::clone(&in_flight_records));
+        let (figures, in_flight) = (Arc::clone(&figures), Arc::clone(&in_flight_records));
         persisting.spawn(async move {
-            let result = queued.counted(&stats).await;
+            let result = queued.counted(&figures).await;
             in_flight.fetch_sub(size, Relaxed);
             // The durable write comes first; the offsets are stored only after it.
             result.map(|_| ack.ack())
@@ -96,18 +99,20 @@ pub async fn run(
     drop(batches);
     tokio::task::spawn_blocking(move || source.stop())
         .await
-        .map_err(|e| EngineError::Task(format!("stopping the Kafka source: {e}")))
+        .map_err(|e| EngineError::task("stopping the Kafka source", e))
 }
 
 /// Batches being made durable at once.
 const IN_FLIGHT_BATCHES: usize = 16;
+/// How often a source held by backpressure looks at the backlog without being woken.
+const BACKLOG_RECHECK: Duration = Duration::from_secs(1);
 
 /// A failed write is not retried here: the writer already retries what can heal (a full
 /// disk, a lock), and a retry from here would reorder the batch after later ones. The
 /// source stops instead; the batch's offsets are not stored, so nothing is lost.
 fn flatten(joined: Option<Result<Result<(), StoreError>, tokio::task::JoinError>>) -> Result<(), EngineError> {
     match joined {
-        Some(Err(e)) => Err(EngineError::Task(format!("persisting a batch: {e}"))),
+        Some(Err(e)) => Err(EngineError::task("persisting a batch", e)),
         Some(Ok(Err(e))) => Err(e.into()),
         _ => Ok(()),
     }

@@ -2,6 +2,7 @@
 //! a Tansu broker ([`kafka`]),
 //! admin API calls, and waiting on conditions.
 
+pub mod config;
 pub mod kafka;
 pub mod unkind;
 

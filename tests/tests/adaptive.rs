@@ -29,10 +29,10 @@ async fn drain(url: &str, calls: usize, extra: &str) -> (Engine, usize, tempfile
     let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
     let (_, endpoint) = engine.endpoints().all().next().unwrap();
     let endpoint = Arc::clone(endpoint);
-    let stats = Arc::clone(&engine.schedulers()["test"]);
+    let stats = Arc::clone(&engine.figures()["test"]);
     let mut highest = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while stats.succeeded.load(Ordering::Relaxed) < calls as u64 {
+    while stats.snapshot().succeeded < calls as u64 {
         assert!(Instant::now() < deadline, "calls still pending after 120 s");
         highest = highest.max(endpoint.snapshot().limit);
         tokio::time::sleep(Duration::from_millis(10)).await;

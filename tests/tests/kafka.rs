@@ -334,11 +334,11 @@ async fn backpressure_bounds_the_backlog() {
     let records = (0..RECORDS).map(|n| Out::keyed("k", n.to_string())).collect();
     produce(&producer(&tansu.bootstrap()), "slow", records).await;
 
-    let stats = Arc::clone(&engine.schedulers()["test"]);
+    let stats = Arc::clone(&engine.figures()["test"]);
     let mut highest = 0;
     let mut samples = 0;
-    while stats.succeeded.load(Ordering::Relaxed) < RECORDS as u64 {
-        highest = highest.max(stats.open.load(Ordering::Relaxed));
+    while stats.snapshot().succeeded < RECORDS as u64 {
+        highest = highest.max(stats.snapshot().backlog);
         samples += 1;
         assert!(samples < 60_000, "did not finish");
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -483,9 +483,9 @@ async fn consumer_lag_is_reported_per_partition_and_drains_to_zero() {
     println!("lag while held back: {}", stats["subscriptions"]["test"]["lag"]);
 
     // Some attempts failed (503) before the target opens: the histogram counts them too.
-    let scheduler = Arc::clone(&engine.schedulers()["test"]);
+    let scheduler = Arc::clone(&engine.figures()["test"]);
     wait_for("a failed attempt", Duration::from_secs(20), || async {
-        scheduler.retried.load(Ordering::Relaxed) > 0
+        scheduler.snapshot().retried > 0
     })
     .await;
     open.store(true, Ordering::Relaxed);
@@ -591,9 +591,9 @@ async fn dead_calls_appear_on_the_dead_letter_topic_exactly_once_with_error_head
     })
     .await;
     assert_eq!(count(&admin, "dead").await, bad as u64);
-    let stats = Arc::clone(&engine.schedulers()["test"]);
+    let stats = Arc::clone(&engine.figures()["test"]);
     wait_for("every dead call to be published", Duration::from_secs(30), || async {
-        stats.dead_lettered.load(Ordering::Relaxed) == bad as u64
+        stats.snapshot().dead_lettered == bad as u64
     })
     .await;
     let dead_ids = dead_call_ids(&admin).await;
@@ -605,11 +605,11 @@ async fn dead_calls_appear_on_the_dead_letter_topic_exactly_once_with_error_head
     let mut late = Out::keyed("k-late", "bad-1000");
     late.headers = vec![("trace".into(), Some(b"t1000".to_vec()))];
     produce(&producer(&tansu.bootstrap()), "dlq-src", vec![late]).await;
-    let stats = Arc::clone(&engine.schedulers()["test"]);
+    let stats = Arc::clone(&engine.figures()["test"]);
     wait_for(
         "the dead call made after the restart to be published",
         Duration::from_secs(30),
-        || async { stats.dead_lettered.load(Ordering::Relaxed) == 1 },
+        || async { stats.snapshot().dead_lettered == 1 },
     )
     .await;
     let dead_ids = dead_call_ids(&admin).await;

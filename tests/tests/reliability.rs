@@ -260,9 +260,7 @@ async fn killing_the_handler_repeatedly_delays_calls_but_loses_none() {
     })
     .await;
     let stats = admin.stats().await;
-    let retried = engine.schedulers()["test"]
-        .retried
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let retried = engine.figures()["test"].snapshot().retried;
     println!(
         "handler kills: {calls} calls, {kills} SIGKILLs of the handler, {retried} attempts retried, {} succeeded, {} dead",
         stats["succeeded"], stats["dead"]

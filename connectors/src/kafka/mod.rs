@@ -151,7 +151,7 @@ impl SourceStatus {
 }
 
 /// Consumer lag of one partition.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionLag {
     pub topic: String,
     pub partition: i32,

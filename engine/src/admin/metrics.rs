@@ -8,30 +8,33 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::AdminState;
-use crate::endpoints::EndpointStats;
-use crate::scheduler::SchedulerStats;
+use crate::api::EndpointStats;
+use crate::figures::FiguresSnapshot;
 use crate::telemetry::HistogramSnapshot;
 
 /// Prometheus text exposition of the live figures.
 pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let mut subs: Vec<_> = state.schedulers.iter().collect();
+    let mut subs: Vec<_> = state.figures.iter().collect();
     subs.sort_by(|a, b| a.0.cmp(b.0));
+    let snapshots: Vec<(&String, FiguresSnapshot)> = subs.iter().map(|(name, f)| (*name, f.snapshot())).collect();
     let mut endpoints: Vec<_> = state.endpoints.all().map(|(k, e)| (k.clone(), e.snapshot())).collect();
     endpoints.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = Exposition::default();
 
-    let per_sub = |f: &dyn Fn(&SchedulerStats) -> f64| -> Vec<(String, f64)> {
-        subs.iter()
+    let per_sub = |f: &dyn Fn(&FiguresSnapshot) -> f64| -> Vec<(String, f64)> {
+        snapshots
+            .iter()
             .map(|(name, s)| (labels(&[("subscription", name)]), f(s)))
             .collect()
     };
+    let with_dead_letters = |name: &String| state.subscriptions.get(name).is_some_and(|s| s.dead_letter.is_some());
     out.family(
         "engine_records_consumed_total",
         "counter",
         "Records read from Kafka (before deduplication).",
         subs.iter()
             .filter_map(|(name, s)| {
-                let source = s.source.get()?;
+                let source = s.source()?;
                 Some((labels(&[("subscription", name)]), source.consumed.load(Relaxed) as f64))
             })
             .collect(),
@@ -42,7 +45,7 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
         "1 while librdkafka reports every broker of the subscription's cluster down.",
         subs.iter()
             .filter_map(|(name, s)| {
-                let down = s.source.get()?.brokers_down.load(Relaxed);
+                let down = s.source()?.brokers_down.load(Relaxed);
                 Some((labels(&[("subscription", name)]), f64::from(u8::from(down))))
             })
             .collect(),
@@ -51,15 +54,16 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
         "engine_calls_created_total",
         "counter",
         "Calls created from records or the API.",
-        per_sub(&|s| s.ingested.load(Relaxed) as f64),
+        per_sub(&|s| s.ingested as f64),
     );
     out.family(
         "engine_calls_total",
         "counter",
         "Calls finished, by outcome.",
-        subs.iter()
+        snapshots
+            .iter()
             .flat_map(|(name, s)| {
-                [("succeeded", s.succeeded.load(Relaxed)), ("dead", s.dead.load(Relaxed))]
+                [("succeeded", s.succeeded), ("dead", s.dead)]
                     .map(|(outcome, n)| (labels(&[("subscription", name), ("outcome", outcome)]), n as f64))
             })
             .collect(),
@@ -68,42 +72,58 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
         "engine_attempts_retried_total",
         "counter",
         "Attempts that failed temporarily.",
-        per_sub(&|s| s.retried.load(Relaxed) as f64),
+        per_sub(&|s| s.retried as f64),
     );
     out.histogram(
         "engine_attempt_duration_seconds",
         "Time from sending an attempt to its outcome.",
         subs.iter()
-            .map(|(name, s)| (vec![("subscription", name.as_str())], s.attempt_seconds.snapshot()))
+            .map(|(name, s)| (vec![("subscription", name.as_str())], s.attempt_seconds()))
             .collect(),
     );
     out.family(
         "engine_dead_letters_published_total",
         "counter",
         "Dead calls produced to the subscription's dead-letter topic.",
-        subs.iter()
-            .filter(|(name, _)| state.subscriptions.get(*name).is_some_and(|s| s.dead_letter.is_some()))
-            .map(|(name, s)| (labels(&[("subscription", name)]), s.dead_lettered.load(Relaxed) as f64))
+        snapshots
+            .iter()
+            .filter(|(name, _)| with_dead_letters(name))
+            .map(|(name, s)| (labels(&[("subscription", name)]), s.dead_lettered as f64))
+            .collect(),
+    );
+    out.family(
+        "engine_dead_letters_failing",
+        "gauge",
+        "1 while producing to the subscription's dead-letter topic fails.",
+        snapshots
+            .iter()
+            .filter(|(name, _)| with_dead_letters(name))
+            .map(|(name, s)| {
+                (
+                    labels(&[("subscription", name)]),
+                    f64::from(u8::from(s.dead_letters_failing)),
+                )
+            })
             .collect(),
     );
     out.family(
         "engine_backlog",
         "gauge",
         "Calls pending or running.",
-        per_sub(&|s| s.open.load(Relaxed) as f64),
+        per_sub(&|s| s.backlog as f64),
     );
     out.family(
         "engine_in_flight",
         "gauge",
         "Attempts in flight.",
-        per_sub(&|s| s.in_flight.load(Relaxed) as f64),
+        per_sub(&|s| s.in_flight as f64),
     );
     out.family(
         "engine_consumer_lag",
         "gauge",
         "Records of a partition not yet committed by the engine's consumer group.",
         subs.iter()
-            .filter_map(|(name, s)| s.source.get().map(|source| (name, source.lag())))
+            .filter_map(|(name, s)| s.source().map(|source| (name, source.lag())))
             .flat_map(|(name, lag)| {
                 lag.into_iter().map(move |p| {
                     let partition = p.partition.to_string();

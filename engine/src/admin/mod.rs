@@ -5,8 +5,7 @@
 //! - `metrics`: `/metrics` in Prometheus text format;
 //! - `dashboard`: the embedded web dashboard at `/`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering::Relaxed;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -18,25 +17,25 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 mod dashboard;
 mod metrics;
 
+use crate::api::{self, LiveFigures, SubscriptionStats, Throughput};
 use crate::config::SubscriptionConfig;
+use crate::figures::Figures;
 use crate::ingest::{new_call, persist, Record};
-use crate::model::{Affected, CallStatus, Operation};
-use crate::model::{CallView, Inserted};
-use crate::scheduler::{Control, SchedulerStats};
-use crate::store::{CallFilter, CallSummary};
-use crate::store::{StatusCounts, Store, StoreError};
+use crate::model::{Affected, CallStatus, Inserted, Operation};
+use crate::scheduler::Control;
+use crate::store::{CallFilter, StatusCounts, Store, StoreError};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub store: Store,
     pub subscriptions: Arc<HashMap<String, Arc<SubscriptionConfig>>>,
-    pub schedulers: Arc<HashMap<String, Arc<SchedulerStats>>>,
+    /// Each subscription's live figures.
+    pub figures: Arc<HashMap<String, Arc<Figures>>>,
     pub endpoints: Arc<crate::endpoints::Endpoints>,
     /// Each subscription's scheduler, told about operators' actions.
     pub controls: Arc<HashMap<String, tokio::sync::mpsc::UnboundedSender<Control>>>,
@@ -74,7 +73,7 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(api::ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -137,14 +136,15 @@ async fn enqueue(
             source: None,
         },
     );
-    let dead = call.dead_reason.is_some();
-    let stats = state.schedulers.get(&name).cloned().unwrap_or_default();
-    let inserted = persist(&state.store, &stats, vec![call]).await?;
+    let status = if call.dead_reason.is_some() {
+        CallStatus::Dead
+    } else {
+        CallStatus::Pending
+    };
+    let figures = state.figures.get(&name).cloned().unwrap_or_default();
+    let inserted = persist(&state.store, &figures, vec![call]).await?;
     match inserted.first() {
-        Some(Inserted::New(id)) => Ok((
-            StatusCode::CREATED,
-            Json(json!({ "id": id, "status": if dead { "dead" } else { "pending" } })),
-        )),
+        Some(Inserted::New(id)) => Ok((StatusCode::CREATED, Json(api::Enqueued { id: *id, status }))),
         _ => Err(ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the call was not created".into(),
@@ -152,90 +152,71 @@ async fn enqueue(
     }
 }
 
-async fn show_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = uuid::Uuid::parse_str(&id)
-        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("`{id}` is not a call id (a UUID)")))?;
+async fn show_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<api::Call>, ApiError> {
+    let id = parse_call_id(&id)?;
+    Ok(Json(find_call(&state, id).await?))
+}
+
+async fn find_call(state: &AdminState, id: uuid::Uuid) -> Result<api::Call, ApiError> {
     let call = state
         .store
         .call(id)
         .await?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no call with id {id}")))?;
-    Ok(Json(call_json(&call)))
+    Ok(api::Call::from(&call))
 }
 
-/// A call as JSON; bytes are shown as text when they are UTF-8, else percent-encoded.
-pub fn call_json(call: &CallView) -> Value {
-    let mut value = serde_json::to_value(call).unwrap_or_default();
-    if let Value::Object(map) = &mut value {
-        map.insert("payload".into(), bytes_json(Some(&call.payload)));
-        map.insert("key".into(), bytes_json(call.key.as_deref()));
-        map.insert("output".into(), bytes_json(call.output.as_deref()));
-    }
-    value
-}
-
-fn bytes_json(bytes: Option<&[u8]>) -> Value {
-    match bytes {
-        None => Value::Null,
-        Some(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => json!({ "encoding": "utf8", "data": text }),
-            Err(_) => json!({ "encoding": "percent", "data": sdk::protocol::encode_bytes(bytes) }),
-        },
-    }
-}
-
-async fn stats(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+async fn stats(State(state): State<AdminState>) -> Result<Json<api::Stats>, ApiError> {
     let counts = state.store.counts().await?;
     let mut total = StatusCounts::default();
-    let mut subscriptions = BTreeMap::new();
-    for name in state.subscriptions.keys().chain(counts.keys()) {
-        let c = counts.get(name).copied().unwrap_or_default();
-        let mut entry = serde_json::to_value(c).unwrap_or_default();
-        if let (Value::Object(map), Some(s)) = (&mut entry, state.schedulers.get(name)) {
-            map.insert("in_flight".into(), s.in_flight.load(Relaxed).into());
-            map.insert("waiting_retry".into(), s.waiting_retry.load(Relaxed).into());
-            map.insert("in_memory".into(), s.in_memory.load(Relaxed).into());
-            let now = crate::telemetry::now_secs();
-            map.insert(
-                "throughput".into(),
-                json!({
-                    "window_seconds": crate::telemetry::RATE_WINDOW_SECS,
-                    "created_per_second": s.created_rate.per_second(now),
-                    "finished_per_second": s.finished_rate.per_second(now),
-                }),
-            );
-            if state.subscriptions.get(name).is_some_and(|c| c.dead_letter.is_some()) {
-                map.insert("dead_lettered".into(), s.dead_lettered.load(Relaxed).into());
-            }
-            if let Some(source) = s.source.get() {
-                map.insert("consumed".into(), source.consumed.load(Relaxed).into());
-                map.insert("kafka_down".into(), source.brokers_down.load(Relaxed).into());
-                map.insert("lag".into(), serde_json::to_value(source.lag()).unwrap_or_default());
-            }
-        }
-        subscriptions.insert(name.clone(), entry);
-    }
     for c in counts.values() {
-        total.pending += c.pending;
-        total.running += c.running;
-        total.succeeded += c.succeeded;
-        total.dead += c.dead;
-        total.cancelled += c.cancelled;
+        total += *c;
     }
-    let mut body = serde_json::to_value(total).unwrap_or_default();
-    if let Value::Object(map) = &mut body {
-        map.insert(
-            "subscriptions".into(),
-            serde_json::to_value(subscriptions).unwrap_or_default(),
-        );
-        let endpoints: BTreeMap<_, _> = state
-            .endpoints
-            .all()
-            .map(|(key, e)| (key.clone(), e.snapshot()))
-            .collect();
-        map.insert("endpoints".into(), serde_json::to_value(endpoints).unwrap_or_default());
+    let names = state.subscriptions.keys().chain(counts.keys());
+    let subscriptions = names
+        .map(|name| {
+            let stats = SubscriptionStats {
+                calls: counts.get(name).copied().unwrap_or_default(),
+                live: state
+                    .figures
+                    .get(name)
+                    .map(|figures| live_figures(&state, name, figures)),
+            };
+            (name.clone(), stats)
+        })
+        .collect();
+    let endpoints = state
+        .endpoints
+        .all()
+        .map(|(key, e)| (key.clone(), e.snapshot()))
+        .collect();
+    Ok(Json(api::Stats {
+        calls: total,
+        subscriptions,
+        endpoints,
+    }))
+}
+
+fn live_figures(state: &AdminState, name: &str, figures: &Figures) -> LiveFigures {
+    let now = figures.snapshot();
+    let (created_per_second, finished_per_second) = figures.rates();
+    let dead_letters = state.subscriptions.get(name).is_some_and(|c| c.dead_letter.is_some());
+    let source = figures.source();
+    LiveFigures {
+        in_flight: now.in_flight,
+        waiting_retry: now.waiting_retry,
+        in_memory: now.in_memory,
+        throughput: Throughput {
+            window_seconds: crate::telemetry::RATE_WINDOW_SECS,
+            created_per_second,
+            finished_per_second,
+        },
+        dead_lettered: dead_letters.then_some(now.dead_lettered),
+        dead_letters_failing: dead_letters.then_some(now.dead_letters_failing),
+        consumed: source.map(|s| s.consumed.load(std::sync::atomic::Ordering::Relaxed)),
+        kafka_down: source.map(|s| s.brokers_down.load(std::sync::atomic::Ordering::Relaxed)),
+        lag: source.map(|s| s.lag()),
     }
-    Ok(Json(body))
 }
 
 /// Query of `GET /v1/calls` and `GET /v1/dead`.
@@ -280,29 +261,25 @@ impl ListQuery {
     }
 }
 
-fn summary_json(call: &CallSummary) -> Value {
-    let mut value = serde_json::to_value(call).unwrap_or_default();
-    if let Value::Object(map) = &mut value {
-        map.insert("key".into(), bytes_json(call.key.as_deref()));
-    }
-    value
-}
-
-async fn list(state: &AdminState, query: &ListQuery, status: Option<CallStatus>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    state: &AdminState,
+    query: &ListQuery,
+    status: Option<CallStatus>,
+) -> Result<Json<api::CallList>, ApiError> {
     let filter = query.filter(state, status)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let calls = state.store.list_calls(filter, query.after.unwrap_or(0), limit).await?;
     let next = (calls.len() == limit).then(|| calls.last().map(|c| c.cursor)).flatten();
-    Ok(Json(json!({
-        "calls": calls.iter().map(summary_json).collect::<Vec<_>>(),
-        "next": next,
-    })))
+    Ok(Json(api::CallList {
+        calls: calls.iter().map(api::CallLine::from).collect(),
+        next,
+    }))
 }
 
 async fn list_calls(
     State(state): State<AdminState>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::CallList>, ApiError> {
     let Query(query) = query?;
     list(&state, &query, None).await
 }
@@ -310,7 +287,7 @@ async fn list_calls(
 async fn list_dead(
     State(state): State<AdminState>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::CallList>, ApiError> {
     let Query(query) = query?;
     list(&state, &query, Some(CallStatus::Dead)).await
 }
@@ -324,25 +301,10 @@ fn parse_call_id(id: &str) -> Result<uuid::Uuid, ApiError> {
 async fn operate(state: &AdminState, operation: Operation) -> Result<Vec<Affected>, ApiError> {
     let affected = state.store.operate(operation.clone()).await?;
     for call in &affected {
-        let Some(control) = state.controls.get(&call.subscription) else {
-            continue; // a subscription no longer configured: nothing runs its calls
-        };
-        let message = match &operation {
-            Operation::RetryNow(_) => Control::RetryNow { seq: call.seq },
-            Operation::Cancel(_) => Control::Cancelled {
-                seq: call.seq,
-                was: call.was,
-                ordering_key: call.ordering_key.clone(),
-            },
-            Operation::Redrive(_) => Control::Redriven {
-                seq: call.seq,
-                ordering_key: call.ordering_key.clone(),
-            },
-            Operation::PurgeDead(_) => Control::Purged {
-                ordering_key: call.ordering_key.clone(),
-            },
-        };
-        let _ = control.send(message);
+        // A subscription no longer configured has no scheduler: nothing runs its calls.
+        if let Some(control) = state.controls.get(&call.subscription) {
+            let _ = control.send(Control::after(&operation, call));
+        }
     }
     Ok(affected)
 }
@@ -352,35 +314,34 @@ async fn operate_one(
     state: &AdminState,
     id: &str,
     make: fn(uuid::Uuid) -> Operation,
-    allowed: &str,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::Call>, ApiError> {
     let id = parse_call_id(id)?;
-    let affected = operate(state, make(id)).await?;
+    let operation = make(id);
+    let affected = operate(state, operation.clone()).await?;
+    let call = find_call(state, id).await?;
     if affected.is_empty() {
-        let call = state
-            .store
-            .call(id)
-            .await?
-            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no call with id {id}")))?;
         return Err(ApiError(
             StatusCode::CONFLICT,
-            format!("call {id} is {}; this applies only to {allowed} calls", call.status),
+            format!(
+                "call {id} is {}; this applies only to {} calls",
+                call.status,
+                operation.applies_to_text()
+            ),
         ));
     }
-    let call = state.store.call(id).await?.map_or(Value::Null, |c| call_json(&c));
     Ok(Json(call))
 }
 
-async fn retry_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    operate_one(&state, &id, Operation::RetryNow, "pending").await
+async fn retry_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<api::Call>, ApiError> {
+    operate_one(&state, &id, Operation::RetryNow).await
 }
 
-async fn cancel_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    operate_one(&state, &id, Operation::Cancel, "pending, running or dead").await
+async fn cancel_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<api::Call>, ApiError> {
+    operate_one(&state, &id, Operation::Cancel).await
 }
 
-async fn redrive_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    operate_one(&state, &id, |id| Operation::Redrive(vec![id]), "dead").await
+async fn redrive_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<api::Call>, ApiError> {
+    operate_one(&state, &id, |id| Operation::Redrive(vec![id])).await
 }
 
 /// Body of the bulk dead-letter actions: explicit ids, or every dead call matching a filter.
@@ -418,26 +379,33 @@ async fn select_dead(state: &AdminState, selection: DeadSelection) -> Result<Vec
         .collect())
 }
 
+/// A bulk operation on the dead calls a selection names; returns the calls it changed.
+async fn operate_dead(
+    state: &AdminState,
+    selection: Result<Json<DeadSelection>, JsonRejection>,
+    make: fn(Vec<uuid::Uuid>) -> Operation,
+) -> Result<Vec<uuid::Uuid>, ApiError> {
+    let Json(selection) = selection?;
+    let ids = select_dead(state, selection).await?;
+    let affected = operate(state, make(ids)).await?;
+    Ok(affected.iter().map(|a| a.id).collect())
+}
+
 async fn redrive_dead(
     State(state): State<AdminState>,
     selection: Result<Json<DeadSelection>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(selection) = selection?;
-    let ids = select_dead(&state, selection).await?;
-    let affected = operate(&state, Operation::Redrive(ids)).await?;
-    Ok(Json(
-        json!({ "redriven": affected.len(), "ids": affected.iter().map(|a| a.id).collect::<Vec<_>>() }),
-    ))
+) -> Result<Json<api::Redriven>, ApiError> {
+    let ids = operate_dead(&state, selection, Operation::Redrive).await?;
+    Ok(Json(api::Redriven {
+        redriven: ids.len(),
+        ids,
+    }))
 }
 
 async fn purge_dead(
     State(state): State<AdminState>,
     selection: Result<Json<DeadSelection>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(selection) = selection?;
-    let ids = select_dead(&state, selection).await?;
-    let affected = operate(&state, Operation::PurgeDead(ids)).await?;
-    Ok(Json(
-        json!({ "purged": affected.len(), "ids": affected.iter().map(|a| a.id).collect::<Vec<_>>() }),
-    ))
+) -> Result<Json<api::Purged>, ApiError> {
+    let ids = operate_dead(&state, selection, Operation::PurgeDead).await?;
+    Ok(Json(api::Purged { purged: ids.len(), ids }))
 }

@@ -2,108 +2,51 @@
 //!
 //! - [`window`]: the pure in-memory window with ordering groups.
 //! - [`decide`]: the pure decision after an attempt (retry, succeed, dead).
+//! - [`react`]: the pure reactions to an ended attempt or an operator's action, returned as
+//!   effects.
 //! - this module: the executor, one task per subscription, doing the I/O the pure parts ask
 //!   for: loading from the store, delivering over HTTP, recording outcomes.
 
 pub mod decide;
+pub mod react;
 pub mod window;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub use decide::decide;
-use window::{Completion, GroupLoad, Window};
+pub use react::Control;
+use react::{AttemptEnded, Count, Effect, Reactor};
+use window::{GroupLoad, Window};
 
-use crate::config::{OnDead, SubscriptionConfig};
-use crate::delivery::{AttemptOutcome, Deliverer, DeliveryLimits};
+use crate::config::SubscriptionConfig;
+use crate::delivery::{Deliverer, DeliveryLimits};
 use crate::endpoints::{check_rate, rate_limiter, Endpoint, Wait};
-use crate::limiter::signal_of;
-use crate::model::{now_millis, AttemptRecord, CallStatus, DueCall, Millis, Transition};
+use crate::figures::Figures;
+use crate::model::{now_millis, DueCall, Millis};
+use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
-use crate::telemetry::{self, now_secs, Histogram, RateWindow};
-use connectors::kafka::SourceStatus;
 
 /// Calls waiting behind each group's head in memory.
 const GROUP_QUEUE: usize = 8;
 /// Most calls read from the store at once.
 const LOAD_BATCH: usize = 1000;
 
-/// Live figures of one subscription's scheduler, read by stats and the status line.
-#[derive(Debug)]
-pub struct SchedulerStats {
-    /// Calls created (not counting duplicates of records already stored).
-    pub ingested: AtomicU64,
-    /// Calls pending or running: the backlog that backpressure bounds.
-    pub open: AtomicI64,
-    pub succeeded: AtomicU64,
-    pub retried: AtomicU64,
-    pub dead: AtomicU64,
-    pub in_flight: AtomicU64,
-    pub in_memory: AtomicU64,
-    pub waiting_retry: AtomicU64,
-    /// Seconds from sending an attempt to its outcome.
-    pub attempt_seconds: Histogram,
-    /// Calls created per second, over the last minute.
-    pub created_rate: RateWindow,
-    /// Calls finished (succeeded or dead) per second, over the last minute.
-    pub finished_rate: RateWindow,
-    /// The Kafka source's figures, once it runs.
-    pub source: OnceLock<Arc<SourceStatus>>,
-    /// Woken when a call goes dead, for the dead-letter publisher.
-    pub went_dead: Notify,
-    /// Dead calls produced to the dead-letter topic.
-    pub dead_lettered: AtomicU64,
-    /// Set while producing dead letters fails.
-    pub dead_letter_failing: AtomicBool,
-}
-
-impl Default for SchedulerStats {
-    fn default() -> Self {
-        Self {
-            ingested: AtomicU64::default(),
-            open: AtomicI64::default(),
-            succeeded: AtomicU64::default(),
-            retried: AtomicU64::default(),
-            dead: AtomicU64::default(),
-            in_flight: AtomicU64::default(),
-            in_memory: AtomicU64::default(),
-            waiting_retry: AtomicU64::default(),
-            attempt_seconds: Histogram::new(telemetry::LATENCY_BOUNDS),
-            created_rate: RateWindow::default(),
-            finished_rate: RateWindow::default(),
-            source: OnceLock::new(),
-            went_dead: Notify::new(),
-            dead_lettered: AtomicU64::default(),
-            dead_letter_failing: AtomicBool::default(),
-        }
-    }
-}
-
-struct Finished {
-    call: Arc<DueCall>,
-    attempt: u32,
-    started_at: Millis,
-    outcome: AttemptOutcome,
-}
-
-/// Runs the calls of one subscription until `shutdown` turns true.
+/// Runs the calls of one subscription until shutdown.
 pub struct Scheduler {
     subscription: Arc<SubscriptionConfig>,
     store: Store,
     deliverer: Deliverer,
-    window: Window,
+    reactor: Reactor,
     /// Every pending call with `seq <= cursor` has been offered to the window.
     cursor: i64,
-    in_flight: usize,
-    finished_tx: mpsc::UnboundedSender<Finished>,
-    finished_rx: mpsc::UnboundedReceiver<Finished>,
-    stats: Arc<SchedulerStats>,
+    ended_tx: mpsc::UnboundedSender<AttemptEnded>,
+    ended_rx: mpsc::UnboundedReceiver<AttemptEnded>,
+    figures: Arc<Figures>,
     retry_count_at: Instant,
     /// Where calls go: its concurrency limit and rate limit apply on top of ours.
     endpoint: Arc<Endpoint>,
@@ -111,10 +54,6 @@ pub struct Scheduler {
     rate: Option<governor::DefaultDirectRateLimiter>,
     control_tx: mpsc::UnboundedSender<Control>,
     control_rx: mpsc::UnboundedReceiver<Control>,
-    /// Calls with an attempt in flight.
-    in_flight_calls: HashSet<i64>,
-    /// Calls cancelled while their attempt was in flight.
-    cancelled: HashSet<i64>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -122,7 +61,7 @@ impl std::fmt::Debug for Scheduler {
         f.debug_struct("Scheduler")
             .field("subscription", &self.subscription.name)
             .field("cursor", &self.cursor)
-            .field("in_flight", &self.in_flight)
+            .field("in_flight", &self.reactor.in_flight())
             .finish_non_exhaustive()
     }
 }
@@ -133,27 +72,29 @@ impl Scheduler {
         store: Store,
         deliverer: Deliverer,
         endpoint: Arc<Endpoint>,
+        figures: Arc<Figures>,
     ) -> Self {
-        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         Self {
             control_tx,
             control_rx,
-            in_flight_calls: HashSet::new(),
-            cancelled: HashSet::new(),
             rate: subscription
                 .rate_limit
                 .and_then(|r| rate_limiter(r, subscription.rate_burst)),
             endpoint,
-            window: Window::new(subscription.window, GROUP_QUEUE),
+            reactor: Reactor::new(
+                Window::new(subscription.window, GROUP_QUEUE),
+                subscription.retry.clone(),
+                subscription.on_dead,
+            ),
             subscription,
             store,
             deliverer,
             cursor: 0,
-            in_flight: 0,
-            finished_tx,
-            finished_rx,
-            stats: Arc::default(),
+            ended_tx,
+            ended_rx,
+            figures,
             retry_count_at: Instant::now(),
         }
     }
@@ -163,61 +104,60 @@ impl Scheduler {
         self.control_tx.clone()
     }
 
-    pub fn stats(&self) -> Arc<SchedulerStats> {
-        Arc::clone(&self.stats)
-    }
-
     /// The main loop. On shutdown, attempts in flight get up to `grace` to finish; any still
     /// running after that are left to crash recovery at the next start.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> Result<(), StoreError> {
+    pub async fn run(mut self, mut shutdown: Shutdown, grace: Duration) -> Result<(), StoreError> {
         // Keys held by a dead call are few and change only through this task or an
         // operator (who tells it): read them once, not per call.
         for key in self.store.blocked_groups(&self.subscription.name).await? {
-            self.window.block(key);
+            self.reactor.window.block(key);
         }
         let mut committed = self.store.committed_seq();
         let mut releases = self.endpoint.releases();
         loop {
             self.fill(&committed).await?;
             let blocked = self.dispatch();
-            self.publish_stats();
+            self.publish_figures();
             let now = now_millis();
             // Wake for the next due call, unless capacity is what is missing.
             let wake_at = match blocked {
                 Some(Wait::Until(at)) => Some(at),
-                None if self.in_flight < self.subscription.max_concurrency => self.window.next_due(),
+                None if self.reactor.in_flight() < self.subscription.max_concurrency => self.reactor.window.next_due(),
                 Some(Wait::Slot) | None => None,
             }
             .map(|at| instant_at(at, now));
             let wait_for_slot = blocked == Some(Wait::Slot);
-            let may_load = self.window.has_room();
+            let may_load = self.reactor.window.has_room();
             releases.borrow_and_update();
             tokio::select! {
-                _ = shutdown.changed() => break,
-                Some(finished) = self.finished_rx.recv() => self.on_finished(finished).await?,
-                Some(control) = self.control_rx.recv() => self.on_control(control).await?,
+                () = shutdown.recv() => break,
+                Some(ended) = self.ended_rx.recv() => self.on_attempt_ended(&ended).await?,
+                Some(control) = self.control_rx.recv() => {
+                    let effects = self.reactor.control(control, now_millis());
+                    self.apply(effects).await?;
+                }
                 Ok(()) = committed.changed(), if may_load => {}
                 Ok(()) = releases.changed(), if wait_for_slot => {}
                 () = sleep_until_opt(wake_at), if wake_at.is_some() => {}
             }
         }
         let deadline = Instant::now() + grace;
-        while self.in_flight > 0 {
-            match tokio::time::timeout_at(deadline, self.finished_rx.recv()).await {
-                Ok(Some(finished)) => self.on_finished(finished).await?,
+        while self.reactor.in_flight() > 0 {
+            match tokio::time::timeout_at(deadline, self.ended_rx.recv()).await {
+                Ok(Some(ended)) => self.on_attempt_ended(&ended).await?,
                 _ => break,
             }
         }
-        if self.in_flight > 0 {
-            tracing::warn!(subscription = %self.subscription.name, calls = self.in_flight, "left attempts in flight at shutdown; they run again at the next start");
+        if self.reactor.in_flight() > 0 {
+            tracing::warn!(subscription = %self.subscription.name, calls = self.reactor.in_flight(), "left attempts in flight at shutdown; they run again at the next start");
         }
-        self.publish_stats();
+        self.publish_figures();
         Ok(())
     }
 
     /// Offer new pending calls from the store while the window has room.
-    async fn fill(&mut self, committed: &watch::Receiver<i64>) -> Result<(), StoreError> {
-        while self.window.has_room() {
+    async fn fill(&mut self, committed: &tokio::sync::watch::Receiver<i64>) -> Result<(), StoreError> {
+        while self.reactor.window.has_room() {
             let committed_now = *committed.borrow();
             if self.cursor >= committed_now {
                 return Ok(());
@@ -225,7 +165,7 @@ impl Scheduler {
             let room = self
                 .subscription
                 .window
-                .saturating_sub(self.window.len())
+                .saturating_sub(self.reactor.window.len())
                 .clamp(1, LOAD_BATCH);
             let calls = self
                 .store
@@ -234,7 +174,7 @@ impl Scheduler {
             let exhausted = calls.len() < room;
             for call in calls {
                 self.cursor = call.seq;
-                self.window.offer(call);
+                self.reactor.window.offer(call);
             }
             if exhausted {
                 self.cursor = self.cursor.max(committed_now);
@@ -250,9 +190,9 @@ impl Scheduler {
         if self.subscription.paused {
             return None;
         }
-        while self.in_flight < self.subscription.max_concurrency {
+        while self.reactor.in_flight() < self.subscription.max_concurrency {
             let now = now_millis();
-            if self.window.next_due().is_none_or(|at| at > now) {
+            if self.reactor.window.next_due().is_none_or(|at| at > now) {
                 return None;
             }
             if let Err(wait) = self.endpoint.try_acquire(now) {
@@ -264,148 +204,91 @@ impl Scheduler {
                     return Some(Wait::Until(at));
                 }
             }
-            let (call, attempt) = self.window.pop_due(now).expect("a call is due");
+            let (call, attempt) = self.reactor.window.pop_due(now).expect("a call is due");
             if let Err(error) = self.store.start_attempt(call.seq, attempt, now) {
                 tracing::error!(%error, "cannot record an attempt start");
             }
-            self.in_flight += 1;
-            self.in_flight_calls.insert(call.seq);
-            let deliverer = self.deliverer.clone();
-            let finished = self.finished_tx.clone();
-            let subscription = Arc::clone(&self.subscription);
-            let stats = Arc::clone(&self.stats);
-            tokio::spawn(async move {
-                let limits = DeliveryLimits {
-                    timeout: subscription.timeout,
-                    max_output_bytes: subscription.max_output_bytes,
-                };
-                let sent = std::time::Instant::now();
-                let outcome = deliverer.deliver(&call, attempt, &subscription.name, limits).await;
-                stats.attempt_seconds.observe(sent.elapsed().as_secs_f64());
-                let _ = finished.send(Finished {
-                    call,
-                    attempt,
-                    started_at: now,
-                    outcome,
-                });
-            });
+            self.reactor.attempt_started(call.seq);
+            self.spawn_attempt(call, attempt, now);
         }
         None
     }
 
-    async fn on_control(&mut self, control: Control) -> Result<(), StoreError> {
-        let block = self.subscription.on_dead == OnDead::Block;
-        match control {
-            Control::RetryNow { seq } => {
-                self.window.retry_now(seq, now_millis());
-            }
-            Control::Cancelled { seq, was, ordering_key } => {
-                if was == CallStatus::Dead {
-                    return self.unblock(ordering_key).await;
+    fn spawn_attempt(&self, call: Arc<DueCall>, attempt: u32, started_at: Millis) {
+        let deliverer = self.deliverer.clone();
+        let ended = self.ended_tx.clone();
+        let subscription = Arc::clone(&self.subscription);
+        let figures = Arc::clone(&self.figures);
+        tokio::spawn(async move {
+            let limits = DeliveryLimits {
+                timeout: subscription.timeout,
+                max_output_bytes: subscription.max_output_bytes,
+            };
+            let sent = std::time::Instant::now();
+            let outcome = deliverer.deliver(&call, attempt, &subscription.name, limits).await;
+            figures.attempt_took(sent.elapsed().as_secs_f64());
+            let _ = ended.send(AttemptEnded {
+                call,
+                attempt,
+                started_at,
+                outcome,
+            });
+        });
+    }
+
+    async fn on_attempt_ended(&mut self, ended: &AttemptEnded) -> Result<(), StoreError> {
+        let random = rand::rng().random::<f64>();
+        let effects = self.reactor.attempt_ended(ended, now_millis(), random);
+        if let Some(error) = &ended.outcome.error {
+            tracing::debug!(call = %ended.call.id, attempt = ended.attempt, %error, "attempt failed");
+        }
+        self.apply(effects).await
+    }
+
+    /// Carry out the reactor's effects, in order.
+    async fn apply(&mut self, effects: Vec<Effect>) -> Result<(), StoreError> {
+        for effect in effects {
+            match effect {
+                Effect::ReleaseEndpoint {
+                    signal,
+                    retry_after,
+                    started_at,
+                } => self.endpoint.release(signal, retry_after, started_at, now_millis()),
+                Effect::Count(count) => self.count(count),
+                Effect::FinishAttempt {
+                    seq,
+                    record,
+                    transition,
+                    block_group,
+                } => {
+                    if let crate::model::Transition::Dead { error } = &transition {
+                        if !error.is_empty() {
+                            tracing::info!(call = seq, %error, "call is dead");
+                        }
+                    }
+                    self.store.finish_attempt(seq, record, transition, block_group)?;
                 }
-                self.stats.open.fetch_sub(1, Relaxed);
-                if self.in_flight_calls.contains(&seq) {
-                    self.cancelled.insert(seq);
-                } else if let Some(load) = self.window.complete(seq, Completion::Done) {
-                    self.load_group(load).await?;
-                }
-            }
-            Control::Redriven { seq, ordering_key } => {
-                self.stats.open.fetch_add(1, Relaxed);
-                if block {
-                    // The key was held for this call: it runs first, then the rest in order.
-                    if let Some(load) = ordering_key.as_deref().and_then(|k| self.window.unblock(k)) {
-                        return self.load_group(load).await;
+                Effect::LoadGroup(load) => self.load_group(load).await?,
+                Effect::OfferOutOfOrder { seq } => {
+                    let mut calls = self.store.pending_after(&self.subscription.name, seq - 1, 1).await?;
+                    if let Some(mut call) = calls.pop().filter(|c| c.seq == seq) {
+                        call.ordering_key = None;
+                        self.reactor.window.offer(call);
                     }
                 }
-                // Otherwise it runs as soon as possible, outside its key's order (its
-                // successors may well have run already).
-                let mut calls = self.store.pending_after(&self.subscription.name, seq - 1, 1).await?;
-                if let Some(mut call) = calls.pop().filter(|c| c.seq == seq) {
-                    call.ordering_key = None;
-                    self.window.offer(call);
-                }
             }
-            Control::Purged { ordering_key } => return self.unblock(ordering_key).await,
         }
         Ok(())
     }
 
-    /// A dead call no longer blocks its key: let the key run again.
-    async fn unblock(&mut self, ordering_key: Option<Vec<u8>>) -> Result<(), StoreError> {
-        if let Some(load) = ordering_key.and_then(|key| self.window.unblock(&key)) {
-            self.load_group(load).await?;
+    fn count(&self, count: Count) {
+        match count {
+            Count::Succeeded => self.figures.call_succeeded(),
+            Count::WillRetry => self.figures.attempt_will_retry(),
+            Count::WentDead => self.figures.call_went_dead(),
+            Count::Cancelled => self.figures.call_cancelled(),
+            Count::Redriven => self.figures.call_redriven(),
         }
-        Ok(())
-    }
-
-    async fn on_finished(&mut self, finished: Finished) -> Result<(), StoreError> {
-        self.in_flight -= 1;
-        self.in_flight_calls.remove(&finished.call.seq);
-        let Finished {
-            call,
-            attempt,
-            started_at,
-            outcome,
-        } = finished;
-        let now = now_millis();
-        self.endpoint
-            .release(signal_of(&outcome), outcome.retry_after, started_at, now);
-        let random = rand::rng().random::<f64>();
-        let budget_attempt = attempt.saturating_sub(call.attempts_before_redrive);
-        let age_from = call.redriven_at.unwrap_or(call.created_at);
-        if self.cancelled.remove(&call.seq) {
-            // An operator cancelled it while in flight: record the attempt, nothing more.
-            let record = attempt_record(attempt, started_at, &outcome);
-            self.store
-                .finish_attempt(call.seq, record, Transition::Dead { error: String::new() }, false)?;
-            if let Some(load) = self.window.complete(call.seq, Completion::Done) {
-                self.load_group(load).await?;
-            }
-            return Ok(());
-        }
-        let transition = decide(
-            &self.subscription.retry,
-            &outcome,
-            budget_attempt,
-            age_from,
-            now,
-            random,
-        );
-        let record = attempt_record(attempt, started_at, &outcome);
-        let load = match &transition {
-            Transition::Succeeded { .. } => {
-                self.stats.succeeded.fetch_add(1, Relaxed);
-                self.stats.finished_rate.add(now_secs(), 1);
-                self.stats.open.fetch_sub(1, Relaxed);
-                self.window.complete(call.seq, Completion::Done)
-            }
-            Transition::Retry { at, error } => {
-                self.stats.retried.fetch_add(1, Relaxed);
-                tracing::debug!(call = %call.id, attempt, %error, retry_in_ms = at - now, "attempt failed; will retry");
-                self.window.retry(call.seq, *at);
-                None
-            }
-            Transition::Dead { error } => {
-                self.stats.dead.fetch_add(1, Relaxed);
-                self.stats.finished_rate.add(now_secs(), 1);
-                self.stats.went_dead.notify_one();
-                self.stats.open.fetch_sub(1, Relaxed);
-                tracing::info!(call = %call.id, attempt, %error, "call is dead");
-                let how = if self.subscription.on_dead == OnDead::Block {
-                    Completion::BlocksGroup
-                } else {
-                    Completion::Done
-                };
-                self.window.complete(call.seq, how)
-            }
-        };
-        let block_group = self.subscription.on_dead == OnDead::Block;
-        self.store.finish_attempt(call.seq, record, transition, block_group)?;
-        if let Some(load) = load {
-            self.load_group(load).await?;
-        }
-        Ok(())
     }
 
     async fn load_group(&mut self, load: GroupLoad) -> Result<(), StoreError> {
@@ -421,47 +304,19 @@ impl Scheduler {
             )
             .await?;
         let complete = calls.len() < limit;
-        self.window.group_loaded(&load.ordering_key, calls, complete);
+        self.reactor.window.group_loaded(&load.ordering_key, calls, complete);
         Ok(())
     }
 
-    fn publish_stats(&mut self) {
-        self.stats.in_flight.store(self.in_flight as u64, Relaxed);
-        self.stats.in_memory.store(self.window.len() as u64, Relaxed);
+    fn publish_figures(&mut self) {
+        self.figures
+            .scheduler_holds(self.reactor.in_flight(), self.reactor.window.len());
         // Counting retries walks the window: do it a few times a second, not per event.
         if self.retry_count_at.elapsed() >= Duration::from_millis(250) {
             self.retry_count_at = Instant::now();
-            self.stats.waiting_retry.store(self.window.retrying() as u64, Relaxed);
+            self.figures.waiting_retry(self.reactor.window.retrying());
         }
     }
-}
-
-fn attempt_record(attempt: u32, started_at: Millis, outcome: &AttemptOutcome) -> AttemptRecord {
-    AttemptRecord {
-        attempt,
-        started_at,
-        duration_ms: outcome.duration.as_millis() as i64,
-        outcome: outcome.class.as_str(),
-        http_status: outcome.http_status,
-        error: outcome.error.clone(),
-    }
-}
-
-/// What an operator did, as the scheduler of the call's subscription must know it.
-#[derive(Debug, Clone)]
-pub enum Control {
-    /// Run this pending call now.
-    RetryNow { seq: i64 },
-    /// The call was cancelled; `was` is its status before.
-    Cancelled {
-        seq: i64,
-        was: CallStatus,
-        ordering_key: Option<Vec<u8>>,
-    },
-    /// The dead call is pending again.
-    Redriven { seq: i64, ordering_key: Option<Vec<u8>> },
-    /// The dead call was deleted.
-    Purged { ordering_key: Option<Vec<u8>> },
 }
 
 fn instant_at(at: Millis, now: Millis) -> Instant {

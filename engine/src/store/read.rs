@@ -183,13 +183,23 @@ pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result
 }
 
 /// Number of calls in each status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StatusCounts {
     pub pending: u64,
     pub running: u64,
     pub succeeded: u64,
     pub dead: u64,
     pub cancelled: u64,
+}
+
+impl std::ops::AddAssign for StatusCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.pending += other.pending;
+        self.running += other.running;
+        self.succeeded += other.succeeded;
+        self.dead += other.dead;
+        self.cancelled += other.cancelled;
+    }
 }
 
 impl StatusCounts {

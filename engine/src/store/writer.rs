@@ -363,12 +363,7 @@ pub(crate) fn record_attempt(
 /// Apply an operator's action. A call in a state the action does not apply to is left
 /// alone (and not reported).
 fn operate(tx: &rusqlite::Transaction<'_>, operation: &Operation, now: Millis) -> rusqlite::Result<Vec<Affected>> {
-    use crate::model::CallStatus::{Dead, Pending, Running};
-    let (ids, allowed): (&[uuid::Uuid], &[crate::model::CallStatus]) = match operation {
-        Operation::RetryNow(id) => (std::slice::from_ref(id), &[Pending]),
-        Operation::Cancel(id) => (std::slice::from_ref(id), &[Pending, Running, Dead]),
-        Operation::Redrive(ids) | Operation::PurgeDead(ids) => (ids, &[Dead]),
-    };
+    let (ids, allowed) = (operation.ids(), operation.applies_to());
     let mut affected = Vec::new();
     for id in ids {
         let row = tx

@@ -1,10 +1,14 @@
-//! Commands against a running engine's admin API: `calls`, `dead`, `stats`, `invoke`.
+//! Commands against a running engine's admin API: `calls`, `dead`, `stats`, `invoke`. The
+//! answers are read as the typed contract of [`engine::api`].
 
 use std::fmt::Write as _;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use engine::api::{self, Bytes, Millis};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
 
 /// Where the engine's admin API is.
 #[derive(Debug, Clone, Args)]
@@ -103,13 +107,13 @@ impl Client {
         }
     }
 
-    async fn send(
+    async fn send<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Vec<u8>>,
         json: bool,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<T> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if json {
             request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
@@ -128,19 +132,26 @@ impl Client {
         })?;
         let status = response.status();
         let bytes = response.bytes().await.context("reading the engine's answer")?;
-        let value: Value =
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&bytes) }));
         if !status.is_success() {
-            bail!("{}", value["error"].as_str().unwrap_or(&format!("HTTP {status}")));
+            let error = serde_json::from_slice::<api::ErrorBody>(&bytes).map_or_else(
+                |_| format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+                |e| e.error,
+            );
+            bail!("{error}");
         }
-        Ok(value)
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "the engine's answer to {path} is not what this command line expects (versions differ?): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(reqwest::Method::GET, path, None, false).await
     }
 
-    async fn post(&self, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<T> {
         let json = body.is_some();
         self.send(
             reqwest::Method::POST,
@@ -169,8 +180,8 @@ fn query(args: &ListArgs) -> String {
     parts.join("&")
 }
 
-fn time(millis: &Value) -> String {
-    millis.as_i64().map_or_else(
+fn time(millis: Option<Millis>) -> String {
+    millis.map_or_else(
         || "-".into(),
         |ms| {
             let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
@@ -179,13 +190,12 @@ fn time(millis: &Value) -> String {
     )
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        Value::Object(map) if map.contains_key("data") => map["data"].as_str().unwrap_or("-").to_string(),
-        other => other.to_string(),
-    }
+fn text(value: Option<&str>) -> String {
+    value.unwrap_or("-").to_string()
+}
+
+fn bytes(value: Option<&Bytes>) -> String {
+    text(value.map(Bytes::as_text))
 }
 
 /// Render rows as an aligned table.
@@ -208,30 +218,26 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn print_listing(value: &Value) {
-    let rows: Vec<Vec<String>> = value["calls"]
-        .as_array()
-        .map(|calls| {
-            calls
-                .iter()
-                .map(|c| {
-                    let mut error = text(&c["last_error"]);
-                    if error.chars().count() > 60 {
-                        error = error.chars().take(57).collect::<String>() + "...";
-                    }
-                    vec![
-                        text(&c["id"]),
-                        text(&c["subscription"]),
-                        text(&c["status"]),
-                        c["attempts"].to_string(),
-                        text(&c["key"]),
-                        time(&c["created_at"]),
-                        error,
-                    ]
-                })
-                .collect()
+fn print_listing(list: &api::CallList) {
+    let rows: Vec<Vec<String>> = list
+        .calls
+        .iter()
+        .map(|c| {
+            let mut error = text(c.last_error.as_deref());
+            if error.chars().count() > 60 {
+                error = error.chars().take(57).collect::<String>() + "...";
+            }
+            vec![
+                c.id.to_string(),
+                c.subscription.clone(),
+                c.status.to_string(),
+                c.attempts.to_string(),
+                bytes(c.key.as_ref()),
+                time(Some(c.created_at)),
+                error,
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     out!(
         "{}",
         table(
@@ -247,52 +253,45 @@ fn print_listing(value: &Value) {
             &rows
         )
     );
-    if let Some(next) = value["next"].as_i64() {
+    if let Some(next) = list.next {
         outln!("(more: --after {next})");
     }
 }
 
-fn print_call(call: &Value) {
-    outln!("call {}", text(&call["id"]));
-    for (label, field) in [
-        ("subscription", "subscription"),
-        ("target", "target"),
-        ("status", "status"),
-        ("last error", "last_error"),
-    ] {
-        outln!("  {label:<13} {}", text(&call[field]));
-    }
-    outln!("  {:<13} {}", "attempts", call["attempts"]);
-    outln!("  {:<13} {}", "key", text(&call["key"]));
-    outln!("  {:<13} {}", "created", time(&call["created_at"]));
-    outln!("  {:<13} {}", "next attempt", time(&call["next_attempt_at"]));
-    if let Some(source) = call["source"].as_object() {
+fn print_call(call: &api::Call) {
+    outln!("call {}", call.id);
+    outln!("  {:<13} {}", "subscription", call.subscription);
+    outln!("  {:<13} {}", "target", call.target);
+    outln!("  {:<13} {}", "status", call.status);
+    outln!("  {:<13} {}", "last error", text(call.last_error.as_deref()));
+    outln!("  {:<13} {}", "attempts", call.attempts);
+    outln!("  {:<13} {}", "key", bytes(call.key.as_ref()));
+    outln!("  {:<13} {}", "created", time(Some(call.created_at)));
+    outln!("  {:<13} {}", "next attempt", time(call.next_attempt_at));
+    if let Some(source) = &call.source {
         outln!(
             "  {:<13} {}/{} offset {}",
             "kafka",
-            text(&source["topic"]),
-            source["partition"],
-            source["offset"]
+            source.topic,
+            source.partition,
+            source.offset
         );
     }
-    outln!("  {:<13} {}", "output", text(&call["output"]));
-    let rows: Vec<Vec<String>> = call["history"]
-        .as_array()
-        .map(|h| {
-            h.iter()
-                .map(|a| {
-                    vec![
-                        a["attempt"].to_string(),
-                        time(&a["started_at"]),
-                        format!("{} ms", a["duration_ms"]),
-                        text(&a["outcome"]),
-                        text(&a["http_status"]),
-                        text(&a["error"]),
-                    ]
-                })
-                .collect()
+    outln!("  {:<13} {}", "output", bytes(call.output.as_ref()));
+    let rows: Vec<Vec<String>> = call
+        .history
+        .iter()
+        .map(|a| {
+            vec![
+                a.attempt.to_string(),
+                time(Some(a.started_at)),
+                format!("{} ms", a.duration_ms),
+                a.outcome.clone(),
+                text(a.http_status.map(|s| s.to_string()).as_deref()),
+                text(a.error.as_deref()),
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     outln!();
     out!(
         "{}",
@@ -300,46 +299,30 @@ fn print_call(call: &Value) {
     );
 }
 
-/// Calls per second as shown in tables, or `-` when unknown.
-fn rate(value: &Value) -> String {
-    value.as_f64().map_or_else(|| "-".into(), |r| format!("{r:.1}"))
+fn counts_row(name: &str, c: &api::StatusCounts) -> Vec<String> {
+    std::iter::once(name.to_string())
+        .chain([c.pending, c.running, c.succeeded, c.dead, c.cancelled].map(|n| n.to_string()))
+        .collect()
 }
 
-/// The lag summed over partitions, or `-` for a subscription without a Kafka source.
-fn total_lag(value: &Value) -> String {
-    value.as_array().map_or_else(
-        || "-".into(),
-        |partitions| {
-            partitions
-                .iter()
-                .filter_map(|p| p["lag"].as_i64())
-                .sum::<i64>()
-                .to_string()
-        },
-    )
-}
-
-fn print_stats(stats: &Value) {
-    let statuses = ["pending", "running", "succeeded", "dead", "cancelled"];
-    let mut rows: Vec<Vec<String>> = stats["subscriptions"]
-        .as_object()
-        .map(|subs| {
-            subs.iter()
-                .map(|(name, s)| {
-                    std::iter::once(name.clone())
-                        .chain(statuses.iter().map(|k| s[*k].to_string()))
-                        .chain([rate(&s["throughput"]["finished_per_second"]), total_lag(&s["lag"])])
-                        .collect()
-                })
-                .collect()
+fn print_stats(stats: &api::Stats) {
+    let mut rows: Vec<Vec<String>> = stats
+        .subscriptions
+        .iter()
+        .map(|(name, s)| {
+            let mut row = counts_row(name, &s.calls);
+            let live = s.live.as_ref();
+            row.push(live.map_or_else(|| "-".into(), |l| format!("{:.1}", l.throughput.finished_per_second)));
+            row.push(
+                live.and_then(|l| l.lag.as_ref())
+                    .map_or_else(|| "-".into(), |lag| lag.iter().map(|p| p.lag).sum::<i64>().to_string()),
+            );
+            row
         })
-        .unwrap_or_default();
-    rows.push(
-        std::iter::once("(all)".to_string())
-            .chain(statuses.iter().map(|k| stats[*k].to_string()))
-            .chain([String::new(), String::new()])
-            .collect(),
-    );
+        .collect();
+    let mut all = counts_row("(all)", &stats.calls);
+    all.extend([String::new(), String::new()]);
+    rows.push(all);
     out!(
         "{}",
         table(
@@ -356,18 +339,18 @@ fn print_stats(stats: &Value) {
             &rows
         )
     );
-    let lag: Vec<Vec<String>> = stats["subscriptions"]
-        .as_object()
-        .into_iter()
-        .flatten()
+    let lag: Vec<Vec<String>> = stats
+        .subscriptions
+        .iter()
         .flat_map(|(name, s)| {
-            s["lag"].as_array().into_iter().flatten().map(move |p| {
+            let partitions = s.live.as_ref().and_then(|l| l.lag.clone()).unwrap_or_default();
+            partitions.into_iter().map(move |p| {
                 vec![
                     name.clone(),
-                    format!("{}/{}", p["topic"].as_str().unwrap_or("?"), p["partition"]),
-                    p["high_watermark"].to_string(),
-                    p["committed"].to_string(),
-                    p["lag"].to_string(),
+                    format!("{}/{}", p.topic, p.partition),
+                    p.high_watermark.to_string(),
+                    p.committed.map_or_else(|| "-".into(), |c| c.to_string()),
+                    p.lag.to_string(),
                 ]
             })
         })
@@ -382,29 +365,25 @@ fn print_stats(stats: &Value) {
             )
         );
     }
-    let endpoints: Vec<Vec<String>> = stats["endpoints"]
-        .as_object()
-        .map(|e| {
-            e.iter()
-                .map(|(name, e)| {
-                    let last = e["recent_changes"]
-                        .as_array()
-                        .and_then(|c| c.iter().rev().find(|c| c["reason"] != "raise"))
-                        .map_or_else(
-                            || "-".to_string(),
-                            |c| format!("{} -> {}: {}", c["from"], c["to"], c["detail"].as_str().unwrap_or("")),
-                        );
-                    vec![
-                        name.clone(),
-                        e["limit"].to_string(),
-                        e["in_flight"].to_string(),
-                        e["cuts"].to_string(),
-                        last,
-                    ]
-                })
-                .collect()
+    let endpoints: Vec<Vec<String>> = stats
+        .endpoints
+        .iter()
+        .map(|(name, e)| {
+            let last = e
+                .recent_changes
+                .iter()
+                .rev()
+                .find(|c| c.reason != "raise")
+                .map_or_else(|| "-".to_string(), |c| format!("{} -> {}: {}", c.from, c.to, c.detail));
+            vec![
+                name.clone(),
+                e.limit.to_string(),
+                e.in_flight.to_string(),
+                e.cuts.to_string(),
+                last,
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     if !endpoints.is_empty() {
         outln!();
         out!(
@@ -414,7 +393,7 @@ fn print_stats(stats: &Value) {
     }
 }
 
-fn emit(remote: &Remote, value: &Value, human: impl FnOnce(&Value)) {
+fn emit<T: Serialize>(remote: &Remote, value: &T, human: impl FnOnce(&T)) {
     if remote.json {
         outln!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
     } else {
@@ -425,33 +404,29 @@ fn emit(remote: &Remote, value: &Value, human: impl FnOnce(&Value)) {
 pub async fn calls(remote: Remote, command: Calls) -> anyhow::Result<()> {
     let client = Client::new(&remote);
     match command {
-        Calls::List(args) => emit(
-            &remote,
-            &client.get(&format!("/v1/calls?{}", query(&args))).await?,
-            print_listing,
-        ),
-        Calls::Show { id } => emit(&remote, &client.get(&format!("/v1/calls/{id}")).await?, print_call),
-        Calls::Retry { id } => emit(
-            &remote,
-            &client.post(&format!("/v1/calls/{id}/retry"), None).await?,
-            |c| {
-                outln!("call {} is due now", text(&c["id"]));
-            },
-        ),
-        Calls::Cancel { id } => emit(
-            &remote,
-            &client.post(&format!("/v1/calls/{id}/cancel"), None).await?,
-            |c| {
-                outln!("call {} is {}", text(&c["id"]), text(&c["status"]));
-            },
-        ),
+        Calls::List(args) => {
+            let list: api::CallList = client.get(&format!("/v1/calls?{}", query(&args))).await?;
+            emit(&remote, &list, print_listing);
+        }
+        Calls::Show { id } => {
+            let call: api::Call = client.get(&format!("/v1/calls/{id}")).await?;
+            emit(&remote, &call, print_call);
+        }
+        Calls::Retry { id } => {
+            let call: api::Call = client.post(&format!("/v1/calls/{id}/retry"), None).await?;
+            emit(&remote, &call, |c| outln!("call {} is due now", c.id));
+        }
+        Calls::Cancel { id } => {
+            let call: api::Call = client.post(&format!("/v1/calls/{id}/cancel"), None).await?;
+            emit(&remote, &call, |c| outln!("call {} is {}", c.id, c.status));
+        }
     }
     Ok(())
 }
 
 pub async fn dead(remote: Remote, command: Dead) -> anyhow::Result<()> {
     let client = Client::new(&remote);
-    let selection = |s: Selection| -> anyhow::Result<Value> {
+    let selection = |s: Selection| -> anyhow::Result<serde_json::Value> {
         if !s.ids.is_empty() {
             return Ok(json!({ "ids": s.ids }));
         }
@@ -463,33 +438,25 @@ pub async fn dead(remote: Remote, command: Dead) -> anyhow::Result<()> {
     match command {
         Dead::List(mut args) => {
             args.status = None;
-            emit(
-                &remote,
-                &client.get(&format!("/v1/dead?{}", query(&args))).await?,
-                print_listing,
-            );
+            let list: api::CallList = client.get(&format!("/v1/dead?{}", query(&args))).await?;
+            emit(&remote, &list, print_listing);
         }
-        Dead::Redrive(s) => emit(
-            &remote,
-            &client.post("/v1/dead/redrive", Some(selection(s)?)).await?,
-            |v| {
-                outln!("redrove {} dead call(s)", v["redriven"]);
-            },
-        ),
-        Dead::Purge(s) => emit(
-            &remote,
-            &client.post("/v1/dead/purge", Some(selection(s)?)).await?,
-            |v| {
-                outln!("purged {} dead call(s)", v["purged"]);
-            },
-        ),
+        Dead::Redrive(s) => {
+            let done: api::Redriven = client.post("/v1/dead/redrive", Some(selection(s)?)).await?;
+            emit(&remote, &done, |d| outln!("redrove {} dead call(s)", d.redriven));
+        }
+        Dead::Purge(s) => {
+            let done: api::Purged = client.post("/v1/dead/purge", Some(selection(s)?)).await?;
+            emit(&remote, &done, |d| outln!("purged {} dead call(s)", d.purged));
+        }
     }
     Ok(())
 }
 
 pub async fn stats(remote: Remote) -> anyhow::Result<()> {
     let client = Client::new(&remote);
-    emit(&remote, &client.get("/v1/stats").await?, print_stats);
+    let stats: api::Stats = client.get("/v1/stats").await?;
+    emit(&remote, &stats, print_stats);
     Ok(())
 }
 
@@ -509,9 +476,7 @@ pub async fn invoke(remote: Remote, args: InvokeArgs) -> anyhow::Result<()> {
     if let Some(key) = args.key {
         let _ = write!(path, "?key={}", sdk::protocol::encode_bytes(key.as_bytes()));
     }
-    let created = client.send(reqwest::Method::POST, &path, Some(body), false).await?;
-    emit(&remote, &created, |c| {
-        outln!("call {} is {}", text(&c["id"]), text(&c["status"]));
-    });
+    let created: api::Enqueued = client.send(reqwest::Method::POST, &path, Some(body), false).await?;
+    emit(&remote, &created, |c| outln!("call {} is {}", c.id, c.status));
     Ok(())
 }

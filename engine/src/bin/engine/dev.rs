@@ -108,7 +108,7 @@ group_id = "engine-dev"
         .set("bootstrap.servers", &bootstrap)
         .set("message.timeout.ms", "10000")
         .create()?;
-    let stats = engine.schedulers().get("dev").cloned().expect("the dev subscription");
+    let figures = engine.figures().get("dev").cloned().expect("the dev subscription");
     let topic = options.topic.clone();
     let stdin_task = tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -134,13 +134,10 @@ group_id = "engine-dev"
         let mut last = String::new();
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
+            let s = figures.snapshot();
             let line = format!(
                 "[status] ingested {}, succeeded {}, retries {}, dead {}, backlog {}",
-                stats.ingested.load(Relaxed),
-                stats.succeeded.load(Relaxed),
-                stats.retried.load(Relaxed),
-                stats.dead.load(Relaxed),
-                stats.open.load(Relaxed),
+                s.ingested, s.succeeded, s.retried, s.dead, s.backlog
             );
             if line != last {
                 println!("{line}");

@@ -170,7 +170,7 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let engine = Engine::start(config).await?;
     eprintln!("engine: admin API on http://{}", engine.admin_addr());
-    let progress = tokio::spawn(progress(engine.schedulers().clone()));
+    let progress = tokio::spawn(progress(engine.figures().clone()));
     let result = engine.run_until(shutdown_signal()).await;
     progress.abort();
     Ok(result?)
@@ -178,27 +178,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// A compact status line per subscription: on a terminal every 5 s when something changed,
 /// otherwise a log line every 30 s.
-async fn progress(schedulers: std::collections::HashMap<String, std::sync::Arc<engine::scheduler::SchedulerStats>>) {
+async fn progress(figures: std::collections::HashMap<String, std::sync::Arc<engine::figures::Figures>>) {
     use std::io::IsTerminal as _;
-    use std::sync::atomic::Ordering::Relaxed;
     let terminal = std::io::stderr().is_terminal();
     let every = std::time::Duration::from_secs(if terminal { 5 } else { 30 });
-    let mut names: Vec<_> = schedulers.keys().cloned().collect();
+    let mut names: Vec<_> = figures.keys().cloned().collect();
     names.sort();
     let mut last: std::collections::HashMap<String, (u64, String)> = std::collections::HashMap::new();
     loop {
         tokio::time::sleep(every).await;
         for name in &names {
-            let s = &schedulers[name];
-            let done = s.succeeded.load(Relaxed) + s.dead.load(Relaxed);
+            let s = figures[name].snapshot();
+            let done = s.succeeded + s.dead;
             let previous = last.get(name).map_or(done, |(d, _)| *d);
             let rate = (done - previous) as f64 / every.as_secs_f64();
             let line = format!(
                 "{name}: {rate:.0} calls/s, backlog {}, in flight {}, retrying {}, dead {}",
-                s.open.load(Relaxed),
-                s.in_flight.load(Relaxed),
-                s.waiting_retry.load(Relaxed),
-                s.dead.load(Relaxed)
+                s.backlog, s.in_flight, s.waiting_retry, s.dead
             );
             let changed = last.get(name).is_none_or(|(_, l)| *l != line);
             if terminal && changed {

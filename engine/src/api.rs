@@ -1,0 +1,283 @@
+//! The admin API's contract: every response body of `/v1`, as types. The admin API
+//! serializes them, the command line deserializes them, and the dashboard reads the same
+//! shapes; docs/operations.md shows them as JSON.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::model::{AttemptView, CallStatus, KafkaSource, Millis};
+pub use crate::store::StatusCounts;
+pub use connectors::kafka::PartitionLag;
+
+use crate::model::CallView;
+use crate::store::CallSummary;
+
+/// Bytes as JSON: text when they are UTF-8, else percent-encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "encoding", content = "data", rename_all = "lowercase")]
+pub enum Bytes {
+    Utf8(String),
+    Percent(String),
+}
+
+impl Bytes {
+    pub fn of(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::Utf8(text.to_string()),
+            Err(_) => Self::Percent(sdk::protocol::encode_bytes(bytes)),
+        }
+    }
+
+    /// As shown to a person: the text, or its percent encoding.
+    pub fn as_text(&self) -> &str {
+        match self {
+            Self::Utf8(text) | Self::Percent(text) => text,
+        }
+    }
+}
+
+/// `GET /v1/calls/{id}`, and the call after an operator's action on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    pub id: uuid::Uuid,
+    pub subscription: String,
+    pub target: String,
+    pub status: CallStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub key: Option<Bytes>,
+    pub payload: Bytes,
+    pub output: Option<Bytes>,
+    /// The record's headers, in the protocol's header text encoding.
+    pub headers: Option<String>,
+    pub source: Option<KafkaSource>,
+    /// Attempts made before the last redrive (0 if never redriven): the eras of the history.
+    pub attempts_before_redrive: u32,
+    /// When the call was last redriven.
+    pub redriven_at: Option<Millis>,
+    pub history: Vec<AttemptView>,
+}
+
+impl From<&CallView> for Call {
+    fn from(call: &CallView) -> Self {
+        Self {
+            id: call.id,
+            subscription: call.subscription.clone(),
+            target: call.target.clone(),
+            status: call.status,
+            attempts: call.attempts,
+            next_attempt_at: call.next_attempt_at,
+            last_error: call.last_error.clone(),
+            created_at: call.created_at,
+            updated_at: call.updated_at,
+            key: call.key.as_deref().map(Bytes::of),
+            payload: Bytes::of(&call.payload),
+            output: call.output.as_deref().map(Bytes::of),
+            headers: call.headers.clone(),
+            source: call.source.clone(),
+            attempts_before_redrive: call.attempts_before_redrive,
+            redriven_at: call.redriven_at,
+            history: call.history.clone(),
+        }
+    }
+}
+
+/// One line of `GET /v1/calls` and `GET /v1/dead`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallLine {
+    pub id: uuid::Uuid,
+    pub subscription: String,
+    pub status: CallStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// Where to continue a listing after this call.
+    pub cursor: i64,
+    pub key: Option<Bytes>,
+}
+
+impl From<&CallSummary> for CallLine {
+    fn from(call: &CallSummary) -> Self {
+        Self {
+            id: call.id,
+            subscription: call.subscription.clone(),
+            status: call.status,
+            attempts: call.attempts,
+            last_error: call.last_error.clone(),
+            created_at: call.created_at,
+            updated_at: call.updated_at,
+            cursor: call.cursor,
+            key: call.key.as_deref().map(Bytes::of),
+        }
+    }
+}
+
+/// `GET /v1/calls` and `GET /v1/dead`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallList {
+    pub calls: Vec<CallLine>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next: Option<i64>,
+}
+
+/// `POST /v1/subscriptions/{name}/calls` (201).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enqueued {
+    pub id: uuid::Uuid,
+    /// `pending`, or `dead` when the payload is above the subscription's limit.
+    pub status: CallStatus,
+}
+
+/// `POST /v1/dead/redrive`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redriven {
+    pub redriven: usize,
+    pub ids: Vec<uuid::Uuid>,
+}
+
+/// `POST /v1/dead/purge`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purged {
+    pub purged: usize,
+    pub ids: Vec<uuid::Uuid>,
+}
+
+/// Every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `GET /v1/stats`: calls by status over every subscription, then each subscription and
+/// each endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    #[serde(flatten)]
+    pub calls: StatusCounts,
+    pub subscriptions: BTreeMap<String, SubscriptionStats>,
+    pub endpoints: BTreeMap<String, EndpointStats>,
+}
+
+/// One subscription in [`Stats`]: its calls by status, and its live figures when it is
+/// configured (a subscription removed from the config keeps only its stored calls).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionStats {
+    #[serde(flatten)]
+    pub calls: StatusCounts,
+    #[serde(flatten)]
+    pub live: Option<LiveFigures>,
+}
+
+/// What a running subscription reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveFigures {
+    pub in_flight: u64,
+    pub waiting_retry: u64,
+    pub in_memory: u64,
+    pub throughput: Throughput,
+    /// With a dead-letter topic: dead calls produced to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_lettered: Option<u64>,
+    /// With a dead-letter topic: whether producing to it fails at the moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters_failing: Option<bool>,
+    /// With a Kafka source: records read (before deduplication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed: Option<u64>,
+    /// With a Kafka source: whether every broker is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_down: Option<bool>,
+    /// With a Kafka source: lag per assigned partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<Vec<PartitionLag>>,
+}
+
+/// Calls created and finished per second over the last `window_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    pub window_seconds: u64,
+    pub created_per_second: f64,
+    pub finished_per_second: f64,
+}
+
+/// One endpoint in [`Stats`]: its adaptive limit and why it moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStats {
+    pub limit: usize,
+    pub in_flight: usize,
+    /// Times the limit went up / was cut for overload since start.
+    pub raises: u64,
+    pub cuts: u64,
+    /// Every change and verdict since start, by reason code (`raise`, `overload`,
+    /// `latency`, `error_trial`, `errors_were_overload`, `errors_not_overload`, `probe`,
+    /// `probed`).
+    pub changes_by_reason: BTreeMap<String, u64>,
+    pub paused_until: Option<Millis>,
+    pub recent_changes: Vec<ChangeView>,
+}
+
+/// One limit change or verdict: what the limiter saw and did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeView {
+    pub at: Millis,
+    pub from: usize,
+    pub to: usize,
+    /// A stable code ([`crate::limiter::ChangeReason::code`]).
+    pub reason: String,
+    /// The same, in a sentence with the figures behind it.
+    pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_text_or_percent_encoded() {
+        let text = serde_json::to_value(Bytes::of(b"hi")).unwrap();
+        assert_eq!(text, serde_json::json!({"encoding": "utf8", "data": "hi"}));
+        let binary = Bytes::of(&[0xff, b'a']);
+        assert!(matches!(&binary, Bytes::Percent(data) if data.contains("%FF") || data.contains("%ff")));
+        let back: Bytes = serde_json::from_value(serde_json::to_value(&binary).unwrap()).unwrap();
+        assert_eq!(back, binary);
+    }
+
+    #[test]
+    fn a_subscription_without_live_figures_reads_back_as_such() {
+        let stored_only = SubscriptionStats {
+            calls: StatusCounts {
+                pending: 1,
+                ..StatusCounts::default()
+            },
+            live: None,
+        };
+        let json = serde_json::to_string(&stored_only).unwrap();
+        let back: SubscriptionStats = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, stored_only);
+        let running = SubscriptionStats {
+            live: Some(LiveFigures {
+                in_flight: 2,
+                waiting_retry: 0,
+                in_memory: 5,
+                throughput: Throughput {
+                    window_seconds: 60,
+                    created_per_second: 1.5,
+                    finished_per_second: 1.0,
+                },
+                dead_lettered: None,
+                dead_letters_failing: None,
+                consumed: Some(9),
+                kafka_down: Some(false),
+                lag: Some(Vec::new()),
+            }),
+            ..stored_only
+        };
+        let back: SubscriptionStats = serde_json::from_str(&serde_json::to_string(&running).unwrap()).unwrap();
+        assert_eq!(back, running);
+    }
+}

@@ -1,0 +1,122 @@
+//! One subscription's life: its Kafka source (with a `[subscription.kafka]` section), its
+//! scheduler and its dead-letter publisher (with a `[subscription.dead_letter]` section),
+//! sharing one [`Figures`], started and stopped as one.
+//!
+//! When one part fails, the subscription stops its other parts gracefully and reports the
+//! failure; the engine then stops everything else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::SubscriptionConfig;
+use crate::delivery::Deliverer;
+use crate::endpoints::Endpoint;
+use crate::error::EngineError;
+use crate::figures::Figures;
+use crate::scheduler::{Control, Scheduler};
+use crate::shutdown::{self, Shutdown};
+use crate::store::Store;
+use crate::{dead_letter, source};
+
+/// How long attempts in flight may take to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A subscription ready to run.
+#[derive(Debug)]
+pub struct Subscription {
+    config: Arc<SubscriptionConfig>,
+    store: Store,
+    scheduler: Scheduler,
+    figures: Arc<Figures>,
+}
+
+impl Subscription {
+    /// Prepare the parts; the backlog already in the store counts from the start.
+    pub async fn new(
+        config: SubscriptionConfig,
+        store: &Store,
+        deliverer: Deliverer,
+        endpoint: Arc<Endpoint>,
+    ) -> Result<Self, EngineError> {
+        let config = Arc::new(config);
+        let figures = Arc::new(Figures::default());
+        figures.start_with_backlog(store.open_calls(&config.name).await?);
+        let scheduler = Scheduler::new(
+            Arc::clone(&config),
+            store.clone(),
+            deliverer,
+            endpoint,
+            Arc::clone(&figures),
+        );
+        Ok(Self {
+            config,
+            store: store.clone(),
+            scheduler,
+            figures,
+        })
+    }
+
+    pub fn config(&self) -> &Arc<SubscriptionConfig> {
+        &self.config
+    }
+
+    pub fn figures(&self) -> &Arc<Figures> {
+        &self.figures
+    }
+
+    /// Where operators' actions on this subscription's calls are sent.
+    pub fn control(&self) -> mpsc::UnboundedSender<Control> {
+        self.scheduler.control()
+    }
+
+    /// Run every part until `shutdown`, or until one part fails.
+    pub async fn run(self, mut shutdown: Shutdown) -> Result<(), EngineError> {
+        let Self {
+            config,
+            store,
+            scheduler,
+            figures,
+        } = self;
+        let (stop, parts_stop) = shutdown::channel();
+        let mut parts = JoinSet::new();
+        if config.kafka.is_some() {
+            parts.spawn(source::run(
+                Arc::clone(&config),
+                store.clone(),
+                Arc::clone(&figures),
+                parts_stop.clone(),
+            ));
+        }
+        if config.dead_letter.is_some() {
+            parts.spawn(dead_letter::run(
+                Arc::clone(&config),
+                store.clone(),
+                Arc::clone(&figures),
+                parts_stop.clone(),
+            ));
+        }
+        let grace = SHUTDOWN_GRACE.min(config.timeout);
+        parts.spawn(async move { scheduler.run(parts_stop, grace).await.map_err(EngineError::from) });
+
+        let mut result = Ok(());
+        loop {
+            tokio::select! {
+                () = shutdown.recv(), if !stop.is_triggered() => stop.trigger(),
+                joined = parts.join_next() => match joined {
+                    None => break,
+                    Some(joined) => {
+                        if let Err(error) = joined.map_err(|e| EngineError::task("a subscription task", e)).and_then(|r| r) {
+                            tracing::error!(subscription = %config.name, %error, "stopping the subscription");
+                            stop.trigger();
+                            result = result.and(Err(error));
+                        }
+                    }
+                },
+            }
+        }
+        result
+    }
+}
