@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use integration_tests::kafka::{Tansu, TANSU_CONSUMER_OPTIONS};
+use integration_tests::config::{EngineConfig, Subscription};
+use integration_tests::kafka::Tansu;
 use integration_tests::{free_addr, workspace_binary};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
@@ -277,43 +278,28 @@ pub struct EngineSetup<'a> {
     pub topic: &'a str,
     pub target: &'a str,
     pub group: &'a str,
-    /// Extra lines in the subscription.
-    pub extra: &'a str,
+    /// Store the calls without delivering them.
+    pub paused: bool,
 }
 
 impl EngineProc {
     pub fn config(setup: &EngineSetup<'_>, admin: std::net::SocketAddr) -> String {
-        format!(
-            r#"
-[store]
-path = "{db}"
-[admin]
-listen = "{admin}"
-[[subscription]]
-name = "bench"
-target = "{target}"
-max_concurrency = 256
-{extra}
-[subscription.retry]
-initial_delay = "100ms"
-multiplier = 2.0
-max_delay = "2s"
-max_attempts = 0
-[subscription.kafka]
-brokers = "{bootstrap}"
-topics = ["{topic}"]
-group_id = "{group}"
-max_backlog = 2000000
-[subscription.kafka.options]
-{TANSU_CONSUMER_OPTIONS}
-"#,
-            db = setup.dir.join("engine.db").display(),
-            target = setup.target,
-            extra = setup.extra,
-            bootstrap = setup.bootstrap,
-            topic = setup.topic,
-            group = setup.group,
-        )
+        let subscription = Subscription::new("bench", setup.target)
+            .ordering("key")
+            .max_concurrency(256)
+            .set("paused", setup.paused)
+            .retry("initial_delay", "100ms")
+            .retry("multiplier", 2.0)
+            .retry("max_delay", "2s")
+            .retry("max_attempts", 0)
+            .kafka(setup.bootstrap, &[setup.topic])
+            .kafka_set("group_id", setup.group)
+            .kafka_set("max_backlog", 2_000_000)
+            .tansu_consumer();
+        EngineConfig::new(setup.dir.join("engine.db"))
+            .admin(admin)
+            .subscription(subscription)
+            .to_toml()
     }
 
     pub async fn start(setup: &EngineSetup<'_>) -> anyhow::Result<Self> {
@@ -377,7 +363,7 @@ async fn keyed_engine(
         topic,
         target: &handler.url,
         group: &group,
-        extra: "ordering = \"key\"",
+        paused: false,
     })
     .await?;
     Ok((engine, dir))
@@ -556,7 +542,7 @@ pub async fn engine_memory(tansu: &Tansu, records: usize) -> anyhow::Result<Memo
         topic,
         target: &handler.url,
         group: "engine-memory",
-        extra: "ordering = \"key\"\npaused = true",
+        paused: true,
     };
     let started = Instant::now();
     let engine = EngineProc::start(&setup).await?;

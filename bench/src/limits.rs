@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::{Config, Engine};
+use engine::Engine;
+use integration_tests::config::{Endpoint, EngineConfig, Subscription};
 use integration_tests::unkind::{store_keyed_backlog, UnkindTarget};
 use serde_json::Value;
 
@@ -347,32 +348,19 @@ async fn one(case: &Case, limit: Limit) -> anyhow::Result<Run> {
     let url = target.url();
     store_keyed_backlog(&db, "bench", &url, case.calls, KEYS).await?;
 
-    let concurrency = match limit {
-        Limit::Adaptive => String::new(),
-        Limit::Fixed(n) => format!("[endpoint.concurrency]\nadaptive = false\nmax = {n}\n"),
+    let endpoint = Endpoint::origin(format!("http://{}", target.addr));
+    let endpoint = match limit {
+        Limit::Adaptive => endpoint,
+        Limit::Fixed(n) => endpoint.fixed_concurrency(n as u32),
     };
-    let config = Config::from_toml(&format!(
-        r#"
-[store]
-path = "{db}"
-[admin]
-listen = "127.0.0.1:0"
-[[endpoint]]
-origin = "http://{addr}"
-{concurrency}
-[[subscription]]
-name = "bench"
-target = "{url}"
-ordering = "key"
-max_concurrency = 256
-[subscription.retry]
-initial_delay = "20ms"
-max_delay = "250ms"
-max_attempts = 0
-"#,
-        db = db.display(),
-        addr = target.addr,
-    ))?;
+    let subscription = Subscription::new("bench", &url)
+        .ordering("key")
+        .max_concurrency(256)
+        .retries_between("20ms", "250ms");
+    let config = EngineConfig::new(&db)
+        .endpoint(endpoint)
+        .subscription(subscription)
+        .build();
     let started = Instant::now();
     let engine = Engine::start(config).await?;
     let (_, endpoint) = engine.endpoints().all().next().expect("one endpoint");

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use engine::{Config, Engine};
-use integration_tests::kafka::{produce, producer, Out, Tansu, TANSU_CONSUMER_OPTIONS};
+use engine::Engine;
+use integration_tests::config::{EngineConfig, Subscription, TANSU_CONSUMER};
+use integration_tests::kafka::{produce, producer, Out, Tansu};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
@@ -137,9 +138,8 @@ pub fn now_us() -> u64 {
 }
 
 fn consumer_options(config: &mut ClientConfig) {
-    for line in TANSU_CONSUMER_OPTIONS.lines().filter(|l| !l.trim().is_empty()) {
-        let (key, value) = line.split_once(" = ").expect("key = value");
-        config.set(key.trim_matches('"'), value.trim_matches('"'));
+    for (key, value) in TANSU_CONSUMER {
+        config.set(key, value);
     }
 }
 
@@ -175,11 +175,8 @@ fn raw_consume(bootstrap: &str, records: usize, run: usize) -> anyhow::Result<f6
 /// Records/s through the engine's Kafka source alone, every batch acknowledged at once.
 async fn source_consume(bootstrap: &str, records: usize) -> anyhow::Result<f64> {
     let mut config = connectors::kafka::SourceConfig::new("bench", bootstrap, vec!["bench".into()], "source-only");
-    for line in TANSU_CONSUMER_OPTIONS.lines().filter(|l| !l.trim().is_empty()) {
-        let (key, value) = line.split_once(" = ").expect("key = value");
-        config
-            .options
-            .insert(key.trim_matches('"').into(), value.trim_matches('"').into());
+    for (key, value) in TANSU_CONSUMER {
+        config.options.insert(key.into(), value.into());
     }
     let (source, mut batches) = connectors::kafka::Source::start(config)?;
     let mut seen = 0;
@@ -199,26 +196,15 @@ async fn source_consume(bootstrap: &str, records: usize) -> anyhow::Result<f64> 
 /// Records/s from Kafka to durable calls, delivery paused, from the first call to the last.
 async fn engine_ingest(bootstrap: &str, records: usize, run: usize) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir_in("target")?;
-    let config = Config::from_toml(&format!(
-        r#"
-[store]
-path = "{db}"
-[admin]
-listen = "127.0.0.1:0"
-[[subscription]]
-name = "bench"
-target = "http://127.0.0.1:9/"
-paused = true
-[subscription.kafka]
-brokers = "{bootstrap}"
-topics = ["bench"]
-group_id = "engine-{run}"
-max_backlog = 100000000
-[subscription.kafka.options]
-{TANSU_CONSUMER_OPTIONS}
-"#,
-        db = dir.path().join("bench.db").display()
-    ))?;
+    let subscription = Subscription::new("bench", "http://127.0.0.1:9/")
+        .set("paused", true)
+        .kafka(bootstrap, &["bench"])
+        .kafka_set("group_id", format!("engine-{run}"))
+        .kafka_set("max_backlog", 100_000_000)
+        .tansu_consumer();
+    let config = EngineConfig::new(dir.path().join("bench.db"))
+        .subscription(subscription)
+        .build();
     let engine = Engine::start(config).await?;
     let stats = std::sync::Arc::clone(&engine.figures()["bench"]);
     let ingested = || stats.snapshot().ingested as usize;

@@ -16,7 +16,8 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-/// The consumer options that suit Tansu in tests: short fetch waits and session timeouts.
+/// Consumer options the engine needs against Tansu 0.6 (see docs/testing.md): a short
+/// first-join wait and a short fetch wait.
 pub const TANSU_CONSUMER: [(&str, &str); 3] = [
     ("fetch.wait.max.ms", "10"),
     ("session.timeout.ms", "6000"),
@@ -29,6 +30,7 @@ pub const TANSU_CONSUMER: [(&str, &str); 3] = [
 pub struct EngineConfig {
     store: Table,
     admin: Table,
+    signing: Option<Table>,
     endpoints: Vec<Table>,
     subscriptions: Vec<Table>,
 }
@@ -43,6 +45,7 @@ impl EngineConfig {
         Self {
             store,
             admin,
+            signing: None,
             endpoints: Vec::new(),
             subscriptions: Vec::new(),
         }
@@ -50,6 +53,20 @@ impl EngineConfig {
 
     pub fn admin(mut self, listen: SocketAddr) -> Self {
         self.admin.insert("listen".into(), listen.to_string().into());
+        self
+    }
+
+    /// Every `/v1` request then needs this bearer token.
+    pub fn admin_token(mut self, token: &str) -> Self {
+        self.admin.insert("token".into(), token.into());
+        self
+    }
+
+    /// Sign every request with this Ed25519 private key (base64).
+    pub fn signing_key(mut self, private_key: &str) -> Self {
+        let mut signing = Table::new();
+        signing.insert("private_key".into(), private_key.into());
+        self.signing = Some(signing);
         self
     }
 
@@ -74,6 +91,9 @@ impl EngineConfig {
         let mut doc = Table::new();
         doc.insert("store".into(), self.store.clone().into());
         doc.insert("admin".into(), self.admin.clone().into());
+        if let Some(signing) = &self.signing {
+            doc.insert("signing".into(), signing.clone().into());
+        }
         let array = |tables: &[Table]| Value::Array(tables.iter().cloned().map(Value::Table).collect());
         if !self.endpoints.is_empty() {
             doc.insert("endpoint".into(), array(&self.endpoints));
@@ -166,19 +186,25 @@ impl Subscription {
 
     /// Retries within milliseconds and without a limit, so tests do not wait on backoff.
     pub fn fast_retries(self) -> Self {
-        self.retry("initial_delay", "5ms")
-            .retry("max_delay", "50ms")
+        self.retries_between("5ms", "50ms")
+    }
+
+    /// Backoff from `initial` up to `max` (humantime), retrying without a limit.
+    pub fn retries_between(self, initial: &str, max: &str) -> Self {
+        self.retry("initial_delay", initial)
+            .retry("max_delay", max)
             .retry("max_attempts", 0)
     }
 
-    /// Consume `topics` from `brokers` in consumer group `group_id`, with the options that
-    /// suit Tansu.
-    pub fn kafka(mut self, brokers: &str, topics: &[&str], group_id: &str) -> Self {
+    /// Consume `topics` from `brokers`.
+    pub fn kafka(self, brokers: &str, topics: &[&str]) -> Self {
         let topics: Vec<Value> = topics.iter().map(|t| Value::from(*t)).collect();
-        self = self
-            .section("kafka", "brokers", brokers)
+        self.section("kafka", "brokers", brokers)
             .section("kafka", "topics", topics)
-            .section("kafka", "group_id", group_id);
+    }
+
+    /// The consumer options that suit Tansu ([`TANSU_CONSUMER`]).
+    pub fn tansu_consumer(mut self) -> Self {
         for (key, value) in TANSU_CONSUMER {
             self = self.kafka_option(key, value);
         }
@@ -229,7 +255,9 @@ mod tests {
                     .ordering("partition")
                     .on_dead("block")
                     .fast_retries()
-                    .kafka("127.0.0.1:1", &["t1", "t2"], "g")
+                    .kafka("127.0.0.1:1", &["t1", "t2"])
+                    .kafka_set("group_id", "g")
+                    .tansu_consumer()
                     .kafka_set("max_backlog", 5)
                     .dead_letter("topic", "dlq"),
             )

@@ -14,14 +14,6 @@ use rdkafka::ClientConfig;
 
 use crate::free_addr;
 
-/// Consumer options the engine needs against Tansu 0.6 (see docs/testing.md): a short
-/// first-join wait and a short fetch wait.
-pub const TANSU_CONSUMER_OPTIONS: &str = r#"
-"fetch.wait.max.ms" = "10"
-"session.timeout.ms" = "6000"
-"max.poll.interval.ms" = "7000"
-"#;
-
 /// A Tansu broker on a free loopback port, killed on drop.
 #[derive(Debug)]
 pub struct Tansu {

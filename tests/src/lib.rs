@@ -268,16 +268,10 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     profile_dir.join(name)
 }
 
-/// Start an engine in-process on a SQLite file in `dir`, with one subscription `test`
-/// delivering to `target` (see [`config_toml`]).
-pub async fn start_engine(dir: &tempfile::TempDir, target: &str, extra: &str) -> (engine::Engine, Admin) {
-    let text = config_toml(
-        &dir.path().join("engine.db"),
-        "127.0.0.1:0".parse().unwrap(),
-        target,
-        extra,
-    );
-    let engine = engine::Engine::start(engine::Config::from_toml(&text).unwrap())
+/// Start an engine in-process on a SQLite file in `dir`, with `subscription` (see
+/// [`test_subscription`]).
+pub async fn start_engine(dir: &tempfile::TempDir, subscription: config::Subscription) -> (engine::Engine, Admin) {
+    let engine = engine::Engine::start(test_config(dir.path(), subscription).build())
         .await
         .unwrap();
     let admin = Admin::new(engine.admin_addr());
@@ -298,23 +292,14 @@ pub fn spawn_engine(config: &std::path::Path) -> Proc {
     )
 }
 
-/// A config for one subscription named `test` delivering to `target`, with fast retries.
-pub fn config_toml(db: &std::path::Path, admin: SocketAddr, target: &str, extra: &str) -> String {
-    format!(
-        r#"
-[store]
-path = "{db}"
+/// A subscription named `test` delivering to `target`.
+pub fn test_subscription(target: &str) -> config::Subscription {
+    config::Subscription::new("test", target)
+}
 
-[admin]
-listen = "{admin}"
-
-[[subscription]]
-name = "test"
-target = "{target}"
-{extra}
-"#,
-        db = db.display()
-    )
+/// A config with a store in `dir` and `subscription`.
+pub fn test_config(dir: &std::path::Path, subscription: config::Subscription) -> config::EngineConfig {
+    config::EngineConfig::new(dir.join("engine.db")).subscription(subscription)
 }
 
 /// The value of one series (name with its labels, exactly as exposed) in Prometheus text.

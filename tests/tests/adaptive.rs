@@ -6,27 +6,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::{Config, Engine};
+use engine::Engine;
 use integration_tests::unkind::{store_keyed_backlog, UnkindTarget};
-use integration_tests::{config_toml, wait_for, Admin};
+use integration_tests::{test_config, test_subscription, wait_for, Admin};
 use sdk::{Context, Error};
 use serde_json::Value;
 
-const FAST_RETRY: &str = "[subscription.retry]\ninitial_delay = \"20ms\"\nmax_delay = \"500ms\"\nmax_attempts = 0\n";
-
 /// Start an engine on a stored backlog of `calls` keyed calls to `url`; return it with the
 /// highest limit its endpoint reached by the time every call succeeded.
-async fn drain(url: &str, calls: usize, extra: &str) -> (Engine, usize, tempfile::TempDir) {
+async fn drain(url: &str, calls: usize) -> (Engine, usize, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("engine.db");
     store_keyed_backlog(&db, "test", url, calls, 200).await.unwrap();
-    let text = config_toml(
-        &db,
-        "127.0.0.1:0".parse().unwrap(),
-        url,
-        &format!("ordering = \"key\"\nmax_concurrency = 256\n{extra}{FAST_RETRY}"),
-    );
-    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let subscription = test_subscription(url)
+        .ordering("key")
+        .max_concurrency(256)
+        .retries_between("20ms", "500ms");
+    let engine = Engine::start(test_config(dir.path(), subscription).build())
+        .await
+        .unwrap();
     let (_, endpoint) = engine.endpoints().all().next().unwrap();
     let endpoint = Arc::clone(endpoint);
     let stats = Arc::clone(&engine.figures()["test"]);
@@ -48,7 +46,7 @@ fn endpoint_stats(stats: &Value) -> Value {
 async fn random_503s_from_a_python_webhook_do_not_throttle_it() {
     const CALLS: usize = 3_000;
     let target = UnkindTarget::start(&["--error-rate", "0.2", "--latency-ms", "5", "--jitter", "exp:5"]).await;
-    let (engine, highest, _dir) = drain(&target.url(), CALLS, "").await;
+    let (engine, highest, _dir) = drain(&target.url(), CALLS).await;
     let seen = target.stats().await;
     assert_eq!(seen["unique_ok"], CALLS, "every call reached the target once: {seen}");
     assert_eq!(seen["order_violations"], 0, "per-key order: {seen}");
@@ -83,7 +81,7 @@ async fn random_503s_from_a_python_webhook_do_not_throttle_it() {
 async fn a_python_service_with_a_capacity_is_held_near_it() {
     const CALLS: usize = 2_000;
     let target = UnkindTarget::start(&["--capacity", "8", "--latency-ms", "10", "--jitter", "exp:5"]).await;
-    let (engine, _, _dir) = drain(&target.url(), CALLS, "").await;
+    let (engine, _, _dir) = drain(&target.url(), CALLS).await;
     let seen = target.stats().await;
     assert_eq!(seen["unique_ok"], CALLS, "{seen}");
     assert_eq!(seen["order_violations"], 0, "{seen}");
@@ -133,13 +131,12 @@ async fn sdk_handler(overloaded: bool) -> (String, Arc<AtomicU64>) {
 async fn an_sdk_application_errors_retry_after_delays_only_its_call() {
     let (url, served) = sdk_handler(false).await;
     let dir = tempfile::tempdir().unwrap();
-    let text = config_toml(
-        &dir.path().join("engine.db"),
-        "127.0.0.1:0".parse().unwrap(),
-        &url,
-        &format!("ordering = \"unordered\"\n{}", FAST_RETRY.replace("500ms", "2m")),
-    );
-    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let subscription = test_subscription(&url)
+        .ordering("unordered")
+        .retries_between("20ms", "2m");
+    let engine = Engine::start(test_config(dir.path(), subscription).build())
+        .await
+        .unwrap();
     let admin = Admin::new(engine.admin_addr());
     let slow = admin.enqueue("test", b"slow", None).await;
     wait_for("the failed attempt", Duration::from_secs(10), || async {
@@ -172,13 +169,12 @@ async fn an_sdk_application_errors_retry_after_delays_only_its_call() {
 async fn an_sdk_declared_overload_cuts_and_pauses_the_endpoint() {
     let (url, _) = sdk_handler(true).await;
     let dir = tempfile::tempdir().unwrap();
-    let text = config_toml(
-        &dir.path().join("engine.db"),
-        "127.0.0.1:0".parse().unwrap(),
-        &url,
-        &format!("ordering = \"unordered\"\n{FAST_RETRY}"),
-    );
-    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let subscription = test_subscription(&url)
+        .ordering("unordered")
+        .retries_between("20ms", "500ms");
+    let engine = Engine::start(test_config(dir.path(), subscription).build())
+        .await
+        .unwrap();
     let admin = Admin::new(engine.admin_addr());
     admin.enqueue("test", b"slow", None).await;
     wait_for("the cut", Duration::from_secs(10), || async {

@@ -3,8 +3,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use engine::{Config, Engine};
-use integration_tests::{config_toml, engine_binary, free_addr, wait_for, Admin, Reply, Target};
+use engine::Engine;
+use integration_tests::{engine_binary, free_addr, test_config, test_subscription, wait_for, Admin, Reply, Target};
 use serde_json::Value;
 
 /// Runs the binary off the runtime, so the engine's admin API (on the same runtime) answers.
@@ -32,13 +32,8 @@ async fn every_command_and_its_errors() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let text = config_toml(
-        &dir.path().join("engine.db"),
-        "127.0.0.1:0".parse().unwrap(),
-        &target.url(),
-        "",
-    );
-    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let config = test_config(dir.path(), test_subscription(&target.url()));
+    let engine = Engine::start(config.build()).await.unwrap();
     let url = format!("http://{}", engine.admin_addr());
     let admin = Admin::new(engine.admin_addr());
 
@@ -101,17 +96,8 @@ async fn every_command_and_its_errors() {
 async fn a_token_protects_the_api_when_configured() {
     let target = Target::start(|_| Reply::Status(200, "ok")).await;
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n{}",
-        config_toml(
-            &dir.path().join("engine.db"),
-            "127.0.0.1:0".parse().unwrap(),
-            &target.url(),
-            ""
-        )
-        .replace("[admin]\nlisten = \"127.0.0.1:0\"\n", "")
-    );
-    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let config = test_config(dir.path(), test_subscription(&target.url())).admin_token("s3cret");
+    let engine = Engine::start(config.build()).await.unwrap();
     let url = format!("http://{}", engine.admin_addr());
     let anonymous = reqwest::get(format!("{url}/v1/stats")).await.unwrap();
     assert_eq!(anonymous.status(), 401);

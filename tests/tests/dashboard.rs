@@ -31,26 +31,12 @@ async fn the_dashboard_shows_counters_and_redrives_a_dead_call_in_a_real_browser
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"
-[store]
-path = "{db}"
-
-[admin]
-listen = "127.0.0.1:0"
-token = "{TOKEN}"
-
-[[subscription]]
-name = "orders"
-target = "{target}"
-ordering = "key"
-"#,
-        db = dir.path().join("engine.db").display(),
-        target = target.url(),
-    );
-    let engine = engine::Engine::start(engine::Config::from_toml(&config).unwrap())
-        .await
-        .unwrap();
+    let config = integration_tests::test_config(
+        dir.path(),
+        integration_tests::config::Subscription::new("orders", &target.url()).ordering("key"),
+    )
+    .admin_token(TOKEN);
+    let engine = engine::Engine::start(config.build()).await.unwrap();
     let admin = Admin::with_token(engine.admin_addr(), TOKEN);
     for n in 0..5 {
         let id = admin.enqueue("orders", format!("ping-{n}").as_bytes(), Some("k")).await;

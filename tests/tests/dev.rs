@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connectors::dev_broker::DevBroker;
-use engine::{Config, Engine};
+use engine::Engine;
 use integration_tests::kafka::{produce, producer, Out};
-use integration_tests::{engine_binary, free_addr, wait_for, Admin, Proc, Reply, Target};
+use integration_tests::{
+    engine_binary, free_addr, test_config, test_subscription, wait_for, Admin, Proc, Reply, Target,
+};
 
 #[tokio::test]
 async fn a_broker_outage_mid_stream_loses_nothing() {
@@ -18,25 +20,10 @@ async fn a_broker_outage_mid_stream_loses_nothing() {
     let bootstrap = broker.bootstrap_servers();
     let target = Target::start(|_| Reply::Status(200, "ok")).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml(&format!(
-        r#"
-[store]
-path = "{db}"
-[admin]
-listen = "127.0.0.1:0"
-[[subscription]]
-name = "test"
-target = "{target}"
-[subscription.kafka]
-brokers = "{bootstrap}"
-topics = ["outage"]
-[subscription.kafka.options]
-"reconnect.backoff.max.ms" = "500"
-"#,
-        db = dir.path().join("engine.db").display(),
-        target = target.url(),
-    ))
-    .unwrap();
+    let subscription = test_subscription(&target.url())
+        .kafka(&bootstrap, &["outage"])
+        .kafka_option("reconnect.backoff.max.ms", "500");
+    let config = test_config(dir.path(), subscription).build();
     let engine = Engine::start(config).await.unwrap();
     let admin = Admin::new(engine.admin_addr());
     let first = (0..RECORDS / 2)

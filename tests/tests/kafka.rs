@@ -6,61 +6,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::{Config, Engine};
-use integration_tests::kafka::{produce, producer, Out, Tansu, TANSU_CONSUMER_OPTIONS};
-use integration_tests::{free_addr, metric, spawn_engine, wait_for, Admin, Reply, Seen, Target};
+use engine::Engine;
+use integration_tests::config::Subscription;
+use integration_tests::kafka::{produce, producer, Out, Tansu};
+use integration_tests::{
+    free_addr, metric, spawn_engine, test_config, test_subscription, wait_for, Admin, Reply, Seen, Target,
+};
 use rand::Rng;
 
-struct Setup<'a> {
-    bootstrap: &'a str,
-    topic: &'a str,
-    target: &'a str,
-    subscription_extra: &'a str,
-    kafka_extra: &'a str,
-    options: &'a str,
+/// A subscription named `test` consuming `topic` from Tansu, with fast retries.
+fn kafka_subscription(bootstrap: &str, topic: &str, target: &str) -> Subscription {
+    test_subscription(target)
+        .fast_retries()
+        .kafka(bootstrap, &[topic])
+        .kafka_set("group_id", format!("engine-test-{topic}"))
+        .tansu_consumer()
 }
 
-fn config_text(dir: &std::path::Path, admin: std::net::SocketAddr, s: &Setup<'_>) -> String {
-    format!(
-        r#"
-[store]
-path = "{db}"
-
-[admin]
-listen = "{admin}"
-
-[[subscription]]
-name = "test"
-target = "{target}"
-{subscription_extra}
-
-[subscription.retry]
-initial_delay = "5ms"
-max_delay = "50ms"
-max_attempts = 0
-
-[subscription.kafka]
-brokers = "{bootstrap}"
-topics = ["{topic}"]
-group_id = "engine-test-{topic}"
-{kafka_extra}
-
-[subscription.kafka.options]
-{options}
-"#,
-        db = dir.join("engine.db").display(),
-        target = s.target,
-        subscription_extra = s.subscription_extra,
-        bootstrap = s.bootstrap,
-        topic = s.topic,
-        kafka_extra = s.kafka_extra,
-        options = s.options,
-    )
-}
-
-async fn start(dir: &tempfile::TempDir, setup: &Setup<'_>) -> (Engine, Admin) {
-    let text = config_text(dir.path(), "127.0.0.1:0".parse().unwrap(), setup);
-    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+async fn start(dir: &tempfile::TempDir, subscription: Subscription) -> (Engine, Admin) {
+    let engine = Engine::start(test_config(dir.path(), subscription).build())
+        .await
+        .unwrap();
     let admin = Admin::new(engine.admin_addr());
     (engine, admin)
 }
@@ -100,14 +66,7 @@ async fn ten_thousand_records_with_20_percent_failures_become_exactly_one_call_e
     let dir = tempfile::tempdir().unwrap();
     let (engine, admin) = start(
         &dir,
-        &Setup {
-            bootstrap: &tansu.bootstrap(),
-            topic: "loss",
-            target: &target.url(),
-            subscription_extra: "ordering = \"unordered\"",
-            kafka_extra: "",
-            options: TANSU_CONSUMER_OPTIONS,
-        },
+        kafka_subscription(&tansu.bootstrap(), "loss", &target.url()).ordering("unordered"),
     )
     .await;
     let records = (0..RECORDS)
@@ -142,20 +101,9 @@ async fn sigkill_while_consuming_loses_nothing_and_duplicates_no_call() {
     let dir = tempfile::tempdir().unwrap();
     let admin_addr = free_addr();
     let config = dir.path().join("engine.toml");
-    let text = config_text(
-        dir.path(),
-        admin_addr,
-        &Setup {
-            bootstrap: &tansu.bootstrap(),
-            topic: "restart",
-            target: &target.url(),
-            subscription_extra: "",
-            // Small batches so the kill lands between commits.
-            kafka_extra: "batch_size = 200",
-            options: TANSU_CONSUMER_OPTIONS,
-        },
-    );
-    std::fs::write(&config, text).unwrap();
+    // Small batches so the kill lands between commits.
+    let subscription = kafka_subscription(&tansu.bootstrap(), "restart", &target.url()).kafka_set("batch_size", 200);
+    test_config(dir.path(), subscription).admin(admin_addr).write(&config);
     let admin = Admin::new(admin_addr);
     let bootstrap = tansu.bootstrap();
     let producing = tokio::spawn(async move {
@@ -217,14 +165,7 @@ async fn key_order_holds_per_key_while_some_keys_retry() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, admin) = start(
         &dir,
-        &Setup {
-            bootstrap: &tansu.bootstrap(),
-            topic: "order",
-            target: &target.url(),
-            subscription_extra: "ordering = \"key\"",
-            kafka_extra: "",
-            options: TANSU_CONSUMER_OPTIONS,
-        },
+        kafka_subscription(&tansu.bootstrap(), "order", &target.url()).ordering("key"),
     )
     .await;
     let records = (0..RECORDS)
@@ -271,14 +212,7 @@ async fn in_unordered_mode_a_failing_record_does_not_delay_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, admin) = start(
         &dir,
-        &Setup {
-            bootstrap: &tansu.bootstrap(),
-            topic: "unordered",
-            target: &target.url(),
-            subscription_extra: "ordering = \"unordered\"",
-            kafka_extra: "",
-            options: TANSU_CONSUMER_OPTIONS,
-        },
+        kafka_subscription(&tansu.bootstrap(), "unordered", &target.url()).ordering("unordered"),
     )
     .await;
     let mut records = vec![Out {
@@ -321,14 +255,11 @@ async fn backpressure_bounds_the_backlog() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, admin) = start(
         &dir,
-        &Setup {
-            bootstrap: &tansu.bootstrap(),
-            topic: "slow",
-            target: &target.url(),
-            subscription_extra: "ordering = \"unordered\"\nmax_concurrency = 2",
-            kafka_extra: &format!("max_backlog = {MAX_BACKLOG}\nbatch_size = {BATCH}"),
-            options: TANSU_CONSUMER_OPTIONS,
-        },
+        kafka_subscription(&tansu.bootstrap(), "slow", &target.url())
+            .ordering("unordered")
+            .max_concurrency(2)
+            .kafka_set("max_backlog", MAX_BACKLOG)
+            .kafka_set("batch_size", BATCH),
     )
     .await;
     let records = (0..RECORDS).map(|n| Out::keyed("k", n.to_string())).collect();
@@ -368,14 +299,7 @@ async fn bytes_survive_the_trip_keys_values_tombstones_headers() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, admin) = start(
         &dir,
-        &Setup {
-            bootstrap: &tansu.bootstrap(),
-            topic: "bytes",
-            target: &target.url(),
-            subscription_extra: "ordering = \"partition\"",
-            kafka_extra: "",
-            options: TANSU_CONSUMER_OPTIONS,
-        },
+        kafka_subscription(&tansu.bootstrap(), "bytes", &target.url()).ordering("partition"),
     )
     .await;
     let records = vec![
@@ -447,17 +371,13 @@ async fn consumer_lag_is_reported_per_partition_and_drains_to_zero() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let options = format!("{TANSU_CONSUMER_OPTIONS}\n\"statistics.interval.ms\" = \"200\"");
     let (engine, admin) = start(
         &dir,
-        &Setup {
-            bootstrap: &tansu.bootstrap(),
-            topic: "lag",
-            target: &target.url(),
-            subscription_extra: "ordering = \"unordered\"",
-            kafka_extra: "max_backlog = 20\nbatch_size = 10",
-            options: &options,
-        },
+        kafka_subscription(&tansu.bootstrap(), "lag", &target.url())
+            .ordering("unordered")
+            .kafka_set("max_backlog", 20)
+            .kafka_set("batch_size", 10)
+            .kafka_option("statistics.interval.ms", "200"),
     )
     .await;
     let records = (0..RECORDS)
@@ -563,15 +483,10 @@ async fn dead_calls_appear_on_the_dead_letter_topic_exactly_once_with_error_head
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let setup = Setup {
-        bootstrap: &tansu.bootstrap(),
-        topic: "dlq-src",
-        target: &target.url(),
-        subscription_extra: "ordering = \"unordered\"\n[subscription.dead_letter]\ntopic = \"dlq-out\"",
-        kafka_extra: "",
-        options: TANSU_CONSUMER_OPTIONS,
-    };
-    let (engine, admin) = start(&dir, &setup).await;
+    let subscription = kafka_subscription(&tansu.bootstrap(), "dlq-src", &target.url())
+        .ordering("unordered")
+        .dead_letter("topic", "dlq-out");
+    let (engine, admin) = start(&dir, subscription.clone()).await;
     let records: Vec<Out> = (0..RECORDS)
         .map(|n| {
             let value = if n % 5 == 0 {
@@ -601,7 +516,7 @@ async fn dead_calls_appear_on_the_dead_letter_topic_exactly_once_with_error_head
     // A restart finds nothing left to publish: one more dead call after it is published,
     // and any republishing of the earlier ones would have happened before that.
     engine.shutdown().await.unwrap();
-    let (engine, admin) = start(&dir, &setup).await;
+    let (engine, admin) = start(&dir, subscription).await;
     let mut late = Out::keyed("k-late", "bad-1000");
     late.headers = vec![("trace".into(), Some(b"t1000".to_vec()))];
     produce(&producer(&tansu.bootstrap()), "dlq-src", vec![late]).await;

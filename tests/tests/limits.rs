@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use engine::{Config, Engine};
-use integration_tests::{config_toml, wait_for, Admin};
+use engine::Engine;
+use integration_tests::config::{Endpoint, EngineConfig, Subscription};
+use integration_tests::{test_config, test_subscription, wait_for, Admin};
 
 /// An endpoint that serves at most `capacity` requests at once (10 ms each) and answers 429
 /// above that.
@@ -50,29 +51,27 @@ async fn serve(capacity: u64) -> (String, Arc<LimitedEndpoint>) {
     (url, state)
 }
 
-const FAST_RETRY: &str = "[subscription.retry]\ninitial_delay = \"10ms\"\nmax_delay = \"200ms\"\nmax_attempts = 0\n";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limit_converges_near_the_endpoint_capacity() {
     const CAPACITY: u64 = 8;
     const CALLS: u64 = 3_000;
     let (url, endpoint) = serve(CAPACITY).await;
     let dir = tempfile::tempdir().unwrap();
-    let text = config_toml(
-        &dir.path().join("engine.db"),
-        "127.0.0.1:0".parse().unwrap(),
-        &url,
-        &format!("ordering = \"unordered\"\nmax_concurrency = 256\n{FAST_RETRY}"),
-    );
+    let subscription = test_subscription(&url)
+        .ordering("unordered")
+        .max_concurrency(256)
+        .retries_between("10ms", "200ms");
     // Queue every call first (delivery paused), so the endpoint meets the whole backlog.
-    let paused_text = text.replace("[subscription.retry]", "paused = true\n[subscription.retry]");
-    let paused = Engine::start(Config::from_toml(&paused_text).unwrap()).await.unwrap();
+    let paused = test_config(dir.path(), subscription.clone().set("paused", true));
+    let paused = Engine::start(paused.build()).await.unwrap();
     let admin = Admin::new(paused.admin_addr());
     for n in 0..CALLS {
         admin.enqueue("test", n.to_string().as_bytes(), None).await;
     }
     paused.shutdown().await.unwrap();
-    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let engine = Engine::start(test_config(dir.path(), subscription).build())
+        .await
+        .unwrap();
     let admin = Admin::new(engine.admin_addr());
     let (_, limiter) = engine.endpoints().all().next().unwrap();
     let limiter = Arc::clone(limiter);
@@ -129,13 +128,14 @@ async fn a_subscription_rate_limit_holds() {
     const CALLS: usize = 200;
     let (url, endpoint) = serve(1_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let text = config_toml(
-        &dir.path().join("engine.db"),
-        "127.0.0.1:0".parse().unwrap(),
-        &url,
-        &format!("ordering = \"unordered\"\nrate_limit = {RATE}\nrate_burst = 1\n{FAST_RETRY}"),
-    );
-    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let subscription = test_subscription(&url)
+        .ordering("unordered")
+        .set("rate_limit", RATE as i64)
+        .set("rate_burst", 1)
+        .retries_between("10ms", "200ms");
+    let engine = Engine::start(test_config(dir.path(), subscription).build())
+        .await
+        .unwrap();
     let admin = Admin::new(engine.admin_addr());
     for n in 0..CALLS {
         admin.enqueue("test", n.to_string().as_bytes(), None).await;
@@ -185,28 +185,12 @@ async fn an_endpoint_rate_limit_holds_across_two_subscriptions() {
     let (url, endpoint) = serve(1_000).await;
     let dir = tempfile::tempdir().unwrap();
     let origin = url.trim_end_matches("/work");
-    let text = format!(
-        r#"
-[store]
-path = "{db}"
-[admin]
-listen = "127.0.0.1:0"
-[[endpoint]]
-origin = "{origin}"
-rate_limit = {RATE}
-rate_burst = 1
-[[subscription]]
-name = "a"
-target = "{url}"
-ordering = "unordered"
-[[subscription]]
-name = "b"
-target = "{url}"
-ordering = "unordered"
-"#,
-        db = dir.path().join("engine.db").display()
-    );
-    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let unordered = |name: &str| Subscription::new(name, &url).ordering("unordered");
+    let config = EngineConfig::new(dir.path().join("engine.db"))
+        .endpoint(Endpoint::origin(origin).rate_limit(RATE as u32, 1))
+        .subscription(unordered("a"))
+        .subscription(unordered("b"));
+    let engine = Engine::start(config.build()).await.unwrap();
     let admin = Admin::new(engine.admin_addr());
     for n in 0..PER_SUBSCRIPTION {
         admin.enqueue("a", n.to_string().as_bytes(), None).await;
@@ -249,13 +233,13 @@ async fn retry_after_pauses_the_whole_endpoint() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/work", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.ok() });
-    let text = config_toml(
-        &dir.path().join("engine.db"),
-        "127.0.0.1:0".parse().unwrap(),
-        &url,
-        &format!("ordering = \"unordered\"\nmax_concurrency = 1\n{FAST_RETRY}"),
-    );
-    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let subscription = test_subscription(&url)
+        .ordering("unordered")
+        .max_concurrency(1)
+        .retries_between("10ms", "200ms");
+    let engine = Engine::start(test_config(dir.path(), subscription).build())
+        .await
+        .unwrap();
     let admin = Admin::new(engine.admin_addr());
     admin.enqueue("test", b"first", None).await;
     wait_for("the 429", Duration::from_secs(10), || async {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::Engine;
-use integration_tests::{start_engine, wait_for, Admin, Reply, Target};
+use integration_tests::config::Subscription;
+use integration_tests::{start_engine, test_subscription, wait_for, Admin, Reply, Target};
 use serde_json::{json, Value};
 
 async fn post(admin: &Admin, engine: &Engine, path: &str, body: Value) -> (u16, Value) {
@@ -34,13 +35,16 @@ async fn healable() -> (Target, Arc<AtomicBool>) {
     (target, healed)
 }
 
-const FAST: &str = "[subscription.retry]\ninitial_delay = \"10ms\"\nmax_delay = \"100ms\"\n";
+/// Retries 10-100 ms apart (the default number of attempts).
+fn fast(subscription: Subscription) -> Subscription {
+    subscription.retry("initial_delay", "10ms").retry("max_delay", "100ms")
+}
 
 #[tokio::test]
 async fn a_redriven_dead_call_succeeds_with_both_eras_in_its_history() {
     let (target, healed) = healable().await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(&dir, &target.url(), FAST).await;
+    let (engine, admin) = start_engine(&dir, fast(test_subscription(&target.url()))).await;
     let id = admin.enqueue("test", b"poison", None).await;
     admin.wait_status(&id, "dead").await;
     let dead = admin.get("/v1/dead?subscription=test").await;
@@ -79,7 +83,7 @@ async fn a_redriven_dead_call_succeeds_with_both_eras_in_its_history() {
 async fn redriving_the_dead_call_of_a_blocked_key_releases_the_key_in_order() {
     let (target, healed) = healable().await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(&dir, &target.url(), &format!("on_dead = \"block\"\n{FAST}")).await;
+    let (engine, admin) = start_engine(&dir, fast(test_subscription(&target.url()).on_dead("block"))).await;
     let poison = admin.enqueue("test", b"poison", Some("k")).await;
     let after = admin.enqueue("test", b"after", Some("k")).await;
     admin.wait_status(&poison, "dead").await;
@@ -108,7 +112,7 @@ async fn redriving_the_dead_call_of_a_blocked_key_releases_the_key_in_order() {
 async fn purging_a_blocking_dead_call_releases_its_key() {
     let (target, _healed) = healable().await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(&dir, &target.url(), &format!("on_dead = \"block\"\n{FAST}")).await;
+    let (engine, admin) = start_engine(&dir, fast(test_subscription(&target.url()).on_dead("block"))).await;
     let poison = admin.enqueue("test", b"poison", Some("k")).await;
     let after = admin.enqueue("test", b"after", Some("k")).await;
     admin.wait_status(&poison, "dead").await;
@@ -134,8 +138,12 @@ async fn retry_now_and_cancel_act_on_a_waiting_call() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     // Retries wait an hour unless an operator says otherwise.
-    let slow = "[subscription.retry]\ninitial_delay = \"1h\"\nmax_delay = \"1h\"\njitter = 0.0\n";
-    let (engine, admin) = start_engine(&dir, &target.url(), &format!("ordering = \"unordered\"\n{slow}")).await;
+    let slow = test_subscription(&target.url())
+        .ordering("unordered")
+        .retry("initial_delay", "1h")
+        .retry("max_delay", "1h")
+        .retry("jitter", 0.0);
+    let (engine, admin) = start_engine(&dir, slow).await;
     let retried = admin.enqueue("test", b"a", None).await;
     let cancelled = admin.enqueue("test", b"b", None).await;
     wait_for("both first attempts", Duration::from_secs(20), || async {
@@ -167,7 +175,7 @@ async fn retry_now_and_cancel_act_on_a_waiting_call() {
 async fn calls_are_listed_with_filters_and_a_cursor() {
     let target = Target::start(|_| Reply::Status(200, "ok")).await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(&dir, &target.url(), "paused = true\n").await;
+    let (engine, admin) = start_engine(&dir, test_subscription(&target.url()).set("paused", true)).await;
     for n in 0..5 {
         admin
             .enqueue(

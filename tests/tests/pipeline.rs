@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use engine::model::{Inserted, KafkaSource, NewCall};
 use engine::store::{Store, StoreOptions};
+use integration_tests::config::Subscription;
 use integration_tests::unkind::UnkindTarget;
-use integration_tests::{free_addr, start_engine, wait_for, Reply, Target};
+use integration_tests::{free_addr, start_engine, test_subscription, wait_for, Reply, Target};
 
-const FAST_RETRY: &str = r#"
-[subscription.retry]
-initial_delay = "10ms"
-max_delay = "100ms"
-"#;
+/// Retries 10-100 ms apart (the default number of attempts).
+fn fast(subscription: Subscription) -> Subscription {
+    subscription.retry("initial_delay", "10ms").retry("max_delay", "100ms")
+}
 
 #[tokio::test]
 async fn temporary_failures_are_retried_until_success() {
@@ -24,7 +24,7 @@ async fn temporary_failures_are_retried_until_success() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(&dir, &target.url(), FAST_RETRY).await;
+    let (engine, admin) = start_engine(&dir, fast(test_subscription(&target.url()))).await;
 
     let id = admin.enqueue("test", b"hello", Some("k1")).await;
     admin.wait_status(&id, "succeeded").await;
@@ -55,7 +55,7 @@ async fn temporary_failures_are_retried_until_success() {
 async fn a_permanent_failure_goes_dead_with_its_reason() {
     let target = Target::start(|_| Reply::Status(400, "field `amount` is missing")).await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(&dir, &target.url(), FAST_RETRY).await;
+    let (engine, admin) = start_engine(&dir, fast(test_subscription(&target.url()))).await;
 
     let id = admin.enqueue("test", b"{}", None).await;
     admin.wait_status(&id, "dead").await;
@@ -72,7 +72,7 @@ async fn a_permanent_failure_goes_dead_with_its_reason() {
 async fn a_target_that_is_down_then_up_gets_the_call() {
     let addr = free_addr();
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(&dir, &format!("http://{addr}/hook"), FAST_RETRY).await;
+    let (engine, admin) = start_engine(&dir, fast(test_subscription(&format!("http://{addr}/hook")))).await;
 
     let id = admin.enqueue("test", b"x", None).await;
     wait_for("two failed connection attempts", Duration::from_secs(20), || async {
@@ -103,7 +103,7 @@ async fn a_hanging_target_times_out_and_is_retried() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(&dir, &target.url(), &format!("timeout = \"200ms\"\n{FAST_RETRY}")).await;
+    let (engine, admin) = start_engine(&dir, fast(test_subscription(&target.url()).set("timeout", "200ms"))).await;
 
     let id = admin.enqueue("test", b"x", None).await;
     admin.wait_status(&id, "succeeded").await;
@@ -125,7 +125,7 @@ async fn retry_after_from_the_target_sets_the_delay() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(&dir, &target.url(), FAST_RETRY).await;
+    let (engine, admin) = start_engine(&dir, fast(test_subscription(&target.url()))).await;
     let id = admin.enqueue("test", b"x", None).await;
     admin.wait_status(&id, "succeeded").await;
     let history = admin.call(&id).await["history"].clone();
@@ -144,7 +144,7 @@ async fn retry_after_from_the_target_sets_the_delay() {
 async fn an_oversized_payload_becomes_a_dead_call_not_a_drop() {
     let target = Target::start(|_| Reply::Status(200, "ok")).await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(&dir, &target.url(), "max_payload_bytes = 8\n").await;
+    let (engine, admin) = start_engine(&dir, test_subscription(&target.url()).set("max_payload_bytes", 8)).await;
     let id = admin.enqueue("test", b"way more than eight bytes", None).await;
     let call = admin.call(&id).await;
     assert_eq!(call["status"], "dead");
@@ -166,7 +166,7 @@ async fn same_key_calls_run_one_at_a_time_in_order() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(&dir, &target.url(), FAST_RETRY).await;
+    let (engine, admin) = start_engine(&dir, fast(test_subscription(&target.url()))).await;
     let mut ids = Vec::new();
     for n in 0..30 {
         let key = ["a", "b", "c"][n % 3];
@@ -201,7 +201,7 @@ async fn same_key_calls_never_overlap_at_a_slow_failing_python_target() {
     // of a key out of order.
     let target = UnkindTarget::start(&["--error-rate", "0.3", "--latency-ms", "3", "--jitter", "exp:3"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start_engine(&dir, &target.url(), FAST_RETRY).await;
+    let (engine, admin) = start_engine(&dir, fast(test_subscription(&target.url()))).await;
     for n in 0..CALLS {
         let key = ["a", "b", "c"][n % 3];
         admin.enqueue("test", format!("{key}:{n}").as_bytes(), Some(key)).await;
@@ -329,7 +329,7 @@ async fn on_dead_block_holds_the_key_and_skip_lets_it_continue() {
         })
         .await;
         let dir = tempfile::tempdir().unwrap();
-        let (engine, admin) = start_engine(&dir, &target.url(), &format!("on_dead = \"{policy}\"\n{FAST_RETRY}")).await;
+        let (engine, admin) = start_engine(&dir, fast(test_subscription(&target.url()).on_dead(policy))).await;
         let poison = admin.enqueue("test", b"poison", Some("k")).await;
         let after = admin.enqueue("test", b"after", Some("k")).await;
         let other = admin.enqueue("test", b"other", Some("other-key")).await;
@@ -346,8 +346,7 @@ async fn on_dead_block_holds_the_key_and_skip_lets_it_continue() {
         engine.shutdown().await.unwrap();
         if !later_runs {
             // The block is stored: it holds across a restart too.
-            let (engine, admin) =
-                start_engine(&dir, &target.url(), &format!("on_dead = \"{policy}\"\n{FAST_RETRY}")).await;
+            let (engine, admin) = start_engine(&dir, fast(test_subscription(&target.url()).on_dead(policy))).await;
             let later = admin.enqueue("test", b"later", Some("fourth-key")).await;
             admin.wait_status(&later, "succeeded").await;
             assert_eq!(admin.status(&after).await, "pending", "still blocked after a restart");

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::{config_toml, free_addr, spawn_engine, wait_for, Admin, Reply, Target};
+use integration_tests::{free_addr, spawn_engine, test_config, test_subscription, wait_for, Admin, Reply, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_flight_then_restarted_every_call_finishes() {
@@ -27,12 +27,10 @@ async fn killed_mid_flight_then_restarted_every_call_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let admin_addr = free_addr();
     let config = dir.path().join("engine.toml");
-    let extra = format!("max_concurrency = {CONCURRENCY}\nordering = \"unordered\"\n");
-    std::fs::write(
-        &config,
-        config_toml(&dir.path().join("engine.db"), admin_addr, &target.url(), &extra),
-    )
-    .unwrap();
+    let subscription = test_subscription(&target.url())
+        .max_concurrency(CONCURRENCY as u32)
+        .ordering("unordered");
+    test_config(dir.path(), subscription).admin(admin_addr).write(&config);
     let admin = Admin::new(admin_addr);
 
     let mut engine = spawn_engine(&config);

@@ -10,9 +10,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use integration_tests::kafka::{produce, producer, Out, Tansu, TANSU_CONSUMER_OPTIONS};
+use integration_tests::config::{EngineConfig, Subscription};
+use integration_tests::kafka::{produce, producer, Out, Tansu};
 use integration_tests::{
-    free_addr, metric, spawn_engine, wait_for, workspace_binary, Admin, Proc, Reply, Seen, Target,
+    free_addr, metric, spawn_engine, test_subscription, wait_for, workspace_binary, Admin, Proc, Reply, Seen, Target,
 };
 use rand::Rng;
 
@@ -55,35 +56,16 @@ async fn kill_loop_loses_no_record_and_explains_every_duplicate() {
     let admin_addr = free_addr();
     let db = dir.path().join("engine.db");
     let config = dir.path().join("engine.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[store]
-path = "{db}"
-[admin]
-listen = "{admin_addr}"
-[[subscription]]
-name = "kill"
-target = "{target}"
-ordering = "key"
-[subscription.retry]
-initial_delay = "10ms"
-max_delay = "200ms"
-max_attempts = 0
-[subscription.kafka]
-brokers = "{bootstrap}"
-topics = ["kill"]
-batch_size = 200
-[subscription.kafka.options]
-{TANSU_CONSUMER_OPTIONS}
-"#,
-            db = db.display(),
-            target = target.url(),
-            bootstrap = tansu.bootstrap(),
-        ),
-    )
-    .unwrap();
+    let subscription = Subscription::new("kill", &target.url())
+        .ordering("key")
+        .retries_between("10ms", "200ms")
+        .kafka(&tansu.bootstrap(), &["kill"])
+        .kafka_set("batch_size", 200)
+        .tansu_consumer();
+    EngineConfig::new(&db)
+        .admin(admin_addr)
+        .subscription(subscription)
+        .write(&config);
     let admin = Admin::new(admin_addr);
 
     // A steady rate: the whole set over about 20 s, in chunks of 100.
@@ -228,12 +210,11 @@ async fn killing_the_handler_repeatedly_delays_calls_but_loses_none() {
     let handler_addr = free_addr();
     let mut handler = spawn_handler(handler_addr);
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = integration_tests::start_engine(
-        &dir,
-        &format!("http://{handler_addr}/work"),
-        "ordering = \"unordered\"\ntimeout = \"2s\"\n[subscription.retry]\ninitial_delay = \"20ms\"\nmax_delay = \"300ms\"\nmax_attempts = 0",
-    )
-    .await;
+    let subscription = test_subscription(&format!("http://{handler_addr}/work"))
+        .ordering("unordered")
+        .set("timeout", "2s")
+        .retries_between("20ms", "300ms");
+    let (engine, admin) = integration_tests::start_engine(&dir, subscription).await;
     let ids = Arc::new(Mutex::new(Vec::new()));
     let enqueue = {
         let (admin, ids) = (admin.clone(), Arc::clone(&ids));
@@ -283,29 +264,13 @@ async fn a_30_second_broker_outage_is_logged_ridden_out_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let admin_addr = free_addr();
     let config = dir.path().join("engine.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[store]
-path = "{db}"
-[admin]
-listen = "{admin_addr}"
-[[subscription]]
-name = "outage"
-target = "{target}"
-[subscription.kafka]
-brokers = "{bootstrap}"
-topics = ["outage"]
-[subscription.kafka.options]
-"reconnect.backoff.max.ms" = "1000"
-"statistics.interval.ms" = "1000"
-"#,
-            db = dir.path().join("engine.db").display(),
-            target = target.url(),
-        ),
-    )
-    .unwrap();
+    let subscription = Subscription::new("outage", &target.url())
+        .kafka(&bootstrap, &["outage"])
+        .kafka_option("reconnect.backoff.max.ms", "1000")
+        .kafka_option("statistics.interval.ms", "1000");
+    integration_tests::test_config(dir.path(), subscription)
+        .admin(admin_addr)
+        .write(&config);
     let log_path = dir.path().join("engine.log");
     let mut engine = Proc(
         Command::new(integration_tests::engine_binary())
@@ -388,27 +353,12 @@ async fn a_full_disk_stops_consumption_is_reported_and_resumes_when_space_return
     let dir = tempfile::tempdir().unwrap();
     let admin_addr = free_addr();
     let config = dir.path().join("engine.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[store]
-path = "{db}"
-[admin]
-listen = "{admin_addr}"
-[[subscription]]
-name = "full"
-target = "{target}"
-paused = true
-[subscription.kafka]
-brokers = "{bootstrap}"
-topics = ["full"]
-"#,
-            db = dir.path().join("engine.db").display(),
-            target = target.url(),
-        ),
-    )
-    .unwrap();
+    let subscription = Subscription::new("full", &target.url())
+        .set("paused", true)
+        .kafka(&bootstrap, &["full"]);
+    integration_tests::test_config(dir.path(), subscription)
+        .admin(admin_addr)
+        .write(&config);
     let log_path = dir.path().join("engine.log");
     // 2 MiB per file: the database and its WAL cannot grow past it.
     let mut engine = Proc(
@@ -491,13 +441,12 @@ async fn handler_faults_delay_calls_but_everything_completes_and_4xx_goes_dead_w
     const CALLS: usize = 400;
     let addr = free_addr();
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = integration_tests::start_engine(
-        &dir,
-        &format!("http://{addr}/hook"),
-        "ordering = \"unordered\"\ntimeout = \"200ms\"\nmax_output_bytes = 1024\n\
-         [subscription.retry]\ninitial_delay = \"10ms\"\nmax_delay = \"100ms\"\nmax_attempts = 0",
-    )
-    .await;
+    let subscription = test_subscription(&format!("http://{addr}/hook"))
+        .ordering("unordered")
+        .set("timeout", "200ms")
+        .set("max_output_bytes", 1024)
+        .retries_between("10ms", "100ms");
+    let (engine, admin) = integration_tests::start_engine(&dir, subscription).await;
     // Connection refused first: nothing listens yet.
     let mut ids = Vec::new();
     for n in 0..CALLS {
@@ -611,12 +560,10 @@ async fn garbage_from_the_handler_is_a_temporary_failure_and_the_call_completes(
     let expected_failures = garbage.len();
     let (addr, served) = garbage_handler(garbage).await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = integration_tests::start_engine(
-        &dir,
-        &format!("http://{addr}/hook"),
-        "timeout = \"2s\"\n[subscription.retry]\ninitial_delay = \"10ms\"\nmax_delay = \"50ms\"\nmax_attempts = 0",
-    )
-    .await;
+    let subscription = test_subscription(&format!("http://{addr}/hook"))
+        .set("timeout", "2s")
+        .retries_between("10ms", "50ms");
+    let (engine, admin) = integration_tests::start_engine(&dir, subscription).await;
     let id = admin.enqueue("test", b"job", None).await;
     admin.wait_status(&id, "succeeded").await;
     let call = admin.call(&id).await;

@@ -4,9 +4,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use engine::{Config, Engine};
+use engine::Engine;
+use integration_tests::config::EngineConfig;
 use integration_tests::kafka::Tansu;
-use integration_tests::{config_toml, free_addr, wait_for, workspace_binary, Admin};
+use integration_tests::{free_addr, test_config, test_subscription, wait_for, workspace_binary, Admin};
 use sdk::signing::{KeyPair, Verifier};
 use sdk::{Context, Endpoint, Error};
 
@@ -63,13 +64,12 @@ async fn engine_to_forward_to_a_flaky_endpoint_delivers_every_record() {
     wait_http(&format!("http://{forward}/health")).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let text = config_toml(
-        &dir.path().join("engine.db"),
-        "127.0.0.1:0".parse().unwrap(),
-        &format!("http://{forward}/forward"),
-        "ordering = \"unordered\"\n[subscription.retry]\ninitial_delay = \"10ms\"\nmax_delay = \"100ms\"\nmax_attempts = 0\n",
-    );
-    let engine = Engine::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let subscription = test_subscription(&format!("http://{forward}/forward"))
+        .ordering("unordered")
+        .retries_between("10ms", "100ms");
+    let engine = Engine::start(test_config(dir.path(), subscription).build())
+        .await
+        .unwrap();
     let admin = Admin::new(engine.admin_addr());
     for n in 0..CALLS {
         admin.enqueue("test", format!("record {n}").as_bytes(), None).await;
@@ -111,17 +111,10 @@ async fn signed_engine_requests_are_accepted_and_unsigned_ones_refused() {
 
     let dir = tempfile::tempdir().unwrap();
     let target = format!("http://{handler}/echo");
-    let signed = format!(
-        "[signing]\nprivate_key = \"{}\"\n{}",
-        keys.private_base64(),
-        config_toml(
-            &dir.path().join("signed.db"),
-            "127.0.0.1:0".parse().unwrap(),
-            &target,
-            ""
-        )
-    );
-    let engine = Engine::start(Config::from_toml(&signed).unwrap()).await.unwrap();
+    let signed = EngineConfig::new(dir.path().join("signed.db"))
+        .signing_key(&keys.private_base64())
+        .subscription(test_subscription(&target));
+    let engine = Engine::start(signed.build()).await.unwrap();
     let admin = Admin::new(engine.admin_addr());
     let id = admin.enqueue("test", b"hello", None).await;
     wait_for("the signed call to succeed", Duration::from_secs(20), || async {
@@ -130,13 +123,8 @@ async fn signed_engine_requests_are_accepted_and_unsigned_ones_refused() {
     .await;
     engine.shutdown().await.unwrap();
 
-    let unsigned = config_toml(
-        &dir.path().join("unsigned.db"),
-        "127.0.0.1:0".parse().unwrap(),
-        &target,
-        "",
-    );
-    let engine = Engine::start(Config::from_toml(&unsigned).unwrap()).await.unwrap();
+    let unsigned = EngineConfig::new(dir.path().join("unsigned.db")).subscription(test_subscription(&target));
+    let engine = Engine::start(unsigned.build()).await.unwrap();
     let admin = Admin::new(engine.admin_addr());
     let id = admin.enqueue("test", b"hello", None).await;
     wait_for("the unsigned call to go dead", Duration::from_secs(20), || async {
