@@ -78,14 +78,18 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
+        let writer = crate::store::WriterOptions::default();
         Self {
             path: PathBuf::from("engine.db"),
             retention: Duration::from_secs(7 * 24 * 3600),
-            commit_interval: Duration::from_millis(1),
-            max_batch: 16_384,
+            commit_interval: writer.commit_interval,
+            max_batch: writer.max_batch,
         }
     }
 }
+
+/// Where the admin API listens unless `[admin] listen` says otherwise.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8680";
 
 /// `[admin]`: the admin HTTP API.
 #[derive(Debug, Clone, Deserialize)]
@@ -100,7 +104,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8680)),
+            listen: DEFAULT_ADMIN_LISTEN.parse().expect("a socket address"),
             token: None,
         }
     }

@@ -98,51 +98,29 @@ impl Deliverer {
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| protocol::parse_retry_after(v, SystemTime::now()));
-            let class = classify_status(status);
             let declared = response
                 .headers()
                 .get(header::FAILURE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(DeclaredFailure::parse);
-            let limit = if class == OutcomeClass::Success {
+            let limit = if classify_status(status) == OutcomeClass::Success {
                 limits.max_output_bytes
             } else {
                 MAX_ERROR_BYTES
             };
             let (body, truncated) = read_bounded(response, limit).await?;
-            Ok::<_, reqwest::Error>((status, class, retry_after, declared, body, truncated))
+            Ok::<_, reqwest::Error>(Answer {
+                status,
+                retry_after,
+                declared,
+                body,
+                truncated,
+            })
         })
         .await;
         let duration = started.elapsed();
         match result {
-            Ok(Ok((status, class, retry_after, declared, body, truncated))) => {
-                let (output, error) = if class == OutcomeClass::Success {
-                    (Some(body), None)
-                } else {
-                    let mut text = format!("HTTP {status}");
-                    if !body.is_empty() {
-                        let _ = write!(text, ": {}", String::from_utf8_lossy(&body).trim());
-                    }
-                    if truncated {
-                        text.push_str(" …");
-                    }
-                    (None, Some(text))
-                };
-                AttemptOutcome {
-                    class,
-                    http_status: Some(status),
-                    error,
-                    output,
-                    retry_after: if class == OutcomeClass::Temporary {
-                        retry_after
-                    } else {
-                        None
-                    },
-                    declared: declared.filter(|_| class == OutcomeClass::Temporary),
-                    transport: None,
-                    duration,
-                }
-            }
+            Ok(Ok(answer)) => outcome_of(answer, duration),
             Ok(Err(error)) => transport_failure(&error, duration),
             Err(_) => AttemptOutcome {
                 class: OutcomeClass::Temporary,
@@ -158,6 +136,46 @@ impl Deliverer {
                 duration,
             },
         }
+    }
+}
+
+/// An HTTP answer, read within the limits.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    declared: Option<DeclaredFailure>,
+    /// The body, cut at the limit.
+    body: Vec<u8>,
+    truncated: bool,
+}
+
+/// What an answer means: its class, the output of a success, the error text of a failure,
+/// and what a temporary failure asks for (a delay, or what the handler declared).
+fn outcome_of(answer: Answer, duration: Duration) -> AttemptOutcome {
+    let class = classify_status(answer.status);
+    let temporary = class == OutcomeClass::Temporary;
+    let (output, error) = if class == OutcomeClass::Success {
+        (Some(answer.body), None)
+    } else {
+        let mut text = format!("HTTP {}", answer.status);
+        if !answer.body.is_empty() {
+            let _ = write!(text, ": {}", String::from_utf8_lossy(&answer.body).trim());
+        }
+        if answer.truncated {
+            text.push_str(" …");
+        }
+        (None, Some(text))
+    };
+    AttemptOutcome {
+        class,
+        http_status: Some(answer.status),
+        error,
+        output,
+        retry_after: answer.retry_after.filter(|_| temporary),
+        declared: answer.declared.filter(|_| temporary),
+        transport: None,
+        duration,
     }
 }
 
@@ -270,4 +288,50 @@ pub fn request_headers(call: &DueCall, attempt: u32, subscription: &str) -> Head
         put(header::KAFKA_HEADERS, record_headers.clone());
     }
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            retry_after: Some(Duration::from_secs(2)),
+            declared: Some(DeclaredFailure::Overload),
+            body: body.as_bytes().to_vec(),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn a_success_keeps_its_output_and_nothing_a_failure_would_ask_for() {
+        let outcome = outcome_of(answer(200, "done"), Duration::from_millis(4));
+        assert_eq!(outcome.class, OutcomeClass::Success);
+        assert_eq!(outcome.output.as_deref(), Some(&b"done"[..]));
+        assert_eq!(
+            (outcome.error, outcome.retry_after, outcome.declared),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn a_temporary_failure_keeps_its_retry_after_and_declaration() {
+        let mut busy = answer(503, " busy \n");
+        busy.truncated = true;
+        let outcome = outcome_of(busy, Duration::from_millis(4));
+        assert_eq!(outcome.class, OutcomeClass::Temporary);
+        assert_eq!(outcome.error.as_deref(), Some("HTTP 503: busy …"));
+        assert_eq!(outcome.retry_after, Some(Duration::from_secs(2)));
+        assert_eq!(outcome.declared, Some(DeclaredFailure::Overload));
+        assert_eq!(outcome.output, None);
+    }
+
+    #[test]
+    fn a_permanent_failure_asks_for_nothing() {
+        let outcome = outcome_of(answer(400, ""), Duration::from_millis(4));
+        assert_eq!(outcome.class, OutcomeClass::Permanent);
+        assert_eq!(outcome.error.as_deref(), Some("HTTP 400"));
+        assert_eq!((outcome.retry_after, outcome.declared), (None, None));
+    }
 }

@@ -13,7 +13,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use rdkafka::statistics::Statistics;
 
 use super::offsets::{OffsetTracker, TopicPartition};
-use super::{PartitionLag, SourceStatus};
+use super::status::{PartitionLag, SourceStatus};
 
 /// Shared between the poll loop and librdkafka's callbacks (which run inside `poll`, on the
 /// poll thread).

@@ -2,20 +2,24 @@
 //! of records and stores an offset only after the batch holding it is acknowledged durable.
 //!
 //! - `offsets`: the in-order commit tokens (pure).
+//! - `batching`: when a batch closes, and when to pause or resume the partitions (pure).
+//! - `status`: the live figures a source reports (records consumed, brokers down, lag).
 //! - `context`: librdkafka callbacks: offset storage and the flush on revoke.
 //! - `sink`: the idempotent producer of dead letters.
-//! - this module: configuration, the poll loop, backpressure.
+//! - this module: configuration and the poll loop, which carries out what `batching` decides.
 //!
 //! Backpressure: batches go through a bounded channel. When the engine stops taking them
 //! and a few batches are held back, the loop pauses its partitions and keeps polling (so
 //! `max.poll.interval.ms` is never exceeded), then resumes once it has handed them over.
 
+mod batching;
 mod context;
 pub mod offsets;
 pub mod sink;
+mod status;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,7 +30,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tokio::sync::mpsc;
 
+use batching::{Batcher, Flow};
 use context::SourceContext;
+pub use status::{PartitionLag, SourceStatus};
 
 /// Settings of one source.
 #[derive(Debug, Clone)]
@@ -128,58 +134,6 @@ impl Ack {
     /// unstored, and the records are read again after a restart or rebalance.
     pub fn ack(self) {
         let _ = self.acks.send(self.id);
-    }
-}
-
-/// Live figures of a source.
-#[derive(Debug, Default)]
-pub struct SourceStatus {
-    pub consumed: AtomicU64,
-    pub paused: AtomicBool,
-    /// Set when librdkafka reports every broker down, cleared once one is up again.
-    pub brokers_down: AtomicBool,
-    /// Lag per assigned partition, from librdkafka's statistics (every
-    /// `statistics.interval.ms`, 5 s unless configured).
-    pub partitions: std::sync::Mutex<Vec<PartitionLag>>,
-}
-
-impl SourceStatus {
-    /// The last lag figures, sorted by topic and partition.
-    pub fn lag(&self) -> Vec<PartitionLag> {
-        self.partitions.lock().map(|p| p.clone()).unwrap_or_default()
-    }
-}
-
-/// Consumer lag of one partition.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PartitionLag {
-    pub topic: String,
-    pub partition: i32,
-    /// The partition's high watermark: the offset the next produced record gets.
-    pub high_watermark: i64,
-    /// The group's committed offset, if any.
-    pub committed: Option<i64>,
-    /// Records not yet committed: `high_watermark - committed` (from the log start when
-    /// nothing is committed yet).
-    pub lag: i64,
-}
-
-impl PartitionLag {
-    /// Figures from librdkafka's per-partition statistics, `None` for a partition that is
-    /// not assigned to us or whose watermark is not known yet.
-    pub fn from_statistics(topic: &str, p: &rdkafka::statistics::Partition) -> Option<Self> {
-        if p.partition < 0 || p.hi_offset < 0 || p.fetch_state == "none" || !p.desired {
-            return None;
-        }
-        let committed = (p.committed_offset >= 0).then_some(p.committed_offset);
-        let from = committed.unwrap_or(p.lo_offset.max(0));
-        Some(Self {
-            topic: topic.to_string(),
-            partition: p.partition,
-            high_watermark: p.hi_offset,
-            committed,
-            lag: (p.hi_offset - from).max(0),
-        })
     }
 }
 
@@ -289,56 +243,34 @@ struct PollLoop {
 impl PollLoop {
     fn run(self) {
         let mut next_id = 1_u64;
-        // Closed batches the engine has not taken yet, oldest first.
-        let mut held: VecDeque<Vec<SourceRecord>> = VecDeque::new();
-        let mut building: Vec<SourceRecord> = Vec::new();
-        let mut building_since = Instant::now();
-        let mut paused = false;
+        let mut batcher = Batcher::new(
+            self.config.batch_size,
+            self.config.batch_linger,
+            self.config.held_batches,
+        );
         let mut last_error: Option<(String, Instant)> = None;
 
         'poll: while !self.stop.load(Relaxed) {
             self.consumer.context().drain_acks(&self.consumer);
-
-            if !building.is_empty()
-                && (building.len() >= self.config.batch_size || building_since.elapsed() >= self.config.batch_linger)
-            {
-                held.push_back(std::mem::take(&mut building));
-            }
-            while let Some(records) = held.pop_front() {
+            batcher.close_if_due(Instant::now());
+            while let Some(records) = batcher.next_closed() {
                 match self.hand_over(records, &mut next_id) {
                     HandOver::Done => {}
                     HandOver::Full(records) => {
-                        held.push_front(records);
+                        batcher.give_back(records);
                         break;
                     }
                     HandOver::Closed => break 'poll,
                 }
             }
-            // Pause only when the engine has fallen a few batches behind, and resume only
-            // once it has caught up: pausing drops librdkafka's prefetched records, so
-            // flapping would refetch them again and again.
-            if !paused && held.len() >= self.config.held_batches {
-                self.set_paused(true);
-                paused = true;
-            } else if paused && held.is_empty() {
-                self.set_paused(false);
-                paused = false;
+            match batcher.flow() {
+                Some(Flow::Pause) => self.set_paused(true),
+                Some(Flow::Resume) => self.set_paused(false),
+                None => {}
             }
-
-            // With records in hand, only take what librdkafka already holds: a batch closes
-            // as soon as its queue is drained, so a trickle is not held back for
-            // `batch_linger` while a stream still fills batches up to `batch_size`.
-            let timeout = if building.is_empty() {
-                Duration::from_millis(100)
-            } else {
-                Duration::ZERO
-            };
-            match self.consumer.poll(timeout) {
+            match self.consumer.poll(batcher.poll_timeout()) {
                 Some(Ok(message)) => {
-                    if building.is_empty() {
-                        building_since = Instant::now();
-                    }
-                    building.push(record_of(&message));
+                    batcher.push(record_of(&message), Instant::now());
                     self.status.consumed.fetch_add(1, Relaxed);
                 }
                 Some(Err(error)) => {
@@ -351,17 +283,9 @@ impl PollLoop {
                         last_error = Some((text, Instant::now()));
                     }
                 }
-                None if !building.is_empty() => held.push_back(std::mem::take(&mut building)),
-                None => {}
+                None => batcher.drained(),
             }
-            let revoked = self.consumer.context().take_revoked();
-            if !revoked.is_empty() {
-                drop_revoked(&mut building, &revoked);
-                for records in &mut held {
-                    drop_revoked(records, &revoked);
-                }
-                held.retain(|records| !records.is_empty());
-            }
+            batcher.drop_revoked(&self.consumer.context().take_revoked());
         }
         self.shutdown();
     }
@@ -437,10 +361,6 @@ enum HandOver {
     Full(Vec<SourceRecord>),
     /// The engine stopped taking batches.
     Closed,
-}
-
-fn drop_revoked(records: &mut Vec<SourceRecord>, revoked: &HashSet<(String, i32)>) {
-    records.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
 }
 
 fn record_of(message: &BorrowedMessage<'_>) -> SourceRecord {

@@ -54,20 +54,9 @@ pub enum StoreError {
 }
 
 /// Options for [`Store::open`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct StoreOptions {
     pub writer: WriterOptions,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        Self {
-            writer: WriterOptions {
-                max_batch: 16_384,
-                commit_interval: Duration::from_millis(1),
-            },
-        }
-    }
 }
 
 /// A cheap, cloneable handle to the store.

@@ -11,40 +11,49 @@ const DUE_COLUMNS: &str = r#"seq, id, target, payload, kafka_key, headers, topic
     timestamp_ms, ordering_key, attempts, next_attempt_at, created_at, tombstone,
     attempts_before_redrive, redriven_at"#;
 
-fn source_from(row: &Row<'_>, first: usize) -> rusqlite::Result<Option<KafkaSource>> {
-    let topic: Option<String> = row.get(first)?;
+// Rows are read by column name, so a query's column order is free to change.
+
+fn source_from(row: &Row<'_>) -> rusqlite::Result<Option<KafkaSource>> {
+    let topic: Option<String> = row.get("topic")?;
     Ok(match topic {
         Some(topic) => Some(KafkaSource {
             topic,
-            partition: row.get(first + 1)?,
-            offset: row.get(first + 2)?,
-            timestamp: row.get(first + 3)?,
+            partition: row.get("partition")?,
+            offset: row.get("offset")?,
+            timestamp: row.get("timestamp_ms")?,
         }),
         None => None,
     })
 }
 
-fn parse_id(text: &str, column: usize) -> rusqlite::Result<uuid::Uuid> {
-    uuid::Uuid::parse_str(text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e)))
+/// A text column parsed into `T`, with the column named in the error.
+fn parsed<T: std::str::FromStr>(row: &Row<'_>, column: &str) -> rusqlite::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let text: String = row.get(column)?;
+    text.parse().map_err(|e: T::Err| {
+        let index = row.as_ref().column_index(column).unwrap_or_default();
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, e.to_string().into())
+    })
 }
 
 fn due_call(row: &Row<'_>) -> rusqlite::Result<DueCall> {
     Ok(DueCall {
-        seq: row.get(0)?,
-        id: parse_id(&row.get::<_, String>(1)?, 1)?,
-        target: row.get(2)?,
-        payload: row.get(3)?,
-        key: row.get(4)?,
-        headers: row.get(5)?,
-        source: source_from(row, 6)?,
-        ordering_key: row.get(10)?,
-        attempts: row.get(11)?,
-        next_attempt_at: row.get(12)?,
-        created_at: row.get(13)?,
-        tombstone: row.get(14)?,
-        attempts_before_redrive: row.get(15)?,
-        redriven_at: row.get(16)?,
+        seq: row.get("seq")?,
+        id: parsed(row, "id")?,
+        target: row.get("target")?,
+        payload: row.get("payload")?,
+        key: row.get("kafka_key")?,
+        headers: row.get("headers")?,
+        source: source_from(row)?,
+        ordering_key: row.get("ordering_key")?,
+        attempts: row.get("attempts")?,
+        next_attempt_at: row.get("next_attempt_at")?,
+        created_at: row.get("created_at")?,
+        tombstone: row.get("tombstone")?,
+        attempts_before_redrive: row.get("attempts_before_redrive")?,
+        redriven_at: row.get("redriven_at")?,
     })
 }
 
@@ -68,9 +77,9 @@ pub(crate) fn dead_unpublished(conn: &Connection, subscription: &str, limit: usi
     .query_map(params![subscription, limit as i64], |row| {
         Ok(DeadCall {
             call: due_call(row)?,
-            last_error: row.get(17)?,
-            dead_at: row.get(18)?,
-            subscription: row.get(19)?,
+            last_error: row.get("last_error")?,
+            dead_at: row.get("updated_at")?,
+            subscription: row.get("subscription")?,
         })
     })?
     .collect()
@@ -131,30 +140,29 @@ pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result
                FROM calls WHERE id = ?1"#,
         )?
         .query_row([id.to_string()], |row| {
-            let status: String = row.get(4)?;
-            let status: CallStatus = status.parse().map_err(|e: String| {
-                rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into())
-            })?;
-            let seq: i64 = row.get(0)?;
+            let status: CallStatus = parsed(row, "status")?;
+            let seq: i64 = row.get("seq")?;
             Ok((
                 seq,
                 CallView {
-                    id: parse_id(&row.get::<_, String>(1)?, 1)?,
-                    subscription: row.get(2)?,
-                    target: row.get(3)?,
-                    next_attempt_at: (status == CallStatus::Pending).then(|| row.get(6)).transpose()?,
+                    id: parsed(row, "id")?,
+                    subscription: row.get("subscription")?,
+                    target: row.get("target")?,
+                    next_attempt_at: (status == CallStatus::Pending)
+                        .then(|| row.get("next_attempt_at"))
+                        .transpose()?,
                     status,
-                    attempts: row.get(5)?,
-                    last_error: row.get(7)?,
-                    created_at: row.get(8)?,
-                    updated_at: row.get(9)?,
-                    key: row.get(10)?,
-                    payload: row.get(11)?,
-                    output: row.get(12)?,
-                    headers: row.get(13)?,
-                    source: source_from(row, 14)?,
-                    attempts_before_redrive: row.get(18)?,
-                    redriven_at: row.get(19)?,
+                    attempts: row.get("attempts")?,
+                    last_error: row.get("last_error")?,
+                    created_at: row.get("created_at")?,
+                    updated_at: row.get("updated_at")?,
+                    key: row.get("kafka_key")?,
+                    payload: row.get("payload")?,
+                    output: row.get("output")?,
+                    headers: row.get("headers")?,
+                    source: source_from(row)?,
+                    attempts_before_redrive: row.get("attempts_before_redrive")?,
+                    redriven_at: row.get("redriven_at")?,
                     history: Vec::new(),
                 },
             ))
@@ -170,12 +178,12 @@ pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result
         )?
         .query_map([seq], |r| {
             Ok(AttemptView {
-                attempt: r.get(0)?,
-                started_at: r.get(1)?,
-                duration_ms: r.get(2)?,
-                outcome: r.get(3)?,
-                http_status: r.get(4)?,
-                error: r.get(5)?,
+                attempt: r.get("attempt")?,
+                started_at: r.get("started_at")?,
+                duration_ms: r.get("duration_ms")?,
+                outcome: r.get("outcome")?,
+                http_status: r.get("http_status")?,
+                error: r.get("error")?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -289,17 +297,16 @@ pub(crate) fn list_calls(
             limit as i64
         ],
         |r| {
-            let status: String = r.get(2)?;
             Ok(CallSummary {
-                id: parse_id(&r.get::<_, String>(0)?, 0)?,
-                subscription: r.get(1)?,
-                status: status.parse().unwrap_or(CallStatus::Pending),
-                attempts: r.get(3)?,
-                last_error: r.get(4)?,
-                created_at: r.get(5)?,
-                updated_at: r.get(6)?,
-                cursor: r.get(7)?,
-                key: r.get(8)?,
+                id: parsed(r, "id")?,
+                subscription: r.get("subscription")?,
+                status: parsed(r, "status")?,
+                attempts: r.get("attempts")?,
+                last_error: r.get("last_error")?,
+                created_at: r.get("created_at")?,
+                updated_at: r.get("updated_at")?,
+                cursor: r.get("seq")?,
+                key: r.get("kafka_key")?,
             })
         },
     )?

@@ -59,11 +59,20 @@ impl Command {
     }
 }
 
-/// Tuning of the group commit.
+/// Tuning of the group commit (`[store] max_batch` and `commit_interval`).
 #[derive(Debug, Clone, Copy)]
 pub struct WriterOptions {
     pub max_batch: usize,
     pub commit_interval: Duration,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 16_384,
+            commit_interval: Duration::from_millis(1),
+        }
+    }
 }
 
 /// Figures about the writer, for stats and metrics.

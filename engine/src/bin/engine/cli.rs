@@ -14,7 +14,7 @@ use serde_json::json;
 #[derive(Debug, Clone, Args)]
 pub struct Remote {
     /// Admin API of the engine.
-    #[arg(long, global = true, env = "ENGINE_ADMIN", default_value = "http://127.0.0.1:8680")]
+    #[arg(long, global = true, env = "ENGINE_ADMIN", default_value_t = format!("http://{}", engine::config::DEFAULT_ADMIN_LISTEN))]
     pub admin: String,
     /// Bearer token, when the engine requires one.
     #[arg(long, global = true, env = "ENGINE_ADMIN_TOKEN", hide_env_values = true)]

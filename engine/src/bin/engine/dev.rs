@@ -27,7 +27,7 @@ pub struct DevOptions {
     #[arg(long, default_value = "engine-dev.db")]
     pub db: PathBuf,
     /// Admin API address.
-    #[arg(long, default_value = "127.0.0.1:8680")]
+    #[arg(long, default_value = engine::config::DEFAULT_ADMIN_LISTEN)]
     pub admin: SocketAddr,
     /// Topic to create and consume.
     #[arg(long, default_value = "dev")]

@@ -1,0 +1,56 @@
+//! What a running source reports: records consumed, whether every broker is down, and the
+//! consumer lag per partition (from librdkafka's statistics).
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+/// Live figures of a source.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    pub consumed: AtomicU64,
+    pub paused: AtomicBool,
+    /// Set when librdkafka reports every broker down, cleared once one is up again.
+    pub brokers_down: AtomicBool,
+    /// Lag per assigned partition, from librdkafka's statistics (every
+    /// `statistics.interval.ms`, 5 s unless configured).
+    pub partitions: std::sync::Mutex<Vec<PartitionLag>>,
+}
+
+impl SourceStatus {
+    /// The last lag figures, sorted by topic and partition.
+    pub fn lag(&self) -> Vec<PartitionLag> {
+        self.partitions.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// Consumer lag of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The partition's high watermark: the offset the next produced record gets.
+    pub high_watermark: i64,
+    /// The group's committed offset, if any.
+    pub committed: Option<i64>,
+    /// Records not yet committed: `high_watermark - committed` (from the log start when
+    /// nothing is committed yet).
+    pub lag: i64,
+}
+
+impl PartitionLag {
+    /// Figures from librdkafka's per-partition statistics, `None` for a partition that is
+    /// not assigned to us or whose watermark is not known yet.
+    pub fn from_statistics(topic: &str, p: &rdkafka::statistics::Partition) -> Option<Self> {
+        if p.partition < 0 || p.hi_offset < 0 || p.fetch_state == "none" || !p.desired {
+            return None;
+        }
+        let committed = (p.committed_offset >= 0).then_some(p.committed_offset);
+        let from = committed.unwrap_or(p.lo_offset.max(0));
+        Some(Self {
+            topic: topic.to_string(),
+            partition: p.partition,
+            high_watermark: p.hi_offset,
+            committed,
+            lag: (p.hi_offset - from).max(0),
+        })
+    }
+}
