@@ -317,6 +317,12 @@ async fn a_30_second_broker_outage_is_logged_ridden_out_and_loses_nothing() {
     )
     .await;
     let resumed_after = up_at.elapsed();
+    // The recovery is seen through librdkafka's statistics (every second here), which may
+    // come after the last record: wait for it rather than stop the engine first.
+    wait_for("the engine to see Kafka again", Duration::from_secs(30), || async {
+        admin.stats().await["subscriptions"]["outage"]["kafka_down"] == false
+    })
+    .await;
     let stats = admin.stats().await;
     sigterm(&mut engine);
     let log = std::fs::read_to_string(&log_path).unwrap();
