@@ -38,22 +38,81 @@ where
     })
 }
 
-fn due_call(row: &Row<'_>) -> rusqlite::Result<DueCall> {
+/// Where each of [`DUE_COLUMNS`] is in a statement: looked up by name once per query, not
+/// per row (a lookup by name scans the columns, and due calls are read by the thousand).
+struct DueIndex {
+    seq: usize,
+    id: usize,
+    target: usize,
+    payload: usize,
+    key: usize,
+    headers: usize,
+    topic: usize,
+    partition: usize,
+    offset: usize,
+    timestamp: usize,
+    ordering_key: usize,
+    attempts: usize,
+    next_attempt_at: usize,
+    created_at: usize,
+    tombstone: usize,
+    attempts_before_redrive: usize,
+    redriven_at: usize,
+}
+
+impl DueIndex {
+    fn of(statement: &rusqlite::Statement<'_>) -> rusqlite::Result<Self> {
+        let at = |name: &str| statement.column_index(name);
+        Ok(Self {
+            seq: at("seq")?,
+            id: at("id")?,
+            target: at("target")?,
+            payload: at("payload")?,
+            key: at("kafka_key")?,
+            headers: at("headers")?,
+            topic: at("topic")?,
+            partition: at("partition")?,
+            offset: at("offset")?,
+            timestamp: at("timestamp_ms")?,
+            ordering_key: at("ordering_key")?,
+            attempts: at("attempts")?,
+            next_attempt_at: at("next_attempt_at")?,
+            created_at: at("created_at")?,
+            tombstone: at("tombstone")?,
+            attempts_before_redrive: at("attempts_before_redrive")?,
+            redriven_at: at("redriven_at")?,
+        })
+    }
+}
+
+fn due_call(row: &Row<'_>, at: &DueIndex) -> rusqlite::Result<DueCall> {
+    let topic: Option<String> = row.get(at.topic)?;
+    let source = match topic {
+        Some(topic) => Some(KafkaSource {
+            topic,
+            partition: row.get(at.partition)?,
+            offset: row.get(at.offset)?,
+            timestamp: row.get(at.timestamp)?,
+        }),
+        None => None,
+    };
+    let id: String = row.get(at.id)?;
     Ok(DueCall {
-        seq: row.get("seq")?,
-        id: parsed(row, "id")?,
-        target: row.get("target")?,
-        payload: row.get("payload")?,
-        key: row.get("kafka_key")?,
-        headers: row.get("headers")?,
-        source: source_from(row)?,
-        ordering_key: row.get("ordering_key")?,
-        attempts: row.get("attempts")?,
-        next_attempt_at: row.get("next_attempt_at")?,
-        created_at: row.get("created_at")?,
-        tombstone: row.get("tombstone")?,
-        attempts_before_redrive: row.get("attempts_before_redrive")?,
-        redriven_at: row.get("redriven_at")?,
+        seq: row.get(at.seq)?,
+        id: uuid::Uuid::parse_str(&id)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(at.id, rusqlite::types::Type::Text, Box::new(e)))?,
+        target: row.get(at.target)?,
+        payload: row.get(at.payload)?,
+        key: row.get(at.key)?,
+        headers: row.get(at.headers)?,
+        source,
+        ordering_key: row.get(at.ordering_key)?,
+        attempts: row.get(at.attempts)?,
+        next_attempt_at: row.get(at.next_attempt_at)?,
+        created_at: row.get(at.created_at)?,
+        tombstone: row.get(at.tombstone)?,
+        attempts_before_redrive: row.get(at.attempts_before_redrive)?,
+        redriven_at: row.get(at.redriven_at)?,
     })
 }
 
@@ -69,20 +128,23 @@ pub struct DeadCall {
 
 /// Dead calls of `subscription` not yet on its dead-letter topic, oldest first.
 pub(crate) fn dead_unpublished(conn: &Connection, subscription: &str, limit: usize) -> rusqlite::Result<Vec<DeadCall>> {
-    conn.prepare_cached(&format!(
+    let mut statement = conn.prepare_cached(&format!(
         "SELECT {DUE_COLUMNS}, last_error, updated_at, subscription FROM calls
          WHERE subscription = ?1 AND status = 'dead' AND dead_letter_published_at IS NULL
          ORDER BY seq LIMIT ?2"
-    ))?
-    .query_map(params![subscription, limit as i64], |row| {
-        Ok(DeadCall {
-            call: due_call(row)?,
-            last_error: row.get("last_error")?,
-            dead_at: row.get("updated_at")?,
-            subscription: row.get("subscription")?,
-        })
-    })?
-    .collect()
+    ))?;
+    let at = DueIndex::of(&statement)?;
+    let rows: rusqlite::Result<Vec<_>> = statement
+        .query_map(params![subscription, limit as i64], |row| {
+            Ok(DeadCall {
+                call: due_call(row, &at)?,
+                last_error: row.get("last_error")?,
+                dead_at: row.get("updated_at")?,
+                subscription: row.get("subscription")?,
+            })
+        })?
+        .collect();
+    rows
 }
 
 /// Pending calls of `subscription` created after `after_seq`, in creation order.
@@ -92,13 +154,16 @@ pub(crate) fn pending_after(
     after_seq: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<DueCall>> {
-    conn.prepare_cached(&format!(
+    let mut statement = conn.prepare_cached(&format!(
         "SELECT {DUE_COLUMNS} FROM calls
          WHERE subscription = ?1 AND status = 'pending' AND seq > ?2
          ORDER BY seq LIMIT ?3"
-    ))?
-    .query_map(params![subscription, after_seq, limit as i64], due_call)?
-    .collect()
+    ))?;
+    let at = DueIndex::of(&statement)?;
+    let rows: rusqlite::Result<Vec<_>> = statement
+        .query_map(params![subscription, after_seq, limit as i64], |row| due_call(row, &at))?
+        .collect();
+    rows
 }
 
 /// The next pending calls of an ordering group in `(after_seq, up_to_seq]`, in order: a
@@ -111,16 +176,19 @@ pub(crate) fn next_in_group(
     up_to_seq: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<DueCall>> {
-    conn.prepare_cached(&format!(
+    let mut statement = conn.prepare_cached(&format!(
         "SELECT {DUE_COLUMNS} FROM calls INDEXED BY calls_pending_group
          WHERE subscription = ?1 AND status = 'pending' AND ordering_key = ?2 AND seq > ?3 AND seq <= ?4
          ORDER BY seq LIMIT ?5"
-    ))?
-    .query_map(
-        params![subscription, ordering_key, after_seq, up_to_seq, limit as i64],
-        due_call,
-    )?
-    .collect()
+    ))?;
+    let at = DueIndex::of(&statement)?;
+    let rows: rusqlite::Result<Vec<_>> = statement
+        .query_map(
+            params![subscription, ordering_key, after_seq, up_to_seq, limit as i64],
+            |row| due_call(row, &at),
+        )?
+        .collect();
+    rows
 }
 
 /// The ordering keys of `subscription` held by a dead call under `on_dead = block`.
