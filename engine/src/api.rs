@@ -1,17 +1,14 @@
 //! The admin API's contract: every response body of `/v1`, as types. The admin API
 //! serializes them, the command line deserializes them, and the dashboard reads the same
-//! shapes; docs/operations.md shows them as JSON.
+//! shapes. README.md ("Admin API") lists the routes.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::model::{AttemptView, CallStatus, KafkaSource, Millis};
-pub use crate::store::StatusCounts;
+pub use crate::model::{AttemptView, CallStatus, CallView, KafkaSource, Millis};
+pub use crate::store::{CallSummary, StatusCounts};
 pub use connectors::kafka::PartitionLag;
-
-use crate::model::CallView;
-use crate::store::CallSummary;
 
 /// Bytes as JSON: text when they are UTF-8, else percent-encoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,51 +34,24 @@ impl Bytes {
     }
 }
 
-/// `GET /v1/calls/{id}`, and the call after an operator's action on it.
+/// `GET /v1/calls/{id}`, and the call after an operator's action on it: the stored view,
+/// with its bytes shown as [`Bytes`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Call {
-    pub id: uuid::Uuid,
-    pub subscription: String,
-    pub target: String,
-    pub status: CallStatus,
-    pub attempts: u32,
-    pub next_attempt_at: Option<Millis>,
-    pub last_error: Option<String>,
-    pub created_at: Millis,
-    pub updated_at: Millis,
+    #[serde(flatten)]
+    pub call: CallView,
     pub key: Option<Bytes>,
     pub payload: Bytes,
     pub output: Option<Bytes>,
-    /// The record's headers, in the protocol's header text encoding.
-    pub headers: Option<String>,
-    pub source: Option<KafkaSource>,
-    /// Attempts made before the last redrive (0 if never redriven): the eras of the history.
-    pub attempts_before_redrive: u32,
-    /// When the call was last redriven.
-    pub redriven_at: Option<Millis>,
-    pub history: Vec<AttemptView>,
 }
 
-impl From<&CallView> for Call {
-    fn from(call: &CallView) -> Self {
+impl From<CallView> for Call {
+    fn from(call: CallView) -> Self {
         Self {
-            id: call.id,
-            subscription: call.subscription.clone(),
-            target: call.target.clone(),
-            status: call.status,
-            attempts: call.attempts,
-            next_attempt_at: call.next_attempt_at,
-            last_error: call.last_error.clone(),
-            created_at: call.created_at,
-            updated_at: call.updated_at,
             key: call.key.as_deref().map(Bytes::of),
             payload: Bytes::of(&call.payload),
             output: call.output.as_deref().map(Bytes::of),
-            headers: call.headers.clone(),
-            source: call.source.clone(),
-            attempts_before_redrive: call.attempts_before_redrive,
-            redriven_at: call.redriven_at,
-            history: call.history.clone(),
+            call,
         }
     }
 }
@@ -89,30 +59,16 @@ impl From<&CallView> for Call {
 /// One line of `GET /v1/calls` and `GET /v1/dead`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallLine {
-    pub id: uuid::Uuid,
-    pub subscription: String,
-    pub status: CallStatus,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub created_at: Millis,
-    pub updated_at: Millis,
-    /// Where to continue a listing after this call.
-    pub cursor: i64,
+    #[serde(flatten)]
+    pub call: CallSummary,
     pub key: Option<Bytes>,
 }
 
-impl From<&CallSummary> for CallLine {
-    fn from(call: &CallSummary) -> Self {
+impl From<CallSummary> for CallLine {
+    fn from(call: CallSummary) -> Self {
         Self {
-            id: call.id,
-            subscription: call.subscription.clone(),
-            status: call.status,
-            attempts: call.attempts,
-            last_error: call.last_error.clone(),
-            created_at: call.created_at,
-            updated_at: call.updated_at,
-            cursor: call.cursor,
             key: call.key.as_deref().map(Bytes::of),
+            call,
         }
     }
 }

@@ -4,16 +4,14 @@
 //! after the broker acknowledged it (`acks=all`, idempotent producer); until then it is
 //! found again by the next pass, after a restart too.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use connectors::kafka::sink::{Sink, SinkConfig, SinkRecord};
 
-use crate::config::SubscriptionConfig;
+use crate::config::DeadLetterConfig;
 use crate::error::EngineError;
-use crate::figures::Figures;
-use crate::shutdown::Shutdown;
-use crate::store::{DeadCall, Store};
+use crate::store::DeadCall;
+use crate::subscription::Part;
 
 /// Headers added to a dead letter.
 pub mod header {
@@ -62,17 +60,15 @@ pub fn dead_letter_of(dead: &DeadCall) -> SinkRecord {
     }
 }
 
-/// Produce the dead calls of `subscription` to its dead-letter topic until shutdown.
-pub async fn run(
-    subscription: Arc<SubscriptionConfig>,
-    store: Store,
-    figures: Arc<Figures>,
-    mut shutdown: Shutdown,
-) -> Result<(), EngineError> {
-    let config = subscription
-        .dead_letter
-        .as_ref()
-        .expect("only subscriptions with a dead_letter section publish dead letters");
+/// Produce the dead calls of the subscription of `part` to the topic of `config` until
+/// shutdown.
+pub async fn run(part: Part, config: DeadLetterConfig) -> Result<(), EngineError> {
+    let Part {
+        subscription,
+        store,
+        figures,
+        mut shutdown,
+    } = part;
     let sink = Sink::new(&SinkConfig {
         name: subscription.name.clone(),
         brokers: subscription.dead_letter_brokers().unwrap_or_default().to_string(),

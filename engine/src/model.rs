@@ -200,8 +200,9 @@ pub enum Transition {
     Dead { error: String },
 }
 
-/// A stored call, as shown to operators.
-#[derive(Debug, Clone, Serialize)]
+/// A stored call, as shown to operators (the admin API shows its bytes through
+/// [`crate::api::Call`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallView {
     pub id: uuid::Uuid,
     pub subscription: String,

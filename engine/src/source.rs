@@ -8,25 +8,21 @@ use std::time::Duration;
 
 use connectors::kafka::{Source, SourceConfig, SourceRecord};
 
-use crate::config::SubscriptionConfig;
+use crate::config::KafkaConfig;
 use crate::error::EngineError;
-use crate::figures::Figures;
 use crate::ingest::{new_call, persist_queued, Record};
 use crate::model::KafkaSource;
-use crate::shutdown::Shutdown;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
+use crate::subscription::Part;
 
-/// Run the source of `subscription` until shutdown.
-pub async fn run(
-    subscription: Arc<SubscriptionConfig>,
-    store: Store,
-    figures: Arc<Figures>,
-    mut shutdown: Shutdown,
-) -> Result<(), EngineError> {
-    let kafka = subscription
-        .kafka
-        .as_ref()
-        .expect("only subscriptions with a kafka section have a source");
+/// Consume `kafka` for the subscription of `part` until shutdown.
+pub async fn run(part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
+    let Part {
+        subscription,
+        store,
+        figures,
+        mut shutdown,
+    } = part;
     let mut config = SourceConfig::new(
         subscription.name.clone(),
         kafka.brokers.clone(),

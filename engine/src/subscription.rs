@@ -24,6 +24,16 @@ use crate::{dead_letter, source};
 /// How long attempts in flight may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// What each part of a subscription works with.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub subscription: Arc<SubscriptionConfig>,
+    pub store: Store,
+    pub figures: Arc<Figures>,
+    /// Stops this subscription's parts (the engine's shutdown, or a failed sibling part).
+    pub shutdown: Shutdown,
+}
+
 /// A subscription ready to run.
 #[derive(Debug)]
 pub struct Subscription {
@@ -82,21 +92,17 @@ impl Subscription {
         } = self;
         let (stop, parts_stop) = shutdown::channel();
         let mut parts = JoinSet::new();
-        if config.kafka.is_some() {
-            parts.spawn(source::run(
-                Arc::clone(&config),
-                store.clone(),
-                Arc::clone(&figures),
-                parts_stop.clone(),
-            ));
+        let part = Part {
+            subscription: Arc::clone(&config),
+            store,
+            figures,
+            shutdown: parts_stop.clone(),
+        };
+        if let Some(kafka) = config.kafka.clone() {
+            parts.spawn(source::run(part.clone(), kafka));
         }
-        if config.dead_letter.is_some() {
-            parts.spawn(dead_letter::run(
-                Arc::clone(&config),
-                store.clone(),
-                Arc::clone(&figures),
-                parts_stop.clone(),
-            ));
+        if let Some(dead_letter) = config.dead_letter.clone() {
+            parts.spawn(dead_letter::run(part, dead_letter));
         }
         let grace = SHUTDOWN_GRACE.min(config.timeout);
         parts.spawn(async move { scheduler.run(parts_stop, grace).await.map_err(EngineError::from) });

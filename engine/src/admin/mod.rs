@@ -163,7 +163,7 @@ async fn find_call(state: &AdminState, id: uuid::Uuid) -> Result<api::Call, ApiE
         .call(id)
         .await?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no call with id {id}")))?;
-    Ok(api::Call::from(&call))
+    Ok(api::Call::from(call))
 }
 
 async fn stats(State(state): State<AdminState>) -> Result<Json<api::Stats>, ApiError> {
@@ -271,7 +271,7 @@ async fn list(
     let calls = state.store.list_calls(filter, query.after.unwrap_or(0), limit).await?;
     let next = (calls.len() == limit).then(|| calls.last().map(|c| c.cursor)).flatten();
     Ok(Json(api::CallList {
-        calls: calls.iter().map(api::CallLine::from).collect(),
+        calls: calls.into_iter().map(api::CallLine::from).collect(),
         next,
     }))
 }
@@ -324,7 +324,7 @@ async fn operate_one(
             StatusCode::CONFLICT,
             format!(
                 "call {id} is {}; this applies only to {} calls",
-                call.status,
+                call.call.status,
                 operation.applies_to_text()
             ),
         ));

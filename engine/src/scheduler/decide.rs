@@ -49,12 +49,13 @@ pub fn decide(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
     use super::*;
 
-    fn outcome(class: OutcomeClass) -> AttemptOutcome {
+    /// An outcome of `class`, answered 503 ("HTTP 503") in 3 ms.
+    pub(in crate::scheduler) fn outcome(class: OutcomeClass) -> AttemptOutcome {
         AttemptOutcome {
             class,
             http_status: Some(503),

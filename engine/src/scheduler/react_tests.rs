@@ -24,16 +24,10 @@ fn call(seq: i64, key: &str) -> DueCall {
 }
 
 fn outcome(class: OutcomeClass, status: u16) -> AttemptOutcome {
-    AttemptOutcome {
-        class,
-        http_status: Some(status),
-        error: (class != OutcomeClass::Success).then(|| format!("HTTP {status}")),
-        output: None,
-        retry_after: None,
-        declared: None,
-        transport: None,
-        duration: Duration::from_millis(3),
-    }
+    let mut outcome = super::super::decide::tests::outcome(class);
+    outcome.http_status = Some(status);
+    outcome.error = (class != OutcomeClass::Success).then(|| format!("HTTP {status}"));
+    outcome
 }
 
 fn policy() -> RetryPolicy {

@@ -326,7 +326,7 @@ pub struct CallFilter {
 }
 
 /// One line of a call listing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CallSummary {
     pub id: uuid::Uuid,
     pub subscription: String,

@@ -223,17 +223,17 @@ fn print_listing(list: &api::CallList) {
         .calls
         .iter()
         .map(|c| {
-            let mut error = text(c.last_error.as_deref());
+            let mut error = text(c.call.last_error.as_deref());
             if error.chars().count() > 60 {
                 error = error.chars().take(57).collect::<String>() + "...";
             }
             vec![
-                c.id.to_string(),
-                c.subscription.clone(),
-                c.status.to_string(),
-                c.attempts.to_string(),
+                c.call.id.to_string(),
+                c.call.subscription.clone(),
+                c.call.status.to_string(),
+                c.call.attempts.to_string(),
                 bytes(c.key.as_ref()),
-                time(Some(c.created_at)),
+                time(Some(c.call.created_at)),
                 error,
             ]
         })
@@ -259,16 +259,16 @@ fn print_listing(list: &api::CallList) {
 }
 
 fn print_call(call: &api::Call) {
-    outln!("call {}", call.id);
-    outln!("  {:<13} {}", "subscription", call.subscription);
-    outln!("  {:<13} {}", "target", call.target);
-    outln!("  {:<13} {}", "status", call.status);
-    outln!("  {:<13} {}", "last error", text(call.last_error.as_deref()));
-    outln!("  {:<13} {}", "attempts", call.attempts);
+    outln!("call {}", call.call.id);
+    outln!("  {:<13} {}", "subscription", call.call.subscription);
+    outln!("  {:<13} {}", "target", call.call.target);
+    outln!("  {:<13} {}", "status", call.call.status);
+    outln!("  {:<13} {}", "last error", text(call.call.last_error.as_deref()));
+    outln!("  {:<13} {}", "attempts", call.call.attempts);
     outln!("  {:<13} {}", "key", bytes(call.key.as_ref()));
-    outln!("  {:<13} {}", "created", time(Some(call.created_at)));
-    outln!("  {:<13} {}", "next attempt", time(call.next_attempt_at));
-    if let Some(source) = &call.source {
+    outln!("  {:<13} {}", "created", time(Some(call.call.created_at)));
+    outln!("  {:<13} {}", "next attempt", time(call.call.next_attempt_at));
+    if let Some(source) = &call.call.source {
         outln!(
             "  {:<13} {}/{} offset {}",
             "kafka",
@@ -279,6 +279,7 @@ fn print_call(call: &api::Call) {
     }
     outln!("  {:<13} {}", "output", bytes(call.output.as_ref()));
     let rows: Vec<Vec<String>> = call
+        .call
         .history
         .iter()
         .map(|a| {
@@ -414,11 +415,11 @@ pub async fn calls(remote: Remote, command: Calls) -> anyhow::Result<()> {
         }
         Calls::Retry { id } => {
             let call: api::Call = client.post(&format!("/v1/calls/{id}/retry"), None).await?;
-            emit(&remote, &call, |c| outln!("call {} is due now", c.id));
+            emit(&remote, &call, |c| outln!("call {} is due now", c.call.id));
         }
         Calls::Cancel { id } => {
             let call: api::Call = client.post(&format!("/v1/calls/{id}/cancel"), None).await?;
-            emit(&remote, &call, |c| outln!("call {} is {}", c.id, c.status));
+            emit(&remote, &call, |c| outln!("call {} is {}", c.call.id, c.call.status));
         }
     }
     Ok(())
