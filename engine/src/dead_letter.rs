@@ -62,36 +62,30 @@ pub fn dead_letter_of(dead: &DeadCall) -> SinkRecord {
 
 /// Produce the dead calls of the subscription of `part` to the topic of `config` until
 /// shutdown.
-pub async fn run(part: Part, config: DeadLetterConfig) -> Result<(), EngineError> {
-    let Part {
-        subscription,
-        store,
-        figures,
-        mut shutdown,
-    } = part;
+pub async fn run(mut part: Part, config: DeadLetterConfig) -> Result<(), EngineError> {
     let sink = Sink::new(&SinkConfig {
-        name: subscription.name.clone(),
-        brokers: subscription.dead_letter_brokers().unwrap_or_default().to_string(),
+        name: part.subscription.name.clone(),
+        brokers: part.subscription.dead_letter_brokers().unwrap_or_default().to_string(),
         topic: config.topic.clone(),
         options: config.options.clone(),
     })?;
-    let name = subscription.name.as_str();
+    let name = part.subscription.name.as_str();
     let mut backoff = Duration::from_millis(200);
     loop {
         // Outcomes are queued to the writer before the wake-up: wait until they are durable.
-        store.flush().await?;
-        let dead = store.dead_unpublished(name, BATCH).await?;
+        part.store.flush().await?;
+        let dead = part.store.dead_unpublished(name, BATCH).await?;
         if dead.is_empty() {
             tokio::select! {
-                () = shutdown.recv() => break,
-                () = figures.went_dead() => {}
+                () = part.shutdown.recv() => break,
+                () = part.figures.went_dead() => {}
                 () = tokio::time::sleep(IDLE_PASS) => {}
             }
             continue;
         }
         let records: Vec<SinkRecord> = dead.iter().map(dead_letter_of).collect();
         let results = tokio::select! {
-            () = shutdown.recv() => break,
+            () = part.shutdown.recv() => break,
             results = sink.send_all(&records) => results,
         };
         let mut published = Vec::new();
@@ -102,20 +96,20 @@ pub async fn run(part: Part, config: DeadLetterConfig) -> Result<(), EngineError
                 Err(error) => failure = Some(error),
             }
         }
-        figures.dead_letters_published(published.len());
+        part.figures.dead_letters_published(published.len());
         if !published.is_empty() {
-            store.dead_lettered(published).await?;
+            part.store.dead_lettered(published).await?;
         }
         if let Some(error) = failure {
-            figures.dead_letters_failing(true);
+            part.figures.dead_letters_failing(true);
             tracing::warn!(subscription = %name, topic = %sink.topic(), %error, retry_in = ?backoff, "cannot produce dead letters; will retry");
             tokio::select! {
-                () = shutdown.recv() => break,
+                () = part.shutdown.recv() => break,
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         } else {
-            if figures.dead_letters_failing(false) {
+            if part.figures.dead_letters_failing(false) {
                 tracing::info!(subscription = %name, topic = %sink.topic(), "dead letters are produced again");
             }
             backoff = Duration::from_millis(200);

@@ -62,23 +62,29 @@ async fn a_broker_outage_mid_stream_loses_nothing() {
     engine.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
-    let dir = tempfile::tempdir().unwrap();
-    let admin_addr = free_addr();
-    let mut child = Proc(
+/// `engine dev` as a process, its database in `dir`, with stdin and stdout piped.
+fn spawn_dev(dir: &std::path::Path, admin_addr: std::net::SocketAddr, extra: &[&str]) -> Proc {
+    Proc(
         Command::new(engine_binary())
             .arg("dev")
             .arg("--db")
-            .arg(dir.path().join("dev.db"))
-            .args(["--admin", &admin_addr.to_string(), "--failure-rate", "0"])
+            .arg(dir.join("dev.db"))
+            .args(["--admin", &admin_addr.to_string()])
+            .args(extra)
             .env("ENGINE_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn engine dev"),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr = free_addr();
+    let mut child = spawn_dev(dir.path(), admin_addr, &["--failure-rate", "0"]);
     let output = Arc::new(Mutex::new(Vec::<String>::new()));
     let lines = Arc::clone(&output);
     let stdout = child.0.stdout.take().unwrap();
@@ -126,19 +132,7 @@ async fn engine_dev_keeps_its_limit_up_against_its_failing_demo_handler() {
     const CALLS: u64 = 400;
     let dir = tempfile::tempdir().unwrap();
     let admin_addr = free_addr();
-    let mut child = Proc(
-        Command::new(engine_binary())
-            .arg("dev")
-            .arg("--db")
-            .arg(dir.path().join("dev.db"))
-            .args(["--admin", &admin_addr.to_string()])
-            .env("ENGINE_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn engine dev"),
-    );
+    let mut child = spawn_dev(dir.path(), admin_addr, &[]);
     let stdout = child.0.stdout.take().unwrap();
     std::thread::spawn(move || for _ in BufReader::new(stdout).lines().map_while(Result::ok) {});
     let admin = Admin::new(admin_addr);

@@ -30,6 +30,19 @@ fn sigterm(child: &mut Proc) {
     assert!(child.terminate().success(), "the engine exits cleanly on SIGTERM");
 }
 
+/// Run `command` (an engine) with its log at info, without colours, to `log_path`.
+fn spawn_logged(mut command: Command, log_path: &std::path::Path) -> Proc {
+    Proc(
+        command
+            .env("ENGINE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn kafka_position(seen: &Seen) -> (i32, i64) {
     (
         seen.header("engine-kafka-partition").unwrap().parse().unwrap(),
@@ -272,17 +285,9 @@ async fn a_30_second_broker_outage_is_logged_ridden_out_and_loses_nothing() {
         .admin(admin_addr)
         .write(&config);
     let log_path = dir.path().join("engine.log");
-    let mut engine = Proc(
-        Command::new(integration_tests::engine_binary())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("ENGINE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut serve = Command::new(integration_tests::engine_binary());
+    serve.args(["serve", "--config"]).arg(&config);
+    let mut engine = spawn_logged(serve, &log_path);
     let admin = Admin::new(admin_addr);
     let half = |range: std::ops::Range<usize>| -> Vec<Out> {
         range
@@ -367,19 +372,13 @@ async fn a_full_disk_stops_consumption_is_reported_and_resumes_when_space_return
         .write(&config);
     let log_path = dir.path().join("engine.log");
     // 2 MiB per file: the database and its WAL cannot grow past it.
-    let mut engine = Proc(
-        Command::new("bash")
-            .arg("-c")
-            .arg("trap '' XFSZ; ulimit -S -f 2048; exec \"$0\" serve --config \"$1\"")
-            .arg(integration_tests::engine_binary())
-            .arg(&config)
-            .env("ENGINE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut limited = Command::new("bash");
+    limited
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -S -f 2048; exec \"$0\" serve --config \"$1\"")
+        .arg(integration_tests::engine_binary())
+        .arg(&config);
+    let mut engine = spawn_logged(limited, &log_path);
     let admin = Admin::new(admin_addr);
     wait_for("the engine to come up", Duration::from_secs(30), || admin.is_up()).await;
     let pad = "x".repeat(400);
