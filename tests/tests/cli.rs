@@ -109,3 +109,44 @@ async fn a_token_protects_the_api_when_configured() {
     assert!(ok && out.contains("SUBSCRIPTION"), "{out}");
     engine.shutdown().await.unwrap();
 }
+
+/// Secrets come from the environment: `${NAME}` in the file, the value never printed.
+#[test]
+fn check_config_takes_secrets_from_the_environment_and_never_prints_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine.toml");
+    std::fs::write(
+        &path,
+        "[admin]\ntoken = \"${TEST_ADMIN_TOKEN}\"\n[[subscription]]\nname = \"orders\"\ntarget = \"http://${TEST_HANDLER_HOST}/orders\"\n",
+    )
+    .unwrap();
+    let check = |vars: &[(&str, &str)]| {
+        let output = Command::new(engine_binary())
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let (ok, text) = check(&[
+        ("TEST_ADMIN_TOKEN", "tok-9f8e7d"),
+        ("TEST_HANDLER_HOST", "127.0.0.1:7001"),
+    ]);
+    println!("{text}");
+    assert!(ok, "{text}");
+    assert!(text.contains("orders -> http://127.0.0.1:7001/orders"), "{text}");
+    assert!(
+        text.contains("admin.token from the environment: ${TEST_ADMIN_TOKEN} (value not shown)"),
+        "{text}"
+    );
+    assert!(!text.contains("tok-9f8e7d"), "the secret is never printed: {text}");
+
+    let (ok, text) = check(&[("TEST_HANDLER_HOST", "127.0.0.1:7001")]);
+    assert!(!ok);
+    assert!(
+        text.contains("admin.token uses the environment variable TEST_ADMIN_TOKEN, which is not set"),
+        "{text}"
+    );
+}

@@ -155,6 +155,15 @@ fn run() -> anyhow::Result<()> {
                     sub.ordering
                 );
             }
+            // Where values came from, never the values: they are often secrets.
+            for value in &loaded.from_env {
+                let vars: Vec<String> = value.vars.iter().map(|v| format!("${{{v}}}")).collect();
+                outln!(
+                    "  {} from the environment: {} (value not shown)",
+                    value.key,
+                    vars.join(" ")
+                );
+            }
             Ok(())
         }
     }

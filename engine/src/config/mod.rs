@@ -1,6 +1,10 @@
 //! The TOML configuration file. Unknown keys are errors, and every error names the key or
 //! the line. See the configuration reference in README.md.
 
+mod env;
+
+pub use env::FromEnv;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +27,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid config: {0}")]
     Invalid(String),
+    #[error("config {key} uses the environment variable {var}, which is not set")]
+    MissingEnv { key: String, var: String },
 }
 
 /// The whole configuration.
@@ -38,6 +44,9 @@ pub struct Config {
     /// One entry per `[[subscription]]` table.
     #[serde(default, rename = "subscription")]
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// The values that came from the environment (`${NAME}`), for `engine check-config`.
+    #[serde(skip)]
+    pub from_env: Vec<FromEnv>,
     /// One entry per `[[endpoint]]` table: settings for the endpoints calls go to.
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<EndpointConfig>,
@@ -291,20 +300,33 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        config.validate()?;
-        Ok(config)
+        Self::parse(&text, path)
     }
 
     /// Parse and validate config text (for tests and embedded defaults).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<inline>"),
+        Self::parse(text, Path::new("<inline>"))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            path: path.to_path_buf(),
             message: e.to_string(),
-        })?;
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        let from_env = env::interpolate(&mut table, &|name| std::env::var(name).ok())?;
+        let mut config: Self = if from_env.is_empty() {
+            // From the text itself, so that errors say which line.
+            toml::from_str(text).map_err(parse_error)?
+        } else {
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: format!("{e} (after replacing ${{…}} from the environment)"),
+                })?
+        };
+        config.from_env = from_env;
         config.validate()?;
         Ok(config)
     }
