@@ -102,11 +102,18 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_ref()) {
+        if !presented.is_some_and(|presented| same_secret(presented.as_bytes(), token.as_bytes())) {
             return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
         }
     }
     next.run(request).await
+}
+
+/// Whether two secrets are equal, in a time that does not depend on where they differ (only
+/// on their lengths), so a token cannot be guessed byte by byte from response times.
+fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    let differences = presented.iter().zip(expected).fold(0_u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(differences) == 0 && presented.len() == expected.len()
 }
 
 #[derive(Debug, Deserialize)]
@@ -408,4 +415,18 @@ async fn purge_dead(
 ) -> Result<Json<api::Purged>, ApiError> {
     let ids = operate_dead(&state, selection, Operation::PurgeDead).await?;
     Ok(Json(api::Purged { purged: ids.len(), ids }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3creT", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"), "a prefix is not the secret");
+        assert!(!same_secret(b"s3cret!", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+    }
 }
