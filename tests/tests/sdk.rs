@@ -123,6 +123,34 @@ async fn signed_engine_requests_are_accepted_and_unsigned_ones_refused() {
     .await;
     engine.shutdown().await.unwrap();
 
+    // The key from the environment (ENGINE_SIGNING_KEY), to `engine serve` as a process.
+    let admin_addr = free_addr();
+    let config = dir.path().join("env-signed.toml");
+    EngineConfig::new(dir.path().join("env-signed.db"))
+        .admin(admin_addr)
+        .subscription(test_subscription(&target))
+        .write(&config);
+    let mut serve = integration_tests::Proc(
+        Command::new(integration_tests::engine_binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("ENGINE_SIGNING_KEY", keys.private_base64())
+            .env("ENGINE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let admin = Admin::new(admin_addr);
+    wait_for("the engine to come up", Duration::from_secs(30), || admin.is_up()).await;
+    let id = admin.enqueue("test", b"hello", None).await;
+    wait_for(
+        "the call signed with the key from the environment to succeed",
+        Duration::from_secs(20),
+        || async { admin.status(&id).await == "succeeded" },
+    )
+    .await;
+    assert!(serve.terminate().success());
+
     let unsigned = EngineConfig::new(dir.path().join("unsigned.db")).subscription(test_subscription(&target));
     let engine = Engine::start(unsigned.build()).await.unwrap();
     let admin = Admin::new(engine.admin_addr());
