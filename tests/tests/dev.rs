@@ -175,3 +175,37 @@ async fn engine_dev_keeps_its_limit_up_against_its_failing_demo_handler() {
     assert!(endpoint["changes_by_reason"].get("overload").is_none(), "{endpoint}");
     assert!(child.terminate().success());
 }
+
+/// A new broker behind the same name (here a fresh mock cluster, as on every `engine dev`
+/// start) reuses offsets 0, 1, …: its records are new calls, never duplicates of the stored
+/// ones at those offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_at_reused_offsets_are_new_calls_not_duplicates() {
+    let target = Target::start(|_| Reply::Status(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (run, values) in [["first-1", "first-2"], ["second-1", "second-2"]].iter().enumerate() {
+        let broker = DevBroker::start(1).unwrap();
+        broker.create_topic("dev", 1).unwrap();
+        let bootstrap = broker.bootstrap_servers();
+        let subscription = test_subscription(&target.url()).kafka(&bootstrap, &["dev"]);
+        let engine = Engine::start(test_config(dir.path(), subscription).build())
+            .await
+            .unwrap();
+        let admin = Admin::new(engine.admin_addr());
+        let records = values.iter().map(|v| Out::keyed("k", *v)).collect();
+        produce(&producer(&bootstrap), "dev", records).await;
+        let expected = 2 * (run as u64 + 1);
+        wait_for("this run's records to succeed", Duration::from_secs(60), || async {
+            admin.stats().await["succeeded"] == expected
+        })
+        .await;
+        engine.shutdown().await.unwrap();
+    }
+    let mut delivered: Vec<String> = target
+        .seen()
+        .iter()
+        .map(|seen| String::from_utf8_lossy(&seen.body).to_string())
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, ["first-1", "first-2", "second-1", "second-2"]);
+}

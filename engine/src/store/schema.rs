@@ -75,6 +75,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX calls_pending_group ON calls (subscription, ordering_key, seq)
         WHERE status = 'pending' AND ordering_key IS NOT NULL;
     ",
+    // 5: offsets can be reused (a recreated topic, another cluster behind the same name, a
+    // fresh dev broker): a record whose bytes differ from the one stored at its offset is a
+    // new call of the next generation of that offset, never a duplicate.
+    r#"
+    ALTER TABLE calls ADD COLUMN source_generation INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX calls_source;
+    CREATE UNIQUE INDEX calls_source ON calls (subscription, topic, partition, "offset", source_generation);
+    "#,
 ];
 
 /// The schema version this build writes.

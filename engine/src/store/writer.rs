@@ -249,6 +249,54 @@ fn insert_call(
     call: &NewCall,
     now: Millis,
 ) -> rusqlite::Result<(Inserted, Option<i64>)> {
+    let mut generation = 0;
+    loop {
+        if let Some(inserted) = try_insert(tx, call, now, generation)? {
+            return Ok(inserted);
+        }
+        // A call exists for this record's position: the same record read again (a crash
+        // or a rebalance before its offset was stored), or a different record at a reused
+        // offset, which must not be lost.
+        let Some(source) = &call.source else {
+            return Ok((Inserted::Duplicate, None));
+        };
+        match stored_generations(tx, call)? {
+            Stored::Same => return Ok((Inserted::Duplicate, None)),
+            Stored::Differ { next_generation } => {
+                warn_reused_offset(&call.subscription, source, now);
+                generation = next_generation.max(generation + 1);
+            }
+        }
+    }
+}
+
+/// Records at reused offsets since start, and when that was last logged: one warning per
+/// 10 s, not one per record of a recreated topic.
+static REUSED_OFFSETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static REUSED_LOGGED_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+fn warn_reused_offset(subscription: &str, source: &crate::model::KafkaSource, now: Millis) {
+    let total = REUSED_OFFSETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if now - REUSED_LOGGED_AT.load(std::sync::atomic::Ordering::Relaxed) >= 10_000 {
+        REUSED_LOGGED_AT.store(now, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            %subscription,
+            topic = %source.topic,
+            partition = source.partition,
+            offset = source.offset,
+            records_since_start = total,
+            "a record differs from the one stored at its offset: the offsets were reused (a recreated topic, another cluster, a new dev broker); it becomes a new call, nothing is dropped"
+        );
+    }
+}
+
+/// Insert `call` as `generation` of its source position; `None` if that position is taken.
+fn try_insert(
+    tx: &rusqlite::Transaction<'_>,
+    call: &NewCall,
+    now: Millis,
+    generation: i64,
+) -> rusqlite::Result<Option<(Inserted, Option<i64>)>> {
     let id = uuid::Uuid::now_v7();
     let (status, last_error) = match &call.dead_reason {
         Some(reason) => ("dead", Some(reason.as_str())),
@@ -259,8 +307,8 @@ fn insert_call(
         .prepare_cached(
             r#"INSERT INTO calls (id, subscription, target, ordering_key, payload, kafka_key, headers,
                    topic, partition, "offset", timestamp_ms, status, attempts, next_attempt_at,
-                   last_error, created_at, updated_at, tombstone)
-               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?13, ?13, ?15)
+                   last_error, created_at, updated_at, tombstone, source_generation)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?13, ?13, ?15, ?16)
                ON CONFLICT DO NOTHING
                RETURNING seq"#,
         )?
@@ -281,17 +329,53 @@ fn insert_call(
                 now,
                 last_error,
                 call.tombstone,
+                generation,
             ],
             |row| row.get(0),
         )
         .optional()?;
-    if let (Some(seq), true) = (seq, call.dead_reason.is_some() && call.block_group_if_dead) {
+    let Some(seq) = seq else {
+        return Ok(None);
+    };
+    if call.dead_reason.is_some() && call.block_group_if_dead {
         block_group_of(tx, seq)?;
     }
-    Ok(match seq {
-        Some(seq) => (Inserted::New(id), Some(seq)),
-        None => (Inserted::Duplicate, None),
-    })
+    Ok(Some((Inserted::New(id), Some(seq))))
+}
+
+/// What is stored at a record's source position.
+enum Stored {
+    /// A call of the same record (same key, value, headers and timestamp).
+    Same,
+    /// Only calls of other records; the next free generation.
+    Differ { next_generation: i64 },
+}
+
+fn stored_generations(tx: &rusqlite::Transaction<'_>, call: &NewCall) -> rusqlite::Result<Stored> {
+    let source = call.source.as_ref();
+    let mut statement = tx.prepare_cached(
+        r#"SELECT payload, kafka_key, headers, timestamp_ms, tombstone, source_generation FROM calls
+           WHERE subscription = ?1 AND topic = ?2 AND partition = ?3 AND "offset" = ?4"#,
+    )?;
+    let mut rows = statement.query(params![
+        call.subscription,
+        source.map(|s| &s.topic),
+        source.map(|s| s.partition),
+        source.map(|s| s.offset),
+    ])?;
+    let mut next_generation = 0;
+    while let Some(row) = rows.next()? {
+        let same = row.get::<_, Vec<u8>>("payload")? == call.payload
+            && row.get::<_, Option<Vec<u8>>>("kafka_key")? == call.key
+            && row.get::<_, Option<String>>("headers")? == call.headers
+            && row.get::<_, Option<i64>>("timestamp_ms")? == source.and_then(|s| s.timestamp)
+            && row.get::<_, bool>("tombstone")? == call.tombstone;
+        if same {
+            return Ok(Stored::Same);
+        }
+        next_generation = next_generation.max(row.get::<_, i64>("source_generation")? + 1);
+    }
+    Ok(Stored::Differ { next_generation })
 }
 
 /// Mark the ordering group of call `seq` blocked by it (a no-op for unordered calls).
