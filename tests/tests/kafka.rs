@@ -195,6 +195,54 @@ async fn key_order_holds_per_key_while_some_keys_retry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_order_holds_per_partition_across_several_partitions_while_some_retry() {
+    const RECORDS: usize = 1_500;
+    let tansu = Tansu::start();
+    tansu.create_topic("by-partition", 3).await;
+    let target = Target::start(|_| {
+        if rand::rng().random::<f64>() < 0.3 {
+            Reply::Status(503, "again")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start(
+        &dir,
+        kafka_subscription(&tansu.bootstrap(), "by-partition", &target.url()).ordering("partition"),
+    )
+    .await;
+    // Many keys, so every partition holds records of many keys: only the partition orders them.
+    let records = (0..RECORDS)
+        .map(|n| Out::keyed(format!("key-{n}"), n.to_string()))
+        .collect();
+    produce(&producer(&tansu.bootstrap()), "by-partition", records).await;
+    wait_for("every call to succeed", Duration::from_secs(120), || async {
+        count(&admin, "succeeded").await == RECORDS as u64
+    })
+    .await;
+
+    let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for seen in target.seen() {
+        let (partition, offset) = position(&seen);
+        per_partition.entry(partition).or_default().push(offset);
+    }
+    assert_eq!(per_partition.len(), 3, "records in every partition");
+    let mut delivered = 0;
+    for (partition, mut offsets) in per_partition {
+        offsets.dedup(); // retries of one call repeat in place
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition}: deliveries out of offset order: {offsets:?}"
+        );
+        delivered += offsets.len();
+    }
+    assert_eq!(delivered, RECORDS, "every call delivered once it succeeded");
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_unordered_mode_a_failing_record_does_not_delay_the_others() {
     const RECORDS: usize = 1_000;
     let tansu = Tansu::start();
