@@ -50,19 +50,57 @@ fn position(seen: &Seen) -> (i32, i64) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_records_with_20_percent_failures_become_exactly_one_call_each() {
-    const RECORDS: usize = 10_000;
-    let tansu = Tansu::start();
-    tansu.create_topic("loss", 3).await;
-    let target = Target::start(|_| {
-        if rand::rng().random::<f64>() < 0.2 {
+/// A target that answers 503 to a random share `rate` of requests, 200 to the rest.
+async fn flaky_target(rate: f64) -> Target {
+    Target::start(move |_| {
+        if rand::rng().random::<f64>() < rate {
             Reply::Status(503, "flaky")
         } else {
             Reply::Status(200, "ok")
         }
     })
+    .await
+}
+
+/// Deliver `records` through a new 3-partition `topic` with `ordering` to a target failing
+/// 30% of attempts; what the target saw once every call succeeded.
+async fn deliver_through_a_flaky_target(topic: &str, ordering: &str, records: Vec<Out>) -> Vec<Seen> {
+    let tansu = Tansu::start();
+    tansu.create_topic(topic, 3).await;
+    let target = flaky_target(0.3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start(
+        &dir,
+        kafka_subscription(&tansu.bootstrap(), topic, &target.url()).ordering(ordering),
+    )
     .await;
+    let expected = records.len() as u64;
+    produce(&producer(&tansu.bootstrap()), topic, records).await;
+    wait_for("every call to succeed", Duration::from_secs(120), || async {
+        count(&admin, "succeeded").await == expected
+    })
+    .await;
+    engine.shutdown().await.unwrap();
+    target.seen()
+}
+
+/// Check that `offsets` (one group's deliveries, in arrival order) are in offset order, and
+/// return how many calls they are (retries of one call repeat in place).
+fn calls_in_offset_order(group: &str, mut offsets: Vec<i64>) -> usize {
+    offsets.dedup();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "{group}: deliveries out of offset order: {offsets:?}"
+    );
+    offsets.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_records_with_20_percent_failures_become_exactly_one_call_each() {
+    const RECORDS: usize = 10_000;
+    let tansu = Tansu::start();
+    tansu.create_topic("loss", 3).await;
+    let target = flaky_target(0.2).await;
     let dir = tempfile::tempdir().unwrap();
     let (engine, admin) = start(
         &dir,
@@ -152,94 +190,39 @@ async fn sigkill_while_consuming_loses_nothing_and_duplicates_no_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_order_holds_per_key_while_some_keys_retry() {
     const RECORDS: usize = 3_000;
-    let tansu = Tansu::start();
-    tansu.create_topic("order", 3).await;
-    let target = Target::start(|_| {
-        if rand::rng().random::<f64>() < 0.3 {
-            Reply::Status(503, "again")
-        } else {
-            Reply::Status(200, "ok")
-        }
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start(
-        &dir,
-        kafka_subscription(&tansu.bootstrap(), "order", &target.url()).ordering("key"),
-    )
-    .await;
     let records = (0..RECORDS)
         .map(|n| Out::keyed(format!("key-{}", n % 30), n.to_string()))
         .collect();
-    produce(&producer(&tansu.bootstrap()), "order", records).await;
-    wait_for("every call to succeed", Duration::from_secs(120), || async {
-        count(&admin, "succeeded").await == RECORDS as u64
-    })
-    .await;
-
     let mut per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for seen in target.seen() {
+    for seen in deliver_through_a_flaky_target("order", "key", records).await {
         let key = seen.header("engine-kafka-key").unwrap().to_string();
         per_key.entry(key).or_default().push(position(&seen).1);
     }
     assert_eq!(per_key.len(), 30);
-    for (key, mut offsets) in per_key {
-        offsets.dedup(); // retries of one call repeat in place
-        assert!(
-            offsets.windows(2).all(|w| w[0] < w[1]),
-            "key {key}: deliveries out of offset order: {offsets:?}"
-        );
-        assert_eq!(offsets.len(), RECORDS / 30, "key {key}: every call delivered");
+    for (key, offsets) in per_key {
+        let calls = calls_in_offset_order(&format!("key {key}"), offsets);
+        assert_eq!(calls, RECORDS / 30, "key {key}: every call delivered");
     }
-    engine.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_order_holds_per_partition_across_several_partitions_while_some_retry() {
     const RECORDS: usize = 1_500;
-    let tansu = Tansu::start();
-    tansu.create_topic("by-partition", 3).await;
-    let target = Target::start(|_| {
-        if rand::rng().random::<f64>() < 0.3 {
-            Reply::Status(503, "again")
-        } else {
-            Reply::Status(200, "ok")
-        }
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, admin) = start(
-        &dir,
-        kafka_subscription(&tansu.bootstrap(), "by-partition", &target.url()).ordering("partition"),
-    )
-    .await;
     // Many keys, so every partition holds records of many keys: only the partition orders them.
     let records = (0..RECORDS)
         .map(|n| Out::keyed(format!("key-{n}"), n.to_string()))
         .collect();
-    produce(&producer(&tansu.bootstrap()), "by-partition", records).await;
-    wait_for("every call to succeed", Duration::from_secs(120), || async {
-        count(&admin, "succeeded").await == RECORDS as u64
-    })
-    .await;
-
     let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
-    for seen in target.seen() {
+    for seen in deliver_through_a_flaky_target("by-partition", "partition", records).await {
         let (partition, offset) = position(&seen);
         per_partition.entry(partition).or_default().push(offset);
     }
     assert_eq!(per_partition.len(), 3, "records in every partition");
-    let mut delivered = 0;
-    for (partition, mut offsets) in per_partition {
-        offsets.dedup(); // retries of one call repeat in place
-        assert!(
-            offsets.windows(2).all(|w| w[0] < w[1]),
-            "partition {partition}: deliveries out of offset order: {offsets:?}"
-        );
-        delivered += offsets.len();
-    }
+    let delivered: usize = per_partition
+        .into_iter()
+        .map(|(partition, offsets)| calls_in_offset_order(&format!("partition {partition}"), offsets))
+        .sum();
     assert_eq!(delivered, RECORDS, "every call delivered once it succeeded");
-    engine.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
