@@ -213,6 +213,12 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
         "Store commits that failed and were retried (the batch is held until one succeeds).",
         vec![(String::new(), writer.failed_writes.load(Relaxed) as f64)],
     );
+    out.family(
+        "engine_store_reused_offsets_total",
+        "counter",
+        "Records stored as new calls because a different record had used their offset before (a recreated topic, another cluster).",
+        vec![(String::new(), writer.reused_offsets.load(Relaxed) as f64)],
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out.text)
 }
 

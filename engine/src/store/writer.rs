@@ -85,6 +85,8 @@ pub struct WriterStats {
     pub failing: std::sync::atomic::AtomicBool,
     /// Commits that failed and are retried (each retry of a held batch counts).
     pub failed_writes: std::sync::atomic::AtomicU64,
+    /// Records stored as new calls because their offset was reused by a different record.
+    pub reused_offsets: std::sync::atomic::AtomicU64,
     /// Rows per commit.
     pub batch_rows: Histogram,
     /// Seconds per commit.
@@ -99,6 +101,7 @@ impl Default for WriterStats {
             commit_micros: std::sync::atomic::AtomicU64::default(),
             failing: std::sync::atomic::AtomicBool::default(),
             failed_writes: std::sync::atomic::AtomicU64::default(),
+            reused_offsets: std::sync::atomic::AtomicU64::default(),
             batch_rows: Histogram::new(telemetry::BATCH_BOUNDS),
             commit_seconds: Histogram::new(telemetry::COMMIT_BOUNDS),
         }
@@ -114,6 +117,8 @@ pub(crate) fn run(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
 
+    // One warning per 10 s about reused offsets, not one per record of a recreated topic.
+    let mut reuse_warned: Option<Instant> = None;
     while let Ok(first) = commands.recv() {
         let mut rows = first.rows();
         let mut batch = vec![first];
@@ -142,6 +147,14 @@ pub(crate) fn run(
                     if stats.failing.swap(false, Relaxed) {
                         tracing::warn!("store writes succeed again");
                     }
+                    if let Some(call) = &outcome.first_reused {
+                        let total =
+                            stats.reused_offsets.fetch_add(outcome.reused_offsets, Relaxed) + outcome.reused_offsets;
+                        if reuse_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                            reuse_warned = Some(Instant::now());
+                            warn_reused_offsets(call, total);
+                        }
+                    }
                     break Ok(outcome);
                 }
                 Err(error) if is_transient(&error) => {
@@ -162,6 +175,18 @@ pub(crate) fn run(
         };
         reply(batch, outcome, committed_seq);
     }
+}
+
+fn warn_reused_offsets(call: &NewCall, total: u64) {
+    let source = call.source.as_ref();
+    tracing::warn!(
+        subscription = %call.subscription,
+        topic = source.map_or("", |s| s.topic.as_str()),
+        partition = source.map(|s| s.partition),
+        offset = source.map(|s| s.offset),
+        records_since_start = total,
+        "a record differs from the one stored at its offset: the offsets were reused (a recreated topic, another cluster, a new dev broker); it becomes a new call, nothing is dropped"
+    );
 }
 
 /// Errors that may heal by themselves: a full disk, I/O trouble, a lock held for a while.
@@ -185,6 +210,9 @@ struct Applied {
     purged: Vec<usize>,
     operated: Vec<Vec<Affected>>,
     max_seq: Option<i64>,
+    /// Records stored as new calls at reused offsets, and the first of them.
+    reused_offsets: u64,
+    first_reused: Option<NewCall>,
 }
 
 fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> {
@@ -194,6 +222,8 @@ fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> 
         purged: Vec::new(),
         operated: Vec::new(),
         max_seq: None,
+        reused_offsets: 0,
+        first_reused: None,
     };
     let now = now_millis();
     for command in batch {
@@ -201,7 +231,11 @@ fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> 
             Command::Insert { calls, .. } => {
                 let mut results = Vec::with_capacity(calls.len());
                 for call in calls {
-                    let (inserted, seq) = insert_call(&tx, call, now)?;
+                    let ((inserted, seq), reused) = insert_call(&tx, call, now)?;
+                    if reused {
+                        applied.reused_offsets += 1;
+                        applied.first_reused.get_or_insert_with(|| call.clone());
+                    }
                     if let Some(seq) = seq {
                         applied.max_seq = Some(applied.max_seq.map_or(seq, |m| m.max(seq)));
                     }
@@ -244,49 +278,27 @@ fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> 
     Ok(applied)
 }
 
+/// Insert `call`; the flag says it was a different record at a reused offset.
 fn insert_call(
     tx: &rusqlite::Transaction<'_>,
     call: &NewCall,
     now: Millis,
-) -> rusqlite::Result<(Inserted, Option<i64>)> {
+) -> rusqlite::Result<((Inserted, Option<i64>), bool)> {
     let mut generation = 0;
     loop {
         if let Some(inserted) = try_insert(tx, call, now, generation)? {
-            return Ok(inserted);
+            return Ok((inserted, generation > 0));
         }
         // A call exists for this record's position: the same record read again (a crash
         // or a rebalance before its offset was stored), or a different record at a reused
         // offset, which must not be lost.
-        let Some(source) = &call.source else {
-            return Ok((Inserted::Duplicate, None));
-        };
-        match stored_generations(tx, call)? {
-            Stored::Same => return Ok((Inserted::Duplicate, None)),
-            Stored::Differ { next_generation } => {
-                warn_reused_offset(&call.subscription, source, now);
-                generation = next_generation.max(generation + 1);
-            }
+        if call.source.is_none() {
+            return Ok(((Inserted::Duplicate, None), false));
         }
-    }
-}
-
-/// Records at reused offsets since start, and when that was last logged: one warning per
-/// 10 s, not one per record of a recreated topic.
-static REUSED_OFFSETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static REUSED_LOGGED_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-
-fn warn_reused_offset(subscription: &str, source: &crate::model::KafkaSource, now: Millis) {
-    let total = REUSED_OFFSETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    if now - REUSED_LOGGED_AT.load(std::sync::atomic::Ordering::Relaxed) >= 10_000 {
-        REUSED_LOGGED_AT.store(now, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(
-            %subscription,
-            topic = %source.topic,
-            partition = source.partition,
-            offset = source.offset,
-            records_since_start = total,
-            "a record differs from the one stored at its offset: the offsets were reused (a recreated topic, another cluster, a new dev broker); it becomes a new call, nothing is dropped"
-        );
+        match stored_generations(tx, call)? {
+            Stored::Same => return Ok(((Inserted::Duplicate, None), false)),
+            Stored::Differ { next_generation } => generation = next_generation.max(generation + 1),
+        }
     }
 }
 
