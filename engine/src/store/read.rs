@@ -31,9 +31,16 @@ fn parsed<T: std::str::FromStr>(row: &Row<'_>, column: &str) -> rusqlite::Result
 where
     T::Err: std::fmt::Display,
 {
-    let text: String = row.get(column)?;
+    parsed_at(row, row.as_ref().column_index(column)?)
+}
+
+/// [`parsed`], for a column already found.
+fn parsed_at<T: std::str::FromStr>(row: &Row<'_>, index: usize) -> rusqlite::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let text: String = row.get(index)?;
     text.parse().map_err(|e: T::Err| {
-        let index = row.as_ref().column_index(column).unwrap_or_default();
         rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, e.to_string().into())
     })
 }
@@ -96,11 +103,9 @@ fn due_call(row: &Row<'_>, at: &DueIndex) -> rusqlite::Result<DueCall> {
         }),
         None => None,
     };
-    let id: String = row.get(at.id)?;
     Ok(DueCall {
         seq: row.get(at.seq)?,
-        id: uuid::Uuid::parse_str(&id)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(at.id, rusqlite::types::Type::Text, Box::new(e)))?,
+        id: parsed_at(row, at.id)?,
         target: row.get(at.target)?,
         payload: row.get(at.payload)?,
         key: row.get(at.key)?,
