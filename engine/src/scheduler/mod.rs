@@ -133,8 +133,9 @@ impl Scheduler {
                 () = shutdown.recv() => break,
                 Some(ended) = self.ended_rx.recv() => self.on_attempt_ended(&ended).await?,
                 Some(control) = self.control_rx.recv() => {
-                    let effects = self.reactor.control(control, now_millis());
-                    self.apply(effects).await?;
+                    let now = now_millis();
+                    let effects = self.reactor.control(control, now);
+                    self.apply(effects, now).await?;
                 }
                 Ok(()) = committed.changed(), if may_load => {}
                 Ok(()) = releases.changed(), if wait_for_slot => {}
@@ -238,22 +239,23 @@ impl Scheduler {
 
     async fn on_attempt_ended(&mut self, ended: &AttemptEnded) -> Result<(), StoreError> {
         let random = rand::rng().random::<f64>();
-        let effects = self.reactor.attempt_ended(ended, now_millis(), random);
+        let now = now_millis();
+        let effects = self.reactor.attempt_ended(ended, now, random);
         if let Some(error) = &ended.outcome.error {
             tracing::debug!(call = %ended.call.id, attempt = ended.attempt, %error, "attempt failed");
         }
-        self.apply(effects).await
+        self.apply(effects, now).await
     }
 
-    /// Carry out the reactor's effects, in order.
-    async fn apply(&mut self, effects: Vec<Effect>) -> Result<(), StoreError> {
+    /// Carry out the reactor's effects, in order; `now` is when the reaction happened.
+    async fn apply(&mut self, effects: Vec<Effect>, now: Millis) -> Result<(), StoreError> {
         for effect in effects {
             match effect {
                 Effect::ReleaseEndpoint {
                     signal,
                     retry_after,
                     started_at,
-                } => self.endpoint.release(signal, retry_after, started_at, now_millis()),
+                } => self.endpoint.release(signal, retry_after, started_at, now),
                 Effect::Count(count) => self.count(count),
                 Effect::FinishAttempt {
                     seq,
