@@ -148,6 +148,10 @@ pub struct LiveFigures {
     /// With a Kafka source: whether every broker is down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_down: Option<bool>,
+    /// With a Kafka source: the last error librdkafka reported (TLS, authentication,
+    /// connection), until a broker is up again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_error: Option<String>,
     /// With a Kafka source: lag per assigned partition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<Vec<PartitionLag>>,
@@ -229,6 +233,7 @@ mod tests {
                 dead_letters_failing: None,
                 consumed: Some(9),
                 kafka_down: Some(false),
+                kafka_error: None,
                 lag: Some(Vec::new()),
             }),
             ..stored_only

@@ -18,6 +18,10 @@ use crate::free_addr;
 #[derive(Debug)]
 pub struct Tansu {
     pub addr: SocketAddr,
+    /// The address the broker gives clients in metadata: `addr`, or a proxy in front of it.
+    advertised: SocketAddr,
+    /// Extra arguments of `tansu broker`.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -39,7 +43,30 @@ impl Tansu {
     /// Start a broker and wait until it accepts connections.
     pub fn start() -> Self {
         let addr = free_addr();
-        let mut tansu = Self { addr, child: None };
+        Self::start_advertising(addr, addr)
+    }
+
+    /// Start a broker on `addr` that tells clients to connect to `advertised` (a proxy).
+    pub fn start_advertising(addr: SocketAddr, advertised: SocketAddr) -> Self {
+        let mut tansu = Self {
+            addr,
+            advertised,
+            args: Vec::new(),
+            child: None,
+        };
+        tansu.restart();
+        tansu
+    }
+
+    /// Start a broker with extra arguments of `tansu broker` (`--authentication`, say).
+    pub fn start_with(args: &[&str]) -> Self {
+        let addr = free_addr();
+        let mut tansu = Self {
+            addr,
+            advertised: addr,
+            args: args.iter().map(ToString::to_string).collect(),
+            child: None,
+        };
         tansu.restart();
         tansu
     }
@@ -47,9 +74,17 @@ impl Tansu {
     /// (Re)start the broker process on the same port. Its storage is in memory.
     pub fn restart(&mut self) {
         let url = format!("tcp://{}", self.addr);
+        let advertised = format!("tcp://{}", self.advertised);
         let child = Command::new(tansu_binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &advertised,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
+            .args(&self.args)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -97,21 +132,26 @@ impl Tansu {
 
     /// Create a topic through the admin API.
     pub async fn create_topic(&self, name: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .create()
-            .expect("admin client");
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let results = admin
-            .create_topics(
-                &[topic],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await
-            .expect("create topic");
-        for result in results {
-            result.expect("topic created");
-        }
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.bootstrap());
+        create_topic_with(&config, name, partitions).await;
+    }
+}
+
+/// Create a topic through the admin API of a client built from `config` (for a broker
+/// reached through TLS, say).
+pub async fn create_topic_with(config: &ClientConfig, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics(
+            &[topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topic");
+    for result in results {
+        result.expect("topic created");
     }
 }
 

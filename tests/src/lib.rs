@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod kafka;
+pub mod tls;
 pub mod unkind;
 
 use std::net::SocketAddr;

@@ -78,15 +78,20 @@ impl ClientContext for SourceContext {
             if !self.status.brokers_down.swap(true, Relaxed) {
                 tracing::error!(source = %self.name, "Kafka unreachable: every broker is down ({reason}); consumption waits, records already taken keep being delivered, nothing is lost");
             }
+            // Said by `brokers_down`; the error that brought them down stays shown.
             return;
         }
+        self.status.set_error(Some(format!("{error}: {reason}")));
         tracing::warn!(source = %self.name, %error, "Kafka: {reason}");
     }
 
     fn stats(&self, statistics: Statistics) {
         let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
-        if up && self.status.brokers_down.swap(false, Relaxed) {
-            tracing::warn!(source = %self.name, "Kafka reachable again; consumption resumes");
+        if up {
+            self.status.set_error(None);
+            if self.status.brokers_down.swap(false, Relaxed) {
+                tracing::warn!(source = %self.name, "Kafka reachable again; consumption resumes");
+            }
         }
         let mut lag: Vec<PartitionLag> = statistics
             .topics

@@ -10,12 +10,26 @@ pub struct SourceStatus {
     pub paused: AtomicBool,
     /// Set when librdkafka reports every broker down, cleared once one is up again.
     pub brokers_down: AtomicBool,
+    /// The last error librdkafka reported (a refused TLS certificate, failed authentication,
+    /// an unreachable broker), cleared once its statistics show a broker up.
+    pub error: std::sync::Mutex<Option<String>>,
     /// Lag per assigned partition, from librdkafka's statistics (every
     /// `statistics.interval.ms`, 5 s unless configured).
     pub partitions: std::sync::Mutex<Vec<PartitionLag>>,
 }
 
 impl SourceStatus {
+    /// The error to show an operator, if no broker has been up since it happened.
+    pub fn last_error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|e| e.clone())
+    }
+
+    pub(crate) fn set_error(&self, error: Option<String>) {
+        if let Ok(mut slot) = self.error.lock() {
+            *slot = error;
+        }
+    }
+
     /// The last lag figures, sorted by topic and partition.
     pub fn lag(&self) -> Vec<PartitionLag> {
         self.partitions.lock().map(|p| p.clone()).unwrap_or_default()

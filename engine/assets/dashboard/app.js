@@ -275,6 +275,10 @@ function overviewView(stats) {
       STATUSES.map((k) => card(k, stats[k], k === 'dead' ? '#/dead' : `#/calls?status=${k}`)),
       card('in_flight', inFlight, '#/calls?status=running')),
     h('h2', null, 'Subscriptions'),
+    subs.filter((n) => stats.subscriptions[n].kafka_down || stats.subscriptions[n].kafka_error).map((n) =>
+      h('p', { class: 'banner error', testid: `sub-${n}-kafka-error` }, `${n}: `,
+        stats.subscriptions[n].kafka_down ? 'every Kafka broker is down; consumption waits. ' : '',
+        stats.subscriptions[n].kafka_error ? `Kafka: ${stats.subscriptions[n].kafka_error}` : '')),
     h('div', { class: 'scroll' }, table('subscriptions',
       ['Subscription', ...cols.map((k) => '#' + k.replace('_', ' ')),
         hasTp && `Throughput${win ? ` (last ${win.window_seconds} s)` : ''}`, hasLag && '#Kafka lag'],

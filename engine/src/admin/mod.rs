@@ -222,6 +222,7 @@ fn live_figures(state: &AdminState, name: &str, figures: &Figures) -> LiveFigure
         dead_letters_failing: dead_letters.then_some(now.dead_letters_failing),
         consumed: source.map(|s| s.consumed.load(std::sync::atomic::Ordering::Relaxed)),
         kafka_down: source.map(|s| s.brokers_down.load(std::sync::atomic::Ordering::Relaxed)),
+        kafka_error: source.and_then(|s| s.last_error()),
         lag: source.map(|s| s.lag()),
     }
 }

@@ -366,6 +366,15 @@ fn print_stats(stats: &api::Stats) {
             )
         );
     }
+    for (name, s) in &stats.subscriptions {
+        let live = s.live.as_ref();
+        if live.and_then(|l| l.kafka_down) == Some(true) {
+            outln!("\n{name}: every Kafka broker is down; consumption waits");
+        }
+        if let Some(error) = live.and_then(|l| l.kafka_error.as_ref()) {
+            outln!("\n{name}: Kafka: {error}");
+        }
+    }
     let endpoints: Vec<Vec<String>> = stats
         .endpoints
         .iter()
