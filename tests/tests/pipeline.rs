@@ -266,14 +266,15 @@ async fn a_second_engine_on_the_same_database_refuses_to_start() {
 }
 
 #[tokio::test]
-async fn finished_calls_are_purged_after_retention_and_open_ones_kept() {
+async fn finished_calls_are_purged_in_chunks_and_the_file_shrinks() {
     use engine::model::{now_millis, AttemptRecord, Transition};
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("engine.db"), StoreOptions::default()).unwrap();
-    let call = |n: i64| NewCall {
+    let path = dir.path().join("engine.db");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let call = |n: usize| NewCall {
         subscription: "s".into(),
         target: "http://127.0.0.1:1/".into(),
-        payload: n.to_string().into_bytes(),
+        payload: format!("{n:0>2048}").into_bytes(),
         tombstone: false,
         key: None,
         headers: None,
@@ -282,39 +283,63 @@ async fn finished_calls_are_purged_after_retention_and_open_ones_kept() {
         dead_reason: None,
         block_group_if_dead: false,
     };
-    store.insert(vec![call(1), call(2)]).await.unwrap();
-    let done = store.pending_after("s", 0, 10).await.unwrap()[0].clone();
-    let attempt = AttemptRecord {
-        attempt: 1,
-        started_at: now_millis(),
-        duration_ms: 1,
-        outcome: "success",
-        http_status: Some(200),
-        error: None,
-    };
-    store.start_attempt(done.seq, 1, now_millis()).unwrap();
-    store
-        .finish_attempt(done.seq, attempt, Transition::Succeeded { output: None }, false)
-        .unwrap();
+    let finished = 2500;
+    store.insert((0..=finished).map(call).collect()).await.unwrap();
+    let due = store.pending_after("s", 0, finished + 1).await.unwrap();
+    for done in &due[..finished] {
+        let attempt = AttemptRecord {
+            attempt: 1,
+            started_at: now_millis(),
+            duration_ms: 1,
+            outcome: "success",
+            http_status: Some(200),
+            error: None,
+        };
+        store.start_attempt(done.seq, 1, now_millis()).unwrap();
+        store
+            .finish_attempt(done.seq, attempt, Transition::Succeeded { output: None }, false)
+            .unwrap();
+    }
     store.flush().await.unwrap();
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts["s"].pending, counts["s"].succeeded), (1, finished as u64));
+    assert_eq!(store.open_calls("s").await.unwrap(), 1);
+    let pages_before = page_count(&path);
+
     assert_eq!(
-        store.purge(now_millis() - 60_000).await.unwrap(),
+        store.purge(now_millis() - 60_000, 1000).await.unwrap(),
         0,
         "not yet past retention"
     );
-    assert_eq!(
-        store.purge(now_millis() + 1).await.unwrap(),
-        1,
-        "the succeeded call goes"
-    );
+    let mut chunks = Vec::new();
+    loop {
+        let n = store.purge(now_millis() + 1, 1000).await.unwrap();
+        chunks.push(n);
+        if n < 1000 {
+            break;
+        }
+    }
+    assert_eq!(chunks, [1000, 1000, 500], "at most one chunk per commit");
     let counts = store.counts().await.unwrap();
     assert_eq!(
         (counts["s"].pending, counts["s"].succeeded),
         (1, 0),
-        "the pending call stays"
+        "the pending call stays, and the counts follow"
     );
-    assert!(store.call(done.id).await.unwrap().is_none());
+    assert!(store.call(due[0].id).await.unwrap().is_none());
+    assert!(store.call(due[finished].id).await.unwrap().is_some());
+    let pages_after = page_count(&path);
+    assert!(
+        pages_after * 4 < pages_before,
+        "the freed pages go back to the file system: {pages_before} pages before, {pages_after} after"
+    );
     store.close();
+}
+
+/// Pages in the database, as a reader sees it (the WAL included).
+fn page_count(path: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap()
 }
 
 #[tokio::test]

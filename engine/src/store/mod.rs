@@ -183,10 +183,11 @@ impl Store {
         })
     }
 
-    /// Delete succeeded and cancelled calls last changed before `before`.
-    pub async fn purge(&self, before: Millis) -> Result<usize, StoreError> {
+    /// Delete at most `limit` succeeded and cancelled calls last changed before `before`
+    /// (one short commit); returns how many. Call again while it returns `limit`.
+    pub async fn purge(&self, before: Millis, limit: usize) -> Result<usize, StoreError> {
         let (reply, wait) = oneshot::channel();
-        self.send(Command::Purge { before, reply })?;
+        self.send(Command::Purge { before, limit, reply })?;
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -364,6 +365,9 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
         conn.pragma_update(None, "synchronous", "FULL")?;
         // Index pages of a large backlog stay in memory: 64 MiB, the writer's only cache.
         conn.pragma_update(None, "cache_size", -65_536)?;
+        // The WAL is reset after each checkpoint; this truncates it back, so a burst (a
+        // large purge) does not leave a large -wal file behind.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     }
     Ok(conn)
 }

@@ -303,8 +303,7 @@ impl StatusCounts {
 /// Counts by status for each subscription that has calls.
 pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, StatusCounts>> {
     let mut out: BTreeMap<String, StatusCounts> = BTreeMap::new();
-    let mut stmt =
-        conn.prepare_cached("SELECT subscription, status, count(*) FROM calls GROUP BY subscription, status")?;
+    let mut stmt = conn.prepare_cached("SELECT subscription, status, n FROM call_counts WHERE n > 0")?;
     let rows = stmt.query_map([], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
     })?;
@@ -388,7 +387,9 @@ pub(crate) fn list_calls(
 
 /// Number of calls of one subscription that are not terminal.
 pub(crate) fn open_calls(conn: &Connection, subscription: &str) -> rusqlite::Result<u64> {
-    conn.prepare_cached("SELECT count(*) FROM calls WHERE subscription = ?1 AND status IN ('pending', 'running')")?
-        .query_row([subscription], |r| r.get::<_, i64>(0))
-        .map(|n| n as u64)
+    conn.prepare_cached(
+        "SELECT coalesce(sum(n), 0) FROM call_counts WHERE subscription = ?1 AND status IN ('pending', 'running')",
+    )?
+    .query_row([subscription], |r| r.get::<_, i64>(0))
+    .map(|n| n as u64)
 }

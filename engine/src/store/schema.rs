@@ -83,6 +83,31 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX calls_source;
     CREATE UNIQUE INDEX calls_source ON calls (subscription, topic, partition, "offset", source_generation);
     "#,
+    // 6: counts by subscription and status kept as calls change, so stats read a handful of
+    // rows instead of counting millions.
+    "
+    CREATE TABLE call_counts (
+        subscription TEXT    NOT NULL,
+        status       TEXT    NOT NULL,
+        n            INTEGER NOT NULL,
+        PRIMARY KEY (subscription, status)
+    ) WITHOUT ROWID;
+    INSERT INTO call_counts (subscription, status, n)
+        SELECT subscription, status, count(*) FROM calls GROUP BY subscription, status;
+    CREATE TRIGGER calls_counted_on_insert AFTER INSERT ON calls BEGIN
+        INSERT INTO call_counts (subscription, status, n) VALUES (new.subscription, new.status, 1)
+            ON CONFLICT (subscription, status) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER calls_counted_on_delete AFTER DELETE ON calls BEGIN
+        UPDATE call_counts SET n = n - 1 WHERE subscription = old.subscription AND status = old.status;
+    END;
+    CREATE TRIGGER calls_counted_on_update AFTER UPDATE OF status ON calls
+        WHEN old.status IS NOT new.status BEGIN
+        UPDATE call_counts SET n = n - 1 WHERE subscription = old.subscription AND status = old.status;
+        INSERT INTO call_counts (subscription, status, n) VALUES (new.subscription, new.status, 1)
+            ON CONFLICT (subscription, status) DO UPDATE SET n = n + 1;
+    END;
+    ",
 ];
 
 /// The schema version this build writes.
@@ -97,6 +122,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             supported: LATEST,
         });
     }
+    reclaim_free_pages(conn, current == 0)?;
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
@@ -105,4 +131,98 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tracing::info!(version = version + 1, "applied schema migration");
     }
     Ok(())
+}
+
+/// Pages freed by deleting calls are given back to the file system (`PRAGMA
+/// incremental_vacuum`, after each purge chunk), so the file shrinks after a purge. That
+/// needs `auto_vacuum = INCREMENTAL`; a database made by an older version is rewritten once
+/// (`VACUUM`), which takes a while on a large file.
+fn reclaim_free_pages(conn: &mut Connection, new: bool) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |row| row.get(0))?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    conn.pragma_update(None, "auto_vacuum", INCREMENTAL)?;
+    if !new {
+        tracing::info!("rewriting the database once so that purged space is given back (VACUUM); this takes a while on a large file");
+    }
+    // Takes effect only through VACUUM once the file has a header (WAL mode writes one);
+    // on a new, empty database that is instant.
+    conn.execute_batch("VACUUM")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert(conn: &Connection, subscription: &str, status: &str) {
+        conn.execute(
+            "INSERT INTO calls (id, subscription, target, payload, status, next_attempt_at, created_at, updated_at)
+             VALUES (lower(hex(randomblob(16))), ?1, 't', x'', ?2, 0, 0, 0)",
+            [subscription, status],
+        )
+        .unwrap();
+    }
+
+    fn counts(conn: &Connection) -> Vec<(String, String, i64)> {
+        conn.prepare("SELECT subscription, status, n FROM call_counts WHERE n > 0 ORDER BY 1, 2")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_version_5_database_gets_its_counts_and_gives_back_freed_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("old.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        for (version, sql) in MIGRATIONS.iter().enumerate().take(5) {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", version as i64 + 1).unwrap();
+        }
+        for status in ["pending", "pending", "succeeded", "dead"] {
+            insert(&conn, "a", status);
+        }
+        insert(&conn, "b", "running");
+        let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0)).unwrap();
+        assert_eq!(mode, 0, "an old database has no incremental vacuum");
+
+        migrate(&mut conn).unwrap();
+        let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0)).unwrap();
+        assert_eq!(mode, 2, "rewritten with incremental vacuum");
+        let row = |s: &str, st: &str, n| (s.to_string(), st.to_string(), n);
+        assert_eq!(
+            counts(&conn),
+            [
+                row("a", "dead", 1),
+                row("a", "pending", 2),
+                row("a", "succeeded", 1),
+                row("b", "running", 1)
+            ]
+        );
+
+        // The triggers keep the counts as calls are created, change status and go.
+        insert(&conn, "b", "pending");
+        conn.execute(
+            "UPDATE calls SET status = 'succeeded' WHERE subscription = 'b' AND status = 'running'",
+            [],
+        )
+        .unwrap();
+        conn.execute("UPDATE calls SET attempts = 3 WHERE subscription = 'a'", [])
+            .unwrap();
+        conn.execute("DELETE FROM calls WHERE status = 'dead'", []).unwrap();
+        assert_eq!(
+            counts(&conn),
+            [
+                row("a", "pending", 2),
+                row("a", "succeeded", 1),
+                row("b", "pending", 1),
+                row("b", "succeeded", 1)
+            ]
+        );
+    }
 }

@@ -31,8 +31,10 @@ pub(crate) enum Command {
         transition: Transition,
         block_group: bool,
     },
+    /// Delete at most `limit` finished calls, so that one commit stays short.
     Purge {
         before: Millis,
+        limit: usize,
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
     /// An operator's action; replies with the calls it changed.
@@ -54,6 +56,7 @@ impl Command {
         match self {
             Self::Insert { calls, .. } => calls.len(),
             Self::DeadLettered { seqs, .. } => seqs.len(),
+            Self::Purge { limit, .. } => *limit,
             _ => 1,
         }
     }
@@ -261,7 +264,7 @@ fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> 
                     block_group_of(&tx, *seq)?;
                 }
             }
-            Command::Purge { before, .. } => applied.purged.push(purge(&tx, *before)?),
+            Command::Purge { before, limit, .. } => applied.purged.push(purge(&tx, *before, *limit)?),
             Command::Operate { operation, .. } => applied.operated.push(operate(&tx, operation, now)?),
             Command::DeadLettered { seqs, .. } => {
                 for seq in seqs {
@@ -529,17 +532,30 @@ fn operate(tx: &rusqlite::Transaction<'_>, operation: &Operation, now: Millis) -
     Ok(affected)
 }
 
-/// Delete succeeded and cancelled calls last changed before `before`, with their attempts.
-fn purge(tx: &rusqlite::Transaction<'_>, before: Millis) -> rusqlite::Result<usize> {
-    tx.execute(
-        "DELETE FROM attempts WHERE call_seq IN (
-             SELECT seq FROM calls WHERE status IN ('succeeded', 'cancelled') AND updated_at < ?1)",
-        [before],
-    )?;
-    tx.execute(
-        "DELETE FROM calls WHERE status IN ('succeeded', 'cancelled') AND updated_at < ?1",
-        [before],
-    )
+/// Pages given back to the file system after a purge chunk, at most (8 MiB of 4 KiB pages).
+const VACUUM_PAGES_PER_CHUNK: u32 = 2048;
+
+/// Delete at most `limit` succeeded and cancelled calls last changed before `before`, with
+/// their attempts, and give the pages they freed back to the file system.
+fn purge(tx: &rusqlite::Transaction<'_>, before: Millis, limit: usize) -> rusqlite::Result<usize> {
+    let seqs: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT seq FROM calls WHERE status IN ('succeeded', 'cancelled') AND updated_at < ?1 LIMIT ?2",
+        )?
+        .query_map(params![before, limit as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut delete_attempts = tx.prepare_cached("DELETE FROM attempts WHERE call_seq = ?1")?;
+    let mut delete_call = tx.prepare_cached("DELETE FROM calls WHERE seq = ?1")?;
+    for seq in &seqs {
+        delete_attempts.execute([seq])?;
+        delete_call.execute([seq])?;
+    }
+    if !seqs.is_empty() {
+        let mut vacuum = tx.prepare(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES_PER_CHUNK})"))?;
+        let mut rows = vacuum.query([])?;
+        while rows.next()?.is_some() {}
+    }
+    Ok(seqs.len())
 }
 
 fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq: &watch::Sender<i64>) {
