@@ -177,3 +177,27 @@ async fn kafka_error(admin: &Admin, what: &str) -> String {
     wait_for(what, Duration::from_secs(30), || async { !read().await.is_empty() }).await;
     read().await
 }
+
+#[test]
+fn the_build_has_tls_sasl_and_every_codec() {
+    let features = ClientConfig::new()
+        .create_native_config()
+        .expect("native config")
+        .get("builtin.features")
+        .expect("builtin.features");
+    for feature in [
+        "ssl",
+        "sasl_plain",
+        "sasl_scram",
+        "sasl_oauthbearer",
+        "zstd",
+        "lz4",
+        "snappy",
+        "gzip",
+    ] {
+        assert!(
+            features.split(',').any(|f| f == feature),
+            "librdkafka lacks {feature}: {features}"
+        );
+    }
+}
