@@ -21,6 +21,7 @@ use rdkafka::ClientConfig;
 mod e2e;
 mod handler;
 mod limits;
+mod purge;
 mod report;
 
 #[derive(Debug, Parser)]
@@ -55,6 +56,19 @@ enum Scenario {
     /// End to end: throughput, latency at fixed rates, head-of-line, memory and restart,
     /// and the same workloads through Restate when its binaries are given.
     E2e(report::E2eArgs),
+    /// Retention under load: `calls` succeeded calls past retention purged while records
+    /// flow at `rate`/s; commit times, latency and file size.
+    Purge {
+        #[arg(long, default_value_t = 5_000_000)]
+        calls: usize,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        /// Seconds records flow from the start (the purge begins after about 12 s).
+        #[arg(long, default_value_t = 100)]
+        flow_seconds: u64,
+    },
     /// Raw consume rate vs durable ingest rate from the same topic.
     Ingest {
         #[arg(long, default_value_t = 200_000)]
@@ -78,6 +92,12 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Handler { listen, stats } => handler::serve(listen, stats).await,
         Scenario::E2e(args) => report::run(args).await,
         Scenario::Limits { scale, only, repeat } => limits::run(scale, only, repeat).await,
+        Scenario::Purge {
+            calls,
+            payload_bytes,
+            rate,
+            flow_seconds,
+        } => purge::run(calls, payload_bytes, rate, flow_seconds).await,
     }
 }
 

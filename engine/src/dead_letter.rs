@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use connectors::kafka::sink::{Sink, SinkConfig, SinkRecord};
+use connectors::kafka::sink::{Sink, SinkConfig, SinkError, SinkRecord};
 
 use crate::config::DeadLetterConfig;
 use crate::error::EngineError;
@@ -27,10 +27,14 @@ pub mod header {
     pub const SOURCE_TOPIC: &str = "engine-source-topic";
     pub const SOURCE_PARTITION: &str = "engine-source-partition";
     pub const SOURCE_OFFSET: &str = "engine-source-offset";
+    /// Set when the record was too large for the topic: what was left out, and why.
+    pub const OMITTED: &str = "engine-omitted";
 }
 
 /// Dead calls read and produced per pass.
 const BATCH: usize = 500;
+/// Payload bytes of dead calls loaded at once, at most (one larger call is loaded alone).
+const BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// A pass runs at least this often, even without a call going dead meanwhile.
 const IDLE_PASS: Duration = Duration::from_secs(5);
 
@@ -62,6 +66,49 @@ pub fn dead_letter_of(dead: &DeadCall) -> SinkRecord {
 
 /// Produce the dead calls of the subscription of `part` to the topic of `config` until
 /// shutdown.
+/// Send a dead letter too large for the topic without its value, then without the record's
+/// own headers too; if even that is refused, count it as sent (the call stays dead in the
+/// store, where `GET /v1/calls/{id}` shows it) and say so.
+async fn send_smaller(sink: &Sink, dead: &DeadCall) -> Result<connectors::kafka::sink::Delivered, SinkError> {
+    let full = dead_letter_of(dead);
+    let size = dead.call.payload.len();
+    let mut smaller = full.clone();
+    smaller.value = None;
+    smaller.headers.push((
+        header::OMITTED.to_string(),
+        Some(format!("value ({size} bytes): too large for the dead-letter topic; the call keeps it").into_bytes()),
+    ));
+    let mut result = sink.send_all(std::slice::from_ref(&smaller)).await.remove(0);
+    if result.as_ref().is_err_and(SinkError::is_too_large) {
+        let ours = |name: &str| name.starts_with("engine-") || name.starts_with("Engine-");
+        smaller.headers.retain(|(name, _)| ours(name));
+        if let Some((_, value)) = smaller.headers.iter_mut().find(|(name, _)| name == header::OMITTED) {
+            *value = Some(
+                format!(
+                    "value ({size} bytes) and record headers: too large for the dead-letter topic; the call keeps them"
+                )
+                .into_bytes(),
+            );
+        }
+        result = sink.send_all(std::slice::from_ref(&smaller)).await.remove(0);
+    }
+    match result {
+        Err(error) if error.is_too_large() => {
+            tracing::error!(call = %dead.call.id, %error, "a dead letter is too large for the dead-letter topic even without its value; skipped (the call stays dead in the store)");
+            Ok(connectors::kafka::sink::Delivered {
+                partition: -1,
+                offset: -1,
+            })
+        }
+        other => {
+            if other.is_ok() {
+                tracing::warn!(call = %dead.call.id, bytes = size, "dead letter produced without its value: too large for the dead-letter topic");
+            }
+            other
+        }
+    }
+}
+
 pub async fn run(mut part: Part, config: DeadLetterConfig) -> Result<(), EngineError> {
     let sink = Sink::new(&SinkConfig {
         name: part.subscription.name.clone(),
@@ -74,7 +121,7 @@ pub async fn run(mut part: Part, config: DeadLetterConfig) -> Result<(), EngineE
     loop {
         // Outcomes are queued to the writer before the wake-up: wait until they are durable.
         part.store.flush().await?;
-        let dead = part.store.dead_unpublished(name, BATCH).await?;
+        let dead = part.store.dead_unpublished(name, BATCH, BATCH_BYTES).await?;
         if dead.is_empty() {
             tokio::select! {
                 () = part.shutdown.recv() => break,
@@ -84,10 +131,16 @@ pub async fn run(mut part: Part, config: DeadLetterConfig) -> Result<(), EngineE
             continue;
         }
         let records: Vec<SinkRecord> = dead.iter().map(dead_letter_of).collect();
-        let results = tokio::select! {
+        let mut results = tokio::select! {
             () = part.shutdown.recv() => break,
             results = sink.send_all(&records) => results,
         };
+        // A record too large for the topic would stall every later one: send what fits.
+        for (index, dead) in dead.iter().enumerate() {
+            if results[index].as_ref().is_err_and(SinkError::is_too_large) {
+                results[index] = send_smaller(&sink, dead).await;
+            }
+        }
         let mut published = Vec::new();
         let mut failure = None;
         for (call, result) in dead.iter().zip(results) {

@@ -2,6 +2,7 @@
 //! limit, read a bounded response, classify the outcome.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -74,7 +75,7 @@ impl Deliverer {
     /// Make one attempt. Never fails: every problem is an outcome.
     pub async fn deliver(
         &self,
-        call: &DueCall,
+        call: &Arc<DueCall>,
         attempt: u32,
         subscription: &str,
         limits: DeliveryLimits,
@@ -88,7 +89,8 @@ impl Deliverer {
             .client
             .post(&call.target)
             .headers(headers)
-            .body(call.payload.clone())
+            // The body shares the payload held in the window instead of copying it.
+            .body(bytes::Bytes::from_owner(PayloadOf(Arc::clone(call))))
             .send();
         let result = tokio::time::timeout(limits.timeout, async {
             let response = request.await?;
@@ -288,6 +290,15 @@ pub fn request_headers(call: &DueCall, attempt: u32, subscription: &str) -> Head
         put(header::KAFKA_HEADERS, record_headers.clone());
     }
     headers
+}
+
+/// A call's payload as a request body, sharing the call.
+struct PayloadOf(Arc<DueCall>);
+
+impl AsRef<[u8]> for PayloadOf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.payload
+    }
 }
 
 #[cfg(test)]

@@ -162,30 +162,43 @@ async fn purge_loop(store: Store, retention: Duration, mut shutdown: Shutdown) -
             () = tokio::time::sleep(every) => {}
         }
         let before = now_millis() - retention.as_millis() as i64;
-        let mut purged = 0;
-        // In chunks, each its own short commit, so ingest and outcomes go on between them.
-        loop {
-            match store.purge(before, PURGE_CHUNK).await {
-                Ok(n) => {
-                    purged += n;
-                    if n < PURGE_CHUNK {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "purge failed; will try again");
-                    break;
-                }
-            }
-            if shutdown.is_triggered() {
-                return Ok(());
-            }
-        }
+        let Some(purged) = purge_in_chunks(&store, before, &shutdown).await else {
+            return Ok(());
+        };
         if purged > 0 {
             tracing::info!(calls = purged, "purged finished calls past retention");
         }
     }
 }
 
-/// Calls deleted per purge commit: about 10 ms of work.
+/// Purge in chunks, each a few milliseconds of one commit, leaving the writer to ingest and
+/// outcomes between chunks at least as long as a chunk took. Returns the calls deleted, or
+/// `None` if shutdown began.
+async fn purge_in_chunks(store: &Store, before: i64, shutdown: &Shutdown) -> Option<usize> {
+    let mut purged = 0;
+    let mut last_free = u64::MAX;
+    loop {
+        let started = std::time::Instant::now();
+        match store.purge(before, PURGE_CHUNK).await {
+            Ok(chunk) => {
+                purged += chunk.deleted;
+                // Done when nothing is left to delete and no more pages can be given back.
+                if !chunk.more && (chunk.free_pages == 0 || chunk.free_pages >= last_free) {
+                    return Some(purged);
+                }
+                last_free = if chunk.more { u64::MAX } else { chunk.free_pages };
+            }
+            Err(error) => {
+                tracing::warn!(%error, "purge failed; will try again");
+                return Some(purged);
+            }
+        }
+        if shutdown.is_triggered() {
+            return None;
+        }
+        tokio::time::sleep(started.elapsed()).await;
+    }
+}
+
+/// Calls deleted per purge commit, at most (a chunk also stops after a few milliseconds).
 const PURGE_CHUNK: usize = 1000;

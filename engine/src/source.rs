@@ -31,6 +31,7 @@ pub async fn run(part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
     );
     config.options = kafka.options.clone();
     config.batch_size = kafka.batch_size;
+    config.batch_bytes = kafka.batch_bytes;
     let (source, mut batches) = Source::start(config)?;
     figures.source_started(source.status());
     tracing::info!(subscription = %subscription.name, topics = ?kafka.topics, brokers = %kafka.brokers, "consuming");

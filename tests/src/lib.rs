@@ -224,6 +224,12 @@ impl Admin {
         self.get("/v1/stats").await
     }
 
+    /// `/v1/stats`, or `None` while the engine does not answer yet.
+    pub async fn try_stats(&self) -> Option<Value> {
+        let response = self.http.get(format!("{}/v1/stats", self.base)).send().await.ok()?;
+        response.json().await.ok()
+    }
+
     pub async fn get(&self, path: &str) -> Value {
         self.http
             .get(format!("{}{path}", self.base))

@@ -18,6 +18,9 @@ pub(crate) enum Flow {
 #[derive(Debug)]
 pub(crate) struct Batcher {
     batch_size: usize,
+    /// A batch also closes once its records hold this many bytes.
+    batch_bytes: usize,
+    building_bytes: usize,
     linger: Duration,
     /// Closed batches held before the partitions are paused.
     held_limit: usize,
@@ -32,6 +35,8 @@ impl Batcher {
     pub(crate) fn new(batch_size: usize, linger: Duration, held_limit: usize) -> Self {
         Self {
             batch_size: batch_size.max(1),
+            batch_bytes: usize::MAX,
+            building_bytes: 0,
             linger,
             held_limit: held_limit.max(1),
             building: Vec::new(),
@@ -41,18 +46,28 @@ impl Batcher {
         }
     }
 
+    /// Close batches at this many bytes too.
+    #[must_use]
+    pub(crate) fn with_batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes.max(1);
+        self
+    }
+
     /// A record arrived.
     pub(crate) fn push(&mut self, record: SourceRecord, now: Instant) {
         if self.building.is_empty() {
             self.building_since = now;
         }
+        self.building_bytes += record.size_bytes();
         self.building.push(record);
     }
 
     /// Close the batch being built if it is full or has waited `linger`.
     pub(crate) fn close_if_due(&mut self, now: Instant) {
         if !self.building.is_empty()
-            && (self.building.len() >= self.batch_size || now.duration_since(self.building_since) >= self.linger)
+            && (self.building.len() >= self.batch_size
+                || self.building_bytes >= self.batch_bytes
+                || now.duration_since(self.building_since) >= self.linger)
         {
             self.close();
         }
@@ -67,6 +82,7 @@ impl Batcher {
     }
 
     fn close(&mut self) {
+        self.building_bytes = 0;
         self.held.push_back(std::mem::take(&mut self.building));
     }
 
@@ -111,6 +127,7 @@ impl Batcher {
         }
         let keep = |r: &SourceRecord| !revoked.contains(&(r.topic.clone(), r.partition));
         self.building.retain(keep);
+        self.building_bytes = self.building.iter().map(SourceRecord::size_bytes).sum();
         for records in &mut self.held {
             records.retain(keep);
         }
@@ -149,6 +166,26 @@ mod tests {
         batcher.close_if_due(start + Duration::from_millis(50));
         assert_eq!(batcher.next_closed().map(|b| b.len()), Some(1), "lingered");
         assert_eq!(batcher.poll_timeout(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_batch_closes_at_its_byte_bound_whatever_its_count() {
+        let now = Instant::now();
+        let mut batcher = Batcher::new(1000, Duration::from_secs(1), 4).with_batch_bytes(2500);
+        let big = |offset| SourceRecord {
+            value: Some(vec![0; 1000]),
+            ..record(0, offset)
+        };
+        batcher.push(big(0), now);
+        batcher.push(big(1), now);
+        batcher.close_if_due(now);
+        assert!(batcher.next_closed().is_none(), "2,000 bytes: still open");
+        batcher.push(big(2), now);
+        batcher.close_if_due(now);
+        assert_eq!(batcher.next_closed().map(|b| b.len()), Some(3), "3,000 bytes: closed");
+        batcher.push(big(3), now);
+        batcher.close_if_due(now);
+        assert!(batcher.next_closed().is_none(), "the count starts again");
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct SourceConfig {
     pub options: BTreeMap<String, String>,
     /// Most records per batch.
     pub batch_size: usize,
+    /// Most record bytes per batch (see [`SourceRecord::size_bytes`]).
+    pub batch_bytes: usize,
     /// Longest a batch stays open while records keep arriving; it closes earlier as soon as
     /// no more records are ready.
     pub batch_linger: Duration,
@@ -73,6 +75,7 @@ impl SourceConfig {
             group_id: group_id.into(),
             options: BTreeMap::new(),
             batch_size: 1000,
+            batch_bytes: 1024 * 1024,
             batch_linger: Duration::from_millis(5),
             channel_batches: 8,
             held_batches: 16,
@@ -113,6 +116,18 @@ pub struct SourceRecord {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// Milliseconds since the epoch, when the record has a timestamp.
     pub timestamp: Option<i64>,
+}
+
+impl SourceRecord {
+    /// Bytes of the value, key and headers (what the record costs in memory, roughly).
+    pub fn size_bytes(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.value.as_ref().map_or(0, Vec::len) + self.key.as_ref().map_or(0, Vec::len) + headers
+    }
 }
 
 /// Records to make durable, then [`Ack::ack`].
@@ -247,7 +262,8 @@ impl PollLoop {
             self.config.batch_size,
             self.config.batch_linger,
             self.config.held_batches,
-        );
+        )
+        .with_batch_bytes(self.config.batch_bytes);
         let mut last_error: Option<(String, Instant)> = None;
 
         'poll: while !self.stop.load(Relaxed) {

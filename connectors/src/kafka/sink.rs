@@ -44,6 +44,18 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// The record is larger than the producer or the broker takes (`message.max.bytes`):
+    /// sending it again cannot work.
+    pub fn is_too_large(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode;
+        matches!(self, Self::Produce { source, .. } if matches!(
+            source.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+        ))
+    }
+}
+
 /// Where a produced record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {

@@ -205,6 +205,10 @@ pub struct SubscriptionConfig {
     /// Most calls held in memory; the rest wait in the store.
     #[serde(default = "defaults::window")]
     pub window: usize,
+    /// Most payload bytes held in memory (in the window and in flight); past it, calls wait
+    /// in the store. One call larger than this is still delivered, alone.
+    #[serde(default = "defaults::window_bytes")]
+    pub window_bytes: usize,
     /// Ingest but do not deliver (for maintenance of the target, or to measure ingest).
     #[serde(default)]
     pub paused: bool,
@@ -262,6 +266,10 @@ pub struct KafkaConfig {
     /// Most records persisted in one batch.
     #[serde(default = "defaults::batch_size")]
     pub batch_size: usize,
+    /// Most record bytes (values, keys and headers) in one batch: with large records, what
+    /// the source holds in memory is bounded by this, not only by `batch_size`.
+    #[serde(default = "defaults::batch_bytes")]
+    pub batch_bytes: usize,
     /// Any librdkafka consumer property, passed through (security, SASL, TLS, tuning).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -282,11 +290,17 @@ mod defaults {
     pub fn max_payload_bytes() -> usize {
         1024 * 1024
     }
+    pub fn window_bytes() -> usize {
+        64 * 1024 * 1024
+    }
     pub fn window() -> usize {
         10_000
     }
     pub fn max_backlog() -> u64 {
         100_000
+    }
+    pub fn batch_bytes() -> usize {
+        1024 * 1024
     }
     pub fn batch_size() -> usize {
         1000
@@ -392,9 +406,9 @@ impl Config {
                     ))
                 }
             }
-            if sub.max_concurrency == 0 || sub.window == 0 {
+            if sub.max_concurrency == 0 || sub.window == 0 || sub.window_bytes == 0 {
                 return invalid(format!(
-                    "subscription `{name}`: max_concurrency and window must be at least 1"
+                    "subscription `{name}`: max_concurrency, window and window_bytes must be at least 1"
                 ));
             }
             if let Some(endpoint) = &sub.endpoint {
@@ -434,9 +448,9 @@ impl Config {
                         "subscription `{name}`: kafka.topics must list at least one topic"
                     ));
                 }
-                if kafka.batch_size == 0 || kafka.max_backlog == 0 {
+                if kafka.batch_size == 0 || kafka.batch_bytes == 0 || kafka.max_backlog == 0 {
                     return invalid(format!(
-                        "subscription `{name}`: kafka.batch_size and kafka.max_backlog must be at least 1"
+                        "subscription `{name}`: kafka.batch_size, kafka.batch_bytes and kafka.max_backlog must be at least 1"
                     ));
                 }
                 if kafka.brokers.trim().is_empty() {

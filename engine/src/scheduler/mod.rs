@@ -84,7 +84,7 @@ impl Scheduler {
                 .and_then(|r| rate_limiter(r, subscription.rate_burst)),
             endpoint,
             reactor: Reactor::new(
-                Window::new(subscription.window, GROUP_QUEUE),
+                Window::new(subscription.window, GROUP_QUEUE).with_byte_capacity(subscription.window_bytes),
                 subscription.retry.clone(),
                 subscription.on_dead,
             ),
@@ -115,6 +115,7 @@ impl Scheduler {
         let mut committed = self.store.committed_seq();
         let mut releases = self.endpoint.releases();
         loop {
+            self.unpark_due().await?;
             self.fill(&committed).await?;
             let blocked = self.dispatch();
             self.publish_figures();
@@ -124,6 +125,11 @@ impl Scheduler {
                 Some(Wait::Until(at)) => Some(at),
                 None if self.reactor.in_flight() < self.subscription.max_concurrency => self.reactor.window.next_due(),
                 Some(Wait::Slot) | None => None,
+            };
+            // Parked calls are read back when due, whatever the capacity.
+            let wake_at = match (wake_at, self.reactor.window.next_unpark()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             }
             .map(|at| instant_at(at, now));
             let wait_for_slot = blocked == Some(Wait::Slot);
@@ -156,6 +162,28 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Read back the parked calls whose retry is due.
+    async fn unpark_due(&mut self) -> Result<(), StoreError> {
+        let due = self.reactor.window.parked_due(now_millis());
+        if due.is_empty() {
+            return Ok(());
+        }
+        // Their outcomes went to the writer before they were parked: durable first.
+        self.store.flush().await?;
+        let calls = self.store.pending_calls(due.clone()).await?;
+        let found: std::collections::HashSet<i64> = calls.iter().map(|c| c.seq).collect();
+        for call in calls {
+            self.reactor.window.unpark(call);
+        }
+        for seq in due.into_iter().filter(|seq| !found.contains(seq)) {
+            // No longer pending (an operator cancelled it): its key moves on.
+            if let Some(load) = self.reactor.window.unpark_missing(seq) {
+                self.load_group(load).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Offer new pending calls from the store while the window has room.
     async fn fill(&mut self, committed: &tokio::sync::watch::Receiver<i64>) -> Result<(), StoreError> {
         while self.reactor.window.has_room() {
@@ -168,11 +196,13 @@ impl Scheduler {
                 .window
                 .saturating_sub(self.reactor.window.len())
                 .clamp(1, LOAD_BATCH);
+            let max_bytes = self.reactor.window.free_bytes();
             let calls = self
                 .store
-                .pending_after(&self.subscription.name, self.cursor, room)
+                .pending_page(&self.subscription.name, self.cursor, room, max_bytes)
                 .await?;
-            let exhausted = calls.len() < room;
+            let bytes: usize = calls.iter().map(|c| c.payload.len()).sum();
+            let exhausted = calls.len() < room && bytes < max_bytes;
             for call in calls {
                 self.cursor = call.seq;
                 self.reactor.window.offer(call);

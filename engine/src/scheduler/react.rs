@@ -168,7 +168,7 @@ impl Reactor {
             }
             Transition::Retry { at, .. } => {
                 effects.push(Effect::Count(Count::WillRetry));
-                self.window.retry(call.seq, *at);
+                self.window.retry(call.seq, *at, now);
                 None
             }
             Transition::Dead { .. } => {

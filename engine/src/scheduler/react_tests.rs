@@ -105,6 +105,16 @@ fn a_temporary_failure_keeps_the_key_and_schedules_a_retry() {
         reactor.window.pop_due(500).is_none(),
         "call 2 waits behind the retrying call"
     );
+    assert_eq!(
+        (reactor.window.len(), reactor.window.parked()),
+        (0, 1),
+        "a retry a second away waits on disk, with the key's queue"
+    );
+    assert_eq!(reactor.window.parked_due(1_010), vec![1], "read back when due");
+    let mut stored = (*first).clone();
+    stored.attempts = 1;
+    stored.next_attempt_at = 1_010;
+    reactor.window.unpark(stored);
     let (again, attempt) = reactor.window.pop_due(1_010).expect("the retry is due");
     assert_eq!((again.seq, attempt), (1, 2));
 }

@@ -6,7 +6,13 @@
 //! - a call with an ordering key runs only when it is the head of its group; up to
 //!   `group_queue` later calls of the group wait in memory, and past that the group is marked
 //!   `more_on_disk` and its calls stay in the store until the group drains;
-//! - so a stuck key holds at most `1 + group_queue` slots, and never blocks other keys.
+//! - so a stuck key holds at most `1 + group_queue` slots, and never blocks other keys;
+//! - a call waiting for a retry that is far off (or while the window is half full) is
+//!   *parked*: it leaves memory, with its group's queue, and only its sequence number and
+//!   due time stay; at that time the executor reads it back. So any number of failing keys
+//!   hold only themselves, not the window's slots;
+//! - the window is bounded in payload bytes too: past `byte_capacity` the cursor stops
+//!   (one call larger than the bound is still taken alone, so nothing is stuck).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -61,11 +67,27 @@ impl Group {
 #[derive(Debug)]
 pub struct Window {
     capacity: usize,
+    byte_capacity: usize,
+    /// Payload bytes of the calls held.
+    bytes: usize,
     group_queue: usize,
     held: HashMap<i64, Held>,
     groups: HashMap<Vec<u8>, Group>,
     due: BinaryHeap<Reverse<(Millis, i64)>>,
+    /// Calls waiting for a retry on disk: their due time and ordering key.
+    parked: HashMap<i64, Parked>,
+    parked_due: BinaryHeap<Reverse<(Millis, i64)>>,
 }
+
+#[derive(Debug)]
+struct Parked {
+    at: Millis,
+    ordering_key: Option<Vec<u8>>,
+}
+
+/// A retry at least this far off parks the call (a short one stays: reading it back would
+/// cost more than holding it).
+pub const PARK_AFTER_MS: Millis = 1000;
 
 impl Window {
     /// A window holding at most `capacity` calls, with at most `group_queue` calls waiting
@@ -73,11 +95,32 @@ impl Window {
     pub fn new(capacity: usize, group_queue: usize) -> Self {
         Self {
             capacity: capacity.max(1),
+            byte_capacity: usize::MAX,
+            bytes: 0,
             group_queue,
             held: HashMap::new(),
             groups: HashMap::new(),
             due: BinaryHeap::new(),
+            parked: HashMap::new(),
+            parked_due: BinaryHeap::new(),
         }
+    }
+
+    /// Bound the payload bytes held as well.
+    #[must_use]
+    pub fn with_byte_capacity(mut self, bytes: usize) -> Self {
+        self.byte_capacity = bytes.max(1);
+        self
+    }
+
+    /// Payload bytes the cursor may still load.
+    pub fn free_bytes(&self) -> usize {
+        self.byte_capacity.saturating_sub(self.bytes)
+    }
+
+    /// Payload bytes of the calls in memory.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Calls in memory.
@@ -92,7 +135,7 @@ impl Window {
 
     /// Whether the cursor may offer more calls.
     pub fn has_room(&self) -> bool {
-        self.held.len() < self.capacity
+        self.held.len() < self.capacity && self.bytes < self.byte_capacity
     }
 
     /// Whether the group of this key is known to be blocked or is otherwise present.
@@ -136,6 +179,7 @@ impl Window {
 
     fn hold(&mut self, call: DueCall, due: Option<Millis>) {
         let attempts = call.attempts;
+        self.bytes += call.payload.len();
         self.held.insert(
             call.seq,
             Held {
@@ -180,19 +224,95 @@ impl Window {
         None
     }
 
-    /// The attempt in flight failed temporarily: run the call again at `at`.
-    pub fn retry(&mut self, seq: i64, at: Millis) {
-        if let Some(held) = self.held.get_mut(&seq) {
+    /// The attempt in flight failed temporarily: run the call again at `at`. A retry at
+    /// least [`PARK_AFTER_MS`] away, or any retry while the window is half full, parks the
+    /// call (see the module docs).
+    pub fn retry(&mut self, seq: i64, at: Millis, now: Millis) {
+        let half_full = self.held.len() * 2 >= self.capacity || self.bytes * 2 >= self.byte_capacity;
+        if at - now >= PARK_AFTER_MS || half_full {
+            self.park(seq, at);
+        } else if let Some(held) = self.held.get_mut(&seq) {
             held.due = Some(at);
             self.due.push(Reverse((at, seq)));
         }
     }
 
+    fn park(&mut self, seq: i64, at: Millis) {
+        let Some(held) = self.release(seq) else {
+            return;
+        };
+        let ordering_key = held.call.ordering_key.clone();
+        if let Some(group) = ordering_key.as_ref().and_then(|key| self.groups.get_mut(key)) {
+            // The head stays the head (nothing of its key runs before it); the calls queued
+            // behind it go back to disk and are read again when it is done.
+            let queued: Vec<i64> = group.queued.drain(..).collect();
+            if !queued.is_empty() {
+                group.more_on_disk = true;
+            }
+            for seq in queued {
+                self.release(seq);
+            }
+        }
+        self.parked.insert(seq, Parked { at, ordering_key });
+        self.parked_due.push(Reverse((at, seq)));
+    }
+
+    /// The earliest time a parked call must be read back.
+    pub fn next_unpark(&mut self) -> Option<Millis> {
+        while let Some(Reverse((at, seq))) = self.parked_due.peek().copied() {
+            if self.parked.get(&seq).is_some_and(|p| p.at == at) {
+                return Some(at);
+            }
+            self.parked_due.pop();
+        }
+        None
+    }
+
+    /// Parked calls due at `now`, to read back from the store and pass to [`Window::unpark`]
+    /// (or [`Window::unpark_missing`]). They stay parked until then.
+    pub fn parked_due(&mut self, now: Millis) -> Vec<i64> {
+        let mut due = Vec::new();
+        while let Some(Reverse((at, seq))) = self.parked_due.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.parked_due.pop();
+            if self.parked.get(&seq).is_some_and(|p| p.at == at) {
+                due.push(seq);
+            }
+        }
+        due
+    }
+
+    /// A parked call read back: it is held again, due at its stored time.
+    pub fn unpark(&mut self, call: DueCall) {
+        if self.parked.remove(&call.seq).is_some() {
+            self.hold_as_head(call);
+        }
+    }
+
+    /// A parked call is no longer pending in the store (an operator cancelled it): its
+    /// group moves on. Returns what to fetch to continue the group.
+    pub fn unpark_missing(&mut self, seq: i64) -> Option<GroupLoad> {
+        self.complete(seq, Completion::Done)
+    }
+
+    /// Calls parked on disk.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
     /// Make a waiting call due now (an operator's "retry now").
     pub fn retry_now(&mut self, seq: i64, now: Millis) -> bool {
-        match self.held.get(&seq) {
+        if let Some(parked) = self.parked.get_mut(&seq) {
+            parked.at = now;
+            self.parked_due.push(Reverse((now, seq)));
+            return true;
+        }
+        match self.held.get_mut(&seq) {
             Some(held) if held.due.is_some() => {
-                self.retry(seq, now);
+                held.due = Some(now);
+                self.due.push(Reverse((now, seq)));
                 true
             }
             _ => false,
@@ -201,8 +321,10 @@ impl Window {
 
     /// The call left the window. Returns what must be fetched to continue its group.
     pub fn complete(&mut self, seq: i64, how: Completion) -> Option<GroupLoad> {
-        let held = self.held.remove(&seq)?;
-        let key = held.call.ordering_key.clone()?;
+        let key = match self.release(seq) {
+            Some(held) => held.call.ordering_key.clone()?,
+            None => self.parked.remove(&seq)?.ordering_key?,
+        };
         let group = self.groups.get_mut(&key)?;
         if group.head != Some(seq) {
             // A queued call was cancelled: it just leaves the queue.
@@ -213,12 +335,26 @@ impl Window {
         if how == Completion::BlocksGroup {
             group.blocked = true;
             // Free the memory of calls that cannot run until an operator acts.
-            for queued in group.queued.drain(..) {
-                self.held.remove(&queued);
-            }
+            let queued: Vec<i64> = group.queued.drain(..).collect();
             group.more_on_disk = true;
+            for seq in queued {
+                self.release(seq);
+            }
             return None;
         }
+        self.next_of_group(seq, key)
+    }
+
+    fn release(&mut self, seq: i64) -> Option<Held> {
+        let held = self.held.remove(&seq)?;
+        self.bytes -= held.call.payload.len();
+        Some(held)
+    }
+
+    /// The head of a group left: its next call becomes the head, or the group's next
+    /// calls must be loaded, or the group is done.
+    fn next_of_group(&mut self, seq: i64, key: Vec<u8>) -> Option<GroupLoad> {
+        let group = self.groups.get_mut(&key)?;
         if let Some(next) = group.queued.pop_front() {
             group.head = Some(next);
             let held = self.held.get_mut(&next).expect("queued calls are held");
@@ -278,7 +414,7 @@ impl Window {
 
     /// Calls waiting for a retry (not in flight, not queued behind a head), for stats.
     pub fn retrying(&self) -> usize {
-        self.held.values().filter(|h| h.due.is_some() && h.attempts > 0).count()
+        self.held.values().filter(|h| h.due.is_some() && h.attempts > 0).count() + self.parked.len()
     }
 }
 
@@ -338,12 +474,12 @@ mod tests {
             w.offer(call(seq, Some(key)));
         }
         assert_eq!(drain(&mut w, 0), vec![1, 3]);
-        w.retry(1, 1_000);
+        w.retry(1, 500, 0);
         w.complete(3, Completion::Done);
         assert_eq!(drain(&mut w, 10), vec![4], "key b continues while a waits");
-        assert_eq!(w.next_due(), Some(1_000));
-        assert_eq!(drain(&mut w, 999), Vec::<i64>::new());
-        let (again, attempt) = w.pop_due(1_000).unwrap();
+        assert_eq!(w.next_due(), Some(500));
+        assert_eq!(drain(&mut w, 499), Vec::<i64>::new());
+        let (again, attempt) = w.pop_due(500).unwrap();
         assert_eq!((again.seq, attempt), (1, 2));
     }
 
@@ -418,9 +554,104 @@ mod tests {
         w.offer(call(1, None));
         drain(&mut w, 0);
         assert!(!w.retry_now(1, 5), "in flight: nothing to move");
-        w.retry(1, 10_000);
+        w.retry(1, 500, 0);
         assert!(w.retry_now(1, 5));
         assert_eq!(drain(&mut w, 5), vec![1]);
         assert_eq!(w.retrying(), 0);
+    }
+
+    fn retried(seq: i64, key: Option<&str>, attempts: u32, at: Millis) -> DueCall {
+        DueCall {
+            attempts,
+            next_attempt_at: at,
+            ..call(seq, key)
+        }
+    }
+
+    #[test]
+    fn failing_keys_park_on_disk_and_leave_the_window_to_the_others() {
+        let mut w = Window::new(4, 2);
+        for (seq, key) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
+            w.offer(call(seq, Some(key)));
+        }
+        assert!(!w.has_room());
+        assert_eq!(drain(&mut w, 0), vec![1, 2, 3, 4]);
+        for seq in 1..=4 {
+            w.retry(seq, 10_000, 0);
+        }
+        assert_eq!(
+            (w.len(), w.parked(), w.retrying()),
+            (0, 4, 4),
+            "four keys wait, none in memory"
+        );
+        assert!(w.has_room());
+        w.offer(call(5, Some("e")));
+        assert_eq!(drain(&mut w, 1), vec![5], "another key runs at once");
+        assert_eq!(w.next_unpark(), Some(10_000));
+        assert!(w.parked_due(9_999).is_empty());
+        assert_eq!(w.parked_due(10_000), vec![1, 2, 3, 4]);
+        w.unpark(retried(1, Some("a"), 1, 10_000));
+        let (again, attempt) = w.pop_due(10_000).unwrap();
+        assert_eq!((again.seq, attempt), (1, 2), "read back, it runs as the second attempt");
+        assert_eq!(w.parked(), 3);
+    }
+
+    #[test]
+    fn a_parked_head_keeps_its_key_in_order() {
+        let mut w = Window::new(100, 4);
+        for seq in 1..=3 {
+            w.offer(call(seq, Some("a")));
+        }
+        assert_eq!(drain(&mut w, 0), vec![1]);
+        w.retry(1, 5_000, 0);
+        assert_eq!(w.len(), 0, "the queue behind the head goes back to disk too");
+        assert!(!w.offer(call(4, Some("a"))), "later calls of the key wait on disk");
+        assert_eq!(drain(&mut w, 4_999), Vec::<i64>::new());
+        assert_eq!(w.parked_due(5_000), vec![1]);
+        w.unpark(retried(1, Some("a"), 1, 5_000));
+        assert_eq!(drain(&mut w, 5_000), vec![1]);
+        assert_eq!(
+            w.complete(1, Completion::Done),
+            Some(GroupLoad {
+                ordering_key: b"a".to_vec(),
+                after_seq: 1
+            }),
+            "then the key's next calls are read, in order"
+        );
+    }
+
+    #[test]
+    fn a_short_retry_stays_in_memory_unless_the_window_is_half_full() {
+        let mut w = Window::new(4, 2);
+        w.offer(call(1, None));
+        drain(&mut w, 0);
+        w.retry(1, 200, 0);
+        assert_eq!((w.len(), w.parked()), (1, 0));
+        w.offer(call(2, None));
+        drain(&mut w, 0);
+        assert_eq!(drain(&mut w, 200), vec![1]);
+        w.retry(1, 400, 200);
+        assert_eq!((w.len(), w.parked()), (1, 1), "two of four held: parked");
+    }
+
+    #[test]
+    fn a_parked_call_can_be_cancelled_or_moved_forward() {
+        let mut w = Window::new(10, 4);
+        w.offer(call(1, Some("a")));
+        w.offer(call(2, None));
+        drain(&mut w, 0);
+        w.retry(1, 60_000, 0);
+        w.retry(2, 60_000, 0);
+        assert!(w.retry_now(2, 10));
+        assert_eq!(w.next_unpark(), Some(10));
+        assert_eq!(
+            w.complete(1, Completion::Done),
+            None,
+            "cancelled while parked: its key is done"
+        );
+        assert!(!w.knows_group(b"a"));
+        assert_eq!(w.parked_due(60_000), vec![2], "only the call still parked");
+        w.unpark(retried(1, Some("a"), 1, 60_000));
+        assert_eq!(w.len(), 0, "reading back a call no longer parked holds nothing");
     }
 }

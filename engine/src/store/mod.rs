@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use read::{CallFilter, CallSummary, DeadCall, StatusCounts};
 use writer::Command;
-pub use writer::{WriterOptions, WriterStats};
+pub use writer::{Purged, WriterOptions, WriterStats};
 
 use crate::model::{
     now_millis, Affected, AttemptRecord, CallView, DueCall, Inserted, Millis, NewCall, Operation, Transition,
@@ -183,9 +183,10 @@ impl Store {
         })
     }
 
-    /// Delete at most `limit` succeeded and cancelled calls last changed before `before`
-    /// (one short commit); returns how many. Call again while it returns `limit`.
-    pub async fn purge(&self, before: Millis, limit: usize) -> Result<usize, StoreError> {
+    /// One purge chunk, a few milliseconds of one commit: delete up to `limit` succeeded and
+    /// cancelled calls last changed before `before`, or, once none is left, give free pages
+    /// back to the file system. Call again while it says there is more to do.
+    pub async fn purge(&self, before: Millis, limit: usize) -> Result<Purged, StoreError> {
         let (reply, wait) = oneshot::channel();
         self.send(Command::Purge { before, limit, reply })?;
         wait.await.map_err(|_| StoreError::Closed)?
@@ -206,9 +207,14 @@ impl Store {
     }
 
     /// Dead calls of `subscription` not yet on its dead-letter topic, oldest first.
-    pub async fn dead_unpublished(&self, subscription: &str, limit: usize) -> Result<Vec<DeadCall>, StoreError> {
+    pub async fn dead_unpublished(
+        &self,
+        subscription: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<DeadCall>, StoreError> {
         let subscription = subscription.to_owned();
-        self.read(move |c| read::dead_unpublished(c, &subscription, limit))
+        self.read(move |c| read::dead_unpublished(c, &subscription, limit, max_bytes))
             .await
     }
 
@@ -259,8 +265,25 @@ impl Store {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<DueCall>, StoreError> {
+        self.pending_page(subscription, after_seq, limit, usize::MAX).await
+    }
+
+    /// These calls, those of them still pending.
+    pub async fn pending_calls(&self, seqs: Vec<i64>) -> Result<Vec<DueCall>, StoreError> {
+        self.read(move |c| read::pending_calls(c, &seqs)).await
+    }
+
+    /// Like [`Store::pending_after`], stopping once the payloads reach `max_bytes` (the
+    /// first call is always returned).
+    pub async fn pending_page(
+        &self,
+        subscription: &str,
+        after_seq: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<DueCall>, StoreError> {
         let subscription = subscription.to_owned();
-        self.read(move |c| read::pending_after(c, &subscription, after_seq, limit))
+        self.read(move |c| read::pending_after(c, &subscription, after_seq, limit, max_bytes))
             .await
     }
 

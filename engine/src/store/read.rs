@@ -131,33 +131,44 @@ pub struct DeadCall {
     pub dead_at: i64,
 }
 
-/// Dead calls of `subscription` not yet on its dead-letter topic, oldest first.
-pub(crate) fn dead_unpublished(conn: &Connection, subscription: &str, limit: usize) -> rusqlite::Result<Vec<DeadCall>> {
+/// Dead calls of `subscription` not yet on its dead-letter topic, oldest first: at most
+/// `limit`, and no more once their payloads reach `max_bytes` (the first is always taken).
+pub(crate) fn dead_unpublished(
+    conn: &Connection,
+    subscription: &str,
+    limit: usize,
+    max_bytes: usize,
+) -> rusqlite::Result<Vec<DeadCall>> {
     let mut statement = conn.prepare_cached(&format!(
         "SELECT {DUE_COLUMNS}, last_error, updated_at, subscription FROM calls
          WHERE subscription = ?1 AND status = 'dead' AND dead_letter_published_at IS NULL
          ORDER BY seq LIMIT ?2"
     ))?;
     let at = DueIndex::of(&statement)?;
-    let rows: rusqlite::Result<Vec<_>> = statement
-        .query_map(params![subscription, limit as i64], |row| {
-            Ok(DeadCall {
-                call: due_call(row, &at)?,
-                last_error: row.get("last_error")?,
-                dead_at: row.get("updated_at")?,
-                subscription: row.get("subscription")?,
-            })
-        })?
-        .collect();
-    rows
+    let mut rows = statement.query(params![subscription, limit as i64])?;
+    let (mut dead, mut bytes) = (Vec::new(), 0);
+    while bytes < max_bytes {
+        let Some(row) = rows.next()? else { break };
+        let call = DeadCall {
+            call: due_call(row, &at)?,
+            last_error: row.get("last_error")?,
+            dead_at: row.get("updated_at")?,
+            subscription: row.get("subscription")?,
+        };
+        bytes += call.call.payload.len();
+        dead.push(call);
+    }
+    Ok(dead)
 }
 
-/// Pending calls of `subscription` created after `after_seq`, in creation order.
+/// Pending calls of `subscription` created after `after_seq`, in creation order: at most
+/// `limit`, and no more once their payloads reach `max_bytes` (the first is always taken).
 pub(crate) fn pending_after(
     conn: &Connection,
     subscription: &str,
     after_seq: i64,
     limit: usize,
+    max_bytes: usize,
 ) -> rusqlite::Result<Vec<DueCall>> {
     let mut statement = conn.prepare_cached(&format!(
         "SELECT {DUE_COLUMNS} FROM calls
@@ -165,10 +176,31 @@ pub(crate) fn pending_after(
          ORDER BY seq LIMIT ?3"
     ))?;
     let at = DueIndex::of(&statement)?;
-    let rows: rusqlite::Result<Vec<_>> = statement
-        .query_map(params![subscription, after_seq, limit as i64], |row| due_call(row, &at))?
-        .collect();
-    rows
+    let mut rows = statement.query(params![subscription, after_seq, limit as i64])?;
+    let (mut calls, mut bytes) = (Vec::new(), 0);
+    // Rows are read one at a time, so a page of large payloads stops at the byte bound.
+    while bytes < max_bytes {
+        let Some(row) = rows.next()? else { break };
+        let call = due_call(row, &at)?;
+        bytes += call.payload.len();
+        calls.push(call);
+    }
+    Ok(calls)
+}
+
+/// Those of `seqs` that are pending, in the order given.
+pub(crate) fn pending_calls(conn: &Connection, seqs: &[i64]) -> rusqlite::Result<Vec<DueCall>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {DUE_COLUMNS} FROM calls WHERE seq = ?1 AND status = 'pending'"
+    ))?;
+    let at = DueIndex::of(&statement)?;
+    let mut calls = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        if let Some(call) = statement.query_row([seq], |row| due_call(row, &at)).optional()? {
+            calls.push(call);
+        }
+    }
+    Ok(calls)
 }
 
 /// The next pending calls of an ordering group in `(after_seq, up_to_seq]`, in order: a

@@ -35,7 +35,7 @@ pub(crate) enum Command {
     Purge {
         before: Millis,
         limit: usize,
-        reply: oneshot::Sender<Result<usize, StoreError>>,
+        reply: oneshot::Sender<Result<Purged, StoreError>>,
     },
     /// An operator's action; replies with the calls it changed.
     Operate {
@@ -210,7 +210,7 @@ fn is_transient(error: &rusqlite::Error) -> bool {
 /// What a successful batch produced, indexed like the batch.
 struct Applied {
     inserted: Vec<Vec<Inserted>>,
-    purged: Vec<usize>,
+    purged: Vec<Purged>,
     operated: Vec<Vec<Affected>>,
     max_seq: Option<i64>,
     /// Records stored as new calls at reused offsets, and the first of them.
@@ -532,12 +532,27 @@ fn operate(tx: &rusqlite::Transaction<'_>, operation: &Operation, now: Millis) -
     Ok(affected)
 }
 
-/// Pages given back to the file system after a purge chunk, at most (8 MiB of 4 KiB pages).
-const VACUUM_PAGES_PER_CHUNK: u32 = 2048;
+/// Work one purge chunk may add to a commit: deleting, then giving pages back.
+const PURGE_BUDGET: Duration = Duration::from_millis(15);
+/// Pages given back to the file system per step (512 KiB of 4 KiB pages).
+const VACUUM_STEP: u32 = 128;
 
-/// Delete at most `limit` succeeded and cancelled calls last changed before `before`, with
-/// their attempts, and give the pages they freed back to the file system.
-fn purge(tx: &rusqlite::Transaction<'_>, before: Millis, limit: usize) -> rusqlite::Result<usize> {
+/// What one purge chunk did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Calls deleted, with their attempts.
+    pub deleted: usize,
+    /// More calls are past retention.
+    pub more: bool,
+    /// Free pages left in the file (given back by later chunks).
+    pub free_pages: u64,
+}
+
+/// Delete up to `limit` succeeded and cancelled calls last changed before `before`, with
+/// their attempts, within [`PURGE_BUDGET`]; once none is left, give free pages back to the
+/// file system within the same budget.
+fn purge(tx: &rusqlite::Transaction<'_>, before: Millis, limit: usize) -> rusqlite::Result<Purged> {
+    let started = Instant::now();
     let seqs: Vec<i64> = tx
         .prepare_cached(
             "SELECT seq FROM calls WHERE status IN ('succeeded', 'cancelled') AND updated_at < ?1 LIMIT ?2",
@@ -546,16 +561,29 @@ fn purge(tx: &rusqlite::Transaction<'_>, before: Millis, limit: usize) -> rusqli
         .collect::<rusqlite::Result<_>>()?;
     let mut delete_attempts = tx.prepare_cached("DELETE FROM attempts WHERE call_seq = ?1")?;
     let mut delete_call = tx.prepare_cached("DELETE FROM calls WHERE seq = ?1")?;
+    let mut deleted = 0;
     for seq in &seqs {
+        if started.elapsed() >= PURGE_BUDGET {
+            break;
+        }
         delete_attempts.execute([seq])?;
         delete_call.execute([seq])?;
+        deleted += 1;
     }
-    if !seqs.is_empty() {
-        let mut vacuum = tx.prepare(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES_PER_CHUNK})"))?;
+    let more = deleted < seqs.len() || seqs.len() == limit;
+    let free_pages = |tx: &rusqlite::Transaction<'_>| tx.query_row("PRAGMA freelist_count", [], |r| r.get::<_, u64>(0));
+    let mut free = free_pages(tx)?;
+    while !more && free > 0 && started.elapsed() < PURGE_BUDGET {
+        let mut vacuum = tx.prepare_cached(&format!("PRAGMA incremental_vacuum({VACUUM_STEP})"))?;
         let mut rows = vacuum.query([])?;
         while rows.next()?.is_some() {}
+        free = free_pages(tx)?;
     }
-    Ok(seqs.len())
+    Ok(Purged {
+        deleted,
+        more,
+        free_pages: free,
+    })
 }
 
 fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq: &watch::Sender<i64>) {
