@@ -31,6 +31,9 @@ struct Payload {
     ts_us: u64,
     #[serde(default)]
     fail: u32,
+    /// Fail every attempt before this time (µs since the epoch).
+    #[serde(default)]
+    fail_until_us: Option<u64>,
 }
 
 impl Recorder {
@@ -39,6 +42,9 @@ impl Recorder {
         self.attempts += 1;
         let payload: Payload =
             serde_json::from_slice(body).map_err(|e| Error::permanent(format!("bad bench payload: {e}")))?;
+        if payload.fail_until_us.is_some_and(|until| now < until) {
+            return Err(Error::temporary("failing until a set time, on purpose"));
+        }
         if attempt <= payload.fail {
             return Err(Error::temporary(format!(
                 "failing attempt {attempt} of {} on purpose",

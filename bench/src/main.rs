@@ -23,6 +23,7 @@ mod handler;
 mod limits;
 mod purge;
 mod report;
+mod stuck;
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks of the engine, as ratios measured in one run")]
@@ -69,6 +70,16 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         flow_seconds: u64,
     },
+    /// Stuck keys: `failing_keys` keys fail for `seconds` while 1,000 healthy keys flow at
+    /// `rate`/s; the healthy keys' latency next to a run without the failing keys.
+    Stuck {
+        #[arg(long, default_value_t = 20_000)]
+        failing_keys: usize,
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Raw consume rate vs durable ingest rate from the same topic.
     Ingest {
         #[arg(long, default_value_t = 200_000)]
@@ -92,6 +103,11 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Handler { listen, stats } => handler::serve(listen, stats).await,
         Scenario::E2e(args) => report::run(args).await,
         Scenario::Limits { scale, only, repeat } => limits::run(scale, only, repeat).await,
+        Scenario::Stuck {
+            failing_keys,
+            rate,
+            seconds,
+        } => stuck::run(failing_keys, rate, seconds).await,
         Scenario::Purge {
             calls,
             payload_bytes,

@@ -17,7 +17,8 @@ use crate::now_us;
 
 /// Calls in the seeded database that finished a day ago, `payload_bytes` each.
 fn seed(db: &Path, calls: usize, payload_bytes: usize) -> anyhow::Result<()> {
-    // The engine makes the schema; the rows are written in bulk, as if finished a day ago.
+    // The engine makes the schema; the rows are written in bulk, as if finished a day ago,
+    // with ids ordered by time as the engine's UUID v7 are.
     engine::store::Store::open(db, engine::store::StoreOptions::default())?.close();
     let conn = rusqlite::Connection::open(db)?;
     let day_ago = engine::model::now_millis() - 86_400_000;
@@ -25,7 +26,8 @@ fn seed(db: &Path, calls: usize, payload_bytes: usize) -> anyhow::Result<()> {
     conn.execute(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
          INSERT INTO calls (id, subscription, target, payload, status, attempts, next_attempt_at, created_at, updated_at)
-         SELECT lower(hex(randomblob(16))), 'bench', 'http://127.0.0.1:1/', randomblob(?2), 'succeeded', 1, ?3, ?3, ?3 FROM n",
+         SELECT printf('%08x-%04x-7000-8000-%012x', ?3 >> 16, ?3 & 65535, i), 'bench', 'http://127.0.0.1:1/',
+                randomblob(?2), 'succeeded', 1, ?3, ?3, ?3 FROM n",
         rusqlite::params![calls as i64, payload_bytes as i64, day_ago],
     )?;
     conn.execute(

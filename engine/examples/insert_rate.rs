@@ -25,6 +25,7 @@ fn call(offset: i64) -> NewCall {
         ordering_key: Some(format!("kkey-{}", offset % 1000).into_bytes()),
         dead_reason: None,
         block_group_if_dead: false,
+        idempotency_key: None,
     }
 }
 

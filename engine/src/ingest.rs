@@ -40,6 +40,7 @@ pub fn new_call(subscription: &SubscriptionConfig, record: Record) -> NewCall {
         ordering_key,
         dead_reason,
         block_group_if_dead: subscription.on_dead == OnDead::Block,
+        idempotency_key: None,
     }
 }
 

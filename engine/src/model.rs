@@ -93,6 +93,9 @@ pub struct NewCall {
     pub dead_reason: Option<String>,
     /// A call created dead blocks its ordering group (`on_dead = block`).
     pub block_group_if_dead: bool,
+    /// A client's key for a call enqueued through the API: a second call with the same key
+    /// in the same subscription is a duplicate of the first (while the first is kept).
+    pub idempotency_key: Option<String>,
 }
 
 /// What the store did with one [`NewCall`].
@@ -100,7 +103,8 @@ pub struct NewCall {
 pub enum Inserted {
     /// A new call with this id.
     New(uuid::Uuid),
-    /// The same (subscription, topic, partition, offset) was already stored.
+    /// The same (subscription, topic, partition, offset), or the same idempotency key, was
+    /// already stored.
     Duplicate,
 }
 

@@ -90,6 +90,7 @@ pub async fn store_keyed_backlog(
                     ordering_key: Some(key),
                     dead_reason: None,
                     block_group_if_dead: false,
+                    idempotency_key: None,
                 }
             })
             .collect();

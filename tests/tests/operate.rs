@@ -228,3 +228,39 @@ async fn calls_are_listed_with_filters_and_a_cursor() {
     );
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_retried_enqueue_with_the_same_idempotency_key_makes_one_call() {
+    let target = Target::start(|_| Reply::Status(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start_engine(&dir, test_subscription(&target.url())).await;
+    let url = format!("http://{}/v1/subscriptions/test/calls", engine.admin_addr());
+    let http = reqwest::Client::new();
+    let enqueue = |key: &'static str| {
+        let request = http.post(&url).body("order 7");
+        async move {
+            let response = request.header("Idempotency-Key", key).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (status, body)
+        }
+    };
+    let (first_status, first) = enqueue("order-7").await;
+    assert_eq!(first_status, 201, "{first}");
+    admin.wait_status(first["id"].as_str().unwrap(), "succeeded").await;
+    let (again_status, again) = enqueue("order-7").await;
+    assert_eq!(again_status, 200, "a retry is not a new call: {again}");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["status"], "succeeded", "the first call as it is now");
+    let (other_status, other) = enqueue("order-8").await;
+    assert_eq!(other_status, 201);
+    assert_ne!(other["id"], first["id"]);
+    admin.wait_status(other["id"].as_str().unwrap(), "succeeded").await;
+    assert_eq!(admin.stats().await["succeeded"], 2, "two keys, two calls");
+    assert_eq!(target.seen().len(), 2, "each delivered once");
+
+    let too_long: &'static str = Box::leak("k".repeat(256).into_boxed_str());
+    let (status, error) = enqueue(too_long).await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error["error"].as_str().unwrap().contains("Idempotency-Key"), "{error}");
+}

@@ -244,6 +244,7 @@ async fn the_same_record_stored_twice_is_one_call() {
         ordering_key: None,
         dead_reason: None,
         block_group_if_dead: false,
+        idempotency_key: None,
     };
     let first = store.insert(vec![record(5), record(6)]).await.unwrap();
     assert!(first.iter().all(|i| matches!(i, Inserted::New(_))));
@@ -282,6 +283,7 @@ async fn finished_calls_are_purged_in_chunks_and_the_file_shrinks() {
         ordering_key: None,
         dead_reason: None,
         block_group_if_dead: false,
+        idempotency_key: None,
     };
     let finished = 2500;
     store.insert((0..=finished).map(call).collect()).await.unwrap();

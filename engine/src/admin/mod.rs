@@ -123,10 +123,16 @@ struct EnqueueQuery {
     key: Option<String>,
 }
 
+/// The header a client sets so that a retried enqueue does not make a second call.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest idempotency key taken.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
 async fn enqueue(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     query: Result<Query<EnqueueQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query?;
@@ -134,7 +140,19 @@ async fn enqueue(
         .subscriptions
         .get(&name)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown subscription `{name}`")))?;
-    let call = new_call(
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Some(key.to_string()),
+            _ => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+                ))
+            }
+        },
+    };
+    let mut call = new_call(
         subscription,
         Record {
             value: Some(body.to_vec()),
@@ -143,6 +161,7 @@ async fn enqueue(
             source: None,
         },
     );
+    call.idempotency_key.clone_from(&idempotency_key);
     let status = if call.dead_reason.is_some() {
         CallStatus::Dead
     } else {
@@ -150,8 +169,16 @@ async fn enqueue(
     };
     let figures = state.figures.get(&name).cloned().unwrap_or_default();
     let inserted = persist(&state.store, &figures, vec![call]).await?;
-    match inserted.first() {
-        Some(Inserted::New(id)) => Ok((StatusCode::CREATED, Json(api::Enqueued { id: *id, status }))),
+    match (inserted.first(), idempotency_key) {
+        (Some(Inserted::New(id)), _) => Ok((StatusCode::CREATED, Json(api::Enqueued { id: *id, status }))),
+        // The same key again: the first call, as it is now.
+        (Some(Inserted::Duplicate), Some(key)) => match state.store.call_by_idempotency_key(&name, &key).await? {
+            Some((id, status)) => Ok((StatusCode::OK, Json(api::Enqueued { id, status }))),
+            None => Err(ApiError(
+                StatusCode::CONFLICT,
+                "a call with this Idempotency-Key was just purged; send again".into(),
+            )),
+        },
         _ => Err(ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the call was not created".into(),

@@ -26,7 +26,8 @@ use writer::Command;
 pub use writer::{Purged, WriterOptions, WriterStats};
 
 use crate::model::{
-    now_millis, Affected, AttemptRecord, CallView, DueCall, Inserted, Millis, NewCall, Operation, Transition,
+    now_millis, Affected, AttemptRecord, CallStatus, CallView, DueCall, Inserted, Millis, NewCall, Operation,
+    Transition,
 };
 use std::collections::BTreeMap;
 
@@ -320,6 +321,17 @@ impl Store {
     /// One call with its attempts.
     pub async fn call(&self, id: uuid::Uuid) -> Result<Option<CallView>, StoreError> {
         self.read(move |c| read::call_by_id(c, &id)).await
+    }
+
+    /// The call enqueued in `subscription` with this idempotency key, and its status.
+    pub async fn call_by_idempotency_key(
+        &self,
+        subscription: &str,
+        key: &str,
+    ) -> Result<Option<(uuid::Uuid, CallStatus)>, StoreError> {
+        let (subscription, key) = (subscription.to_owned(), key.to_owned());
+        self.read(move |c| read::call_by_idempotency_key(c, &subscription, &key))
+            .await
     }
 
     /// Counts by status, per subscription.

@@ -332,6 +332,19 @@ impl StatusCounts {
     }
 }
 
+/// The call of `subscription` enqueued with idempotency key `key`, and its status.
+pub(crate) fn call_by_idempotency_key(
+    conn: &Connection,
+    subscription: &str,
+    key: &str,
+) -> rusqlite::Result<Option<(uuid::Uuid, CallStatus)>> {
+    conn.prepare_cached("SELECT id, status FROM calls WHERE subscription = ?1 AND idempotency_key = ?2")?
+        .query_row([subscription, key], |row| {
+            Ok((parsed(row, "id")?, parsed(row, "status")?))
+        })
+        .optional()
+}
+
 /// Counts by status for each subscription that has calls.
 pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, StatusCounts>> {
     let mut out: BTreeMap<String, StatusCounts> = BTreeMap::new();

@@ -108,6 +108,12 @@ const MIGRATIONS: &[&str] = &[
             ON CONFLICT (subscription, status) DO UPDATE SET n = n + 1;
     END;
     ",
+    // 7: a client's idempotency key on calls enqueued through the API.
+    "
+    ALTER TABLE calls ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX calls_idempotency ON calls (subscription, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    ",
 ];
 
 /// The schema version this build writes.

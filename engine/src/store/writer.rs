@@ -322,8 +322,8 @@ fn try_insert(
         .prepare_cached(
             r#"INSERT INTO calls (id, subscription, target, ordering_key, payload, kafka_key, headers,
                    topic, partition, "offset", timestamp_ms, status, attempts, next_attempt_at,
-                   last_error, created_at, updated_at, tombstone, source_generation)
-               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?13, ?13, ?15, ?16)
+                   last_error, created_at, updated_at, tombstone, source_generation, idempotency_key)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?13, ?13, ?15, ?16, ?17)
                ON CONFLICT DO NOTHING
                RETURNING seq"#,
         )?
@@ -345,6 +345,7 @@ fn try_insert(
                 last_error,
                 call.tombstone,
                 generation,
+                call.idempotency_key,
             ],
             |row| row.get(0),
         )
