@@ -168,9 +168,17 @@ impl Scheduler {
         if due.is_empty() {
             return Ok(());
         }
-        // Their outcomes went to the writer before they were parked: durable first.
-        self.store.flush().await?;
-        let calls = self.store.pending_calls(due.clone()).await?;
+        let mut calls = self.store.pending_calls(due.clone()).await?;
+        let found: std::collections::HashSet<i64> = calls.iter().map(|c| c.seq).collect();
+        let mut again: Vec<i64> = due.iter().copied().filter(|seq| !found.contains(seq)).collect();
+        again.extend(calls.iter().filter(|c| self.reactor.window.is_stale(c)).map(|c| c.seq));
+        if !again.is_empty() {
+            // Not pending, or pending with an attempt less than made: the outcome may still
+            // be on its way to the disk. Make it durable and read those again.
+            calls.retain(|c| !again.contains(&c.seq));
+            self.store.flush().await?;
+            calls.extend(self.store.pending_calls(again.clone()).await?);
+        }
         let found: std::collections::HashSet<i64> = calls.iter().map(|c| c.seq).collect();
         for call in calls {
             self.reactor.window.unpark(call);

@@ -43,6 +43,8 @@ struct Held {
     /// When the call may run next; `None` while an attempt is in flight or it waits in a queue.
     due: Option<Millis>,
     attempts: u32,
+    /// Held for a retry (read back from disk, or a short retry kept in memory).
+    retrying: bool,
 }
 
 #[derive(Debug, Default)]
@@ -73,7 +75,16 @@ pub struct Window {
     group_queue: usize,
     held: HashMap<i64, Held>,
     groups: HashMap<Vec<u8>, Group>,
+    /// Calls due for their first attempt, by due time.
     due: BinaryHeap<Reverse<(Millis, i64)>>,
+    /// Calls due for a retry, by due time: a queue of their own, so that a flood of retries
+    /// (many failing keys) takes at most every other start while first attempts wait.
+    due_retries: BinaryHeap<Reverse<(Millis, i64)>>,
+    /// When both queues have a call due, whether the next start goes to a retry.
+    retry_turn: bool,
+    /// Calls held for a retry: read back from disk only while they are under half the
+    /// window, so that a wave of retries never keeps first attempts out.
+    retries_held: usize,
     /// Calls waiting for a retry on disk: their due time and ordering key.
     parked: HashMap<i64, Parked>,
     parked_due: BinaryHeap<Reverse<(Millis, i64)>>,
@@ -83,7 +94,12 @@ pub struct Window {
 struct Parked {
     at: Millis,
     ordering_key: Option<Vec<u8>>,
+    /// Attempts made: a copy read back with fewer was read before its outcome was durable.
+    attempts: u32,
 }
+
+/// Parked calls read back at once, at most.
+const UNPARK_BATCH: usize = 500;
 
 /// A retry at least this far off parks the call (a short one stays: reading it back would
 /// cost more than holding it).
@@ -101,6 +117,9 @@ impl Window {
             held: HashMap::new(),
             groups: HashMap::new(),
             due: BinaryHeap::new(),
+            due_retries: BinaryHeap::new(),
+            retry_turn: false,
+            retries_held: 0,
             parked: HashMap::new(),
             parked_due: BinaryHeap::new(),
         }
@@ -173,7 +192,7 @@ impl Window {
 
     fn hold_as_head(&mut self, call: DueCall) {
         let due = call.next_attempt_at;
-        self.due.push(Reverse((due, call.seq)));
+        self.push_due(due, call.seq, call.attempts);
         self.hold(call, Some(due));
     }
 
@@ -186,19 +205,44 @@ impl Window {
                 call: Arc::new(call),
                 due,
                 attempts,
+                retrying: false,
             },
         );
     }
 
+    fn push_due(&mut self, at: Millis, seq: i64, attempts: u32) {
+        let queue = if attempts > 0 {
+            &mut self.due_retries
+        } else {
+            &mut self.due
+        };
+        queue.push(Reverse((at, seq)));
+    }
+
+    /// The head of a due queue that is still current (stale entries are dropped).
+    fn peek_current(&mut self, retries: bool) -> Option<(Millis, i64)> {
+        loop {
+            let queue = if retries { &self.due_retries } else { &self.due };
+            let Reverse((at, seq)) = queue.peek().copied()?;
+            if self.is_current(at, seq) {
+                return Some((at, seq));
+            }
+            if retries {
+                self.due_retries.pop();
+            } else {
+                self.due.pop();
+            }
+        }
+    }
+
     /// The earliest time a held call becomes due.
     pub fn next_due(&mut self) -> Option<Millis> {
-        while let Some(Reverse((at, seq))) = self.due.peek().copied() {
-            if self.is_current(at, seq) {
-                return Some(at);
-            }
-            self.due.pop();
+        let first = self.peek_current(false).map(|(at, _)| at);
+        let retry = self.peek_current(true).map(|(at, _)| at);
+        match (first, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        None
     }
 
     fn is_current(&self, at: Millis, seq: i64) -> bool {
@@ -206,22 +250,29 @@ impl Window {
     }
 
     /// Take the next call due at `now`, marking it in flight. Returns the call and the
-    /// number of the attempt to make.
+    /// number of the attempt to make. When first attempts and retries are both due, they
+    /// take turns.
     pub fn pop_due(&mut self, now: Millis) -> Option<(Arc<DueCall>, u32)> {
-        while let Some(Reverse((at, seq))) = self.due.peek().copied() {
-            if at > now {
-                return None;
+        let first = self.peek_current(false).filter(|(at, _)| *at <= now);
+        let retry = self.peek_current(true).filter(|(at, _)| *at <= now);
+        let take_retry = match (first, retry) {
+            (None, None) => return None,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(_), Some(_)) => {
+                self.retry_turn = !self.retry_turn;
+                !self.retry_turn
             }
-            self.due.pop();
-            if !self.is_current(at, seq) {
-                continue;
-            }
-            let held = self.held.get_mut(&seq).expect("checked above");
-            held.due = None;
-            held.attempts += 1;
-            return Some((Arc::clone(&held.call), held.attempts));
-        }
-        None
+        };
+        let (_, seq) = if take_retry {
+            self.due_retries.pop().map(|Reverse(entry)| entry)?
+        } else {
+            self.due.pop().map(|Reverse(entry)| entry)?
+        };
+        let held = self.held.get_mut(&seq).expect("a current entry is held");
+        held.due = None;
+        held.attempts += 1;
+        Some((Arc::clone(&held.call), held.attempts))
     }
 
     /// The attempt in flight failed temporarily: run the call again at `at`. A retry at
@@ -233,7 +284,12 @@ impl Window {
             self.park(seq, at);
         } else if let Some(held) = self.held.get_mut(&seq) {
             held.due = Some(at);
-            self.due.push(Reverse((at, seq)));
+            let attempts = held.attempts;
+            if !held.retrying {
+                held.retrying = true;
+                self.retries_held += 1;
+            }
+            self.push_due(at, seq, attempts);
         }
     }
 
@@ -242,6 +298,7 @@ impl Window {
             return;
         };
         let ordering_key = held.call.ordering_key.clone();
+        let attempts = held.attempts;
         if let Some(group) = ordering_key.as_ref().and_then(|key| self.groups.get_mut(key)) {
             // The head stays the head (nothing of its key runs before it); the calls queued
             // behind it go back to disk and are read again when it is done.
@@ -253,7 +310,14 @@ impl Window {
                 self.release(seq);
             }
         }
-        self.parked.insert(seq, Parked { at, ordering_key });
+        self.parked.insert(
+            seq,
+            Parked {
+                at,
+                ordering_key,
+                attempts,
+            },
+        );
         self.parked_due.push(Reverse((at, seq)));
     }
 
@@ -269,11 +333,17 @@ impl Window {
     }
 
     /// Parked calls due at `now`, to read back from the store and pass to [`Window::unpark`]
-    /// (or [`Window::unpark_missing`]). They stay parked until then.
+    /// (or [`Window::unpark_missing`]). They stay parked until then. At most
+    /// [`UNPARK_BATCH`] at a time, and only while calls held for a retry are under half
+    /// the window: the others wait, due, on disk.
     pub fn parked_due(&mut self, now: Millis) -> Vec<i64> {
+        let room = (self.capacity / 2)
+            .max(1)
+            .saturating_sub(self.retries_held)
+            .min(UNPARK_BATCH);
         let mut due = Vec::new();
         while let Some(Reverse((at, seq))) = self.parked_due.peek().copied() {
-            if at > now {
+            if at > now || due.len() >= room {
                 break;
             }
             self.parked_due.pop();
@@ -284,10 +354,20 @@ impl Window {
         due
     }
 
+    /// Whether this copy of a parked call was read before its last attempt was durable.
+    pub fn is_stale(&self, call: &DueCall) -> bool {
+        self.parked.get(&call.seq).is_some_and(|p| call.attempts < p.attempts)
+    }
+
     /// A parked call read back: it is held again, due at its stored time.
     pub fn unpark(&mut self, call: DueCall) {
-        if self.parked.remove(&call.seq).is_some() {
+        let seq = call.seq;
+        if self.parked.remove(&seq).is_some() {
             self.hold_as_head(call);
+            if let Some(held) = self.held.get_mut(&seq) {
+                held.retrying = true;
+                self.retries_held += 1;
+            }
         }
     }
 
@@ -312,7 +392,8 @@ impl Window {
         match self.held.get_mut(&seq) {
             Some(held) if held.due.is_some() => {
                 held.due = Some(now);
-                self.due.push(Reverse((now, seq)));
+                let attempts = held.attempts;
+                self.push_due(now, seq, attempts);
                 true
             }
             _ => false,
@@ -348,6 +429,9 @@ impl Window {
     fn release(&mut self, seq: i64) -> Option<Held> {
         let held = self.held.remove(&seq)?;
         self.bytes -= held.call.payload.len();
+        if held.retrying {
+            self.retries_held -= 1;
+        }
         Some(held)
     }
 
@@ -360,7 +444,8 @@ impl Window {
             let held = self.held.get_mut(&next).expect("queued calls are held");
             let at = held.call.next_attempt_at;
             held.due = Some(at);
-            self.due.push(Reverse((at, next)));
+            let attempts = held.attempts;
+            self.push_due(at, next, attempts);
             return None;
         }
         if group.more_on_disk {
@@ -569,6 +654,21 @@ mod tests {
     }
 
     #[test]
+    fn first_attempts_and_retries_take_turns_when_both_are_due() {
+        let mut w = Window::new(10, 4);
+        w.offer(retried(1, None, 3, 0));
+        w.offer(retried(2, None, 5, 0));
+        w.offer(retried(3, None, 1, 0));
+        w.offer(call(4, None));
+        w.offer(call(5, None));
+        assert_eq!(
+            drain(&mut w, 0),
+            vec![4, 1, 5, 2, 3],
+            "a flood of retries takes every other start, not all of them"
+        );
+    }
+
+    #[test]
     fn failing_keys_park_on_disk_and_leave_the_window_to_the_others() {
         let mut w = Window::new(4, 2);
         for (seq, key) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
@@ -589,11 +689,15 @@ mod tests {
         assert_eq!(drain(&mut w, 1), vec![5], "another key runs at once");
         assert_eq!(w.next_unpark(), Some(10_000));
         assert!(w.parked_due(9_999).is_empty());
-        assert_eq!(w.parked_due(10_000), vec![1, 2, 3, 4]);
+        assert_eq!(w.parked_due(10_000), vec![1, 2], "read back up to half the window");
         w.unpark(retried(1, Some("a"), 1, 10_000));
+        w.unpark(retried(2, Some("b"), 1, 10_000));
+        assert!(w.parked_due(10_000).is_empty(), "the rest wait while those are held");
         let (again, attempt) = w.pop_due(10_000).unwrap();
         assert_eq!((again.seq, attempt), (1, 2), "read back, it runs as the second attempt");
-        assert_eq!(w.parked(), 3);
+        w.complete(1, Completion::Done);
+        assert_eq!(w.parked_due(10_000), vec![3], "one done, one more read back");
+        assert_eq!(w.parked(), 2);
     }
 
     #[test]
