@@ -358,6 +358,18 @@ pub(crate) fn counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, Sta
             out.entry(subscription).or_default().add(status, n as u64);
         }
     }
+    // `pending` counted pending and running together; running calls (at most those in
+    // flight) are counted through the status index.
+    let mut running = conn.prepare_cached(
+        "SELECT subscription, count(*) FROM calls INDEXED BY calls_status WHERE status = 'running' GROUP BY subscription",
+    )?;
+    let rows = running.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (subscription, n) = row?;
+        let counts = out.entry(subscription).or_default();
+        counts.running = n as u64;
+        counts.pending = counts.pending.saturating_sub(n as u64);
+    }
     Ok(out)
 }
 
@@ -433,7 +445,8 @@ pub(crate) fn list_calls(
 /// Number of calls of one subscription that are not terminal.
 pub(crate) fn open_calls(conn: &Connection, subscription: &str) -> rusqlite::Result<u64> {
     conn.prepare_cached(
-        "SELECT coalesce(sum(n), 0) FROM call_counts WHERE subscription = ?1 AND status IN ('pending', 'running')",
+        // Pending and running share one count (schema v6).
+        "SELECT coalesce(sum(n), 0) FROM call_counts WHERE subscription = ?1 AND status = 'pending'",
     )?
     .query_row([subscription], |r| r.get::<_, i64>(0))
     .map(|n| n as u64)
