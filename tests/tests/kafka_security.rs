@@ -23,6 +23,22 @@ async fn succeeded(admin: &Admin) -> u64 {
     admin.stats().await["succeeded"].as_u64().unwrap_or(0)
 }
 
+/// An engine consuming topic `tls` over TLS through the proxy at `proxy`, trusting `ca_file`.
+async fn start_tls_engine(
+    dir: &tempfile::TempDir,
+    proxy: std::net::SocketAddr,
+    target: &Target,
+    ca_file: &str,
+) -> (engine::Engine, Admin) {
+    start_engine(
+        dir,
+        subscription(&proxy.to_string(), &["tls"], &target.url())
+            .kafka_option("security.protocol", "SSL")
+            .kafka_option("ssl.ca.location", ca_file),
+    )
+    .await
+}
+
 /// The bodies the target saw, sorted.
 fn bodies(target: &Target) -> Vec<String> {
     let mut values: Vec<String> = target
@@ -64,13 +80,7 @@ async fn consumes_over_tls_verified_against_a_test_ca() {
 
     let target = Target::start(|_| Reply::Status(200, "ok")).await;
     let dir = tempfile::tempdir().unwrap();
-    let (_engine, admin) = start_engine(
-        &dir,
-        subscription(&proxy_addr.to_string(), &["tls"], &target.url())
-            .kafka_option("security.protocol", "SSL")
-            .kafka_option("ssl.ca.location", &ca_file),
-    )
-    .await;
+    let (_engine, admin) = start_tls_engine(&dir, proxy_addr, &target, &ca_file).await;
     wait_for("every record over TLS to succeed", Duration::from_secs(60), || async {
         succeeded(&admin).await == 50
     })
@@ -90,13 +100,8 @@ async fn a_broker_certificate_from_another_ca_is_refused_and_said() {
     let _proxy = TlsProxy::start(proxy_addr, tansu.addr, &ca).await;
     let target = Target::start(|_| Reply::Status(200, "ok")).await;
     let dir = tempfile::tempdir().unwrap();
-    let (_engine, admin) = start_engine(
-        &dir,
-        subscription(&proxy_addr.to_string(), &["tls"], &target.url())
-            .kafka_option("security.protocol", "SSL")
-            .kafka_option("ssl.ca.location", &other.ca_file.display().to_string()),
-    )
-    .await;
+    let other_ca = other.ca_file.display().to_string();
+    let (_engine, admin) = start_tls_engine(&dir, proxy_addr, &target, &other_ca).await;
     let error = kafka_error(&admin, "a TLS error in /v1/stats").await;
     assert!(
         error.contains("SSL") && error.contains("certificate verify failed"),
