@@ -46,6 +46,18 @@ pub fn dead_letter_of(dead: &DeadCall) -> SinkRecord {
         .as_deref()
         .map(sdk::protocol::decode_record_headers)
         .unwrap_or_default();
+    headers.extend(engine_headers(dead));
+    SinkRecord {
+        key: call.key.clone(),
+        value: (!call.tombstone).then(|| call.payload.clone()),
+        headers,
+    }
+}
+
+/// The headers the engine adds to a dead letter: why, which call, and where it came from.
+fn engine_headers(dead: &DeadCall) -> Vec<(String, Option<Vec<u8>>)> {
+    let call = &dead.call;
+    let mut headers = Vec::new();
     let mut add = |name: &str, value: String| headers.push((name.to_string(), Some(value.into_bytes())));
     add(header::ERROR, dead.last_error.clone().unwrap_or_default());
     add(header::CALL_ID, call.id.to_string());
@@ -57,39 +69,26 @@ pub fn dead_letter_of(dead: &DeadCall) -> SinkRecord {
         add(header::SOURCE_PARTITION, source.partition.to_string());
         add(header::SOURCE_OFFSET, source.offset.to_string());
     }
-    SinkRecord {
-        key: call.key.clone(),
-        value: (!call.tombstone).then(|| call.payload.clone()),
-        headers,
-    }
+    headers
 }
 
-/// Produce the dead calls of the subscription of `part` to the topic of `config` until
-/// shutdown.
 /// Send a dead letter too large for the topic without its value, then without the record's
 /// own headers too; if even that is refused, count it as sent (the call stays dead in the
 /// store, where `GET /v1/calls/{id}` shows it) and say so.
 async fn send_smaller(sink: &Sink, dead: &DeadCall) -> Result<connectors::kafka::sink::Delivered, SinkError> {
-    let full = dead_letter_of(dead);
     let size = dead.call.payload.len();
-    let mut smaller = full.clone();
+    let omitted = |what: &str| (header::OMITTED.to_string(), Some(what.as_bytes().to_vec()));
+    let mut smaller = dead_letter_of(dead);
     smaller.value = None;
-    smaller.headers.push((
-        header::OMITTED.to_string(),
-        Some(format!("value ({size} bytes): too large for the dead-letter topic; the call keeps it").into_bytes()),
-    ));
+    smaller.headers.push(omitted(&format!(
+        "value ({size} bytes): too large for the dead-letter topic; the call keeps it"
+    )));
     let mut result = sink.send_all(std::slice::from_ref(&smaller)).await.remove(0);
     if result.as_ref().is_err_and(SinkError::is_too_large) {
-        let ours = |name: &str| name.starts_with("engine-") || name.starts_with("Engine-");
-        smaller.headers.retain(|(name, _)| ours(name));
-        if let Some((_, value)) = smaller.headers.iter_mut().find(|(name, _)| name == header::OMITTED) {
-            *value = Some(
-                format!(
-                    "value ({size} bytes) and record headers: too large for the dead-letter topic; the call keeps them"
-                )
-                .into_bytes(),
-            );
-        }
+        smaller.headers = engine_headers(dead);
+        smaller.headers.push(omitted(&format!(
+            "value ({size} bytes) and record headers: too large for the dead-letter topic; the call keeps them"
+        )));
         result = sink.send_all(std::slice::from_ref(&smaller)).await.remove(0);
     }
     match result {
@@ -109,6 +108,8 @@ async fn send_smaller(sink: &Sink, dead: &DeadCall) -> Result<connectors::kafka:
     }
 }
 
+/// Produce the dead calls of the subscription of `part` to the topic of `config` until
+/// shutdown.
 pub async fn run(mut part: Part, config: DeadLetterConfig) -> Result<(), EngineError> {
     let sink = Sink::new(&SinkConfig {
         name: part.subscription.name.clone(),
