@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use integration_tests::config::{EngineConfig, Subscription};
 use integration_tests::kafka::{produce, read_topic, Out, Tansu};
-use integration_tests::{free_addr, spawn_engine, wait_for, Admin};
+use integration_tests::{free_addr, rss_mib, spawn_engine, wait_for, Admin};
 use rand::Rng;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
@@ -22,17 +22,6 @@ const OVERSIZED: usize = 5;
 /// holds is bounded by `window_bytes` (64 MiB), the source's batches (`batch_bytes`, 1 MiB,
 /// about 40 in flight), librdkafka's prefetch (16 MiB) and SQLite's cache (64 MiB).
 const RSS_BOUND_MIB: u64 = 320;
-
-/// Peak resident set of a process, in MiB.
-fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmHWM")
-        / 1024
-}
 
 /// A target that keeps only the call ids it accepted and the bytes it received, and fails
 /// 20% of attempts with 503.
@@ -120,7 +109,8 @@ async fn large_records_are_delivered_within_a_memory_bound_and_oversized_ones_go
         },
     )
     .await;
-    let peak = peak_rss_mib(engine.pid());
+    let peak = rss_mib(engine.pid()).1 as u64;
+    assert!(peak > 0, "the peak RSS is read from /proc");
 
     let (ids, bytes) = seen.lock().unwrap().clone();
     assert_eq!(ids.len(), RECORDS, "each record delivered once");

@@ -11,6 +11,7 @@ pub mod decide;
 pub mod react;
 pub mod window;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,17 +170,16 @@ impl Scheduler {
             return Ok(());
         }
         let mut calls = self.store.pending_calls(due.clone()).await?;
-        let found: std::collections::HashSet<i64> = calls.iter().map(|c| c.seq).collect();
-        let mut again: Vec<i64> = due.iter().copied().filter(|seq| !found.contains(seq)).collect();
-        again.extend(calls.iter().filter(|c| self.reactor.window.is_stale(c)).map(|c| c.seq));
+        // Not pending, or pending with fewer attempts than made: the outcome may still be
+        // on its way to the disk. Make it durable and read those again.
+        calls.retain(|c| !self.reactor.window.is_stale(c));
+        let found: HashSet<i64> = calls.iter().map(|c| c.seq).collect();
+        let again: Vec<i64> = due.iter().copied().filter(|seq| !found.contains(seq)).collect();
         if !again.is_empty() {
-            // Not pending, or pending with an attempt less than made: the outcome may still
-            // be on its way to the disk. Make it durable and read those again.
-            calls.retain(|c| !again.contains(&c.seq));
             self.store.flush().await?;
-            calls.extend(self.store.pending_calls(again.clone()).await?);
+            calls.extend(self.store.pending_calls(again).await?);
         }
-        let found: std::collections::HashSet<i64> = calls.iter().map(|c| c.seq).collect();
+        let found: HashSet<i64> = calls.iter().map(|c| c.seq).collect();
         for call in calls {
             self.reactor.window.unpark(call);
         }

@@ -145,20 +145,39 @@ pub(crate) fn dead_unpublished(
          ORDER BY seq LIMIT ?2"
     ))?;
     let at = DueIndex::of(&statement)?;
-    let mut rows = statement.query(params![subscription, limit as i64])?;
-    let (mut dead, mut bytes) = (Vec::new(), 0);
-    while bytes < max_bytes {
+    let rows = statement.query(params![subscription, limit as i64])?;
+    up_to_bytes(
+        rows,
+        max_bytes,
+        |dead: &DeadCall| dead.call.payload.len(),
+        |row| {
+            Ok(DeadCall {
+                call: due_call(row, &at)?,
+                last_error: row.get("last_error")?,
+                dead_at: row.get("updated_at")?,
+                subscription: row.get("subscription")?,
+            })
+        },
+    )
+}
+
+/// Rows mapped by `map` until their payloads (`bytes` of each) reach `max_bytes`; the
+/// first row is always taken. Rows are read one at a time, so a page of large payloads
+/// stops at the bound instead of being read whole.
+fn up_to_bytes<T>(
+    mut rows: rusqlite::Rows<'_>,
+    max_bytes: usize,
+    bytes: impl Fn(&T) -> usize,
+    map: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let (mut out, mut total) = (Vec::new(), 0);
+    while total < max_bytes {
         let Some(row) = rows.next()? else { break };
-        let call = DeadCall {
-            call: due_call(row, &at)?,
-            last_error: row.get("last_error")?,
-            dead_at: row.get("updated_at")?,
-            subscription: row.get("subscription")?,
-        };
-        bytes += call.call.payload.len();
-        dead.push(call);
+        let item = map(row)?;
+        total += bytes(&item);
+        out.push(item);
     }
-    Ok(dead)
+    Ok(out)
 }
 
 /// Pending calls of `subscription` created after `after_seq`, in creation order: at most
@@ -176,16 +195,13 @@ pub(crate) fn pending_after(
          ORDER BY seq LIMIT ?3"
     ))?;
     let at = DueIndex::of(&statement)?;
-    let mut rows = statement.query(params![subscription, after_seq, limit as i64])?;
-    let (mut calls, mut bytes) = (Vec::new(), 0);
-    // Rows are read one at a time, so a page of large payloads stops at the byte bound.
-    while bytes < max_bytes {
-        let Some(row) = rows.next()? else { break };
-        let call = due_call(row, &at)?;
-        bytes += call.payload.len();
-        calls.push(call);
-    }
-    Ok(calls)
+    let rows = statement.query(params![subscription, after_seq, limit as i64])?;
+    up_to_bytes(
+        rows,
+        max_bytes,
+        |call: &DueCall| call.payload.len(),
+        |row| due_call(row, &at),
+    )
 }
 
 /// Those of `seqs` that are pending, in the order given.
