@@ -189,3 +189,40 @@ async fn an_sdk_declared_overload_cuts_and_pauses_the_endpoint() {
     );
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_failing_keys_than_the_window_holds_wait_on_disk_in_key_order() {
+    // 400 keys, half of all attempts failing, retries a second or more away (so every
+    // retry parks), and a window of 50: more keys wait for a retry than memory holds.
+    const CALLS: usize = 1_200;
+    const WINDOW: u64 = 50;
+    let target = UnkindTarget::start(&["--error-rate", "0.5", "--latency-ms", "2", "--jitter", "exp:3"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    store_keyed_backlog(&dir.path().join("engine.db"), "test", &target.url(), CALLS, 400)
+        .await
+        .unwrap();
+    let subscription = test_subscription(&target.url())
+        .ordering("key")
+        .set("window", WINDOW as i64)
+        .retries_between("1s", "2s");
+    let engine = Engine::start(test_config(dir.path(), subscription).build())
+        .await
+        .unwrap();
+    let figures = Arc::clone(&engine.figures()["test"]);
+    let mut most_waiting = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while figures.snapshot().succeeded < CALLS as u64 {
+        assert!(Instant::now() < deadline, "calls still pending after 120 s");
+        most_waiting = most_waiting.max(figures.snapshot().waiting_retry);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = target.stats().await;
+    assert_eq!(seen["unique_ok"], CALLS, "every call reached the target once: {seen}");
+    assert_eq!(seen["order_violations"], 0, "per-key order: {seen}");
+    assert_eq!(seen["key_overlaps"], 0, "one call of a key in flight at a time: {seen}");
+    assert!(
+        most_waiting > WINDOW,
+        "more calls waited for a retry ({most_waiting}) than the window holds: they waited on disk"
+    );
+    engine.shutdown().await.unwrap();
+}
