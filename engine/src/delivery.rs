@@ -105,6 +105,11 @@ impl Deliverer {
                 .get(header::FAILURE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(DeclaredFailure::parse);
+            let handler_protocol = response
+                .headers()
+                .get(header::PROTOCOL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
             let limit = if classify_status(status) == OutcomeClass::Success {
                 limits.max_output_bytes
             } else {
@@ -115,6 +120,7 @@ impl Deliverer {
                 status,
                 retry_after,
                 declared,
+                handler_protocol,
                 body,
                 truncated,
             })
@@ -141,12 +147,17 @@ impl Deliverer {
     }
 }
 
+/// The protocol version whose signatures cover the call id, attempt and idempotency key.
+const SIGNED_CALL_FIELDS_SINCE: u32 = 3;
+
 /// An HTTP answer, read within the limits.
 #[derive(Debug)]
 struct Answer {
     status: u16,
     retry_after: Option<Duration>,
     declared: Option<DeclaredFailure>,
+    /// The protocol version an SDK handler says it speaks; `None` from plain webhooks.
+    handler_protocol: Option<u32>,
     /// The body, cut at the limit.
     body: Vec<u8>,
     truncated: bool,
@@ -167,6 +178,16 @@ fn outcome_of(answer: Answer, duration: Duration) -> AttemptOutcome {
         if answer.truncated {
             text.push_str(" …");
         }
+        if let Some(old) = answer
+            .handler_protocol
+            .filter(|v| answer.status == 401 && *v < SIGNED_CALL_FIELDS_SINCE)
+        {
+            let _ = write!(
+                text,
+                " (the handler's SDK speaks protocol {old} and cannot verify signatures of protocol {}, which also cover the call id and attempt: upgrade its sdk crate)",
+                protocol::PROTOCOL_VERSION
+            );
+        }
         (None, Some(text))
     };
     AttemptOutcome {
@@ -186,7 +207,11 @@ fn sign(signer: &sdk::signing::Signer, headers: &mut HeaderMap, target: &str, bo
     let now = SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    for (name, value) in signer.sign("POST", &path, body, now) {
+    // request_headers always sets the signed fields, so signing cannot miss one.
+    let Ok(signature) = signer.sign("POST", &path, body, &*headers, now) else {
+        return;
+    };
+    for (name, value) in signature {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), value);
         }
@@ -310,6 +335,7 @@ mod tests {
             status,
             retry_after: Some(Duration::from_secs(2)),
             declared: Some(DeclaredFailure::Overload),
+            handler_protocol: None,
             body: body.as_bytes().to_vec(),
             truncated: false,
         }
@@ -344,5 +370,23 @@ mod tests {
         assert_eq!(outcome.class, OutcomeClass::Permanent);
         assert_eq!(outcome.error.as_deref(), Some("HTTP 400"));
         assert_eq!((outcome.retry_after, outcome.declared), (None, None));
+    }
+
+    #[test]
+    fn a_refused_signature_from_an_older_sdk_says_to_upgrade_it() {
+        let mut old = answer(401, "malformed `signature-input` header");
+        old.handler_protocol = Some(2);
+        let outcome = outcome_of(old, Duration::from_millis(1));
+        assert_eq!(outcome.class, OutcomeClass::Permanent);
+        let text = outcome.error.unwrap();
+        assert!(
+            text.contains("speaks protocol 2") && text.contains("upgrade its sdk crate"),
+            "{text}"
+        );
+
+        let mut current = answer(401, "invalid signature");
+        current.handler_protocol = Some(SIGNED_CALL_FIELDS_SINCE);
+        let text = outcome_of(current, Duration::from_millis(1)).error.unwrap();
+        assert_eq!(text, "HTTP 401: invalid signature");
     }
 }

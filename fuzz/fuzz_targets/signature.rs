@@ -17,6 +17,9 @@ fuzz_target!(|data: &[u8]| {
         (header::CONTENT_DIGEST, digest.to_string()),
         (header::SIGNATURE_INPUT, input.to_string()),
         (header::SIGNATURE, signature.to_string()),
+        ("engine-call-id", "0190a0e4-0000-7000-8000-000000000001".to_string()),
+        ("engine-attempt", "1".to_string()),
+        ("idempotency-key", "0190a0e4-0000-7000-8000-000000000001".to_string()),
     ];
     let keys = KeyPair::generate();
     let verifier = Verifier::from_base64(&keys.public_base64()).expect("own key");

@@ -12,8 +12,9 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 ///
 /// Later versions add fields (for example a journal of durable steps) without changing the
 /// meaning of version 1 headers, so plain webhooks keep working. Version 2 added the
-/// response headers [`header::PROTOCOL`] and [`header::FAILURE`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// response headers [`header::PROTOCOL`] and [`header::FAILURE`]; version 3 signs the call
+/// id, attempt and idempotency key too (see [`crate::signing`]).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Header names, lower case as HTTP/2 requires and HTTP/1 ignores.
 pub mod header {

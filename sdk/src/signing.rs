@@ -1,11 +1,13 @@
 //! Request signing with Ed25519, in the manner of HTTP Message Signatures (RFC 9421).
 //!
-//! The engine signs the method, the path and a SHA-256 digest of the body (RFC 9530
-//! `content-digest`), with a creation time. Three headers carry it:
+//! The engine signs the method, the path, a SHA-256 digest of the body (RFC 9530
+//! `content-digest`) and the request headers that say which call and which attempt this is
+//! ([`SIGNED_FIELDS`]: call id, attempt, idempotency key), with a creation time. Three
+//! headers carry it:
 //!
 //! ```text
 //! content-digest: sha-256=:<base64 of SHA-256(body)>:
-//! signature-input: engine=("@method" "@path" "content-digest");created=<unix seconds>;keyid="<id>";alg="ed25519"
+//! signature-input: engine=("@method" "@path" "content-digest" "engine-call-id" "engine-attempt" "idempotency-key");created=<unix seconds>;keyid="<id>";alg="ed25519"
 //! signature: engine=:<base64 of the Ed25519 signature>:
 //! ```
 //!
@@ -15,19 +17,33 @@
 //! "@method": POST
 //! "@path": /forward
 //! "content-digest": sha-256=:...:
-//! "@signature-params": ("@method" "@path" "content-digest");created=...;keyid="...";alg="ed25519"
+//! "engine-call-id": 0190...
+//! "engine-attempt": 1
+//! "idempotency-key": 0190...
+//! "@signature-params": ("@method" ... "idempotency-key");created=...;keyid="...";alg="ed25519"
 //! ```
 //!
-//! Keys are 32 bytes, written in standard base64: the private key is the Ed25519 seed.
+//! Protocol 2 signed only the first three; a verifier of this version refuses such a
+//! signature with [`SignatureError::Outdated`], since its call id and attempt could have been
+//! changed in flight. Keys are 32 bytes, written in standard base64: the private key is the
+//! Ed25519 seed.
 //!
 //! ```
 //! use sdk::signing::{KeyPair, Signer, Verifier};
 //! let keys = KeyPair::generate();
 //! let signer = Signer::from_base64("engine", &keys.private_base64()).unwrap();
 //! let verifier = Verifier::from_base64(&keys.public_base64()).unwrap();
-//! let headers = signer.sign("POST", "/forward", b"{}", 1_700_000_000);
+//! let mut headers = vec![
+//!     ("engine-call-id", "0190a0e4-0000-7000-8000-000000000001".to_string()),
+//!     ("engine-attempt", "1".to_string()),
+//!     ("idempotency-key", "0190a0e4-0000-7000-8000-000000000001".to_string()),
+//! ];
+//! let signature = signer.sign("POST", "/forward", b"{}", &headers, 1_700_000_000).unwrap();
+//! headers.extend(signature);
 //! assert!(verifier.verify("POST", "/forward", b"{}", &headers, 1_700_000_010).is_ok());
 //! assert!(verifier.verify("POST", "/forward", b"{ }", &headers, 1_700_000_010).is_err());
+//! headers[1].1 = "2".to_string(); // a replayed request posing as another attempt
+//! assert!(verifier.verify("POST", "/forward", b"{}", &headers, 1_700_000_010).is_err());
 //! ```
 
 use std::time::Duration;
@@ -50,7 +66,16 @@ pub mod header {
 /// How far a signature's creation time may be from the verifier's clock. Default 5 minutes.
 pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
 
-const COMPONENTS: &str = r#"("@method" "@path" "content-digest")"#;
+/// The request headers covered by a signature besides the method, path and digest.
+pub const SIGNED_FIELDS: [&str; 3] = [
+    crate::protocol::header::CALL_ID,
+    crate::protocol::header::ATTEMPT,
+    crate::protocol::header::IDEMPOTENCY_KEY,
+];
+
+const COMPONENTS: &str = r#"("@method" "@path" "content-digest" "engine-call-id" "engine-attempt" "idempotency-key")"#;
+/// What protocol 2 signed.
+const COMPONENTS_V2: &str = r#"("@method" "@path" "content-digest")"#;
 
 /// Why a request's signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +95,9 @@ pub enum SignatureError {
     },
     /// The signature does not verify with the configured key.
     Invalid,
+    /// The signature covers only the method, path and digest (an engine of protocol 2):
+    /// the call id and attempt are not protected. Upgrade the engine.
+    Outdated,
 }
 
 impl std::fmt::Display for SignatureError {
@@ -80,6 +108,9 @@ impl std::fmt::Display for SignatureError {
             Self::DigestMismatch => f.write_str("the body does not match content-digest"),
             Self::Stale { created, now } => write!(f, "stale signature: created at {created}, now {now}"),
             Self::Invalid => f.write_str("invalid signature"),
+            Self::Outdated => f.write_str(
+                "the signature covers only method, path and digest (an engine of protocol 2): upgrade the engine so that the call id and attempt are signed too",
+            ),
         }
     }
 }
@@ -157,20 +188,29 @@ impl Signer {
         })
     }
 
-    /// The three headers (name, value) that sign this request, created at `now` (Unix seconds).
-    pub fn sign(&self, method: &str, path: &str, body: &[u8], now: u64) -> Vec<(&'static str, String)> {
+    /// The three headers (name, value) that sign this request, created at `now` (Unix
+    /// seconds). `headers` must hold every one of [`SIGNED_FIELDS`]; the first missing one
+    /// is the error.
+    pub fn sign<H: SignatureHeaders + ?Sized>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        headers: &H,
+        now: u64,
+    ) -> Result<Vec<(&'static str, String)>, SignatureError> {
         let digest = content_digest(body);
         let params = format!(r#"{COMPONENTS};created={now};keyid="{}";alg="ed25519""#, self.key_id);
-        let base = signature_base(method, path, &digest, &params);
+        let base = signature_base(method, path, &digest, headers, &params)?;
         let signature = self.key.sign(base.as_bytes());
-        vec![
+        Ok(vec![
             (header::CONTENT_DIGEST, digest),
             (header::SIGNATURE_INPUT, format!("engine={params}")),
             (
                 header::SIGNATURE,
                 format!("engine=:{}:", BASE64.encode(signature.to_bytes())),
             ),
-        ]
+        ])
     }
 }
 
@@ -220,8 +260,13 @@ impl Verifier {
 
         let params = input
             .strip_prefix("engine=")
-            .filter(|p| p.starts_with(COMPONENTS))
             .ok_or(SignatureError::Malformed(header::SIGNATURE_INPUT))?;
+        if params.starts_with(COMPONENTS_V2) {
+            return Err(SignatureError::Outdated);
+        }
+        if !params.starts_with(COMPONENTS) {
+            return Err(SignatureError::Malformed(header::SIGNATURE_INPUT));
+        }
         let created: u64 = params
             .split(';')
             .find_map(|p| p.strip_prefix("created="))
@@ -239,7 +284,7 @@ impl Verifier {
             .and_then(|s| BASE64.decode(s).ok())
             .and_then(|b| Signature::from_slice(&b).ok())
             .ok_or(SignatureError::Malformed(header::SIGNATURE))?;
-        let base = signature_base(method, path, digest, params);
+        let base = signature_base(method, path, digest, headers, params)?;
         self.key
             .verify(base.as_bytes(), &signature)
             .map_err(|_| SignatureError::Invalid)
@@ -274,16 +319,44 @@ fn content_digest(body: &[u8]) -> String {
     format!("sha-256=:{}:", BASE64.encode(Sha256::digest(body)))
 }
 
-fn signature_base(method: &str, path: &str, digest: &str, params: &str) -> String {
-    format!(
-        "\"@method\": {}\n\"@path\": {path}\n\"content-digest\": {digest}\n\"@signature-params\": {params}",
+fn signature_base<H: SignatureHeaders + ?Sized>(
+    method: &str,
+    path: &str,
+    digest: &str,
+    headers: &H,
+    params: &str,
+) -> Result<String, SignatureError> {
+    use std::fmt::Write as _;
+    let mut base = format!(
+        "\"@method\": {}\n\"@path\": {path}\n\"content-digest\": {digest}\n",
         method.to_ascii_uppercase()
-    )
+    );
+    for name in SIGNED_FIELDS {
+        let value = headers.value(name).ok_or(SignatureError::Missing(name))?;
+        // RFC 9421 §2.1: the field value with leading and trailing whitespace removed.
+        let _ = writeln!(base, "\"{name}\": {}", value.trim());
+    }
+    let _ = write!(base, "\"@signature-params\": {params}");
+    Ok(base)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fields(attempt: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("engine-call-id", "0190a0e4-0000-7000-8000-000000000001".into()),
+            ("engine-attempt", attempt.into()),
+            ("idempotency-key", "0190a0e4-0000-7000-8000-000000000001".into()),
+        ]
+    }
+
+    fn signed(signer: &Signer, path: &str, body: &[u8], now: u64) -> Vec<(&'static str, String)> {
+        let mut headers = fields("1");
+        headers.extend(signer.sign("POST", path, body, &headers, now).unwrap());
+        headers
+    }
 
     fn pair() -> (Signer, Verifier) {
         let keys = KeyPair::generate();
@@ -296,8 +369,24 @@ mod tests {
     #[test]
     fn a_signed_request_verifies_and_any_change_breaks_it() {
         let (signer, verifier) = pair();
-        let headers = signer.sign("POST", "/f", b"body", 1000);
+        let headers = signed(&signer, "/f", b"body", 1000);
         assert_eq!(verifier.verify("POST", "/f", b"body", &headers, 1000), Ok(()));
+        for (i, changed) in [(0, "0190a0e4-0000-7000-8000-000000000002"), (1, "2"), (2, "other")] {
+            let mut tampered = headers.clone();
+            tampered[i].1 = changed.into();
+            assert_eq!(
+                verifier.verify("POST", "/f", b"body", &tampered, 1000),
+                Err(SignatureError::Invalid),
+                "{} changed",
+                tampered[i].0
+            );
+        }
+        let mut stripped = headers.clone();
+        stripped.remove(1);
+        assert_eq!(
+            verifier.verify("POST", "/f", b"body", &stripped, 1000),
+            Err(SignatureError::Missing("engine-attempt"))
+        );
         assert_eq!(
             verifier.verify("POST", "/g", b"body", &headers, 1000),
             Err(SignatureError::Invalid)
@@ -320,7 +409,7 @@ mod tests {
     #[test]
     fn stale_and_missing_signatures_are_refused() {
         let (signer, verifier) = pair();
-        let headers = signer.sign("POST", "/f", b"", 1000);
+        let headers = signed(&signer, "/f", b"", 1000);
         assert!(matches!(
             verifier.verify("POST", "/f", b"", &headers, 1000 + 301),
             Err(SignatureError::Stale { .. })
@@ -330,6 +419,27 @@ mod tests {
         assert_eq!(
             verifier.verify("POST", "/f", b"", &none, 1000),
             Err(SignatureError::Missing(header::CONTENT_DIGEST))
+        );
+    }
+
+    #[test]
+    fn a_protocol_2_signature_is_refused_as_outdated() {
+        let (signer, verifier) = pair();
+        let mut headers = signed(&signer, "/f", b"", 1000);
+        let input = headers.iter_mut().find(|(n, _)| *n == header::SIGNATURE_INPUT).unwrap();
+        input.1 = format!("engine={COMPONENTS_V2};created=1000;keyid=\"k\";alg=\"ed25519\"");
+        let refused = verifier.verify("POST", "/f", b"", &headers, 1000).unwrap_err();
+        assert_eq!(refused, SignatureError::Outdated);
+        assert!(refused.to_string().contains("upgrade the engine"));
+    }
+
+    #[test]
+    fn signing_needs_the_call_headers() {
+        let (signer, _) = pair();
+        let none: Vec<(&'static str, String)> = Vec::new();
+        assert_eq!(
+            signer.sign("POST", "/f", b"", &none, 1000),
+            Err(SignatureError::Missing("engine-call-id"))
         );
     }
 

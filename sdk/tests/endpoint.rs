@@ -138,11 +138,20 @@ fn now() -> u64 {
 }
 
 async fn signed_post(addr: SocketAddr, signer: Option<&Signer>, body: &str, created: u64) -> u16 {
+    let call_id = "0190a0e4-0000-7000-8000-000000000001";
+    let fields = vec![
+        ("engine-call-id", call_id.to_string()),
+        ("engine-attempt", "1".to_string()),
+        ("idempotency-key", call_id.to_string()),
+    ];
     let mut request = reqwest::Client::new()
         .post(format!("http://{addr}/echo"))
         .body(body.to_string());
+    for (name, value) in &fields {
+        request = request.header(*name, value);
+    }
     if let Some(signer) = signer {
-        for (name, value) in signer.sign("POST", "/echo", body.as_bytes(), created) {
+        for (name, value) in signer.sign("POST", "/echo", body.as_bytes(), &fields, created).unwrap() {
             request = request.header(name, value);
         }
     }
