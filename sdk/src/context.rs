@@ -17,6 +17,10 @@ pub struct Context {
     pub kafka: Option<KafkaRecord>,
     /// The protocol version of the request.
     pub protocol: u32,
+    /// The engine's clock when it sent the request (ms since the Unix epoch), protocol 4.
+    pub(crate) now_ms: Option<i64>,
+    /// How many leading bytes of the body are the workflow's journal (protocol 4).
+    pub(crate) journal_bytes: usize,
 }
 
 /// The Kafka record behind a call.
@@ -63,6 +67,10 @@ impl Context {
             subscription: text(header::SUBSCRIPTION).unwrap_or_default().to_string(),
             kafka,
             protocol: text(header::PROTOCOL).and_then(|v| v.parse().ok()).unwrap_or(1),
+            now_ms: text(header::NOW).and_then(|v| v.parse().ok()),
+            journal_bytes: text(header::JOURNAL_BYTES)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         }
     }
 

@@ -20,8 +20,16 @@ use crate::context::Context;
 use crate::error::{Error, ErrorKind};
 use crate::protocol::{header, DeclaredFailure, PROTOCOL_VERSION};
 use crate::signing::{KeyError, Verifier};
+use crate::workflow::{split_body, Stop, Suspension, Workflow, WORKFLOW_PROTOCOL};
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, Error>> + Send>>;
+/// What a function answers, short of an error.
+enum Reply {
+    Output(Vec<u8>),
+    Suspended(Suspension),
+    Nondeterminism(String),
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Reply, Error>> + Send>>;
 type Function = Arc<dyn Fn(Context, Bytes) -> BoxFuture + Send + Sync>;
 
 /// A set of named functions served over HTTP: `POST /{name}` calls one.
@@ -96,7 +104,7 @@ impl Endpoint {
                 let input: I = serde_json::from_slice(&body)
                     .map_err(|e| Error::permanent(format!("cannot decode the input: {e}")).with_status(400))?;
                 let output = f(ctx, input).await?;
-                serde_json::to_vec(&output).map_err(|e| Error::permanent(format!("cannot encode the output: {e}")))
+                encode_output(&output)
             })
         });
         self.functions.insert(name.to_string(), function);
@@ -113,7 +121,62 @@ impl Endpoint {
         let f = Arc::new(f);
         let function: Function = Arc::new(move |ctx, body| {
             let f = Arc::clone(&f);
-            Box::pin(async move { f(ctx, body).await })
+            Box::pin(async move { f(ctx, body).await.map(Reply::Output) })
+        });
+        self.functions.insert(name.to_string(), function);
+        self
+    }
+
+    /// Register a durable workflow (see [`crate::workflow`]): like [`Endpoint::function`],
+    /// with a [`Workflow`] whose steps and sleeps are journaled by the engine, so a run
+    /// resumes where the last one stopped. Needs an engine of protocol 4 or later; an
+    /// older engine gets a permanent 501 that says so.
+    #[must_use]
+    pub fn workflow<I, O, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(Workflow, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Error>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let workflow_name = name.to_string();
+        let function: Function = Arc::new(move |ctx: Context, body: Bytes| {
+            let f = Arc::clone(&f);
+            let name = workflow_name.clone();
+            Box::pin(async move {
+                if ctx.protocol < WORKFLOW_PROTOCOL {
+                    return Err(Error::permanent(format!(
+                        "`{name}` is a workflow, which needs an engine of protocol {WORKFLOW_PROTOCOL} or later; this engine speaks protocol {}: upgrade the engine",
+                        ctx.protocol
+                    ))
+                    .with_status(501));
+                }
+                let (journal, input) =
+                    split_body(&body, ctx.journal_bytes).map_err(|e| Error::permanent(e).with_status(400))?;
+                let input: I = serde_json::from_slice(input)
+                    .map_err(|e| Error::permanent(format!("cannot decode the input: {e}")).with_status(400))?;
+                let now_ms = ctx.now_ms.unwrap_or_else(|| {
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                });
+                let wf = Workflow::new(ctx, journal, now_ms);
+                let run = f(wf.clone(), input);
+                let stop = tokio::select! {
+                    biased;
+                    stop = wf.stopped() => stop,
+                    done = run => match wf.take_stop() {
+                        Some(stop) => stop,
+                        None => return encode_output(&done?),
+                    },
+                };
+                match stop {
+                    Stop::Suspended(suspension) => Ok(Reply::Suspended(suspension)),
+                    Stop::Nondeterminism(text) => Ok(Reply::Nondeterminism(text)),
+                    Stop::Failed(error) => Err(error),
+                }
+            })
         });
         self.functions.insert(name.to_string(), function);
         self
@@ -171,6 +234,12 @@ impl Endpoint {
             .with_graceful_shutdown(shutdown)
             .await
     }
+}
+
+fn encode_output<O: Serialize>(output: &O) -> Result<Reply, Error> {
+    serde_json::to_vec(output)
+        .map(Reply::Output)
+        .map_err(|e| Error::permanent(format!("cannot encode the output: {e}")))
 }
 
 async fn shutdown_signal() {
@@ -256,7 +325,22 @@ async fn call(
     let call_id = ctx.call_id.clone();
     // Run the function in its own task so that a panic is contained and reported.
     let response = match tokio::spawn(function(ctx, body)).await {
-        Ok(Ok(output)) => (StatusCode::OK, output).into_response(),
+        Ok(Ok(Reply::Output(output))) => (StatusCode::OK, output).into_response(),
+        Ok(Ok(Reply::Suspended(suspension))) => {
+            let mut response = (StatusCode::ACCEPTED, axum::Json(suspension)).into_response();
+            response
+                .headers_mut()
+                .insert(header::WORKFLOW, HeaderValue::from_static("suspended"));
+            response
+        }
+        Ok(Ok(Reply::Nondeterminism(text))) => {
+            tracing::error!(function = %name, call = %call_id, %text, "workflow code does not match its journal");
+            let mut response = (StatusCode::CONFLICT, format!("{text}\n")).into_response();
+            response
+                .headers_mut()
+                .insert(header::WORKFLOW, HeaderValue::from_static("nondeterminism"));
+            response
+        }
         Ok(Err(error)) => {
             tracing::debug!(function = %name, call = %call_id, %error, "function failed");
             error_response(&error)

@@ -28,6 +28,7 @@
 //! - [`Error`]: temporary or permanent failures.
 //! - [`protocol`]: the wire protocol shared with the engine.
 //! - [`signing`]: Ed25519 request signatures (the engine signs, the endpoint verifies).
+//! - [`workflow`]: durable workflows: journaled steps and sleeps, replayed on every run.
 //!
 //! The protocol is plain HTTP, so any web server can be a target too; this crate is the
 //! convenient way, not the only one. See `docs/protocol.md`.
@@ -39,10 +40,12 @@ mod endpoint;
 mod error;
 pub mod protocol;
 pub mod signing;
+pub mod workflow;
 
 pub use context::{Context, KafkaRecord};
 pub use endpoint::{Endpoint, VERIFY_KEY_ENV};
 pub use error::{Error, ErrorKind};
+pub use workflow::Workflow;
 
 /// The README's handler example is compiled as a doc test, so it cannot rot.
 #[cfg(doctest)]

@@ -13,8 +13,9 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 /// Later versions add fields (for example a journal of durable steps) without changing the
 /// meaning of version 1 headers, so plain webhooks keep working. Version 2 added the
 /// response headers [`header::PROTOCOL`] and [`header::FAILURE`]; version 3 signs the call
-/// id, attempt and idempotency key too (see [`crate::signing`]).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// id, attempt and idempotency key too (see [`crate::signing`]); version 4 carries the
+/// journals of durable workflows (see [`crate::workflow`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Header names, lower case as HTTP/2 requires and HTTP/1 ignores.
 pub mod header {
@@ -44,6 +45,15 @@ pub mod header {
     pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     /// Response header: seconds or an HTTP date after which a retry may happen.
     pub const RETRY_AFTER: &str = "retry-after";
+    /// Request header (version 4): the engine's clock, milliseconds since the Unix epoch.
+    pub const NOW: &str = "engine-now";
+    /// Request header (version 4): the body starts with this many bytes of the workflow's
+    /// journal (a JSON array of entries); the input follows. Absent: no journal.
+    pub const JOURNAL_BYTES: &str = "engine-journal-bytes";
+    /// Response header (version 4): `suspended` (202, the body is a
+    /// [`crate::workflow::Suspension`]) or `nondeterminism` (409, the body says where the
+    /// code and the journal differ). Absent from plain functions and webhooks.
+    pub const WORKFLOW: &str = "engine-workflow";
     /// Response header (version 2): what a temporary failure is, see
     /// [`super::DeclaredFailure`]. Absent from plain webhooks.
     pub const FAILURE: &str = "engine-failure";
