@@ -13,7 +13,7 @@
 //! use sdk::{Endpoint, Error, Workflow};
 //!
 //! async fn checkout(wf: Workflow, order: u64) -> Result<String, Error> {
-//!     let receipt: String = wf.step("charge", || async move { Ok(format!("paid {order}")) }).await?;
+//!     let receipt: String = wf.step("charge", move || async move { Ok(format!("paid {order}")) }).await?;
 //!     wf.sleep(Duration::from_secs(3600)).await;
 //!     wf.step("email", || async { Ok(()) }).await?;
 //!     Ok(receipt)
