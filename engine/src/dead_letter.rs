@@ -206,6 +206,7 @@ mod tests {
                 tombstone: false,
                 attempts_before_redrive: 0,
                 redriven_at: None,
+                journal_len: 0,
             },
             subscription: "s".into(),
             last_error: Some("HTTP 400: bad order".into()),

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sdk::protocol::{self, classify_status, header, DeclaredFailure, OutcomeClass};
 
-use crate::model::DueCall;
+use crate::model::{now_millis, DueCall};
+use crate::workflow::{self, WorkflowStep, MAX_ANSWER_BYTES};
 
 /// The classified result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +26,26 @@ pub struct AttemptOutcome {
     pub declared: Option<DeclaredFailure>,
     /// How the exchange failed, when no answer came.
     pub transport: Option<TransportFailure>,
+    /// What a workflow's answer asks for (protocol 4); `None` from plain functions.
+    pub workflow: Option<WorkflowStep>,
     pub duration: Duration,
+}
+
+impl AttemptOutcome {
+    /// A temporary failure before anything was sent (the engine could not prepare it).
+    pub fn not_sent(error: String) -> Self {
+        Self {
+            class: OutcomeClass::Temporary,
+            http_status: None,
+            error: Some(error),
+            output: None,
+            retry_after: None,
+            declared: Some(DeclaredFailure::Application),
+            transport: None,
+            workflow: None,
+            duration: Duration::ZERO,
+        }
+    }
 }
 
 /// An attempt that got no (complete) answer.
@@ -72,26 +92,35 @@ impl Deliverer {
         Ok(Self { client, signer })
     }
 
-    /// Make one attempt. Never fails: every problem is an outcome.
+    /// Make one attempt. Never fails: every problem is an outcome. `journal` is a
+    /// workflow's journal (a JSON array), sent ahead of the input.
     pub async fn deliver(
         &self,
         call: &Arc<DueCall>,
         attempt: u32,
         subscription: &str,
         limits: DeliveryLimits,
+        journal: Option<Vec<u8>>,
     ) -> AttemptOutcome {
         let started = Instant::now();
         let mut headers = request_headers(call, attempt, subscription);
-        if let Some(signer) = &self.signer {
-            sign(signer, &mut headers, &call.target, &call.payload);
-        }
-        let request = self
-            .client
-            .post(&call.target)
-            .headers(headers)
+        let body = match &journal {
             // The body shares the payload held in the window instead of copying it.
-            .body(bytes::Bytes::from_owner(PayloadOf(Arc::clone(call))))
-            .send();
+            None => bytes::Bytes::from_owner(PayloadOf(Arc::clone(call))),
+            Some(journal) => {
+                if let Ok(value) = HeaderValue::from_str(&journal.len().to_string()) {
+                    headers.insert(HeaderName::from_static(header::JOURNAL_BYTES), value);
+                }
+                let mut framed = Vec::with_capacity(journal.len() + call.payload.len());
+                framed.extend_from_slice(journal);
+                framed.extend_from_slice(&call.payload);
+                bytes::Bytes::from(framed)
+            }
+        };
+        if let Some(signer) = &self.signer {
+            sign(signer, &mut headers, &call.target, &body);
+        }
+        let request = self.client.post(&call.target).headers(headers).body(body).send();
         let result = tokio::time::timeout(limits.timeout, async {
             let response = request.await?;
             let status = response.status().as_u16();
@@ -110,10 +139,15 @@ impl Deliverer {
                 .get(header::PROTOCOL)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse().ok());
-            let limit = if classify_status(status) == OutcomeClass::Success {
-                limits.max_output_bytes
-            } else {
-                MAX_ERROR_BYTES
+            let workflow = response
+                .headers()
+                .get(header::WORKFLOW)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let limit = match workflow.as_deref() {
+                Some("suspended") => MAX_ANSWER_BYTES,
+                _ if classify_status(status) == OutcomeClass::Success => limits.max_output_bytes,
+                _ => MAX_ERROR_BYTES,
             };
             let (body, truncated) = read_bounded(response, limit).await?;
             Ok::<_, reqwest::Error>(Answer {
@@ -121,6 +155,7 @@ impl Deliverer {
                 retry_after,
                 declared,
                 handler_protocol,
+                workflow,
                 body,
                 truncated,
             })
@@ -128,7 +163,11 @@ impl Deliverer {
         .await;
         let duration = started.elapsed();
         match result {
-            Ok(Ok(answer)) => outcome_of(answer, duration),
+            Ok(Ok(answer)) => {
+                let mut outcome = outcome_of(&answer, duration);
+                outcome.workflow = workflow_step(&answer, journal.as_deref());
+                outcome
+            }
             Ok(Err(error)) => transport_failure(&error, duration),
             Err(_) => AttemptOutcome {
                 class: OutcomeClass::Temporary,
@@ -141,6 +180,7 @@ impl Deliverer {
                 retry_after: None,
                 declared: None,
                 transport: Some(TransportFailure::TimedOut),
+                workflow: None,
                 duration,
             },
         }
@@ -158,6 +198,8 @@ struct Answer {
     declared: Option<DeclaredFailure>,
     /// The protocol version an SDK handler says it speaks; `None` from plain webhooks.
     handler_protocol: Option<u32>,
+    /// `engine-workflow` (protocol 4): `suspended` or `nondeterminism`.
+    workflow: Option<String>,
     /// The body, cut at the limit.
     body: Vec<u8>,
     truncated: bool,
@@ -165,11 +207,11 @@ struct Answer {
 
 /// What an answer means: its class, the output of a success, the error text of a failure,
 /// and what a temporary failure asks for (a delay, or what the handler declared).
-fn outcome_of(answer: Answer, duration: Duration) -> AttemptOutcome {
+fn outcome_of(answer: &Answer, duration: Duration) -> AttemptOutcome {
     let class = classify_status(answer.status);
     let temporary = class == OutcomeClass::Temporary;
     let (output, error) = if class == OutcomeClass::Success {
-        (Some(answer.body), None)
+        (Some(answer.body.clone()), None)
     } else {
         let mut text = format!("HTTP {}", answer.status);
         if !answer.body.is_empty() {
@@ -198,7 +240,30 @@ fn outcome_of(answer: Answer, duration: Duration) -> AttemptOutcome {
         retry_after: answer.retry_after.filter(|_| temporary),
         declared: answer.declared.filter(|_| temporary),
         transport: None,
+        workflow: None,
         duration,
+    }
+}
+
+/// What a workflow's answer asks for: a suspension to store, or a pause.
+fn workflow_step(answer: &Answer, journal: Option<&[u8]>) -> Option<WorkflowStep> {
+    match answer.workflow.as_deref()? {
+        "suspended" if answer.status == 202 => {
+            if answer.truncated {
+                return Some(WorkflowStep::Paused(format!(
+                    "the workflow's answer is larger than {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            Some(match serde_json::from_slice(&answer.body) {
+                Ok(suspension) => workflow::resolve(journal, suspension, now_millis()),
+                Err(e) => WorkflowStep::Paused(format!("broken workflow answer: {e}")),
+            })
+        }
+        "nondeterminism" => Some(WorkflowStep::Paused(format!(
+            "nondeterminism: {}",
+            String::from_utf8_lossy(&answer.body).trim()
+        ))),
+        _ => None,
     }
 }
 
@@ -244,6 +309,7 @@ fn transport_failure(error: &reqwest::Error, duration: Duration) -> AttemptOutco
         retry_after: None,
         declared: None,
         transport: Some(kind),
+        workflow: None,
         duration,
     }
 }
@@ -292,6 +358,7 @@ pub fn request_headers(call: &DueCall, attempt: u32, subscription: &str) -> Head
     };
     let id = call.id.to_string();
     put(header::PROTOCOL, protocol::PROTOCOL_VERSION.to_string());
+    put(header::NOW, now_millis().to_string());
     put(header::IDEMPOTENCY_KEY, id.clone());
     put(header::CALL_ID, id);
     put(header::ATTEMPT, attempt.to_string());
@@ -336,6 +403,7 @@ mod tests {
             retry_after: Some(Duration::from_secs(2)),
             declared: Some(DeclaredFailure::Overload),
             handler_protocol: None,
+            workflow: None,
             body: body.as_bytes().to_vec(),
             truncated: false,
         }
@@ -343,7 +411,7 @@ mod tests {
 
     #[test]
     fn a_success_keeps_its_output_and_nothing_a_failure_would_ask_for() {
-        let outcome = outcome_of(answer(200, "done"), Duration::from_millis(4));
+        let outcome = outcome_of(&answer(200, "done"), Duration::from_millis(4));
         assert_eq!(outcome.class, OutcomeClass::Success);
         assert_eq!(outcome.output.as_deref(), Some(&b"done"[..]));
         assert_eq!(
@@ -356,7 +424,7 @@ mod tests {
     fn a_temporary_failure_keeps_its_retry_after_and_declaration() {
         let mut busy = answer(503, " busy \n");
         busy.truncated = true;
-        let outcome = outcome_of(busy, Duration::from_millis(4));
+        let outcome = outcome_of(&busy, Duration::from_millis(4));
         assert_eq!(outcome.class, OutcomeClass::Temporary);
         assert_eq!(outcome.error.as_deref(), Some("HTTP 503: busy …"));
         assert_eq!(outcome.retry_after, Some(Duration::from_secs(2)));
@@ -366,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_permanent_failure_asks_for_nothing() {
-        let outcome = outcome_of(answer(400, ""), Duration::from_millis(4));
+        let outcome = outcome_of(&answer(400, ""), Duration::from_millis(4));
         assert_eq!(outcome.class, OutcomeClass::Permanent);
         assert_eq!(outcome.error.as_deref(), Some("HTTP 400"));
         assert_eq!((outcome.retry_after, outcome.declared), (None, None));
@@ -376,7 +444,7 @@ mod tests {
     fn a_refused_signature_from_an_older_sdk_says_to_upgrade_it() {
         let mut old = answer(401, "malformed `signature-input` header");
         old.handler_protocol = Some(2);
-        let outcome = outcome_of(old, Duration::from_millis(1));
+        let outcome = outcome_of(&old, Duration::from_millis(1));
         assert_eq!(outcome.class, OutcomeClass::Permanent);
         let text = outcome.error.unwrap();
         assert!(
@@ -386,7 +454,7 @@ mod tests {
 
         let mut current = answer(401, "invalid signature");
         current.handler_protocol = Some(SIGNED_CALL_FIELDS_SINCE);
-        let text = outcome_of(current, Duration::from_millis(1)).error.unwrap();
+        let text = outcome_of(&current, Duration::from_millis(1)).error.unwrap();
         assert_eq!(text, "HTTP 401: invalid signature");
     }
 }

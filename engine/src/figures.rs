@@ -21,6 +21,8 @@ pub struct Figures {
     backlog: AtomicI64,
     succeeded: AtomicU64,
     retried: AtomicU64,
+    suspended: AtomicU64,
+    paused: AtomicU64,
     dead: AtomicU64,
     in_flight: AtomicU64,
     in_memory: AtomicU64,
@@ -42,6 +44,8 @@ impl Default for Figures {
             backlog: AtomicI64::default(),
             succeeded: AtomicU64::default(),
             retried: AtomicU64::default(),
+            suspended: AtomicU64::default(),
+            paused: AtomicU64::default(),
             dead: AtomicU64::default(),
             in_flight: AtomicU64::default(),
             in_memory: AtomicU64::default(),
@@ -68,6 +72,12 @@ pub struct FiguresSnapshot {
     pub succeeded: u64,
     /// Attempts that failed temporarily.
     pub retried: u64,
+    /// Workflow answers that stored journal entries and suspended (protocol 4).
+    #[serde(default)]
+    pub suspended: u64,
+    /// Workflows paused for an operator (their code no longer matches their journal).
+    #[serde(default)]
+    pub paused: u64,
     pub dead: u64,
     pub in_flight: u64,
     /// Calls held in the scheduler's memory window.
@@ -117,6 +127,17 @@ impl Figures {
         self.dead.fetch_add(1, Relaxed);
         self.finished_rate.add(now_secs(), 1);
         self.went_dead.notify_one();
+        self.backlog_down();
+    }
+
+    /// A workflow stored entries and waits to be called again.
+    pub fn workflow_suspended(&self) {
+        self.suspended.fetch_add(1, Relaxed);
+    }
+
+    /// A workflow was paused for an operator: no longer in the backlog.
+    pub fn workflow_paused(&self) {
+        self.paused.fetch_add(1, Relaxed);
         self.backlog_down();
     }
 
@@ -190,6 +211,8 @@ impl Figures {
             backlog: self.backlog.load(Relaxed),
             succeeded: self.succeeded.load(Relaxed),
             retried: self.retried.load(Relaxed),
+            suspended: self.suspended.load(Relaxed),
+            paused: self.paused.load(Relaxed),
             dead: self.dead.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             in_memory: self.in_memory.load(Relaxed),

@@ -17,6 +17,7 @@
 //! - [`limiter`]: the pure adaptive concurrency limit (what an outcome says about load,
 //!   rounds of answers, the decisions and their reasons); [`endpoints`] applies it (and
 //!   rate limits, and `Retry-After` pauses) per endpoint.
+//! - [`workflow`]: what a durable workflow's answer means for its journal (protocol 4).
 //! - [`dead_letter`]: dead calls produced to a subscription's dead-letter topic.
 //! - [`admin`]: the admin HTTP API, `/metrics` and the dashboard; [`api`] is its typed
 //!   contract, shared with the command line.
@@ -44,6 +45,7 @@ pub mod source;
 pub mod store;
 pub mod subscription;
 pub mod telemetry;
+pub mod workflow;
 
 pub use config::Config;
 pub use engine::Engine;

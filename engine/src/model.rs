@@ -16,7 +16,8 @@ pub fn now_millis() -> Millis {
 }
 
 /// Lifecycle of a call. `succeeded`, `dead` and `cancelled` are terminal, though an operator
-/// may redrive a dead call back to `pending`.
+/// may redrive a dead call back to `pending`. `paused` is a workflow whose code no longer
+/// matches its journal: it waits for an operator (a redrive resumes it) and is not retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CallStatus {
@@ -25,15 +26,17 @@ pub enum CallStatus {
     Succeeded,
     Dead,
     Cancelled,
+    Paused,
 }
 
 impl CallStatus {
-    pub const ALL: [CallStatus; 5] = [
+    pub const ALL: [CallStatus; 6] = [
         Self::Pending,
         Self::Running,
         Self::Succeeded,
         Self::Dead,
         Self::Cancelled,
+        Self::Paused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +46,7 @@ impl CallStatus {
             Self::Succeeded => "succeeded",
             Self::Dead => "dead",
             Self::Cancelled => "cancelled",
+            Self::Paused => "paused",
         }
     }
 }
@@ -59,7 +63,9 @@ impl FromStr for CallStatus {
         Self::ALL
             .into_iter()
             .find(|status| status.as_str() == s)
-            .ok_or_else(|| format!("unknown status `{s}` (expected pending, running, succeeded, dead or cancelled)"))
+            .ok_or_else(|| {
+                format!("unknown status `{s}` (expected pending, running, succeeded, dead, cancelled or paused)")
+            })
     }
 }
 
@@ -128,6 +134,8 @@ pub struct DueCall {
     pub attempts_before_redrive: u32,
     /// When the call was last redriven: its age for `max_age` counts from here.
     pub redriven_at: Option<Millis>,
+    /// Entries in the call's workflow journal (0 for plain calls).
+    pub journal_len: u32,
 }
 
 /// An operator's action on calls.
@@ -146,11 +154,13 @@ pub enum Operation {
 impl Operation {
     /// The statuses a call must have for this operation to apply to it.
     pub fn applies_to(&self) -> &'static [CallStatus] {
-        use CallStatus::{Dead, Pending, Running};
+        use CallStatus::{Dead, Paused, Pending, Running};
         match self {
             Self::RetryNow(_) => &[Pending],
-            Self::Cancel(_) => &[Pending, Running, Dead],
-            Self::Redrive(_) | Self::PurgeDead(_) => &[Dead],
+            Self::Cancel(_) => &[Pending, Running, Dead, Paused],
+            // A paused workflow resumes by a redrive, once its code is fixed.
+            Self::Redrive(_) => &[Dead, Paused],
+            Self::PurgeDead(_) => &[Dead],
         }
     }
 
@@ -199,9 +209,27 @@ pub struct AttemptRecord {
 /// The state a call moves to after an attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
-    Succeeded { output: Option<Vec<u8>> },
-    Retry { at: Millis, error: String },
-    Dead { error: String },
+    Succeeded {
+        output: Option<Vec<u8>>,
+    },
+    Retry {
+        at: Millis,
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
+    /// A workflow stored new journal `entries` (JSON, from position `from`) and waits
+    /// until `resume_at`. Progress: its retry budget and age start again.
+    Suspended {
+        from: u32,
+        entries: Vec<String>,
+        resume_at: Millis,
+    },
+    /// A workflow's code no longer matches its journal: an operator must act.
+    Paused {
+        error: String,
+    },
 }
 
 /// A stored call, as shown to operators (the admin API shows its bytes through
@@ -230,6 +258,9 @@ pub struct CallView {
     /// When the call was last redriven.
     pub redriven_at: Option<Millis>,
     pub history: Vec<AttemptView>,
+    /// A workflow's journal, entry by entry (empty for plain calls).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journal: Vec<serde_json::Value>,
 }
 
 /// One attempt of a call, as shown to operators.

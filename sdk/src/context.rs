@@ -68,9 +68,7 @@ impl Context {
             kafka,
             protocol: text(header::PROTOCOL).and_then(|v| v.parse().ok()).unwrap_or(1),
             now_ms: text(header::NOW).and_then(|v| v.parse().ok()),
-            journal_bytes: text(header::JOURNAL_BYTES)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
+            journal_bytes: text(header::JOURNAL_BYTES).and_then(|v| v.parse().ok()).unwrap_or(0),
         }
     }
 

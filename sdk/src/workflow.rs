@@ -227,11 +227,16 @@ impl Workflow {
         let wf = self.clone();
         async move {
             if let Some(entry) = journaled {
-                let Entry::Step { name: stored, ok, error } = &entry else {
+                let Entry::Step {
+                    name: stored,
+                    ok,
+                    error,
+                } = &entry
+                else {
                     wf.mismatch(position, &entry, &format!("step `{name}`")).await
                 };
                 if *stored != name {
-                    wf.mismatch(position, &entry, &format!("step `{name}`")).await
+                    wf.mismatch(position, &entry, &format!("step `{name}`")).await;
                 }
                 if let Some(message) = error {
                     return Err(Error::permanent(message.clone()));
@@ -321,12 +326,12 @@ impl Workflow {
                     if wf.now_ms >= wake_at {
                         return;
                     }
-                    wf.suspend(Some(Wait::Sleep(position))).await
+                    wf.suspend(Some(Wait::Sleep(position))).await;
                 }
                 Some(other) => wf.mismatch(position, &other, "sleep").await,
                 None => {
                     wf.record(position, new);
-                    wf.suspend(Some(Wait::Sleep(position))).await
+                    wf.suspend(Some(Wait::Sleep(position))).await;
                 }
             }
         }
@@ -413,7 +418,9 @@ impl Workflow {
             entries.push(entry.clone());
         }
         let end = from + u32::try_from(entries.len()).unwrap_or(0);
-        let wait = state.wait.filter(|Wait::Sleep(p)| *p < end || (*p as usize) < state.journal.len());
+        let wait = state
+            .wait
+            .filter(|Wait::Sleep(p)| *p < end || (*p as usize) < state.journal.len());
         Suspension { from, entries, wait }
     }
 
@@ -510,7 +517,9 @@ mod tests {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let first = wf(Vec::new(), 1_000);
         let stop = run(&first, |w| two_steps_and_a_sleep(w, Arc::clone(&runs))).await;
-        let Err(Stop::Suspended(s)) = stop else { panic!("{stop:?}") };
+        let Err(Stop::Suspended(s)) = stop else {
+            panic!("{stop:?}")
+        };
         assert_eq!(s.from, 0);
         assert_eq!(
             s.entries,
@@ -534,7 +543,9 @@ mod tests {
         ];
         let early = wf(journal.clone(), 5_000);
         let stop = run(&early, |w| two_steps_and_a_sleep(w, Arc::clone(&runs))).await;
-        let Err(Stop::Suspended(s)) = stop else { panic!("{stop:?}") };
+        let Err(Stop::Suspended(s)) = stop else {
+            panic!("{stop:?}")
+        };
         assert_eq!((s.from, s.entries.len(), s.wait), (2, 0, Some(Wait::Sleep(1))));
 
         let awake = wf(journal, 11_000);
@@ -548,11 +559,15 @@ mod tests {
         let w = wf(Vec::new(), 0);
         let stop = run(&w, |w| async move {
             let a: u32 = w.step("a", || async { Ok(1) }).await?;
-            let b: u32 = w.step("b", || async { panic!("must not run before a is stored") }).await?;
+            let b: u32 = w
+                .step("b", || async { panic!("must not run before a is stored") })
+                .await?;
             Ok(a + b)
         })
         .await;
-        let Err(Stop::Suspended(s)) = stop else { panic!("{stop:?}") };
+        let Err(Stop::Suspended(s)) = stop else {
+            panic!("{stop:?}")
+        };
         assert_eq!((s.entries, s.wait), (vec![step("a", 1)], None));
     }
 
@@ -560,8 +575,13 @@ mod tests {
     async fn a_different_step_at_a_position_is_nondeterminism() {
         let w = wf(vec![step("charge", 1)], 0);
         let stop = run(&w, |w| async move { w.step("refund", || async { Ok(1) }).await }).await;
-        let Err(Stop::Nondeterminism(text)) = stop else { panic!("{stop:?}") };
-        assert_eq!(text, "journal entry 0 is step `charge`, but the code asks for step `refund`");
+        let Err(Stop::Nondeterminism(text)) = stop else {
+            panic!("{stop:?}")
+        };
+        assert_eq!(
+            text,
+            "journal entry 0 is step `charge`, but the code asks for step `refund`"
+        );
     }
 
     #[tokio::test]
@@ -574,16 +594,24 @@ mod tests {
             w.step("b", || async { Err(Error::temporary("timeout")) }).await
         }
         let stop = run(&wf(Vec::new(), 0), body).await;
-        let Err(Stop::Suspended(s)) = stop else { panic!("{stop:?}") };
+        let Err(Stop::Suspended(s)) = stop else {
+            panic!("{stop:?}")
+        };
         let declined = Entry::Step {
             name: "a".into(),
             ok: None,
             error: Some("card declined".into()),
         };
-        assert_eq!(s.entries, [declined.clone()], "the permanent error is stored before b runs");
+        assert_eq!(
+            s.entries,
+            std::slice::from_ref(&declined),
+            "the permanent error is stored before b runs"
+        );
 
         let stop = run(&wf(vec![declined], 0), body).await;
-        let Err(Stop::Failed(error)) = stop else { panic!("{stop:?}") };
+        let Err(Stop::Failed(error)) = stop else {
+            panic!("{stop:?}")
+        };
         assert_eq!(error.message(), "timeout", "the temporary error fails the attempt");
     }
 
@@ -592,7 +620,9 @@ mod tests {
         let first = wf(Vec::new(), 42_000);
         let (now, id, n) = (first.now(), first.uuid(), first.random_u64());
         assert_eq!(now, UNIX_EPOCH + Duration::from_secs(42));
-        let Stop::Suspended(s) = first.suspension_stop() else { unreachable!() };
+        let Stop::Suspended(s) = first.suspension_stop() else {
+            unreachable!()
+        };
         let replay = wf(s.entries, 99_000);
         assert_eq!((replay.now(), replay.uuid(), replay.random_u64()), (now, id.clone(), n));
         assert_eq!(id.len(), 36);

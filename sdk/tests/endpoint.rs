@@ -98,7 +98,10 @@ async fn temporary_and_permanent_errors_map_to_their_classes() {
     assert_eq!(classify_status(temporary.status().as_u16()), OutcomeClass::Temporary);
     assert_eq!(temporary.headers()["retry-after"], "2", "1.5 s rounds up");
     assert_eq!(temporary.headers()[header::FAILURE], "application");
-    assert_eq!(temporary.headers()[header::PROTOCOL], sdk::protocol::PROTOCOL_VERSION.to_string());
+    assert_eq!(
+        temporary.headers()[header::PROTOCOL],
+        sdk::protocol::PROTOCOL_VERSION.to_string()
+    );
     let overloaded = post(addr, "/charge", r#"{"id": 1, "amount": 99}"#).await;
     assert_eq!(overloaded.status(), 503);
     assert_eq!(overloaded.headers()[header::FAILURE], "overload");

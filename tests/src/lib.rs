@@ -241,6 +241,19 @@ impl Admin {
             .expect("admin JSON")
     }
 
+    /// POST `body` (JSON) to `path`: the status and the response text.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, String) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("admin request");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
     /// Whether the API answers at all.
     pub async fn is_up(&self) -> bool {
         self.http.get(format!("{}/healthz", self.base)).send().await.is_ok()

@@ -74,6 +74,18 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
         "Attempts that failed temporarily.",
         per_sub(&|s| s.retried as f64),
     );
+    out.family(
+        "engine_workflow_suspensions_total",
+        "counter",
+        "Workflow answers that stored journal entries and suspended.",
+        per_sub(&|s| s.suspended as f64),
+    );
+    out.family(
+        "engine_workflows_paused_total",
+        "counter",
+        "Workflows paused for an operator (code and journal disagree, or a broken answer).",
+        per_sub(&|s| s.paused as f64),
+    );
     out.histogram(
         "engine_attempt_duration_seconds",
         "Time from sending an attempt to its outcome.",

@@ -94,6 +94,7 @@ mod tests {
             retry_after: None,
             declared: None,
             transport: None,
+            workflow: None,
             duration: Duration::from_millis(7),
         }
     }

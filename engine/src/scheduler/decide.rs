@@ -6,6 +6,7 @@ use sdk::protocol::OutcomeClass;
 use crate::delivery::AttemptOutcome;
 use crate::model::{Millis, Transition};
 use crate::retry::RetryPolicy;
+use crate::workflow::WorkflowStep;
 
 /// Decide the call's next state after attempt number `attempt`.
 pub fn decide(
@@ -17,6 +18,21 @@ pub fn decide(
     random: f64,
 ) -> Transition {
     let error = || outcome.error.clone().unwrap_or_else(|| "unknown error".into());
+    match &outcome.workflow {
+        Some(WorkflowStep::Suspended {
+            from,
+            entries,
+            resume_at,
+        }) => {
+            return Transition::Suspended {
+                from: *from,
+                entries: entries.clone(),
+                resume_at: *resume_at,
+            }
+        }
+        Some(WorkflowStep::Paused(reason)) => return Transition::Paused { error: reason.clone() },
+        None => {}
+    }
     match outcome.class {
         OutcomeClass::Success => Transition::Succeeded {
             output: outcome.output.clone(),
@@ -64,6 +80,7 @@ pub(super) mod tests {
             retry_after: None,
             declared: None,
             transport: None,
+            workflow: None,
             duration: Duration::from_millis(3),
         }
     }

@@ -55,6 +55,9 @@ pub struct Scheduler {
     rate: Option<governor::DefaultDirectRateLimiter>,
     control_tx: mpsc::UnboundedSender<Control>,
     control_rx: mpsc::UnboundedReceiver<Control>,
+    /// Workflows that stored journal entries since they were loaded (a loaded call
+    /// knows its own `journal_len`).
+    journaled: HashSet<i64>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -97,6 +100,7 @@ impl Scheduler {
             ended_rx,
             figures,
             retry_count_at: Instant::now(),
+            journaled: HashSet::new(),
         }
     }
 
@@ -254,6 +258,9 @@ impl Scheduler {
     }
 
     fn spawn_attempt(&self, call: Arc<DueCall>, attempt: u32, started_at: Millis) {
+        // A workflow's journal is read as the attempt starts, after the entries of its
+        // last answer are durable.
+        let journal_of = (call.journal_len > 0 || self.journaled.contains(&call.seq)).then(|| self.store.clone());
         let deliverer = self.deliverer.clone();
         let ended = self.ended_tx.clone();
         let subscription = Arc::clone(&self.subscription);
@@ -264,7 +271,26 @@ impl Scheduler {
                 max_output_bytes: subscription.max_output_bytes,
             };
             let sent = std::time::Instant::now();
-            let outcome = deliverer.deliver(&call, attempt, &subscription.name, limits).await;
+            let journal = match journal_of {
+                Some(store) => match store.journal(call.seq).await {
+                    Ok(journal) => Some(journal),
+                    Err(error) => {
+                        let _ = ended.send(AttemptEnded {
+                            outcome: crate::delivery::AttemptOutcome::not_sent(format!(
+                                "cannot read the workflow's journal: {error}"
+                            )),
+                            call,
+                            attempt,
+                            started_at,
+                        });
+                        return;
+                    }
+                },
+                None => None,
+            };
+            let outcome = deliverer
+                .deliver(&call, attempt, &subscription.name, limits, journal)
+                .await;
             figures.attempt_took(sent.elapsed().as_secs_f64());
             let _ = ended.send(AttemptEnded {
                 call,
@@ -301,10 +327,23 @@ impl Scheduler {
                     transition,
                     block_group,
                 } => {
-                    if let crate::model::Transition::Dead { error } = &transition {
-                        if !error.is_empty() {
+                    match &transition {
+                        crate::model::Transition::Dead { error } if !error.is_empty() => {
                             tracing::info!(call = seq, %error, "call is dead");
                         }
+                        crate::model::Transition::Paused { error } => {
+                            tracing::warn!(call = seq, %error, "workflow paused: an operator must act (redrive resumes it)");
+                        }
+                        crate::model::Transition::Suspended { .. } => {
+                            self.journaled.insert(seq);
+                        }
+                        _ => {}
+                    }
+                    if !matches!(
+                        transition,
+                        crate::model::Transition::Suspended { .. } | crate::model::Transition::Retry { .. }
+                    ) {
+                        self.journaled.remove(&seq);
                     }
                     self.store.finish_attempt(seq, record, transition, block_group)?;
                 }
@@ -328,6 +367,8 @@ impl Scheduler {
             Count::WentDead => self.figures.call_went_dead(),
             Count::Cancelled => self.figures.call_cancelled(),
             Count::Redriven => self.figures.call_redriven(),
+            Count::Suspended => self.figures.workflow_suspended(),
+            Count::Paused => self.figures.workflow_paused(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! out, in order. No I/O happens here, so every rule is tested without a store, a clock or
 //! a network.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +69,8 @@ pub enum Count {
     WentDead,
     Cancelled,
     Redriven,
+    Suspended,
+    Paused,
 }
 
 /// What the executor does after a reaction.
@@ -105,6 +107,9 @@ pub struct Reactor {
     in_flight: HashSet<i64>,
     /// Calls cancelled while their attempt was in flight.
     cancelled: HashSet<i64>,
+    /// Workflows that made progress since they were loaded: the attempt their retry
+    /// budget counts from, and when their age starts (the loaded call knows older ones).
+    progress: HashMap<i64, (u32, Millis)>,
 }
 
 impl Reactor {
@@ -115,6 +120,7 @@ impl Reactor {
             on_dead,
             in_flight: HashSet::new(),
             cancelled: HashSet::new(),
+            progress: HashMap::new(),
         }
     }
 
@@ -158,12 +164,20 @@ impl Reactor {
             effects.extend(self.window.complete(call.seq, Completion::Done).map(Effect::LoadGroup));
             return effects;
         }
-        let budget_attempt = attempt.saturating_sub(call.attempts_before_redrive);
-        let age_from = call.redriven_at.unwrap_or(call.created_at);
+        let (mut budget_from, mut age_from) = (
+            call.attempts_before_redrive,
+            call.redriven_at.unwrap_or(call.created_at),
+        );
+        if let Some(&(attempt, at)) = self.progress.get(&call.seq) {
+            budget_from = budget_from.max(attempt);
+            age_from = age_from.max(at);
+        }
+        let budget_attempt = attempt.saturating_sub(budget_from);
         let transition = decide(&self.policy, outcome, budget_attempt, age_from, now, random);
         let load = match &transition {
             Transition::Succeeded { .. } => {
                 effects.push(Effect::Count(Count::Succeeded));
+                self.progress.remove(&call.seq);
                 self.window.complete(call.seq, Completion::Done)
             }
             Transition::Retry { at, .. } => {
@@ -171,8 +185,19 @@ impl Reactor {
                 self.window.retry(call.seq, *at, now);
                 None
             }
-            Transition::Dead { .. } => {
-                effects.push(Effect::Count(Count::WentDead));
+            Transition::Suspended { resume_at, .. } => {
+                effects.push(Effect::Count(Count::Suspended));
+                self.progress.insert(call.seq, (*attempt, now));
+                self.window.retry(call.seq, *resume_at, now);
+                None
+            }
+            Transition::Dead { .. } | Transition::Paused { .. } => {
+                effects.push(Effect::Count(if matches!(transition, Transition::Paused { .. }) {
+                    Count::Paused
+                } else {
+                    Count::WentDead
+                }));
+                self.progress.remove(&call.seq);
                 let how = if self.blocks() {
                     Completion::BlocksGroup
                 } else {
@@ -199,7 +224,7 @@ impl Reactor {
                 Vec::new()
             }
             Control::Cancelled {
-                was: CallStatus::Dead,
+                was: CallStatus::Dead | CallStatus::Paused,
                 ordering_key,
                 ..
             }
@@ -246,7 +271,11 @@ fn attempt_record(attempt: u32, started_at: Millis, outcome: &AttemptOutcome) ->
         attempt,
         started_at,
         duration_ms: outcome.duration.as_millis() as i64,
-        outcome: outcome.class.as_str(),
+        outcome: match outcome.workflow {
+            Some(crate::workflow::WorkflowStep::Suspended { .. }) => "suspended",
+            Some(crate::workflow::WorkflowStep::Paused(_)) => "paused",
+            None => outcome.class.as_str(),
+        },
         http_status: outcome.http_status,
         error: outcome.error.clone(),
     }

@@ -20,6 +20,7 @@ fn call(seq: i64, key: &str) -> DueCall {
         created_at: 0,
         attempts_before_redrive: 0,
         redriven_at: None,
+        journal_len: 0,
     }
 }
 

@@ -523,6 +523,7 @@ mod tests {
             created_at: 0,
             attempts_before_redrive: 0,
             redriven_at: None,
+            journal_len: 0,
         }
     }
 

@@ -318,6 +318,23 @@ impl Store {
         self.read(move |c| read::list_calls(c, &filter, after, limit)).await
     }
 
+    /// A workflow's journal as its next request carries it: a JSON array of the entries.
+    /// Made durable first, so the entries of the answer just received are in it.
+    pub async fn journal(&self, seq: i64) -> Result<Vec<u8>, StoreError> {
+        self.flush().await?;
+        let entries = self.read(move |c| read::journal_entries(c, seq)).await?;
+        let mut json = Vec::with_capacity(2 + entries.iter().map(|e| e.len() + 1).sum::<usize>());
+        json.push(b'[');
+        for (i, entry) in entries.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(entry.as_bytes());
+        }
+        json.push(b']');
+        Ok(json)
+    }
+
     /// One call with its attempts.
     pub async fn call(&self, id: uuid::Uuid) -> Result<Option<CallView>, StoreError> {
         self.read(move |c| read::call_by_id(c, &id)).await

@@ -9,7 +9,7 @@ use crate::model::{AttemptView, CallStatus, CallView, DueCall, KafkaSource};
 
 const DUE_COLUMNS: &str = r#"seq, id, target, payload, kafka_key, headers, topic, partition, "offset",
     timestamp_ms, ordering_key, attempts, next_attempt_at, created_at, tombstone,
-    attempts_before_redrive, redriven_at"#;
+    attempts_before_redrive, redriven_at, journal_len"#;
 
 // Rows are read by column name, so a query's column order is free to change.
 
@@ -65,6 +65,7 @@ struct DueIndex {
     tombstone: usize,
     attempts_before_redrive: usize,
     redriven_at: usize,
+    journal_len: usize,
 }
 
 impl DueIndex {
@@ -88,6 +89,7 @@ impl DueIndex {
             tombstone: at("tombstone")?,
             attempts_before_redrive: at("attempts_before_redrive")?,
             redriven_at: at("redriven_at")?,
+            journal_len: at("journal_len")?,
         })
     }
 }
@@ -118,6 +120,7 @@ fn due_call(row: &Row<'_>, at: &DueIndex) -> rusqlite::Result<DueCall> {
         tombstone: row.get(at.tombstone)?,
         attempts_before_redrive: row.get(at.attempts_before_redrive)?,
         redriven_at: row.get(at.redriven_at)?,
+        journal_len: row.get(at.journal_len)?,
     })
 }
 
@@ -285,6 +288,7 @@ pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result
                     attempts_before_redrive: row.get("attempts_before_redrive")?,
                     redriven_at: row.get("redriven_at")?,
                     history: Vec::new(),
+                    journal: Vec::new(),
                 },
             ))
         })
@@ -308,7 +312,18 @@ pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
+    call.journal = journal_entries(conn, seq)?
+        .iter()
+        .map(|entry| serde_json::from_str(entry).unwrap_or_else(|_| serde_json::Value::String(entry.clone())))
+        .collect();
     Ok(Some(call))
+}
+
+/// A call's workflow journal, entry by entry (JSON text), in position order.
+pub(crate) fn journal_entries(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<String>> {
+    conn.prepare_cached("SELECT entry FROM journal WHERE call_seq = ?1 ORDER BY position")?
+        .query_map([seq], |r| r.get(0))?
+        .collect()
 }
 
 /// Number of calls in each status.
@@ -319,6 +334,8 @@ pub struct StatusCounts {
     pub succeeded: u64,
     pub dead: u64,
     pub cancelled: u64,
+    #[serde(default)]
+    pub paused: u64,
 }
 
 impl std::ops::AddAssign for StatusCounts {
@@ -328,6 +345,7 @@ impl std::ops::AddAssign for StatusCounts {
         self.succeeded += other.succeeded;
         self.dead += other.dead;
         self.cancelled += other.cancelled;
+        self.paused += other.paused;
     }
 }
 
@@ -339,6 +357,7 @@ impl StatusCounts {
             CallStatus::Succeeded => self.succeeded += n,
             CallStatus::Dead => self.dead += n,
             CallStatus::Cancelled => self.cancelled += n,
+            CallStatus::Paused => self.paused += n,
         }
     }
 

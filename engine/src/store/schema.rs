@@ -121,6 +121,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX calls_idempotency ON calls (subscription, idempotency_key)
         WHERE idempotency_key IS NOT NULL;
     ",
+    // 8: workflow journals, one row per entry; `journal_len` on the call fences appends.
+    "
+    ALTER TABLE calls ADD COLUMN journal_len INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE journal (
+        call_seq INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        entry    TEXT    NOT NULL,   -- JSON, as in docs/protocol.md
+        PRIMARY KEY (call_seq, position)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

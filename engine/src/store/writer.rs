@@ -260,7 +260,7 @@ fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> 
                 block_group,
             } => {
                 finish_call(&tx, *seq, attempt, transition, now)?;
-                if *block_group && matches!(transition, Transition::Dead { .. }) {
+                if *block_group && matches!(transition, Transition::Dead { .. } | Transition::Paused { .. }) {
                     block_group_of(&tx, *seq)?;
                 }
             }
@@ -444,6 +444,61 @@ fn finish_call(
         Transition::Dead { error } => {
             update.execute(params![seq, "dead", now, error, None::<Vec<u8>>, attempt.attempt, now])?;
         }
+        Transition::Paused { error } => {
+            update.execute(params![
+                seq,
+                "paused",
+                now,
+                error,
+                None::<Vec<u8>>,
+                attempt.attempt,
+                now
+            ])?;
+        }
+        Transition::Suspended {
+            from,
+            entries,
+            resume_at,
+        } => {
+            drop(update);
+            append_journal(tx, seq, attempt.attempt, *from, entries, *resume_at, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// Store a workflow's new entries and make it pending until `resume_at`, fenced: only if
+/// the journal still has `from` entries (a late or duplicate answer changes nothing). The
+/// retry budget and age start again, since the workflow made progress.
+fn append_journal(
+    tx: &rusqlite::Transaction<'_>,
+    seq: i64,
+    attempt: u32,
+    from: u32,
+    entries: &[String],
+    resume_at: Millis,
+    now: Millis,
+) -> rusqlite::Result<()> {
+    let len = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+    let fenced = tx
+        .prepare_cached(
+            "UPDATE calls SET status = 'pending', next_attempt_at = ?3, last_error = NULL,
+                    attempts = max(attempts, ?4), attempts_before_redrive = max(attempts, ?4),
+                    redriven_at = ?5, journal_len = journal_len + ?6, updated_at = ?5
+             WHERE seq = ?1 AND journal_len = ?2 AND status IN ('running', 'pending')",
+        )?
+        .execute(params![seq, from, resume_at, attempt, now, len])?;
+    if fenced == 0 {
+        tracing::warn!(
+            call = seq,
+            from,
+            "dropped a workflow answer that does not follow the stored journal (late or duplicate)"
+        );
+        return Ok(());
+    }
+    let mut insert = tx.prepare_cached("INSERT INTO journal (call_seq, position, entry) VALUES (?1, ?2, ?3)")?;
+    for (position, entry) in (from..).zip(entries) {
+        insert.execute(params![seq, position, entry])?;
     }
     Ok(())
 }
@@ -516,6 +571,8 @@ fn operate(tx: &rusqlite::Transaction<'_>, operation: &Operation, now: Millis) -
             Operation::PurgeDead(_) => {
                 tx.prepare_cached("DELETE FROM attempts WHERE call_seq = ?1")?
                     .execute([seq])?;
+                tx.prepare_cached("DELETE FROM journal WHERE call_seq = ?1")?
+                    .execute([seq])?;
                 tx.prepare_cached("DELETE FROM calls WHERE seq = ?1")?.execute([seq])?;
             }
         }
@@ -561,6 +618,7 @@ fn purge(tx: &rusqlite::Transaction<'_>, before: Millis, limit: usize) -> rusqli
         .query_map(params![before, limit as i64], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut delete_attempts = tx.prepare_cached("DELETE FROM attempts WHERE call_seq = ?1")?;
+    let mut delete_journal = tx.prepare_cached("DELETE FROM journal WHERE call_seq = ?1")?;
     let mut delete_call = tx.prepare_cached("DELETE FROM calls WHERE seq = ?1")?;
     let mut deleted = 0;
     for seq in &seqs {
@@ -568,6 +626,7 @@ fn purge(tx: &rusqlite::Transaction<'_>, before: Millis, limit: usize) -> rusqli
             break;
         }
         delete_attempts.execute([seq])?;
+        delete_journal.execute([seq])?;
         delete_call.execute([seq])?;
         deleted += 1;
     }
