@@ -53,7 +53,7 @@ pub enum Dead {
 pub struct ListArgs {
     #[arg(long)]
     subscription: Option<String>,
-    /// pending, running, succeeded, dead or cancelled.
+    /// pending, running, succeeded, dead, cancelled or paused.
     #[arg(long)]
     status: Option<String>,
     #[arg(long)]
@@ -302,7 +302,7 @@ fn print_call(call: &api::Call) {
 
 fn counts_row(name: &str, c: &api::StatusCounts) -> Vec<String> {
     std::iter::once(name.to_string())
-        .chain([c.pending, c.running, c.succeeded, c.dead, c.cancelled].map(|n| n.to_string()))
+        .chain([c.pending, c.running, c.succeeded, c.dead, c.cancelled, c.paused].map(|n| n.to_string()))
         .collect()
 }
 
@@ -334,6 +334,7 @@ fn print_stats(stats: &api::Stats) {
                 "SUCCEEDED",
                 "DEAD",
                 "CANCELLED",
+                "PAUSED",
                 "DONE/S (1M)",
                 "LAG"
             ],
