@@ -164,9 +164,11 @@ impl Deliverer {
         let duration = started.elapsed();
         match result {
             Ok(Ok(answer)) => {
-                let mut outcome = outcome_of(&answer, duration);
-                outcome.workflow = workflow_step(&answer, journal.as_deref());
-                outcome
+                let workflow = workflow_step(&answer, journal.as_deref());
+                AttemptOutcome {
+                    workflow,
+                    ..outcome_of(answer, duration)
+                }
             }
             Ok(Err(error)) => transport_failure(&error, duration),
             Err(_) => AttemptOutcome {
@@ -207,11 +209,11 @@ struct Answer {
 
 /// What an answer means: its class, the output of a success, the error text of a failure,
 /// and what a temporary failure asks for (a delay, or what the handler declared).
-fn outcome_of(answer: &Answer, duration: Duration) -> AttemptOutcome {
+fn outcome_of(answer: Answer, duration: Duration) -> AttemptOutcome {
     let class = classify_status(answer.status);
     let temporary = class == OutcomeClass::Temporary;
     let (output, error) = if class == OutcomeClass::Success {
-        (Some(answer.body.clone()), None)
+        (Some(answer.body), None)
     } else {
         let mut text = format!("HTTP {}", answer.status);
         if !answer.body.is_empty() {
@@ -411,7 +413,7 @@ mod tests {
 
     #[test]
     fn a_success_keeps_its_output_and_nothing_a_failure_would_ask_for() {
-        let outcome = outcome_of(&answer(200, "done"), Duration::from_millis(4));
+        let outcome = outcome_of(answer(200, "done"), Duration::from_millis(4));
         assert_eq!(outcome.class, OutcomeClass::Success);
         assert_eq!(outcome.output.as_deref(), Some(&b"done"[..]));
         assert_eq!(
@@ -424,7 +426,7 @@ mod tests {
     fn a_temporary_failure_keeps_its_retry_after_and_declaration() {
         let mut busy = answer(503, " busy \n");
         busy.truncated = true;
-        let outcome = outcome_of(&busy, Duration::from_millis(4));
+        let outcome = outcome_of(busy, Duration::from_millis(4));
         assert_eq!(outcome.class, OutcomeClass::Temporary);
         assert_eq!(outcome.error.as_deref(), Some("HTTP 503: busy …"));
         assert_eq!(outcome.retry_after, Some(Duration::from_secs(2)));
@@ -434,7 +436,7 @@ mod tests {
 
     #[test]
     fn a_permanent_failure_asks_for_nothing() {
-        let outcome = outcome_of(&answer(400, ""), Duration::from_millis(4));
+        let outcome = outcome_of(answer(400, ""), Duration::from_millis(4));
         assert_eq!(outcome.class, OutcomeClass::Permanent);
         assert_eq!(outcome.error.as_deref(), Some("HTTP 400"));
         assert_eq!((outcome.retry_after, outcome.declared), (None, None));
@@ -444,7 +446,7 @@ mod tests {
     fn a_refused_signature_from_an_older_sdk_says_to_upgrade_it() {
         let mut old = answer(401, "malformed `signature-input` header");
         old.handler_protocol = Some(2);
-        let outcome = outcome_of(&old, Duration::from_millis(1));
+        let outcome = outcome_of(old, Duration::from_millis(1));
         assert_eq!(outcome.class, OutcomeClass::Permanent);
         let text = outcome.error.unwrap();
         assert!(
@@ -454,7 +456,7 @@ mod tests {
 
         let mut current = answer(401, "invalid signature");
         current.handler_protocol = Some(SIGNED_CALL_FIELDS_SINCE);
-        let text = outcome_of(&current, Duration::from_millis(1)).error.unwrap();
+        let text = outcome_of(current, Duration::from_millis(1)).error.unwrap();
         assert_eq!(text, "HTTP 401: invalid signature");
     }
 }

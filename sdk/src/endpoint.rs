@@ -101,8 +101,7 @@ impl Endpoint {
         let function: Function = Arc::new(move |ctx, body: Bytes| {
             let f = Arc::clone(&f);
             Box::pin(async move {
-                let input: I = serde_json::from_slice(&body)
-                    .map_err(|e| Error::permanent(format!("cannot decode the input: {e}")).with_status(400))?;
+                let input: I = decode_input(&body)?;
                 let output = f(ctx, input).await?;
                 encode_output(&output)
             })
@@ -154,8 +153,7 @@ impl Endpoint {
                 }
                 let (journal, input) =
                     split_body(&body, ctx.journal_bytes).map_err(|e| Error::permanent(e).with_status(400))?;
-                let input: I = serde_json::from_slice(input)
-                    .map_err(|e| Error::permanent(format!("cannot decode the input: {e}")).with_status(400))?;
+                let input: I = decode_input(input)?;
                 let now_ms = ctx.now_ms.unwrap_or_else(|| {
                     SystemTime::now()
                         .duration_since(UNIX_EPOCH)
@@ -234,6 +232,11 @@ impl Endpoint {
             .with_graceful_shutdown(shutdown)
             .await
     }
+}
+
+/// The JSON input of a typed function; undecodable input is permanent (400).
+fn decode_input<I: DeserializeOwned>(body: &[u8]) -> Result<I, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::permanent(format!("cannot decode the input: {e}")).with_status(400))
 }
 
 fn encode_output<O: Serialize>(output: &O) -> Result<Reply, Error> {

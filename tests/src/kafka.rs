@@ -136,6 +136,24 @@ impl Tansu {
         config.set("bootstrap.servers", self.bootstrap());
         create_topic_with(&config, name, partitions).await;
     }
+
+    /// Delete a topic through the admin API.
+    pub async fn delete_topic(&self, name: &str) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("admin client");
+        let results = admin
+            .delete_topics(
+                &[name],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("delete topic");
+        for result in results {
+            result.expect("topic deleted");
+        }
+    }
 }
 
 /// Create a topic through the admin API of a client built from `config` (for a broker

@@ -95,6 +95,42 @@ impl Target {
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// The bodies received so far, as text, sorted.
+    pub fn bodies_sorted(&self) -> Vec<String> {
+        let mut bodies: Vec<String> = self
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|seen| String::from_utf8_lossy(&seen.body).into_owned())
+            .collect();
+        bodies.sort();
+        bodies
+    }
+}
+
+/// A call for the record at `offset` of topic `t`, partition 0, in subscription `s`, for
+/// tests that write to a store directly.
+pub fn record_call(offset: i64) -> engine::model::NewCall {
+    engine::model::NewCall {
+        subscription: "s".into(),
+        target: "http://127.0.0.1:1/".into(),
+        payload: b"v".to_vec(),
+        tombstone: false,
+        key: None,
+        headers: None,
+        source: Some(engine::model::KafkaSource {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            timestamp: None,
+        }),
+        ordering_key: None,
+        dead_reason: None,
+        block_group_if_dead: false,
+        idempotency_key: None,
+    }
 }
 
 impl Drop for Target {

@@ -593,26 +593,6 @@ async fn dead_calls_appear_on_the_dead_letter_topic_exactly_once_with_error_head
     }
 }
 
-/// Delete a topic through the admin API.
-async fn delete_topic(bootstrap: &str, name: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let results = admin
-        .delete_topics(
-            &[name],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .expect("delete topic");
-    for result in results {
-        result.expect("topic deleted");
-    }
-}
-
 /// A topic deleted and created again under the same name starts its offsets at 0 again: the
 /// new topic's records, at offsets the engine has already stored (0-2) and past them (3-4),
 /// are all delivered as new calls, none mistaken for the old topic's.
@@ -636,7 +616,7 @@ async fn a_recreated_topic_delivers_every_new_record() {
     .await;
     engine.shutdown().await.unwrap();
 
-    delete_topic(&tansu.bootstrap(), topic).await;
+    tansu.delete_topic(topic).await;
     tansu.create_topic(topic, 1).await;
     let second: Vec<Out> = (0..5)
         .map(|i| Out::keyed(format!("k{i}"), format!("new-{i}")))
@@ -649,14 +629,8 @@ async fn a_recreated_topic_delivers_every_new_record() {
         count(&admin, "succeeded").await == 8
     })
     .await;
-    let mut delivered: Vec<String> = target
-        .seen()
-        .iter()
-        .map(|seen| String::from_utf8_lossy(&seen.body).to_string())
-        .collect();
-    delivered.sort();
     assert_eq!(
-        delivered,
+        target.bodies_sorted(),
         ["new-0", "new-1", "new-2", "new-3", "new-4", "old-0", "old-1", "old-2"]
     );
     engine.shutdown().await.unwrap();

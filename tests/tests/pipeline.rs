@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use engine::model::{Inserted, KafkaSource, NewCall};
+use engine::model::{Inserted, NewCall};
 use engine::store::{Store, StoreOptions};
 use integration_tests::config::Subscription;
 use integration_tests::unkind::UnkindTarget;
-use integration_tests::{free_addr, start_engine, test_subscription, wait_for, Reply, Target};
+use integration_tests::{free_addr, record_call, start_engine, test_subscription, wait_for, Reply, Target};
 
 /// Retries 10-100 ms apart (the default number of attempts).
 fn fast(subscription: Subscription) -> Subscription {
@@ -228,27 +228,9 @@ async fn same_key_calls_never_overlap_at_a_slow_failing_python_target() {
 async fn the_same_record_stored_twice_is_one_call() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("engine.db"), StoreOptions::default()).unwrap();
-    let record = |offset| NewCall {
-        subscription: "s".into(),
-        target: "http://127.0.0.1:1/".into(),
-        payload: b"v".to_vec(),
-        tombstone: false,
-        key: None,
-        headers: None,
-        source: Some(KafkaSource {
-            topic: "t".into(),
-            partition: 0,
-            offset,
-            timestamp: None,
-        }),
-        ordering_key: None,
-        dead_reason: None,
-        block_group_if_dead: false,
-        idempotency_key: None,
-    };
-    let first = store.insert(vec![record(5), record(6)]).await.unwrap();
+    let first = store.insert(vec![record_call(5), record_call(6)]).await.unwrap();
     assert!(first.iter().all(|i| matches!(i, Inserted::New(_))));
-    let again = store.insert(vec![record(5), record(7)]).await.unwrap();
+    let again = store.insert(vec![record_call(5), record_call(7)]).await.unwrap();
     assert_eq!(again[0], Inserted::Duplicate);
     assert!(matches!(again[1], Inserted::New(_)));
     let counts = store.counts().await.unwrap();

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::model::{AttemptRecord, KafkaSource, NewCall, Transition};
+use engine::model::{AttemptRecord, Transition};
 use engine::store::{Store, StoreOptions};
 use integration_tests::config::{EngineConfig, Subscription};
-use integration_tests::{free_addr, spawn_engine, start_engine, wait_for, Admin};
+use integration_tests::{free_addr, record_call, spawn_engine, start_engine, wait_for, Admin};
 use sdk::{Endpoint, Error, Workflow};
 use serde_json::Value;
 
@@ -65,10 +65,13 @@ impl Handler {
 
 /// Serve `endpoint` on `addr` (waiting for the port to be free again).
 async fn serve(endpoint: Endpoint, addr: SocketAddr) -> Handler {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let listener = loop {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => break listener,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            // The stopped handler's listener is still closing: try again shortly.
+            Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("cannot listen on {addr}: {e}"),
         }
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -257,27 +260,7 @@ async fn code_that_no_longer_matches_its_journal_is_paused_and_a_redrive_resumes
 async fn a_duplicate_workflow_answer_is_dropped_by_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("engine.db"), StoreOptions::default()).unwrap();
-    let inserted = store
-        .insert(vec![NewCall {
-            subscription: "s".into(),
-            target: "http://127.0.0.1:1/".into(),
-            payload: b"1".to_vec(),
-            tombstone: false,
-            key: None,
-            headers: None,
-            source: Some(KafkaSource {
-                topic: "t".into(),
-                partition: 0,
-                offset: 0,
-                timestamp: None,
-            }),
-            ordering_key: None,
-            dead_reason: None,
-            block_group_if_dead: false,
-            idempotency_key: None,
-        }])
-        .await
-        .unwrap();
+    let inserted = store.insert(vec![record_call(0)]).await.unwrap();
     let engine::model::Inserted::New(id) = inserted[0] else {
         panic!("{inserted:?}")
     };

@@ -55,9 +55,6 @@ pub struct Scheduler {
     rate: Option<governor::DefaultDirectRateLimiter>,
     control_tx: mpsc::UnboundedSender<Control>,
     control_rx: mpsc::UnboundedReceiver<Control>,
-    /// Workflows that stored journal entries since they were loaded (a loaded call
-    /// knows its own `journal_len`).
-    journaled: HashSet<i64>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -100,7 +97,6 @@ impl Scheduler {
             ended_rx,
             figures,
             retry_count_at: Instant::now(),
-            journaled: HashSet::new(),
         }
     }
 
@@ -260,7 +256,7 @@ impl Scheduler {
     fn spawn_attempt(&self, call: Arc<DueCall>, attempt: u32, started_at: Millis) {
         // A workflow's journal is read as the attempt starts, after the entries of its
         // last answer are durable.
-        let journal_of = (call.journal_len > 0 || self.journaled.contains(&call.seq)).then(|| self.store.clone());
+        let journal_of = (call.journal_len > 0 || self.reactor.made_progress(call.seq)).then(|| self.store.clone());
         let deliverer = self.deliverer.clone();
         let ended = self.ended_tx.clone();
         let subscription = Arc::clone(&self.subscription);
@@ -334,16 +330,7 @@ impl Scheduler {
                         crate::model::Transition::Paused { error } => {
                             tracing::warn!(call = seq, %error, "workflow paused: an operator must act (redrive resumes it)");
                         }
-                        crate::model::Transition::Suspended { .. } => {
-                            self.journaled.insert(seq);
-                        }
                         _ => {}
-                    }
-                    if !matches!(
-                        transition,
-                        crate::model::Transition::Suspended { .. } | crate::model::Transition::Retry { .. }
-                    ) {
-                        self.journaled.remove(&seq);
                     }
                     self.store.finish_attempt(seq, record, transition, block_group)?;
                 }

@@ -129,6 +129,12 @@ impl Reactor {
         self.in_flight.len()
     }
 
+    /// Whether `seq` is a workflow that stored journal entries since it was loaded (its
+    /// loaded copy's `journal_len` is then out of date).
+    pub fn made_progress(&self, seq: i64) -> bool {
+        self.progress.contains_key(&seq)
+    }
+
     /// An attempt of `seq` was sent.
     pub fn attempt_started(&mut self, seq: i64) {
         self.in_flight.insert(seq);
@@ -155,6 +161,7 @@ impl Reactor {
         let record = attempt_record(*attempt, *started_at, outcome);
         if self.cancelled.remove(&call.seq) {
             // An operator cancelled it while in flight: record the attempt, nothing more.
+            self.progress.remove(&call.seq);
             effects.push(Effect::FinishAttempt {
                 seq: call.seq,
                 record,
@@ -234,6 +241,7 @@ impl Reactor {
                 if self.in_flight.contains(&seq) {
                     self.cancelled.insert(seq);
                 } else {
+                    self.progress.remove(&seq);
                     effects.extend(self.window.complete(seq, Completion::Done).map(Effect::LoadGroup));
                 }
                 effects
