@@ -301,3 +301,67 @@ async fn a_duplicate_workflow_answer_is_dropped_by_the_store() {
     );
     store.close();
 }
+
+/// An unkind handler: every step fails temporarily 30% of the time after a jittery delay
+/// (1-30 ms). Twenty workflows still complete, and no step that succeeded ever ran again:
+/// only failed runs are repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaky_jittery_steps_rerun_only_when_they_failed() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    let succeeded: Arc<Mutex<HashMap<(String, &'static str), u32>>> = Arc::default();
+    let record = Arc::clone(&succeeded);
+    let endpoint = Endpoint::new().workflow("flaky", move |wf: Workflow, n: u32| {
+        let record = Arc::clone(&record);
+        async move {
+            let mut total = 0;
+            for name in ["reserve", "charge", "ship"] {
+                let record = Arc::clone(&record);
+                let call = wf.context().call_id.clone();
+                total += wf
+                    .step(name, move || async move {
+                        let (delay, fail) = {
+                            use rand::Rng;
+                            let mut rng = rand::rng();
+                            (rng.random_range(1..30), rng.random::<f64>() < 0.3)
+                        };
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        if fail {
+                            return Err(Error::temporary("the payment API answered 503"));
+                        }
+                        *record.lock().unwrap().entry((call, name)).or_default() += 1;
+                        Ok(n)
+                    })
+                    .await?;
+            }
+            Ok(total)
+        }
+    });
+    let addr = free_addr();
+    let _handler = serve(endpoint, addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start_engine(
+        &dir,
+        Subscription::new("flaky", &format!("http://{addr}/flaky")).fast_retries(),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(admin.enqueue("flaky", n.to_string().as_bytes(), None).await);
+    }
+    wait_for("every workflow to complete", Duration::from_secs(60), || async {
+        admin.stats().await["succeeded"] == 20
+    })
+    .await;
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(admin.call(id).await["output"]["data"], (3 * n).to_string());
+    }
+    let succeeded = succeeded.lock().unwrap();
+    assert_eq!(succeeded.len(), 60, "every step of every workflow succeeded");
+    assert!(
+        succeeded.values().all(|runs| *runs == 1),
+        "a step that succeeded ran again: {succeeded:?}"
+    );
+    engine.shutdown().await.unwrap();
+}
