@@ -89,6 +89,14 @@ pub struct Enqueued {
     pub status: CallStatus,
 }
 
+/// `POST /v1/calls/{id}/signals/{name}` (202): the signal is kept for the workflow, in
+/// its journal if it was waiting for it, else in its inbox until it asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signalled {
+    pub id: uuid::Uuid,
+    pub signal: String,
+}
+
 /// `POST /v1/dead/redrive`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Redriven {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sdk::protocol::{self, classify_status, header, DeclaredFailure, OutcomeClass};
 
-use crate::model::{now_millis, DueCall};
-use crate::workflow::{self, WorkflowStep, MAX_ANSWER_BYTES};
+use crate::model::{now_millis, DueCall, Millis};
+use crate::workflow::{self, Directory, WorkflowStep, MAX_ANSWER_BYTES};
 
 /// The classified result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,17 +93,21 @@ impl Deliverer {
     }
 
     /// Make one attempt. Never fails: every problem is an outcome. `journal` is a
-    /// workflow's journal (a JSON array), sent ahead of the input.
+    /// workflow's journal (a JSON array), sent ahead of the input, with the clock it was
+    /// read at; `directory` checks what a workflow's answer asks for.
     pub async fn deliver(
         &self,
         call: &Arc<DueCall>,
         attempt: u32,
         subscription: &str,
         limits: DeliveryLimits,
-        journal: Option<Vec<u8>>,
+        journal: Option<(Vec<u8>, Millis)>,
+        directory: &dyn Directory,
     ) -> AttemptOutcome {
         let started = Instant::now();
-        let mut headers = request_headers(call, attempt, subscription);
+        let now = journal.as_ref().map_or_else(now_millis, |(_, now)| *now);
+        let journal = journal.map(|(bytes, _)| bytes);
+        let mut headers = request_headers(call, attempt, subscription, now);
         let body = match &journal {
             // The body shares the payload held in the window instead of copying it.
             None => bytes::Bytes::from_owner(PayloadOf(Arc::clone(call))),
@@ -164,7 +168,7 @@ impl Deliverer {
         let duration = started.elapsed();
         match result {
             Ok(Ok(answer)) => {
-                let workflow = workflow_step(&answer, journal.as_deref());
+                let workflow = workflow_step(&answer, journal.as_deref(), directory);
                 AttemptOutcome {
                     workflow,
                     ..outcome_of(answer, duration)
@@ -248,7 +252,7 @@ fn outcome_of(answer: Answer, duration: Duration) -> AttemptOutcome {
 }
 
 /// What a workflow's answer asks for: a suspension to store, or a pause.
-fn workflow_step(answer: &Answer, journal: Option<&[u8]>) -> Option<WorkflowStep> {
+fn workflow_step(answer: &Answer, journal: Option<&[u8]>, directory: &dyn Directory) -> Option<WorkflowStep> {
     match answer.workflow.as_deref()? {
         "suspended" if answer.status == 202 => {
             if answer.truncated {
@@ -257,7 +261,7 @@ fn workflow_step(answer: &Answer, journal: Option<&[u8]>) -> Option<WorkflowStep
                 )));
             }
             Some(match serde_json::from_slice(&answer.body) {
-                Ok(suspension) => workflow::resolve(journal, suspension, now_millis()),
+                Ok(suspension) => workflow::resolve(journal, suspension, now_millis(), directory),
                 Err(e) => WorkflowStep::Paused(format!("broken workflow answer: {e}")),
             })
         }
@@ -349,7 +353,8 @@ async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<(
 }
 
 /// The protocol's request headers for one attempt.
-pub fn request_headers(call: &DueCall, attempt: u32, subscription: &str) -> HeaderMap {
+/// The headers of a request; `now` is the engine's clock it carries (`engine-now`).
+pub fn request_headers(call: &DueCall, attempt: u32, subscription: &str, now: Millis) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(12);
     let mut put = |name: &'static str, value: String| {
         // Every value is ASCII by construction (numbers, UUIDs, percent-encoding); a
@@ -360,7 +365,7 @@ pub fn request_headers(call: &DueCall, attempt: u32, subscription: &str) -> Head
     };
     let id = call.id.to_string();
     put(header::PROTOCOL, protocol::PROTOCOL_VERSION.to_string());
-    put(header::NOW, now_millis().to_string());
+    put(header::NOW, now.to_string());
     put(header::IDEMPOTENCY_KEY, id.clone());
     put(header::CALL_ID, id);
     put(header::ATTEMPT, attempt.to_string());

@@ -51,15 +51,27 @@ impl Engine {
         let mut configs = HashMap::new();
         let mut figures = HashMap::new();
         let mut controls = HashMap::new();
+        let all: Arc<HashMap<_, _>> = Arc::new(
+            config
+                .subscriptions
+                .iter()
+                .map(|sub| (sub.name.clone(), Arc::new(sub.clone())))
+                .collect(),
+        );
         for sub in &config.subscriptions {
             let endpoint = endpoints.for_subscription(&config, sub);
-            let subscription = Subscription::new(sub.clone(), &store, deliverer.clone(), endpoint).await?;
+            let subscription =
+                Subscription::new(sub.clone(), &store, deliverer.clone(), endpoint, Arc::clone(&all)).await?;
             configs.insert(sub.name.clone(), Arc::clone(subscription.config()));
             figures.insert(sub.name.clone(), Arc::clone(subscription.figures()));
             controls.insert(sub.name.clone(), subscription.control());
             tasks.spawn(subscription.run(listener.clone()));
         }
         let figures = Arc::new(figures);
+        let controls = Arc::new(controls);
+        if let Some(wakes) = store.take_wakes() {
+            tasks.spawn(route_wakes(wakes, Arc::clone(&controls), listener.clone()));
+        }
 
         let listener_socket = tokio::net::TcpListener::bind(config.admin.listen)
             .await
@@ -76,7 +88,7 @@ impl Engine {
             subscriptions: Arc::new(configs),
             figures: Arc::clone(&figures),
             endpoints: Arc::clone(&endpoints),
-            controls: Arc::new(controls),
+            controls,
             token: config.admin.token.clone().map(Arc::from),
         });
         let mut admin_shutdown = listener.clone();
@@ -151,6 +163,27 @@ impl Engine {
 
 fn flatten(joined: Result<Result<(), EngineError>, tokio::task::JoinError>) -> Result<(), EngineError> {
     joined.map_err(|e| EngineError::task("an engine task", e))?
+}
+
+/// Tell each workflow's scheduler that its wait is over (a child ended, a signal came).
+async fn route_wakes(
+    mut wakes: tokio::sync::mpsc::UnboundedReceiver<crate::store::Wake>,
+    controls: Arc<HashMap<String, tokio::sync::mpsc::UnboundedSender<crate::scheduler::Control>>>,
+    mut shutdown: Shutdown,
+) -> Result<(), EngineError> {
+    loop {
+        let wake = tokio::select! {
+            () = shutdown.recv() => return Ok(()),
+            wake = wakes.recv() => match wake {
+                Some(wake) => wake,
+                None => return Ok(()),
+            },
+        };
+        if let Some(control) = controls.get(&wake.subscription) {
+            // A scheduler that stopped reads the call's due time from the store next start.
+            let _ = control.send(crate::scheduler::Control::RetryNow { seq: wake.seq });
+        }
+    }
 }
 
 /// Delete finished calls older than the retention period, every few minutes.

@@ -17,7 +17,8 @@
 //! - [`limiter`]: the pure adaptive concurrency limit (what an outcome says about load,
 //!   rounds of answers, the decisions and their reasons); [`endpoints`] applies it (and
 //!   rate limits, and `Retry-After` pauses) per endpoint.
-//! - [`workflow`]: what a durable workflow's answer means for its journal (protocol 4).
+//! - [`workflow`]: what a durable workflow's answer means for its journal (protocol 5);
+//!   [`outbox`] publishes the records workflows produce.
 //! - [`dead_letter`]: dead calls produced to a subscription's dead-letter topic.
 //! - [`admin`]: the admin HTTP API, `/metrics` and the dashboard; [`api`] is its typed
 //!   contract, shared with the command line.
@@ -38,6 +39,7 @@ pub mod figures;
 pub mod ingest;
 pub mod limiter;
 pub mod model;
+pub mod outbox;
 pub mod retry;
 pub mod scheduler;
 pub mod shutdown;

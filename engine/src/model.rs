@@ -80,7 +80,7 @@ pub struct KafkaSource {
 }
 
 /// A call about to be created, from a Kafka record or a direct enqueue.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCall {
     pub subscription: String,
     pub target: String,
@@ -219,13 +219,9 @@ pub enum Transition {
     Dead {
         error: String,
     },
-    /// A workflow stored new journal `entries` (JSON, from position `from`) and waits
-    /// until `resume_at`. Progress: its retry budget and age start again.
-    Suspended {
-        from: u32,
-        entries: Vec<String>,
-        resume_at: Millis,
-    },
+    /// A workflow stores new journal entries, child calls and records to publish, and
+    /// waits. Progress: its retry budget and age start again.
+    Suspended(Box<crate::workflow::Suspended>),
     /// A workflow's code no longer matches its journal: an operator must act.
     Paused {
         error: String,

@@ -19,7 +19,7 @@ use crate::figures::Figures;
 use crate::scheduler::{Control, Scheduler};
 use crate::shutdown::{self, Shutdown};
 use crate::store::Store;
-use crate::{dead_letter, source};
+use crate::{dead_letter, outbox, source};
 
 /// How long attempts in flight may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -50,6 +50,7 @@ impl Subscription {
         store: &Store,
         deliverer: Deliverer,
         endpoint: Arc<Endpoint>,
+        all: Arc<std::collections::HashMap<String, Arc<SubscriptionConfig>>>,
     ) -> Result<Self, EngineError> {
         let config = Arc::new(config);
         let figures = Arc::new(Figures::default());
@@ -60,6 +61,7 @@ impl Subscription {
             deliverer,
             endpoint,
             Arc::clone(&figures),
+            all,
         );
         Ok(Self {
             config,
@@ -99,7 +101,8 @@ impl Subscription {
             shutdown: parts_stop.clone(),
         };
         if let Some(kafka) = config.kafka.clone() {
-            parts.spawn(source::run(part.clone(), kafka));
+            parts.spawn(source::run(part.clone(), kafka.clone()));
+            parts.spawn(outbox::run(part.clone(), kafka));
         }
         if let Some(dead_letter) = config.dead_letter.clone() {
             parts.spawn(dead_letter::run(part, dead_letter));

@@ -5,7 +5,7 @@
 //! The SDK's side, and the entries themselves, are in `sdk::workflow`; the wire format is
 //! in docs/protocol.md and the model in docs/workflows.md.
 
-use sdk::workflow::{Entry, Suspension, Wait};
+use sdk::workflow::{Entry, Suspension};
 
 use crate::model::Millis;
 
@@ -20,28 +20,82 @@ pub const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 /// What a workflow's answer asks of the engine, ready to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkflowStep {
-    /// Append `entries` (JSON) at position `from`, then call again at `resume_at`.
-    Suspended {
-        from: u32,
-        entries: Vec<String>,
-        resume_at: Millis,
-    },
+    /// Store the new entries and what the call waits for.
+    Suspended(Box<Suspended>),
     /// The code and the journal disagree, or the answer breaks the protocol or a limit:
     /// the call waits for an operator.
     Paused(String),
 }
 
+/// A suspension to store, in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspended {
+    /// The position of the first new entry (the fence: the journal's length when sent).
+    pub from: u32,
+    /// New entries, JSON.
+    pub entries: Vec<String>,
+    /// When to call again as far as time goes; `None`: only an event (a child ending, a
+    /// signal) ends the wait. The store may make it sooner (a child already ended).
+    pub resume_at: Option<Millis>,
+    /// What the call waits for (JSON of [`Wait`]), kept so that children and signals can
+    /// tell when it is over.
+    pub wait: Option<String>,
+    /// Child calls to create.
+    pub children: Vec<Child>,
+    /// Records to publish.
+    pub outbox: Vec<OutboxRecord>,
+    /// The children as calls of their subscriptions, filled in by the scheduler (which
+    /// knows every subscription's config) before the store creates them.
+    pub calls: Vec<crate::model::NewCall>,
+}
+
+/// A child call a workflow asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    pub position: u32,
+    pub id: uuid::Uuid,
+    /// The subscription it runs in.
+    pub subscription: String,
+    /// Its payload: the input, as JSON.
+    pub input: Vec<u8>,
+    pub key: Option<String>,
+}
+
+/// A record a workflow produces, published from the outbox once stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    pub position: u32,
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+/// What the engine knows beyond the answer: which subscriptions exist (children run in
+/// one), and whether this subscription can publish records (it has a Kafka connection).
+pub trait Directory: Send + Sync {
+    fn has_subscription(&self, name: &str) -> bool;
+    fn can_produce(&self) -> bool;
+}
+
+/// The time the engine gives to a wait only an event can end.
+pub const NEVER: Millis = i64::MAX / 4;
+
 /// Turn a suspended answer into what to store. `sent` is the journal the request carried
 /// (`None`: an empty one); `now` is the engine's clock as the answer arrived, from which
 /// new sleeps count.
-pub fn resolve(sent: Option<&[u8]>, answer: Suspension, now: Millis) -> WorkflowStep {
-    match try_resolve(sent, answer, now) {
-        Ok(step) => step,
+pub fn resolve(sent: Option<&[u8]>, answer: Suspension, now: Millis, directory: &dyn Directory) -> WorkflowStep {
+    match try_resolve(sent, answer, now, directory) {
+        Ok(step) => WorkflowStep::Suspended(Box::new(step)),
         Err(reason) => WorkflowStep::Paused(format!("broken workflow answer: {reason}")),
     }
 }
 
-fn try_resolve(sent: Option<&[u8]>, answer: Suspension, now: Millis) -> Result<WorkflowStep, String> {
+fn try_resolve(
+    sent: Option<&[u8]>,
+    answer: Suspension,
+    now: Millis,
+    directory: &dyn Directory,
+) -> Result<Suspended, String> {
     let journal: Vec<Entry> = match sent {
         Some(bytes) => serde_json::from_slice(bytes).map_err(|e| format!("the journal sent does not decode: {e}"))?,
         None => Vec::new(),
@@ -59,29 +113,19 @@ fn try_resolve(sent: Option<&[u8]>, answer: Suspension, now: Millis) -> Result<W
             journal.len() + answer.entries.len()
         ));
     }
-    let mut stored = Vec::with_capacity(answer.entries.len());
-    let mut wakes: Vec<Option<Millis>> = journal.iter().map(wake_of).collect();
-    for (i, entry) in answer.entries.into_iter().enumerate() {
-        let position = journal.len() + i;
-        let entry = match entry {
-            Entry::Sleep { wake_at, duration_ms } => {
-                let wake_at = match (wake_at, duration_ms) {
-                    (Some(at), _) => at,
-                    (None, Some(duration)) => now.saturating_add(duration.max(0)),
-                    (None, None) => {
-                        return Err(format!(
-                            "entry {position}: a sleep with neither wake_at nor duration_ms"
-                        ))
-                    }
-                };
-                Entry::Sleep {
-                    wake_at: Some(wake_at),
-                    duration_ms: None,
-                }
-            }
-            other => other,
-        };
-        wakes.push(wake_of(&entry));
+    let mut all = journal;
+    let mut suspended = Suspended {
+        from: answer.from,
+        entries: Vec::with_capacity(answer.entries.len()),
+        resume_at: None,
+        wait: None,
+        children: Vec::new(),
+        outbox: Vec::new(),
+        calls: Vec::new(),
+    };
+    for entry in answer.entries {
+        let position = u32::try_from(all.len()).unwrap_or(u32::MAX);
+        let entry = admit(entry, position, now, directory, &mut suspended)?;
         let json = serde_json::to_string(&entry).map_err(|e| format!("entry {position}: {e}"))?;
         if json.len() > MAX_ENTRY_BYTES {
             return Err(format!(
@@ -89,39 +133,152 @@ fn try_resolve(sent: Option<&[u8]>, answer: Suspension, now: Millis) -> Result<W
                 json.len()
             ));
         }
-        stored.push(json);
+        suspended.entries.push(json);
+        all.push(entry);
     }
-    let resume_at = match answer.wait {
-        None => now,
-        Some(Wait::Sleep(position)) => wakes
-            .get(position as usize)
-            .copied()
-            .flatten()
-            .ok_or_else(|| format!("it waits for entry {position}, which is not a sleep"))?,
-    };
-    Ok(WorkflowStep::Suspended {
-        from: answer.from,
-        entries: stored,
-        resume_at,
-    })
+    if suspended.children.len() > MAX_CHILDREN_PER_ANSWER {
+        return Err(format!(
+            "it starts {} child calls at once, more than the limit of {MAX_CHILDREN_PER_ANSWER}",
+            suspended.children.len()
+        ));
+    }
+    match answer.wait {
+        None => suspended.resume_at = Some(now),
+        Some(wait) => {
+            for position in wait.positions() {
+                let waitable = all
+                    .get(position as usize)
+                    .is_some_and(|e| matches!(e, Entry::Sleep { .. } | Entry::Call { .. } | Entry::Signal { .. }));
+                if !waitable {
+                    return Err(format!(
+                        "it waits for entry {position}, which is not a sleep, a child call or a signal"
+                    ));
+                }
+            }
+            suspended.resume_at = wait.ends_at(|p| all.get(p as usize), now);
+            suspended.wait = Some(serde_json::to_string(&wait).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(suspended)
 }
 
-fn wake_of(entry: &Entry) -> Option<Millis> {
-    match entry {
-        Entry::Sleep { wake_at, .. } => *wake_at,
-        _ => None,
-    }
+/// Most child calls one answer may start.
+pub const MAX_CHILDREN_PER_ANSWER: usize = 1_000;
+
+/// Check one new entry and fill in what the engine decides: a sleep's wake time, a child's
+/// id; note the children to create and the records to publish.
+fn admit(
+    entry: Entry,
+    position: u32,
+    now: Millis,
+    directory: &dyn Directory,
+    suspended: &mut Suspended,
+) -> Result<Entry, String> {
+    Ok(match entry {
+        Entry::Sleep { wake_at, duration_ms } => {
+            let wake_at = match (wake_at, duration_ms) {
+                (Some(at), _) => at,
+                (None, Some(duration)) => now.saturating_add(duration.max(0)),
+                (None, None) => {
+                    return Err(format!(
+                        "entry {position}: a sleep with neither wake_at nor duration_ms"
+                    ))
+                }
+            };
+            Entry::Sleep {
+                wake_at: Some(wake_at),
+                duration_ms: None,
+            }
+        }
+        Entry::Call { target, input, key, .. } => {
+            if !directory.has_subscription(&target) {
+                return Err(format!(
+                    "entry {position} calls `{target}`, which is not a subscription of this engine"
+                ));
+            }
+            let id = uuid::Uuid::now_v7();
+            suspended.children.push(Child {
+                position,
+                id,
+                subscription: target.clone(),
+                input: serde_json::to_vec(&input).map_err(|e| e.to_string())?,
+                key: key.clone(),
+            });
+            Entry::Call {
+                target,
+                input,
+                key,
+                id: Some(id.to_string()),
+                ok: None,
+                error: None,
+                at: None,
+            }
+        }
+        Entry::Signal { name, .. } => {
+            if name.is_empty() || name.len() > 255 {
+                return Err(format!("entry {position}: a signal's name must be 1 to 255 bytes"));
+            }
+            Entry::Signal {
+                name,
+                ok: None,
+                at: None,
+            }
+        }
+        Entry::Produce { topic, key, value } => {
+            if !directory.can_produce() {
+                return Err(format!(
+                    "entry {position} produces to `{topic}`, but this subscription has no [subscription.kafka] section to publish with"
+                ));
+            }
+            if topic.is_empty() {
+                return Err(format!("entry {position}: produce to an empty topic name"));
+            }
+            suspended.outbox.push(OutboxRecord {
+                position,
+                topic: topic.clone(),
+                key: key.clone().map(String::into_bytes),
+                value: serde_json::to_vec(&value).map_err(|e| e.to_string())?,
+            });
+            Entry::Produce { topic, key, value }
+        }
+        other => other,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sdk::workflow::Wait;
+
+    struct Known;
+    impl Directory for Known {
+        fn has_subscription(&self, name: &str) -> bool {
+            name == "lines"
+        }
+        fn can_produce(&self) -> bool {
+            false
+        }
+    }
 
     fn step(name: &str) -> Entry {
         Entry::Step {
             name: name.into(),
             ok: Some(serde_json::json!(1)),
             error: None,
+        }
+    }
+
+    fn suspended(step: WorkflowStep) -> Suspended {
+        match step {
+            WorkflowStep::Suspended(s) => *s,
+            WorkflowStep::Paused(reason) => panic!("paused: {reason}"),
+        }
+    }
+
+    fn paused(step: WorkflowStep) -> String {
+        match step {
+            WorkflowStep::Paused(reason) => reason,
+            WorkflowStep::Suspended(s) => panic!("suspended: {s:?}"),
         }
     }
 
@@ -138,16 +295,9 @@ mod tests {
             ],
             wait: Some(Wait::Sleep(1)),
         };
-        let WorkflowStep::Suspended {
-            from,
-            entries,
-            resume_at,
-        } = resolve(None, answer, 1_000)
-        else {
-            panic!()
-        };
-        assert_eq!((from, resume_at), (0, 6_000));
-        assert_eq!(entries[1], r#"{"kind":"sleep","wake_at":6000}"#);
+        let s = suspended(resolve(None, answer, 1_000, &Known));
+        assert_eq!((s.from, s.resume_at), (0, Some(6_000)));
+        assert_eq!(s.entries[1], r#"{"kind":"sleep","wake_at":6000}"#);
     }
 
     #[test]
@@ -156,25 +306,69 @@ mod tests {
         let again = Suspension {
             from: 1,
             entries: vec![],
-            wait: Some(Wait::Sleep(0)),
+            wait: Some(Wait::AnyOf(vec![vec![0]])),
         };
-        assert!(matches!(
-            resolve(Some(sent), again, 2_000),
-            WorkflowStep::Suspended { resume_at: 9_000, .. }
-        ));
+        assert_eq!(
+            suspended(resolve(Some(sent), again, 2_000, &Known)).resume_at,
+            Some(9_000)
+        );
         let store_first = Suspension {
             from: 1,
             entries: vec![step("a")],
             wait: None,
         };
-        assert!(matches!(
-            resolve(Some(sent), store_first, 2_000),
-            WorkflowStep::Suspended {
-                resume_at: 2_000,
-                from: 1,
-                ..
-            }
-        ));
+        let s = suspended(resolve(Some(sent), store_first, 2_000, &Known));
+        assert_eq!((s.from, s.resume_at, s.wait), (1, Some(2_000), None));
+    }
+
+    #[test]
+    fn children_get_ids_and_a_wait_for_them_has_no_time() {
+        let child = |n: u32| Entry::Call {
+            target: "lines".into(),
+            input: serde_json::json!(n),
+            key: None,
+            id: None,
+            ok: None,
+            error: None,
+            at: None,
+        };
+        let answer = Suspension {
+            from: 0,
+            entries: vec![child(1), child(2)],
+            wait: Some(Wait::AnyOf(vec![vec![0, 1]])),
+        };
+        let s = suspended(resolve(None, answer, 1_000, &Known));
+        assert_eq!(s.resume_at, None, "only the children's ends can wake it");
+        assert_eq!(s.children.len(), 2);
+        assert_eq!((s.children[1].position, s.children[1].input.as_slice()), (1, &b"2"[..]));
+        let stored: Entry = serde_json::from_str(&s.entries[0]).unwrap();
+        assert!(matches!(stored, Entry::Call { id: Some(id), .. } if id == s.children[0].id.to_string()));
+        assert_eq!(s.wait.as_deref(), Some(r#"{"any_of":[[0,1]]}"#));
+
+        let unknown = Suspension {
+            from: 0,
+            entries: vec![Entry::Call {
+                target: "nowhere".into(),
+                input: serde_json::Value::Null,
+                key: None,
+                id: None,
+                ok: None,
+                error: None,
+                at: None,
+            }],
+            wait: None,
+        };
+        assert!(paused(resolve(None, unknown, 0, &Known)).contains("`nowhere`, which is not a subscription"));
+        let produce = Suspension {
+            from: 0,
+            entries: vec![Entry::Produce {
+                topic: "out".into(),
+                key: None,
+                value: serde_json::Value::Null,
+            }],
+            wait: None,
+        };
+        assert!(paused(resolve(None, produce, 0, &Known)).contains("no [subscription.kafka] section"));
     }
 
     #[test]
@@ -184,9 +378,7 @@ mod tests {
             entries: vec![],
             wait: None,
         };
-        let WorkflowStep::Paused(reason) = resolve(None, wrong_from, 0) else {
-            panic!()
-        };
+        let reason = paused(resolve(None, wrong_from, 0, &Known));
         assert!(reason.contains("at entry 3 but the request carried 0"), "{reason}");
 
         let wait_on_a_step = Suspension {
@@ -194,10 +386,8 @@ mod tests {
             entries: vec![step("a")],
             wait: Some(Wait::Sleep(0)),
         };
-        let WorkflowStep::Paused(reason) = resolve(None, wait_on_a_step, 0) else {
-            panic!()
-        };
-        assert!(reason.contains("not a sleep"), "{reason}");
+        let reason = paused(resolve(None, wait_on_a_step, 0, &Known));
+        assert!(reason.contains("not a sleep, a child call or a signal"), "{reason}");
 
         let huge = Suspension {
             from: 0,
@@ -208,9 +398,7 @@ mod tests {
             }],
             wait: None,
         };
-        let WorkflowStep::Paused(reason) = resolve(None, huge, 0) else {
-            panic!()
-        };
+        let reason = paused(resolve(None, huge, 0, &Known));
         assert!(reason.contains("more than the limit"), "{reason}");
     }
 }

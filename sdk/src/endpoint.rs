@@ -128,7 +128,7 @@ impl Endpoint {
 
     /// Register a durable workflow (see [`crate::workflow`]): like [`Endpoint::function`],
     /// with a [`Workflow`] whose steps and sleeps are journaled by the engine, so a run
-    /// resumes where the last one stopped. Needs an engine of protocol 4 or later; an
+    /// resumes where the last one stopped. Needs an engine of protocol 5 or later; an
     /// older engine gets a permanent 501 that says so.
     #[must_use]
     pub fn workflow<I, O, F, Fut>(mut self, name: &str, f: F) -> Self

@@ -45,7 +45,7 @@ pub mod workflow;
 pub use context::{Context, KafkaRecord};
 pub use endpoint::{Endpoint, VERIFY_KEY_ENV};
 pub use error::{Error, ErrorKind};
-pub use workflow::Workflow;
+pub use workflow::{Durable, Workflow};
 
 /// The README's handler example is compiled as a doc test, so it cannot rot.
 #[cfg(doctest)]

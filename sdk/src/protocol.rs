@@ -14,8 +14,9 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 /// meaning of version 1 headers, so plain webhooks keep working. Version 2 added the
 /// response headers [`header::PROTOCOL`] and [`header::FAILURE`]; version 3 signs the call
 /// id, attempt and idempotency key too (see [`crate::signing`]); version 4 carries the
-/// journals of durable workflows (see [`crate::workflow`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// journals of durable workflows (see [`crate::workflow`]); version 5 adds child calls,
+/// signals, records produced through the outbox and waits over several entries.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Header names, lower case as HTTP/2 requires and HTTP/1 ignores.
 pub mod header {

@@ -5,7 +5,8 @@
 //! - `batching`: when a batch closes, and when to pause or resume the partitions (pure).
 //! - `status`: the live figures a source reports (records consumed, brokers down, lag).
 //! - `context`: librdkafka callbacks: offset storage and the flush on revoke.
-//! - `sink`: the idempotent producer of dead letters.
+//! - `sink`: the idempotent producer of dead letters and workflows' records.
+//! - `scan`: reading a topic's recent records back, to find what a crash left unconfirmed.
 //! - this module: configuration and the poll loop, which carries out what `batching` decides.
 //!
 //! Backpressure: batches go through a bounded channel. When the engine stops taking them
@@ -15,6 +16,7 @@
 mod batching;
 mod context;
 pub mod offsets;
+pub mod scan;
 pub mod sink;
 mod status;
 

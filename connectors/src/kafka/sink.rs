@@ -107,6 +107,12 @@ impl Sink {
     /// Produce `records` in order and wait for every delivery report. One result per record,
     /// in the same order: `Ok` only once the broker acknowledged it.
     pub async fn send_all(&self, records: &[SinkRecord]) -> Vec<Result<Delivered, SinkError>> {
+        let topic = self.topic.clone();
+        self.send_all_to(&topic, records).await
+    }
+
+    /// Like [`Sink::send_all`], to `topic` instead of the sink's own.
+    pub async fn send_all_to(&self, topic: &str, records: &[SinkRecord]) -> Vec<Result<Delivered, SinkError>> {
         let mut pending = Vec::with_capacity(records.len());
         for record in records {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
@@ -116,7 +122,7 @@ impl Sink {
                     value: value.as_deref(),
                 });
             }
-            let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+            let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
             if let Some(key) = &record.key {
                 out = out.key(key.as_slice());
             }
@@ -125,7 +131,7 @@ impl Sink {
             }
             pending.push(match self.producer.send_result(out) {
                 Ok(delivery) => Ok(delivery),
-                Err((error, _)) => Err(self.error(error)),
+                Err((error, _)) => Err(produce_error(topic, error)),
             });
         }
         let mut results = Vec::with_capacity(pending.len());
@@ -137,8 +143,8 @@ impl Sink {
                         partition: delivery.partition,
                         offset: delivery.offset,
                     }),
-                    Ok(Err((error, _))) => Err(self.error(error)),
-                    Err(_cancelled) => Err(self.error(rdkafka::error::KafkaError::Canceled)),
+                    Ok(Err((error, _))) => Err(produce_error(topic, error)),
+                    Err(_cancelled) => Err(produce_error(topic, rdkafka::error::KafkaError::Canceled)),
                 },
             });
         }
@@ -151,11 +157,11 @@ impl Sink {
             tracing::warn!(topic = %self.topic, %error, "dead-letter producer did not flush");
         }
     }
+}
 
-    fn error(&self, source: rdkafka::error::KafkaError) -> SinkError {
-        SinkError::Produce {
-            topic: self.topic.clone(),
-            source: Box::new(source),
-        }
+fn produce_error(topic: &str, source: rdkafka::error::KafkaError) -> SinkError {
+    SinkError::Produce {
+        topic: topic.to_string(),
+        source: Box::new(source),
     }
 }

@@ -51,6 +51,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/calls/{id}/retry", post(retry_call))
         .route("/calls/{id}/cancel", post(cancel_call))
         .route("/calls/{id}/redrive", post(redrive_call))
+        .route("/calls/{id}/signals/{name}", post(signal_call))
         .route("/dead", get(list_dead))
         .route("/dead/redrive", post(redrive_dead))
         .route("/dead/purge", post(purge_dead))
@@ -377,6 +378,45 @@ async fn cancel_call(State(state): State<AdminState>, Path(id): Path<String>) ->
 
 async fn redrive_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<api::Call>, ApiError> {
     operate_one(&state, &id, |id| Operation::Redrive(vec![id])).await
+}
+
+/// Most bytes of a signal's payload.
+const MAX_SIGNAL_BYTES: usize = 1024 * 1024;
+
+async fn signal_call(
+    State(state): State<AdminState>,
+    Path((id, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<api::Signalled>), ApiError> {
+    let id = parse_call_id(&id)?;
+    if name.is_empty() || name.len() > 255 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "a signal's name must be 1 to 255 bytes".into(),
+        ));
+    }
+    if body.len() > MAX_SIGNAL_BYTES {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a signal's payload is at most {MAX_SIGNAL_BYTES} bytes"),
+        ));
+    }
+    // The payload is JSON (an empty body is `null`), as the workflow decodes it.
+    let payload = if body.is_empty() {
+        "null".to_string()
+    } else {
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("a signal's payload must be JSON: {e}")))?;
+        value.to_string()
+    };
+    match state.store.signal(id, &name, payload).await? {
+        crate::store::Signalled::Kept => Ok((StatusCode::ACCEPTED, Json(api::Signalled { id, signal: name }))),
+        crate::store::Signalled::NoCall => Err(ApiError(StatusCode::NOT_FOUND, format!("no call with id {id}"))),
+        crate::store::Signalled::Ended => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("call {id} has ended (succeeded, dead or cancelled): no workflow will read the signal"),
+        )),
+    }
 }
 
 /// Body of the bulk dead-letter actions: explicit ids, or every dead call matching a filter.

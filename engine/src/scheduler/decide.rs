@@ -19,17 +19,7 @@ pub fn decide(
 ) -> Transition {
     let error = || outcome.error.clone().unwrap_or_else(|| "unknown error".into());
     match &outcome.workflow {
-        Some(WorkflowStep::Suspended {
-            from,
-            entries,
-            resume_at,
-        }) => {
-            return Transition::Suspended {
-                from: *from,
-                entries: entries.clone(),
-                resume_at: *resume_at,
-            }
-        }
+        Some(WorkflowStep::Suspended(suspended)) => return Transition::Suspended(suspended.clone()),
         Some(WorkflowStep::Paused(reason)) => return Transition::Paused { error: reason.clone() },
         None => {}
     }

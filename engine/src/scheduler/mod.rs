@@ -11,7 +11,7 @@ pub mod decide;
 pub mod react;
 pub mod window;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,25 @@ pub struct Scheduler {
     rate: Option<governor::DefaultDirectRateLimiter>,
     control_tx: mpsc::UnboundedSender<Control>,
     control_rx: mpsc::UnboundedReceiver<Control>,
+    /// Every subscription of the engine: where a workflow's child calls run.
+    directory: Arc<SubscriptionDirectory>,
+}
+
+/// The engine's subscriptions, as a workflow of one of them sees them.
+#[derive(Debug)]
+pub struct SubscriptionDirectory {
+    pub all: Arc<HashMap<String, Arc<SubscriptionConfig>>>,
+    /// This subscription has a Kafka connection to publish workflows' records with.
+    pub can_produce: bool,
+}
+
+impl crate::workflow::Directory for SubscriptionDirectory {
+    fn has_subscription(&self, name: &str) -> bool {
+        self.all.contains_key(name)
+    }
+    fn can_produce(&self) -> bool {
+        self.can_produce
+    }
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -74,10 +93,16 @@ impl Scheduler {
         deliverer: Deliverer,
         endpoint: Arc<Endpoint>,
         figures: Arc<Figures>,
+        all: Arc<HashMap<String, Arc<SubscriptionConfig>>>,
     ) -> Self {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let directory = Arc::new(SubscriptionDirectory {
+            all,
+            can_produce: subscription.kafka.is_some(),
+        });
         Self {
+            directory,
             control_tx,
             control_rx,
             rate: subscription
@@ -261,6 +286,7 @@ impl Scheduler {
         let ended = self.ended_tx.clone();
         let subscription = Arc::clone(&self.subscription);
         let figures = Arc::clone(&self.figures);
+        let directory = Arc::clone(&self.directory);
         tokio::spawn(async move {
             let limits = DeliveryLimits {
                 timeout: subscription.timeout,
@@ -285,7 +311,7 @@ impl Scheduler {
                 None => None,
             };
             let outcome = deliverer
-                .deliver(&call, attempt, &subscription.name, limits, journal)
+                .deliver(&call, attempt, &subscription.name, limits, journal, &*directory)
                 .await;
             figures.attempt_took(sent.elapsed().as_secs_f64());
             let _ = ended.send(AttemptEnded {
@@ -332,6 +358,7 @@ impl Scheduler {
                         }
                         _ => {}
                     }
+                    let transition = self.with_children(transition);
                     self.store.finish_attempt(seq, record, transition, block_group)?;
                 }
                 Effect::LoadGroup(load) => self.load_group(load).await?,
@@ -345,6 +372,30 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// A suspension's children as calls of their subscriptions, ready to store.
+    fn with_children(&self, transition: crate::model::Transition) -> crate::model::Transition {
+        let crate::model::Transition::Suspended(mut suspended) = transition else {
+            return transition;
+        };
+        suspended.calls = suspended
+            .children
+            .iter()
+            .filter_map(|child| {
+                let config = self.directory.all.get(&child.subscription)?;
+                Some(crate::ingest::new_call(
+                    config,
+                    crate::ingest::Record {
+                        value: Some(child.input.clone()),
+                        key: child.key.clone().map(String::into_bytes),
+                        headers: None,
+                        source: None,
+                    },
+                ))
+            })
+            .collect();
+        crate::model::Transition::Suspended(suspended)
     }
 
     fn count(&self, count: Count) {
@@ -388,7 +439,8 @@ impl Scheduler {
 }
 
 fn instant_at(at: Millis, now: Millis) -> Instant {
-    Instant::now() + Duration::from_millis((at - now).max(0) as u64)
+    // At most a day ahead: a wait only an event ends is parked at a time far in the future.
+    Instant::now() + Duration::from_millis((at - now).clamp(0, 86_400_000) as u64)
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -192,10 +192,12 @@ impl Reactor {
                 self.window.retry(call.seq, *at, now);
                 None
             }
-            Transition::Suspended { resume_at, .. } => {
+            Transition::Suspended(suspended) => {
                 effects.push(Effect::Count(Count::Suspended));
                 self.progress.insert(call.seq, (*attempt, now));
-                self.window.retry(call.seq, *resume_at, now);
+                // Waiting for an event: parked until the store wakes it (a retry-now).
+                let at = suspended.resume_at.unwrap_or(crate::workflow::NEVER);
+                self.window.retry(call.seq, at, now);
                 None
             }
             Transition::Dead { .. } | Transition::Paused { .. } => {
@@ -280,7 +282,7 @@ fn attempt_record(attempt: u32, started_at: Millis, outcome: &AttemptOutcome) ->
         started_at,
         duration_ms: outcome.duration.as_millis() as i64,
         outcome: match outcome.workflow {
-            Some(crate::workflow::WorkflowStep::Suspended { .. }) => "suspended",
+            Some(crate::workflow::WorkflowStep::Suspended(_)) => "suspended",
             Some(crate::workflow::WorkflowStep::Paused(_)) => "paused",
             None => outcome.class.as_str(),
         },

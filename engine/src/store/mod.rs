@@ -8,8 +8,10 @@
 //! Durability: WAL journal with `synchronous=FULL`, so a transaction is on disk when its
 //! commit returns. See `docs/durability.md`.
 
+mod outbox;
 mod read;
 pub mod schema;
+mod workflow;
 mod writer;
 
 use std::fs::File;
@@ -21,7 +23,9 @@ use crossbeam_channel::Sender;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{oneshot, watch};
 
+pub use outbox::Unpublished;
 pub use read::{CallFilter, CallSummary, DeadCall, StatusCounts};
+pub use workflow::{Signalled, Wake};
 use writer::Command;
 pub use writer::{Purged, WriterOptions, WriterStats};
 
@@ -74,6 +78,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     committed_seq: watch::Receiver<i64>,
     stats: Arc<WriterStats>,
+    /// Workflows to wake, from the writer; taken once by the engine.
+    wakes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Wake>>>,
     /// Held for the life of the store: a second engine on the same file refuses to start.
     _lock: File,
 }
@@ -99,9 +105,10 @@ impl Store {
         let stats = Arc::new(WriterStats::default());
         let writer_stats = Arc::clone(&stats);
         let writer_options = options.writer;
+        let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(conn, &rx, writer_options, &seq_tx, &writer_stats))
+            .spawn(move || writer::run(conn, &rx, writer_options, &seq_tx, &writer_stats, &wake_tx))
             .map_err(|e| StoreError::Write(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -111,6 +118,7 @@ impl Store {
                 readers: Mutex::new(Vec::new()),
                 committed_seq: seq_rx,
                 stats,
+                wakes: Mutex::new(Some(wake_rx)),
                 _lock: lock,
             }),
         })
@@ -219,11 +227,44 @@ impl Store {
             .await
     }
 
-    /// Wait until every change sent so far is durable.
-    pub async fn flush(&self) -> Result<(), StoreError> {
+    /// Wait until every change sent so far is durable. Returns the clock of the commit
+    /// that made them so; any later commit records a later time.
+    pub async fn flush(&self) -> Result<Millis, StoreError> {
         let (reply, wait) = oneshot::channel();
         self.send(Command::Barrier { reply })?;
         wait.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// The workflows to wake as their waits end (child calls ending, signals). Taken once,
+    /// by whoever routes them to the schedulers.
+    pub fn take_wakes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Wake>> {
+        self.inner.wakes.lock().expect("wakes lock").take()
+    }
+
+    /// Send signal `name` with `payload` (JSON) to the workflow call `id`: it ends the
+    /// workflow's wait for it, or waits in the call's inbox until the workflow asks.
+    pub async fn signal(&self, id: uuid::Uuid, name: &str, payload: String) -> Result<Signalled, StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::Signal {
+            call_id: id.to_string(),
+            name: name.to_string(),
+            payload,
+            reply,
+        })?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Outbox records of `subscription` not yet published, oldest first.
+    pub async fn outbox_unpublished(&self, subscription: &str, limit: usize) -> Result<Vec<Unpublished>, StoreError> {
+        let subscription = subscription.to_owned();
+        self.read(move |c| outbox::unpublished(c, &subscription, limit)).await
+    }
+
+    /// Mark outbox records handed to the producer (`published: false`) or acknowledged.
+    pub async fn outbox_mark(&self, seqs: Vec<i64>, published: bool) -> Result<(), StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::Outbox { seqs, published, reply })?;
+        wait.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Stop the writer after it has made every queued change durable.
@@ -318,10 +359,12 @@ impl Store {
         self.read(move |c| read::list_calls(c, &filter, after, limit)).await
     }
 
-    /// A workflow's journal as its next request carries it: a JSON array of the entries.
-    /// Made durable first, so the entries of the answer just received are in it.
-    pub async fn journal(&self, seq: i64) -> Result<Vec<u8>, StoreError> {
-        self.flush().await?;
+    /// A workflow's journal as its next request carries it: a JSON array of the entries,
+    /// and the clock it was read at (the request's `engine-now`). Made durable first, so
+    /// the entries of the answer just received are in it; anything recorded after it
+    /// (a child ending, a signal) is stamped later than that clock.
+    pub async fn journal(&self, seq: i64) -> Result<(Vec<u8>, Millis), StoreError> {
+        let now = self.flush().await?;
         let entries = self.read(move |c| read::journal_entries(c, seq)).await?;
         let mut json = Vec::with_capacity(2 + entries.iter().map(|e| e.len() + 1).sum::<usize>());
         json.push(b'[');
@@ -332,7 +375,7 @@ impl Store {
             json.extend_from_slice(entry.as_bytes());
         }
         json.push(b']');
-        Ok(json)
+        Ok((json, now))
     }
 
     /// One call with its attempts.

@@ -131,6 +131,35 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (call_seq, position)
     ) WITHOUT ROWID;
     ",
+    // 9: child calls, signals, and records workflows produce (protocol 5).
+    "
+    ALTER TABLE calls ADD COLUMN parent_seq INTEGER;       -- a child call's workflow
+    ALTER TABLE calls ADD COLUMN parent_position INTEGER;  -- and its entry there
+    ALTER TABLE calls ADD COLUMN wait TEXT;                -- what a suspended workflow waits for (JSON)
+    CREATE INDEX calls_children ON calls (parent_seq) WHERE parent_seq IS NOT NULL;
+    CREATE TABLE signals (
+        seq         INTEGER PRIMARY KEY,
+        call_seq    INTEGER NOT NULL,
+        name        TEXT    NOT NULL,
+        payload     TEXT    NOT NULL,   -- JSON
+        received_at INTEGER NOT NULL,
+        position    INTEGER             -- the journal entry it ended; NULL while in the inbox
+    );
+    CREATE INDEX signals_inbox ON signals (call_seq, name, seq) WHERE position IS NULL;
+    CREATE TABLE outbox (
+        seq          INTEGER PRIMARY KEY,
+        subscription TEXT    NOT NULL,
+        call_seq     INTEGER NOT NULL,
+        position     INTEGER NOT NULL,
+        topic        TEXT    NOT NULL,
+        key          BLOB,
+        value        BLOB    NOT NULL,
+        attempted_at INTEGER,           -- first handed to the producer
+        published_at INTEGER,           -- acknowledged by the broker (or found there)
+        UNIQUE (call_seq, position)
+    );
+    CREATE INDEX outbox_unpublished ON outbox (subscription, seq) WHERE published_at IS NULL;
+    ",
 ];
 
 /// The schema version this build writes.

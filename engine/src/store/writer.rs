@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use tokio::sync::{oneshot, watch};
 
+use super::workflow::{self, ChildEnd, Signalled, Wake};
 use super::StoreError;
 use crate::model::{now_millis, Affected, AttemptRecord, Inserted, Millis, NewCall, Operation, Transition};
 use crate::telemetry::{self, Histogram};
@@ -47,15 +48,29 @@ pub(crate) enum Command {
         seqs: Vec<i64>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// Replies once every command sent before it is durable.
-    Barrier { reply: oneshot::Sender<()> },
+    /// A signal for a workflow.
+    Signal {
+        call_id: String,
+        name: String,
+        payload: String,
+        reply: oneshot::Sender<Result<Signalled, StoreError>>,
+    },
+    /// Records of the outbox handed to the producer, or acknowledged by the broker.
+    Outbox {
+        seqs: Vec<i64>,
+        published: bool,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Replies once every command sent before it is durable, with the clock of the commit
+    /// that made them so: a later commit's clock is later.
+    Barrier { reply: oneshot::Sender<Millis> },
 }
 
 impl Command {
     fn rows(&self) -> usize {
         match self {
             Self::Insert { calls, .. } => calls.len(),
-            Self::DeadLettered { seqs, .. } => seqs.len(),
+            Self::DeadLettered { seqs, .. } | Self::Outbox { seqs, .. } => seqs.len(),
             Self::Purge { limit, .. } => *limit,
             _ => 1,
         }
@@ -117,8 +132,11 @@ pub(crate) fn run(
     options: WriterOptions,
     committed_seq: &watch::Sender<i64>,
     stats: &WriterStats,
+    wakes: &tokio::sync::mpsc::UnboundedSender<Wake>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
+
+    let mut clock: Millis = 0;
 
     // One warning per 10 s about reused offsets, not one per record of a recreated topic.
     let mut reuse_warned: Option<Instant> = None;
@@ -139,8 +157,8 @@ pub(crate) fn run(
         let mut delay = Duration::from_millis(50);
         let outcome = loop {
             let started = Instant::now();
-            match apply(&mut conn, &batch) {
-                Ok(outcome) => {
+            match apply(&mut conn, &batch, &mut clock) {
+                Ok(mut outcome) => {
                     stats.commits.fetch_add(1, Relaxed);
                     stats.rows.fetch_add(rows as u64, Relaxed);
                     let took = started.elapsed();
@@ -157,6 +175,10 @@ pub(crate) fn run(
                             reuse_warned = Some(Instant::now());
                             warn_reused_offsets(call, total);
                         }
+                    }
+                    for wake in outcome.wakes.drain(..) {
+                        // No receiver: the engine is stopping; the wake is in the store.
+                        let _ = wakes.send(wake);
                     }
                     break Ok(outcome);
                 }
@@ -216,9 +238,12 @@ struct Applied {
     /// Records stored as new calls at reused offsets, and the first of them.
     reused_offsets: u64,
     first_reused: Option<NewCall>,
+    signalled: Vec<Signalled>,
+    wakes: Vec<Wake>,
+    now: Millis,
 }
 
-fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> {
+fn apply(conn: &mut Connection, batch: &[Command], clock: &mut Millis) -> rusqlite::Result<Applied> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut applied = Applied {
         inserted: Vec::new(),
@@ -227,8 +252,15 @@ fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> 
         max_seq: None,
         reused_offsets: 0,
         first_reused: None,
+        signalled: Vec::new(),
+        wakes: Vec::new(),
+        now: 0,
     };
-    let now = now_millis();
+    // Strictly later than the last commit's: a workflow's request is stamped with the
+    // commit it read, and what a later commit records must be later (docs/workflows.md).
+    let now = now_millis().max(*clock + 1);
+    *clock = now;
+    applied.now = now;
     for command in batch {
         match command {
             Command::Insert { calls, .. } => {
@@ -259,13 +291,34 @@ fn apply(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Applied> 
                 transition,
                 block_group,
             } => {
-                finish_call(&tx, *seq, attempt, transition, now)?;
+                if let Some(child) = finish_call(&tx, *seq, attempt, transition, now, &mut applied.wakes)? {
+                    applied.max_seq = Some(applied.max_seq.map_or(child, |m| m.max(child)));
+                }
                 if *block_group && matches!(transition, Transition::Dead { .. } | Transition::Paused { .. }) {
                     block_group_of(&tx, *seq)?;
                 }
             }
             Command::Purge { before, limit, .. } => applied.purged.push(purge(&tx, *before, *limit)?),
-            Command::Operate { operation, .. } => applied.operated.push(operate(&tx, operation, now)?),
+            Command::Operate { operation, .. } => {
+                applied.operated.push(operate(&tx, operation, now, &mut applied.wakes)?);
+            }
+            Command::Signal {
+                call_id, name, payload, ..
+            } => {
+                let signalled = workflow::signal(&tx, call_id, name, payload, now, &mut applied.wakes)?;
+                applied.signalled.push(signalled);
+            }
+            Command::Outbox { seqs, published, .. } => {
+                let sql = if *published {
+                    "UPDATE outbox SET published_at = ?2 WHERE seq = ?1"
+                } else {
+                    "UPDATE outbox SET attempted_at = coalesce(attempted_at, ?2) WHERE seq = ?1"
+                };
+                let mut update = tx.prepare_cached(sql)?;
+                for seq in seqs {
+                    update.execute(params![seq, now])?;
+                }
+            }
             Command::DeadLettered { seqs, .. } => {
                 for seq in seqs {
                     tx.prepare_cached(
@@ -404,13 +457,16 @@ fn block_group_of(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Result<
     Ok(())
 }
 
+/// Record an attempt and the call's next state; a child's end goes to its parent. Returns
+/// the highest seq of the child calls a workflow started.
 fn finish_call(
     tx: &rusqlite::Transaction<'_>,
     seq: i64,
     attempt: &AttemptRecord,
     transition: &Transition,
     now: Millis,
-) -> rusqlite::Result<()> {
+    wakes: &mut Vec<Wake>,
+) -> rusqlite::Result<Option<i64>> {
     record_attempt(tx, seq, attempt)?;
     // Only a running call moves on: an operator may have cancelled it meanwhile.
     let mut update = tx.prepare_cached(
@@ -420,7 +476,7 @@ fn finish_call(
     )?;
     match transition {
         Transition::Succeeded { output } => {
-            update.execute(params![
+            let changed = update.execute(params![
                 seq,
                 "succeeded",
                 now,
@@ -429,6 +485,9 @@ fn finish_call(
                 attempt.attempt,
                 now
             ])?;
+            if changed > 0 {
+                workflow::child_ended(tx, seq, &ChildEnd::Succeeded(output.as_deref()), now, wakes)?;
+            }
         }
         Transition::Retry { at, error } => {
             update.execute(params![
@@ -442,7 +501,11 @@ fn finish_call(
             ])?;
         }
         Transition::Dead { error } => {
-            update.execute(params![seq, "dead", now, error, None::<Vec<u8>>, attempt.attempt, now])?;
+            let changed = update.execute(params![seq, "dead", now, error, None::<Vec<u8>>, attempt.attempt, now])?;
+            if changed > 0 {
+                let reason = format!("the child call is dead: {error}");
+                workflow::child_ended(tx, seq, &ChildEnd::Failed(&reason), now, wakes)?;
+            }
         }
         Transition::Paused { error } => {
             update.execute(params![
@@ -455,52 +518,12 @@ fn finish_call(
                 now
             ])?;
         }
-        Transition::Suspended {
-            from,
-            entries,
-            resume_at,
-        } => {
+        Transition::Suspended(suspended) => {
             drop(update);
-            append_journal(tx, seq, attempt.attempt, *from, entries, *resume_at, now)?;
+            return workflow::append(tx, seq, attempt.attempt, suspended, now, wakes);
         }
     }
-    Ok(())
-}
-
-/// Store a workflow's new entries and make it pending until `resume_at`, fenced: only if
-/// the journal still has `from` entries (a late or duplicate answer changes nothing). The
-/// retry budget and age start again, since the workflow made progress.
-fn append_journal(
-    tx: &rusqlite::Transaction<'_>,
-    seq: i64,
-    attempt: u32,
-    from: u32,
-    entries: &[String],
-    resume_at: Millis,
-    now: Millis,
-) -> rusqlite::Result<()> {
-    let len = u32::try_from(entries.len()).unwrap_or(u32::MAX);
-    let fenced = tx
-        .prepare_cached(
-            "UPDATE calls SET status = 'pending', next_attempt_at = ?3, last_error = NULL,
-                    attempts = max(attempts, ?4), attempts_before_redrive = max(attempts, ?4),
-                    redriven_at = ?5, journal_len = journal_len + ?6, updated_at = ?5
-             WHERE seq = ?1 AND journal_len = ?2 AND status IN ('running', 'pending')",
-        )?
-        .execute(params![seq, from, resume_at, attempt, now, len])?;
-    if fenced == 0 {
-        tracing::warn!(
-            call = seq,
-            from,
-            "dropped a workflow answer that does not follow the stored journal (late or duplicate)"
-        );
-        return Ok(());
-    }
-    let mut insert = tx.prepare_cached("INSERT INTO journal (call_seq, position, entry) VALUES (?1, ?2, ?3)")?;
-    for (position, entry) in (from..).zip(entries) {
-        insert.execute(params![seq, position, entry])?;
-    }
-    Ok(())
+    Ok(None)
 }
 
 pub(crate) fn record_attempt(
@@ -526,10 +549,20 @@ pub(crate) fn record_attempt(
 
 /// Apply an operator's action. A call in a state the action does not apply to is left
 /// alone (and not reported).
-fn operate(tx: &rusqlite::Transaction<'_>, operation: &Operation, now: Millis) -> rusqlite::Result<Vec<Affected>> {
-    let (ids, allowed) = (operation.ids(), operation.applies_to());
+fn operate(
+    tx: &rusqlite::Transaction<'_>,
+    operation: &Operation,
+    now: Millis,
+    wakes: &mut Vec<Wake>,
+) -> rusqlite::Result<Vec<Affected>> {
+    let allowed = operation.applies_to();
     let mut affected = Vec::new();
-    for id in ids {
+    // A cancelled workflow's open children are cancelled with it.
+    let mut ids: Vec<uuid::Uuid> = operation.ids().to_vec();
+    let mut next = 0;
+    while let Some(id) = ids.get(next).copied() {
+        next += 1;
+        let id = &id;
         let row = tx
             .prepare_cached("SELECT seq, subscription, ordering_key, status FROM calls WHERE id = ?1")?
             .query_row([id.to_string()], |r| {
@@ -558,6 +591,12 @@ fn operate(tx: &rusqlite::Transaction<'_>, operation: &Operation, now: Millis) -
             Operation::Cancel(_) => {
                 tx.prepare_cached("UPDATE calls SET status = 'cancelled', updated_at = ?2 WHERE seq = ?1")?
                     .execute(params![seq, now])?;
+                workflow::child_ended(tx, seq, &ChildEnd::Failed("the child call was cancelled"), now, wakes)?;
+                ids.extend(
+                    workflow::open_children(tx, seq)?
+                        .iter()
+                        .filter_map(|id| uuid::Uuid::parse_str(id).ok()),
+                );
             }
             Operation::Redrive(_) => {
                 tx.prepare_cached(
@@ -571,8 +610,7 @@ fn operate(tx: &rusqlite::Transaction<'_>, operation: &Operation, now: Millis) -
             Operation::PurgeDead(_) => {
                 tx.prepare_cached("DELETE FROM attempts WHERE call_seq = ?1")?
                     .execute([seq])?;
-                tx.prepare_cached("DELETE FROM journal WHERE call_seq = ?1")?
-                    .execute([seq])?;
+                delete_workflow_rows(tx, seq)?;
                 tx.prepare_cached("DELETE FROM calls WHERE seq = ?1")?.execute([seq])?;
             }
         }
@@ -618,7 +656,6 @@ fn purge(tx: &rusqlite::Transaction<'_>, before: Millis, limit: usize) -> rusqli
         .query_map(params![before, limit as i64], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut delete_attempts = tx.prepare_cached("DELETE FROM attempts WHERE call_seq = ?1")?;
-    let mut delete_journal = tx.prepare_cached("DELETE FROM journal WHERE call_seq = ?1")?;
     let mut delete_call = tx.prepare_cached("DELETE FROM calls WHERE seq = ?1")?;
     let mut deleted = 0;
     for seq in &seqs {
@@ -626,7 +663,7 @@ fn purge(tx: &rusqlite::Transaction<'_>, before: Millis, limit: usize) -> rusqli
             break;
         }
         delete_attempts.execute([seq])?;
-        delete_journal.execute([seq])?;
+        delete_workflow_rows(tx, *seq)?;
         delete_call.execute([seq])?;
         deleted += 1;
     }
@@ -646,7 +683,20 @@ fn purge(tx: &rusqlite::Transaction<'_>, before: Millis, limit: usize) -> rusqli
     })
 }
 
+/// A workflow's journal, signals and published records go with it.
+fn delete_workflow_rows(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM journal WHERE call_seq = ?1")?
+        .execute([seq])?;
+    tx.prepare_cached("DELETE FROM signals WHERE call_seq = ?1")?
+        .execute([seq])?;
+    tx.prepare_cached("DELETE FROM outbox WHERE call_seq = ?1 AND published_at IS NOT NULL")?
+        .execute([seq])?;
+    Ok(())
+}
+
 fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq: &watch::Sender<i64>) {
+    let mut signalled = Vec::new().into_iter();
+    let mut commit_now = 0;
     let (mut inserted, mut purged, mut operated, failure) = match outcome {
         Ok(applied) => {
             if let Some(seq) = applied.max_seq {
@@ -656,6 +706,8 @@ fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq:
                     grew
                 });
             }
+            signalled = applied.signalled.into_iter();
+            commit_now = applied.now;
             (
                 applied.inserted.into_iter(),
                 applied.purged.into_iter(),
@@ -686,8 +738,11 @@ fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq:
             Command::Operate { reply, .. } => {
                 drop(reply.send(result(()).map(|()| operated.next().unwrap_or_default())));
             }
-            Command::DeadLettered { reply, .. } => drop(reply.send(result(()))),
-            Command::Barrier { reply } => drop(reply.send(())),
+            Command::DeadLettered { reply, .. } | Command::Outbox { reply, .. } => drop(reply.send(result(()))),
+            Command::Signal { reply, .. } => {
+                drop(reply.send(result(()).map(|()| signalled.next().unwrap_or(Signalled::NoCall))));
+            }
+            Command::Barrier { reply } => drop(reply.send(commit_now.max(now_millis()))),
             Command::Start { .. } | Command::Finish { .. } => {}
         }
     }

@@ -36,84 +36,28 @@
 //!   fails the whole attempt (the engine retries it with backoff, replaying the journal),
 //!   while a permanent failure is journaled and returned to the function like a result.
 
+mod durable;
+#[cfg(test)]
+mod durable_tests;
+mod journal;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::context::Context;
 use crate::error::{Error, ErrorKind};
+pub use durable::Durable;
+pub use journal::{Entry, Suspension, Wait};
 
 /// The protocol version that carries journals.
-pub const WORKFLOW_PROTOCOL: u32 = 4;
-
-/// One entry of a journal, as the engine stores and sends it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Entry {
-    /// A step and its result: `ok` (JSON), or the message of a permanent error.
-    Step {
-        /// The step's name, checked on replay.
-        name: String,
-        /// The result, when the step succeeded.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        ok: Option<Value>,
-        /// The permanent error's message, when it failed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
-    },
-    /// A durable sleep. The SDK sends `duration_ms` (or `wake_at`); the engine stores
-    /// `wake_at`, in milliseconds since the Unix epoch on the engine's clock.
-    Sleep {
-        /// When the sleep is over.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        wake_at: Option<i64>,
-        /// How long to sleep, from the engine's clock when it stores the entry.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        duration_ms: Option<i64>,
-    },
-    /// The engine's clock when the workflow first asked for the time.
-    Now {
-        /// Milliseconds since the Unix epoch.
-        value: i64,
-    },
-}
-
-impl Entry {
-    fn describe(&self) -> String {
-        match self {
-            Self::Step { name, .. } => format!("step `{name}`"),
-            Self::Sleep { .. } => "sleep".into(),
-            Self::Now { .. } => "now".into(),
-        }
-    }
-}
-
-/// What the function waits for when it suspends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Wait {
-    /// The sleep at this position.
-    Sleep(u32),
-}
-
-/// The body of a *suspended* answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Suspension {
-    /// The journal length the SDK was sent: the new entries take positions from here. The
-    /// engine drops an answer whose `from` is not its journal's length (a late duplicate).
-    pub from: u32,
-    /// New entries, in position order.
-    pub entries: Vec<Entry>,
-    /// What to wait for before calling again; `None`: call again at once.
-    #[serde(default)]
-    pub wait: Option<Wait>,
-}
+pub const WORKFLOW_PROTOCOL: u32 = 5;
 
 /// How a workflow run ended, short of completing.
 #[derive(Debug)]
@@ -210,6 +154,20 @@ impl Workflow {
         .await
     }
 
+    /// Record a mismatch found outside an await point: the run stops at its next one, and
+    /// no new step runs meanwhile.
+    fn mismatch_later(&self, position: u32, found: &Entry, asked: &str) {
+        let mut state = self.lock();
+        if state.stop.is_none() {
+            state.stop = Some(Stop::Nondeterminism(format!(
+                "journal entry {position} is {}, but the code asks for {asked}",
+                found.describe()
+            )));
+        }
+        drop(state);
+        self.stopped.notify_one();
+    }
+
     /// Run `f` as a journaled step named `name`, or return its stored result on replay.
     ///
     /// A new step runs only once the previous new step's result is stored (the SDK
@@ -255,6 +213,10 @@ impl Workflow {
             // A new step after another new one: have that one stored first.
             if wf.lock().has_new_step() {
                 wf.suspend(None).await;
+            }
+            // The run is stopping (a mismatch found outside an await): run nothing new.
+            if wf.lock().stop.is_some() {
+                std::future::pending::<()>().await;
             }
             match f().await {
                 Ok(result) => {
@@ -326,12 +288,12 @@ impl Workflow {
                     if wf.now_ms >= wake_at {
                         return;
                     }
-                    wf.suspend(Some(Wait::Sleep(position))).await;
+                    wf.suspend(Some(Wait::AnyOf(vec![vec![position]]))).await;
                 }
                 Some(other) => wf.mismatch(position, &other, "sleep").await,
                 None => {
                     wf.record(position, new);
-                    wf.suspend(Some(Wait::Sleep(position))).await;
+                    wf.suspend(Some(Wait::AnyOf(vec![vec![position]]))).await;
                 }
             }
         }
@@ -343,16 +305,7 @@ impl Workflow {
         let value = match journaled {
             Some(Entry::Now { value }) => value,
             Some(other) => {
-                // Not async: record the mismatch; the next await point stops the run.
-                let mut state = self.lock();
-                if state.stop.is_none() {
-                    state.stop = Some(Stop::Nondeterminism(format!(
-                        "journal entry {position} is {}, but the code asks for now",
-                        other.describe()
-                    )));
-                }
-                drop(state);
-                self.stopped.notify_one();
+                self.mismatch_later(position, &other, "now");
                 self.now_ms
             }
             None => {
@@ -418,9 +371,12 @@ impl Workflow {
             entries.push(entry.clone());
         }
         let end = from + u32::try_from(entries.len()).unwrap_or(0);
+        // A wait for an entry left out (its predecessor still running) is no wait: the
+        // engine calls again at once and the run gets there.
         let wait = state
             .wait
-            .filter(|Wait::Sleep(p)| *p < end || (*p as usize) < state.journal.len());
+            .clone()
+            .filter(|wait| wait.positions().iter().all(|p| *p < end));
         Suspension { from, entries, wait }
     }
 
@@ -435,9 +391,19 @@ impl Workflow {
     }
 
     /// After the function returned: a stop recorded without an await point (a `now`
-    /// mismatch) still wins.
+    /// mismatch) still wins; entries the engine must act on (a child call, a record to
+    /// produce) are stored before the run may complete.
     pub(crate) fn take_stop(&self) -> Option<Stop> {
-        self.lock().stop.take()
+        let mut state = self.lock();
+        if let Some(stop) = state.stop.take() {
+            return Some(stop);
+        }
+        if state.new.values().any(Entry::acts) {
+            state.wait = None;
+            drop(state);
+            return Some(Stop::Suspended(self.suspension()));
+        }
+        None
     }
 }
 
@@ -458,190 +424,4 @@ pub(crate) fn split_body(body: &[u8], journal_bytes: usize) -> Result<(Vec<Entry
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn wf(journal: Vec<Entry>, now_ms: i64) -> Workflow {
-        Workflow::new(
-            Context {
-                call_id: "call-1".into(),
-                ..Context::default()
-            },
-            journal,
-            now_ms,
-        )
-    }
-
-    async fn run<F, Fut>(wf: &Workflow, f: F) -> Result<Result<u32, Error>, Stop>
-    where
-        F: FnOnce(Workflow) -> Fut,
-        Fut: Future<Output = Result<u32, Error>>,
-    {
-        let body = f(wf.clone());
-        tokio::select! {
-            biased;
-            stop = wf.stopped() => Err(stop),
-            done = body => match wf.take_stop() { Some(stop) => Err(stop), None => Ok(done) },
-        }
-    }
-
-    fn step(name: &str, ok: u32) -> Entry {
-        Entry::Step {
-            name: name.into(),
-            ok: Some(ok.into()),
-            error: None,
-        }
-    }
-
-    async fn two_steps_and_a_sleep(wf: Workflow, runs: Arc<Mutex<Vec<&'static str>>>) -> Result<u32, Error> {
-        let r = Arc::clone(&runs);
-        let a: u32 = wf
-            .step("a", move || async move {
-                r.lock().unwrap().push("a");
-                Ok(1)
-            })
-            .await?;
-        wf.sleep(Duration::from_secs(10)).await;
-        let r = Arc::clone(&runs);
-        let b: u32 = wf
-            .step("b", move || async move {
-                r.lock().unwrap().push("b");
-                Ok(2)
-            })
-            .await?;
-        Ok(a + b)
-    }
-
-    #[tokio::test]
-    async fn a_new_step_and_sleep_suspend_together_then_replay_to_completion() {
-        let runs = Arc::new(Mutex::new(Vec::new()));
-        let first = wf(Vec::new(), 1_000);
-        let stop = run(&first, |w| two_steps_and_a_sleep(w, Arc::clone(&runs))).await;
-        let Err(Stop::Suspended(s)) = stop else {
-            panic!("{stop:?}")
-        };
-        assert_eq!(s.from, 0);
-        assert_eq!(
-            s.entries,
-            [
-                step("a", 1),
-                Entry::Sleep {
-                    wake_at: None,
-                    duration_ms: Some(10_000)
-                }
-            ]
-        );
-        assert_eq!(s.wait, Some(Wait::Sleep(1)));
-
-        // Too early (the engine's clock before the wake time): suspend again, nothing new.
-        let journal = vec![
-            step("a", 1),
-            Entry::Sleep {
-                wake_at: Some(11_000),
-                duration_ms: None,
-            },
-        ];
-        let early = wf(journal.clone(), 5_000);
-        let stop = run(&early, |w| two_steps_and_a_sleep(w, Arc::clone(&runs))).await;
-        let Err(Stop::Suspended(s)) = stop else {
-            panic!("{stop:?}")
-        };
-        assert_eq!((s.from, s.entries.len(), s.wait), (2, 0, Some(Wait::Sleep(1))));
-
-        let awake = wf(journal, 11_000);
-        let done = run(&awake, |w| two_steps_and_a_sleep(w, Arc::clone(&runs))).await;
-        assert_eq!(done.unwrap().unwrap(), 3);
-        assert_eq!(*runs.lock().unwrap(), ["a", "b"], "each step ran once");
-    }
-
-    #[tokio::test]
-    async fn a_second_new_step_waits_for_the_first_to_be_stored() {
-        let w = wf(Vec::new(), 0);
-        let stop = run(&w, |w| async move {
-            let a: u32 = w.step("a", || async { Ok(1) }).await?;
-            let b: u32 = w
-                .step("b", || async { panic!("must not run before a is stored") })
-                .await?;
-            Ok(a + b)
-        })
-        .await;
-        let Err(Stop::Suspended(s)) = stop else {
-            panic!("{stop:?}")
-        };
-        assert_eq!((s.entries, s.wait), (vec![step("a", 1)], None));
-    }
-
-    #[tokio::test]
-    async fn a_different_step_at_a_position_is_nondeterminism() {
-        let w = wf(vec![step("charge", 1)], 0);
-        let stop = run(&w, |w| async move { w.step("refund", || async { Ok(1) }).await }).await;
-        let Err(Stop::Nondeterminism(text)) = stop else {
-            panic!("{stop:?}")
-        };
-        assert_eq!(
-            text,
-            "journal entry 0 is step `charge`, but the code asks for step `refund`"
-        );
-    }
-
-    #[tokio::test]
-    async fn permanent_step_errors_are_journaled_and_temporary_ones_fail_the_attempt() {
-        async fn body(w: Workflow) -> Result<u32, Error> {
-            let failed = w
-                .step("a", || async { Err::<u32, _>(Error::permanent("card declined")) })
-                .await;
-            assert_eq!(failed.unwrap_err().message(), "card declined");
-            w.step("b", || async { Err(Error::temporary("timeout")) }).await
-        }
-        let stop = run(&wf(Vec::new(), 0), body).await;
-        let Err(Stop::Suspended(s)) = stop else {
-            panic!("{stop:?}")
-        };
-        let declined = Entry::Step {
-            name: "a".into(),
-            ok: None,
-            error: Some("card declined".into()),
-        };
-        assert_eq!(
-            s.entries,
-            std::slice::from_ref(&declined),
-            "the permanent error is stored before b runs"
-        );
-
-        let stop = run(&wf(vec![declined], 0), body).await;
-        let Err(Stop::Failed(error)) = stop else {
-            panic!("{stop:?}")
-        };
-        assert_eq!(error.message(), "timeout", "the temporary error fails the attempt");
-    }
-
-    #[tokio::test]
-    async fn time_and_ids_are_the_same_on_replay() {
-        let first = wf(Vec::new(), 42_000);
-        let (now, id, n) = (first.now(), first.uuid(), first.random_u64());
-        assert_eq!(now, UNIX_EPOCH + Duration::from_secs(42));
-        let Stop::Suspended(s) = first.suspension_stop() else {
-            unreachable!()
-        };
-        let replay = wf(s.entries, 99_000);
-        assert_eq!((replay.now(), replay.uuid(), replay.random_u64()), (now, id.clone(), n));
-        assert_eq!(id.len(), 36);
-        assert_eq!(&id[14..15], "8", "a version 8 UUID");
-    }
-
-    impl Workflow {
-        fn suspension_stop(&self) -> Stop {
-            Stop::Suspended(self.suspension())
-        }
-    }
-
-    #[test]
-    fn the_body_splits_into_journal_and_input() {
-        let body = br#"[{"kind":"now","value":5}]{"order":1}"#;
-        let (journal, input) = split_body(body, 26).unwrap();
-        assert_eq!(journal, [Entry::Now { value: 5 }]);
-        assert_eq!(input, br#"{"order":1}"#);
-        assert!(split_body(body, 500).unwrap_err().contains("engine-journal-bytes"));
-        assert!(split_body(body, 3).unwrap_err().contains("does not decode"));
-    }
-}
+mod tests;

@@ -2,6 +2,10 @@
 //! engine storing journals in a real SQLite file, with the engine and the handler killed at
 //! the moments that matter.
 
+mod children;
+mod produce;
+mod signals;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -275,11 +279,15 @@ async fn a_duplicate_workflow_answer_is_dropped_by_the_store() {
                 http_status: Some(202),
                 error: None,
             },
-            Transition::Suspended {
+            Transition::Suspended(Box::new(engine::workflow::Suspended {
                 from: 0,
                 entries: vec![r#"{"kind":"step","name":"a","ok":1}"#.into()],
-                resume_at: 0,
-            },
+                resume_at: Some(0),
+                wait: None,
+                children: Vec::new(),
+                outbox: Vec::new(),
+                calls: Vec::new(),
+            })),
         )
     };
     for attempt in [1, 2] {
@@ -296,7 +304,7 @@ async fn a_duplicate_workflow_answer_is_dropped_by_the_store() {
         call.journal
     );
     assert_eq!(
-        store.journal(seq).await.unwrap(),
+        store.journal(seq).await.unwrap().0,
         br#"[{"kind":"step","name":"a","ok":1}]"#
     );
     store.close();

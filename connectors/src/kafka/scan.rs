@@ -1,0 +1,122 @@
+//! Reading back what was produced: after a crash, records handed to the producer but never
+//! confirmed may or may not be in the topic. Reading the topic from a little before the
+//! first of them tells which, so none is published twice.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Why a scan failed.
+#[derive(Debug, thiserror::Error)]
+#[error("reading back `{topic}` failed: {source}")]
+pub struct ScanError {
+    pub topic: String,
+    #[source]
+    pub source: Box<rdkafka::error::KafkaError>,
+}
+
+/// The values of headers `first` and `second` of every record of `topic` produced at or
+/// after `since_ms` (record timestamps, ms since the epoch), up to the end of each
+/// partition as it is now. `options` are client properties (security, TLS, SASL).
+pub fn header_pairs(
+    brokers: &str,
+    options: &BTreeMap<String, String>,
+    topic: &str,
+    since_ms: i64,
+    (first, second): (&str, &str),
+    timeout: Duration,
+) -> Result<HashSet<(String, String)>, ScanError> {
+    let error = |source| ScanError {
+        topic: topic.to_string(),
+        source: Box::new(source),
+    };
+    let mut client = ClientConfig::new();
+    for (key, value) in options {
+        client.set(key, value);
+    }
+    let consumer: BaseConsumer = client
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "engine-outbox-scan")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .map_err(error)?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(error)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(rdkafka::metadata::MetadataPartition::id))
+        .collect();
+    let mut by_time = TopicPartitionList::new();
+    for partition in &partitions {
+        by_time
+            .add_partition_offset(topic, *partition, Offset::Offset(since_ms))
+            .map_err(error)?;
+    }
+    // The first offset at or after `since_ms`; a broker that cannot tell gives the start.
+    let starts = consumer.offsets_for_times(by_time, timeout).ok();
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for partition in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, *partition, timeout).map_err(error)?;
+        if high <= low {
+            continue;
+        }
+        let start = starts
+            .as_ref()
+            .and_then(|list| list.find_partition(topic, *partition))
+            .and_then(|p| match p.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            })
+            .map_or(low, |offset| offset.max(low));
+        if start >= high {
+            continue;
+        }
+        assignment
+            .add_partition_offset(topic, *partition, Offset::Offset(start))
+            .map_err(error)?;
+        ends.insert(*partition, high);
+    }
+    let mut found = HashSet::new();
+    if ends.is_empty() {
+        return Ok(found);
+    }
+    consumer.assign(&assignment).map_err(error)?;
+    let deadline = Instant::now() + timeout;
+    while !ends.is_empty() {
+        if Instant::now() >= deadline {
+            return Err(error(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            )));
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.map_err(error)?;
+        if let Some(headers) = message.headers() {
+            let value = |name: &str| {
+                headers
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            if let (Some(a), Some(b)) = (value(first), value(second)) {
+                found.insert((a, b));
+            }
+        }
+        if ends
+            .get(&message.partition())
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            ends.remove(&message.partition());
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,203 @@
+//! Publishing what workflows produce (`wf.produce`): records are stored in the outbox in
+//! the same transaction as their journal entry, then produced here with an idempotent
+//! producer (`acks=all`) to the subscription's Kafka cluster, headers `engine-call-id` and
+//! `engine-entry` naming the entry. A record is marked published once acknowledged.
+//!
+//! Exactly once per entry: before a record is handed to the producer it is marked
+//! attempted. After a restart or a failed send, records marked attempted but not published
+//! may be in the topic already; the topic is read back from shortly before the first of
+//! them and those found are marked published instead of being sent again.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use connectors::kafka::scan;
+use connectors::kafka::sink::{Sink, SinkConfig, SinkRecord};
+
+use crate::config::KafkaConfig;
+use crate::error::EngineError;
+use crate::store::Unpublished;
+use crate::subscription::Part;
+
+/// Headers naming the journal entry a record came from.
+pub mod header {
+    pub const CALL_ID: &str = sdk::protocol::header::CALL_ID;
+    /// The entry's position in the workflow's journal.
+    pub const ENTRY: &str = "engine-entry";
+}
+
+/// Records read and produced per pass.
+const BATCH: usize = 500;
+/// A pass runs at least this often.
+const IDLE_PASS: Duration = Duration::from_secs(1);
+/// How far before the first unconfirmed record the topic is read back (record timestamps
+/// come from this machine's clock, as do the marks).
+const SCAN_SLACK_MS: i64 = 60_000;
+/// How long reading back one topic may take.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The client properties of the source that a producer needs too: security, TLS, SASL.
+fn connection_options(kafka: &KafkaConfig) -> BTreeMap<String, String> {
+    kafka
+        .options
+        .iter()
+        .filter(|(key, _)| {
+            key.starts_with("security.")
+                || key.starts_with("ssl.")
+                || key.starts_with("sasl.")
+                || key.starts_with("client.")
+                || key.starts_with("socket.")
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Publish the outbox of the subscription of `part` until shutdown.
+pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
+    let name = part.subscription.name.clone();
+    let options = connection_options(&kafka);
+    // Made when there is a first record to publish: most subscriptions run no workflow.
+    let mut sink: Option<Sink> = None;
+    let mut confirmed = false;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        // Suspensions are queued to the writer before the wake-up: wait until durable.
+        part.store.flush().await?;
+        let rows = part.store.outbox_unpublished(&name, BATCH).await?;
+        if rows.is_empty() {
+            tokio::select! {
+                () = part.shutdown.recv() => break,
+                () = part.figures.a_workflow_suspended() => {}
+                () = tokio::time::sleep(IDLE_PASS) => {}
+            }
+            continue;
+        }
+        if !confirmed {
+            match find_published(&kafka.brokers, &options, &rows).await {
+                Ok(found) => {
+                    if !found.is_empty() {
+                        tracing::info!(subscription = %name, records = found.len(), "workflow records found already in Kafka after a restart or a failed send; not producing them again");
+                        part.store.outbox_mark(found, true).await?;
+                    }
+                    confirmed = true;
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(subscription = %name, %error, retry_in = ?backoff, "cannot read back the topics of unconfirmed workflow records; will retry");
+                    if pause(&mut part, &mut backoff).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let sink = match &mut sink {
+            Some(sink) => sink,
+            None => sink.insert(Sink::new(&SinkConfig {
+                name: name.clone(),
+                brokers: kafka.brokers.clone(),
+                topic: String::new(),
+                options: options.clone(),
+            })?),
+        };
+        part.store
+            .outbox_mark(rows.iter().map(|r| r.seq).collect(), false)
+            .await?;
+        let mut published = Vec::new();
+        let mut failure = None;
+        for (topic, group) in by_topic(&rows) {
+            let records: Vec<SinkRecord> = group.iter().map(|r| record_of(r)).collect();
+            let results = sink.send_all_to(topic, &records).await;
+            for (row, result) in group.iter().zip(results) {
+                match result {
+                    Ok(_) => published.push(row.seq),
+                    Err(error) => failure = Some(error),
+                }
+            }
+        }
+        if !published.is_empty() {
+            part.store.outbox_mark(published, true).await?;
+        }
+        if let Some(error) = failure {
+            // A failed send may still have reached the broker: read back before resending.
+            confirmed = false;
+            tracing::warn!(subscription = %name, %error, retry_in = ?backoff, "cannot produce workflow records; will retry");
+            if pause(&mut part, &mut backoff).await {
+                break;
+            }
+        } else {
+            backoff = Duration::from_millis(200);
+        }
+    }
+    let Some(sink) = sink else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || sink.flush(Duration::from_secs(5)))
+        .await
+        .map_err(|e| EngineError::task("flushing workflow records", e))
+}
+
+/// Wait out the backoff; `true` if shutdown began.
+async fn pause(part: &mut Part, backoff: &mut Duration) -> bool {
+    let stop = tokio::select! {
+        () = part.shutdown.recv() => true,
+        () = tokio::time::sleep(*backoff) => false,
+    };
+    *backoff = (*backoff * 2).min(Duration::from_secs(30));
+    stop
+}
+
+/// Rows grouped by topic, each group in outbox order.
+fn by_topic(rows: &[Unpublished]) -> BTreeMap<&str, Vec<&Unpublished>> {
+    let mut groups: BTreeMap<&str, Vec<&Unpublished>> = BTreeMap::new();
+    for row in rows {
+        groups.entry(row.topic.as_str()).or_default().push(row);
+    }
+    groups
+}
+
+/// The record of an outbox row, with the headers that name its entry.
+pub fn record_of(row: &Unpublished) -> SinkRecord {
+    SinkRecord {
+        key: row.key.clone(),
+        value: Some(row.value.clone()),
+        headers: vec![
+            (header::CALL_ID.to_string(), Some(row.call_id.clone().into_bytes())),
+            (header::ENTRY.to_string(), Some(row.position.to_string().into_bytes())),
+        ],
+    }
+}
+
+/// The rows (seqs) that were handed to the producer before and are in their topic.
+async fn find_published(
+    brokers: &str,
+    options: &BTreeMap<String, String>,
+    rows: &[Unpublished],
+) -> Result<Vec<i64>, scan::ScanError> {
+    let mut found = Vec::new();
+    for (topic, group) in by_topic(rows) {
+        let Some(since) = group.iter().filter_map(|r| r.attempted_at).min() else {
+            continue;
+        };
+        let (brokers, options, topic_name) = (brokers.to_string(), options.clone(), topic.to_string());
+        let pairs: HashSet<(String, String)> = tokio::task::spawn_blocking(move || {
+            scan::header_pairs(
+                &brokers,
+                &options,
+                &topic_name,
+                since - SCAN_SLACK_MS,
+                (header::CALL_ID, header::ENTRY),
+                SCAN_TIMEOUT,
+            )
+        })
+        .await
+        .unwrap_or_else(|_| Ok(HashSet::new()))?;
+        found.extend(
+            group
+                .iter()
+                .filter(|r| r.attempted_at.is_some() && pairs.contains(&(r.call_id.clone(), r.position.to_string())))
+                .map(|r| r.seq),
+        );
+    }
+    Ok(found)
+}

@@ -1,0 +1,190 @@
+//! Unit tests of the SDK's replay, without an engine.
+
+use super::*;
+
+fn wf(journal: Vec<Entry>, now_ms: i64) -> Workflow {
+    Workflow::new(
+        Context {
+            call_id: "call-1".into(),
+            ..Context::default()
+        },
+        journal,
+        now_ms,
+    )
+}
+
+async fn run<F, Fut>(wf: &Workflow, f: F) -> Result<Result<u32, Error>, Stop>
+where
+    F: FnOnce(Workflow) -> Fut,
+    Fut: Future<Output = Result<u32, Error>>,
+{
+    let body = f(wf.clone());
+    tokio::select! {
+        biased;
+        stop = wf.stopped() => Err(stop),
+        done = body => match wf.take_stop() { Some(stop) => Err(stop), None => Ok(done) },
+    }
+}
+
+fn step(name: &str, ok: u32) -> Entry {
+    Entry::Step {
+        name: name.into(),
+        ok: Some(ok.into()),
+        error: None,
+    }
+}
+
+async fn two_steps_and_a_sleep(wf: Workflow, runs: Arc<Mutex<Vec<&'static str>>>) -> Result<u32, Error> {
+    let r = Arc::clone(&runs);
+    let a: u32 = wf
+        .step("a", move || async move {
+            r.lock().unwrap().push("a");
+            Ok(1)
+        })
+        .await?;
+    wf.sleep(Duration::from_secs(10)).await;
+    let r = Arc::clone(&runs);
+    let b: u32 = wf
+        .step("b", move || async move {
+            r.lock().unwrap().push("b");
+            Ok(2)
+        })
+        .await?;
+    Ok(a + b)
+}
+
+#[tokio::test]
+async fn a_new_step_and_sleep_suspend_together_then_replay_to_completion() {
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let first = wf(Vec::new(), 1_000);
+    let stop = run(&first, |w| two_steps_and_a_sleep(w, Arc::clone(&runs))).await;
+    let Err(Stop::Suspended(s)) = stop else {
+        panic!("{stop:?}")
+    };
+    assert_eq!(s.from, 0);
+    assert_eq!(
+        s.entries,
+        [
+            step("a", 1),
+            Entry::Sleep {
+                wake_at: None,
+                duration_ms: Some(10_000)
+            }
+        ]
+    );
+    assert_eq!(s.wait, Some(Wait::AnyOf(vec![vec![1]])));
+
+    // Too early (the engine's clock before the wake time): suspend again, nothing new.
+    let journal = vec![
+        step("a", 1),
+        Entry::Sleep {
+            wake_at: Some(11_000),
+            duration_ms: None,
+        },
+    ];
+    let early = wf(journal.clone(), 5_000);
+    let stop = run(&early, |w| two_steps_and_a_sleep(w, Arc::clone(&runs))).await;
+    let Err(Stop::Suspended(s)) = stop else {
+        panic!("{stop:?}")
+    };
+    assert_eq!(
+        (s.from, s.entries.len(), s.wait),
+        (2, 0, Some(Wait::AnyOf(vec![vec![1]])))
+    );
+
+    let awake = wf(journal, 11_000);
+    let done = run(&awake, |w| two_steps_and_a_sleep(w, Arc::clone(&runs))).await;
+    assert_eq!(done.unwrap().unwrap(), 3);
+    assert_eq!(*runs.lock().unwrap(), ["a", "b"], "each step ran once");
+}
+
+#[tokio::test]
+async fn a_second_new_step_waits_for_the_first_to_be_stored() {
+    let w = wf(Vec::new(), 0);
+    let stop = run(&w, |w| async move {
+        let a: u32 = w.step("a", || async { Ok(1) }).await?;
+        let b: u32 = w
+            .step("b", || async { panic!("must not run before a is stored") })
+            .await?;
+        Ok(a + b)
+    })
+    .await;
+    let Err(Stop::Suspended(s)) = stop else {
+        panic!("{stop:?}")
+    };
+    assert_eq!((s.entries, s.wait), (vec![step("a", 1)], None));
+}
+
+#[tokio::test]
+async fn a_different_step_at_a_position_is_nondeterminism() {
+    let w = wf(vec![step("charge", 1)], 0);
+    let stop = run(&w, |w| async move { w.step("refund", || async { Ok(1) }).await }).await;
+    let Err(Stop::Nondeterminism(text)) = stop else {
+        panic!("{stop:?}")
+    };
+    assert_eq!(
+        text,
+        "journal entry 0 is step `charge`, but the code asks for step `refund`"
+    );
+}
+
+#[tokio::test]
+async fn permanent_step_errors_are_journaled_and_temporary_ones_fail_the_attempt() {
+    async fn body(w: Workflow) -> Result<u32, Error> {
+        let failed = w
+            .step("a", || async { Err::<u32, _>(Error::permanent("card declined")) })
+            .await;
+        assert_eq!(failed.unwrap_err().message(), "card declined");
+        w.step("b", || async { Err(Error::temporary("timeout")) }).await
+    }
+    let stop = run(&wf(Vec::new(), 0), body).await;
+    let Err(Stop::Suspended(s)) = stop else {
+        panic!("{stop:?}")
+    };
+    let declined = Entry::Step {
+        name: "a".into(),
+        ok: None,
+        error: Some("card declined".into()),
+    };
+    assert_eq!(
+        s.entries,
+        std::slice::from_ref(&declined),
+        "the permanent error is stored before b runs"
+    );
+
+    let stop = run(&wf(vec![declined], 0), body).await;
+    let Err(Stop::Failed(error)) = stop else {
+        panic!("{stop:?}")
+    };
+    assert_eq!(error.message(), "timeout", "the temporary error fails the attempt");
+}
+
+#[tokio::test]
+async fn time_and_ids_are_the_same_on_replay() {
+    let first = wf(Vec::new(), 42_000);
+    let (now, id, n) = (first.now(), first.uuid(), first.random_u64());
+    assert_eq!(now, UNIX_EPOCH + Duration::from_secs(42));
+    let Stop::Suspended(s) = first.suspension_stop() else {
+        unreachable!()
+    };
+    let replay = wf(s.entries, 99_000);
+    assert_eq!((replay.now(), replay.uuid(), replay.random_u64()), (now, id.clone(), n));
+    assert_eq!(id.len(), 36);
+    assert_eq!(&id[14..15], "8", "a version 8 UUID");
+}
+
+impl Workflow {
+    fn suspension_stop(&self) -> Stop {
+        Stop::Suspended(self.suspension())
+    }
+}
+
+#[test]
+fn the_body_splits_into_journal_and_input() {
+    let body = br#"[{"kind":"now","value":5}]{"order":1}"#;
+    let (journal, input) = split_body(body, 26).unwrap();
+    assert_eq!(journal, [Entry::Now { value: 5 }]);
+    assert_eq!(input, br#"{"order":1}"#);
+    assert!(split_body(body, 500).unwrap_err().contains("engine-journal-bytes"));
+    assert!(split_body(body, 3).unwrap_err().contains("does not decode"));
+}
