@@ -46,7 +46,8 @@ async fn temporary_failures_are_retried_until_success() {
     assert_eq!(first.header("idempotency-key"), Some(id.as_str()));
     assert_eq!(first.header("engine-call-id"), Some(id.as_str()));
     assert_eq!(first.header("engine-subscription"), Some("test"));
-    assert_eq!(first.header("engine-protocol"), Some("4"));
+    let protocol = sdk::protocol::PROTOCOL_VERSION.to_string();
+    assert_eq!(first.header("engine-protocol"), Some(protocol.as_str()));
     assert_eq!(first.header("engine-kafka-key"), Some("k1"));
     engine.shutdown().await.unwrap();
 }
