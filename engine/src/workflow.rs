@@ -162,6 +162,14 @@ fn try_resolve(
     Ok(suspended)
 }
 
+/// Longest signal name, in bytes.
+pub const MAX_SIGNAL_NAME: usize = 255;
+
+/// Whether `name` may name a signal (in a workflow's entry, or sent through the API).
+pub fn valid_signal_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_SIGNAL_NAME
+}
+
 /// Most child calls one answer may start.
 pub const MAX_CHILDREN_PER_ANSWER: usize = 1_000;
 
@@ -215,8 +223,10 @@ fn admit(
             }
         }
         Entry::Signal { name, .. } => {
-            if name.is_empty() || name.len() > 255 {
-                return Err(format!("entry {position}: a signal's name must be 1 to 255 bytes"));
+            if !valid_signal_name(&name) {
+                return Err(format!(
+                    "entry {position}: a signal's name must be 1 to {MAX_SIGNAL_NAME} bytes"
+                ));
             }
             Entry::Signal {
                 name,

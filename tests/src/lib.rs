@@ -382,6 +382,12 @@ impl Proc {
         self.0.id()
     }
 
+    /// SIGKILL (a crash: nothing is flushed or closed), then wait for it to be gone.
+    pub fn crash(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let sent = std::process::Command::new("kill")

@@ -389,10 +389,13 @@ async fn signal_call(
     body: Bytes,
 ) -> Result<(StatusCode, Json<api::Signalled>), ApiError> {
     let id = parse_call_id(&id)?;
-    if name.is_empty() || name.len() > 255 {
+    if !crate::workflow::valid_signal_name(&name) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            "a signal's name must be 1 to 255 bytes".into(),
+            format!(
+                "a signal's name must be 1 to {} bytes",
+                crate::workflow::MAX_SIGNAL_NAME
+            ),
         ));
     }
     if body.len() > MAX_SIGNAL_BYTES {

@@ -104,22 +104,27 @@ pub(crate) fn append(
     Ok(max_child)
 }
 
-/// A call ended for good: if it is a child, record its end in the parent's entry (once)
-/// and wake the parent if that ends its wait.
-pub(crate) fn child_ended(
-    tx: &Transaction<'_>,
-    seq: i64,
-    end: &ChildEnd<'_>,
-    now: Millis,
-    wakes: &mut Vec<Wake>,
-) -> rusqlite::Result<()> {
+/// The workflow (seq) and entry position of a child call; `None` for other calls.
+pub(crate) fn parent_of(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<Option<(i64, u32)>> {
     let parent: Option<(Option<i64>, Option<u32>)> = tx
         .prepare_cached("SELECT parent_seq, parent_position FROM calls WHERE seq = ?1")?
         .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let Some((Some(parent), Some(position))) = parent else {
-        return Ok(());
-    };
+    Ok(match parent {
+        Some((Some(parent), Some(position))) => Some((parent, position)),
+        _ => None,
+    })
+}
+
+/// A child call ended for good: record its end in the parent's entry at `position` (once)
+/// and wake the parent if that ends its wait.
+pub(crate) fn child_ended(
+    tx: &Transaction<'_>,
+    (parent, position): (i64, u32),
+    end: &ChildEnd<'_>,
+    now: Millis,
+    wakes: &mut Vec<Wake>,
+) -> rusqlite::Result<()> {
     let Some(Entry::Call {
         target,
         input,

@@ -468,60 +468,40 @@ fn finish_call(
     wakes: &mut Vec<Wake>,
 ) -> rusqlite::Result<Option<i64>> {
     record_attempt(tx, seq, attempt)?;
-    // Only a running call moves on: an operator may have cancelled it meanwhile.
-    let mut update = tx.prepare_cached(
-        "UPDATE calls SET status = ?2, next_attempt_at = ?3, last_error = ?4,
-                output = coalesce(?5, output), attempts = max(attempts, ?6), updated_at = ?7
-         WHERE seq = ?1 AND status IN ('running', 'pending')",
-    )?;
-    match transition {
-        Transition::Succeeded { output } => {
-            let changed = update.execute(params![
-                seq,
-                "succeeded",
-                now,
-                None::<String>,
-                output,
-                attempt.attempt,
-                now
-            ])?;
-            if changed > 0 {
-                workflow::child_ended(tx, seq, &ChildEnd::Succeeded(output.as_deref()), now, wakes)?;
-            }
-        }
-        Transition::Retry { at, error } => {
-            update.execute(params![
-                seq,
-                "pending",
-                at,
-                error,
-                None::<Vec<u8>>,
-                attempt.attempt,
-                now
-            ])?;
-        }
-        Transition::Dead { error } => {
-            let changed = update.execute(params![seq, "dead", now, error, None::<Vec<u8>>, attempt.attempt, now])?;
-            if changed > 0 {
-                let reason = format!("the child call is dead: {error}");
-                workflow::child_ended(tx, seq, &ChildEnd::Failed(&reason), now, wakes)?;
-            }
-        }
-        Transition::Paused { error } => {
-            update.execute(params![
-                seq,
-                "paused",
-                now,
-                error,
-                None::<Vec<u8>>,
-                attempt.attempt,
-                now
-            ])?;
-        }
+    let (status, next_attempt_at, error, output) = match transition {
+        Transition::Succeeded { output } => ("succeeded", now, None, output.as_deref()),
+        Transition::Retry { at, error } => ("pending", *at, Some(error.as_str()), None),
+        Transition::Dead { error } => ("dead", now, Some(error.as_str()), None),
+        Transition::Paused { error } => ("paused", now, Some(error.as_str()), None),
         Transition::Suspended(suspended) => {
-            drop(update);
             return workflow::append(tx, seq, attempt.attempt, suspended, now, wakes);
         }
+    };
+    // Only a running call moves on: an operator may have cancelled it meanwhile. A child's
+    // parent comes back with the update, so ending a plain call costs no extra read.
+    let parent: Option<(Option<i64>, Option<u32>)> = tx
+        .prepare_cached(
+            "UPDATE calls SET status = ?2, next_attempt_at = ?3, last_error = ?4,
+                    output = coalesce(?5, output), attempts = max(attempts, ?6), updated_at = ?7
+             WHERE seq = ?1 AND status IN ('running', 'pending')
+             RETURNING parent_seq, parent_position",
+        )?
+        .query_row(
+            params![seq, status, next_attempt_at, error, output, attempt.attempt, now],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((Some(parent), Some(position))) = parent {
+        let reason;
+        let end = match transition {
+            Transition::Succeeded { output } => ChildEnd::Succeeded(output.as_deref()),
+            Transition::Dead { error } => {
+                reason = format!("the child call is dead: {error}");
+                ChildEnd::Failed(&reason)
+            }
+            _ => return Ok(None),
+        };
+        workflow::child_ended(tx, (parent, position), &end, now, wakes)?;
     }
     Ok(None)
 }
@@ -591,7 +571,15 @@ fn operate(
             Operation::Cancel(_) => {
                 tx.prepare_cached("UPDATE calls SET status = 'cancelled', updated_at = ?2 WHERE seq = ?1")?
                     .execute(params![seq, now])?;
-                workflow::child_ended(tx, seq, &ChildEnd::Failed("the child call was cancelled"), now, wakes)?;
+                if let Some(parent) = workflow::parent_of(tx, seq)? {
+                    workflow::child_ended(
+                        tx,
+                        parent,
+                        &ChildEnd::Failed("the child call was cancelled"),
+                        now,
+                        wakes,
+                    )?;
+                }
                 ids.extend(
                     workflow::open_children(tx, seq)?
                         .iter()

@@ -1,31 +1,8 @@
 //! Unit tests of children, signals, selects and produce, without an engine.
 
+use super::tests::{run, wf};
 use super::*;
 use serde_json::json;
-
-fn wf(journal: Vec<Entry>, now_ms: i64) -> Workflow {
-    Workflow::new(
-        Context {
-            call_id: "call-1".into(),
-            ..Context::default()
-        },
-        journal,
-        now_ms,
-    )
-}
-
-async fn run<O, F, Fut>(wf: &Workflow, f: F) -> Result<O, Stop>
-where
-    F: FnOnce(Workflow) -> Fut,
-    Fut: Future<Output = O>,
-{
-    let body = f(wf.clone());
-    tokio::select! {
-        biased;
-        stop = wf.stopped() => Err(stop),
-        done = body => match wf.take_stop() { Some(stop) => Err(stop), None => Ok(done) },
-    }
-}
 
 fn child(n: u32, done: Option<(i64, Result<u32, &str>)>) -> Entry {
     Entry::Call {

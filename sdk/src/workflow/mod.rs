@@ -147,11 +147,8 @@ impl Workflow {
     }
 
     async fn mismatch(&self, position: u32, found: &Entry, asked: &str) -> ! {
-        self.stop(Stop::Nondeterminism(format!(
-            "journal entry {position} is {}, but the code asks for {asked}",
-            found.describe()
-        )))
-        .await
+        self.stop(Stop::Nondeterminism(mismatch_text(position, found, asked)))
+            .await
     }
 
     /// Record a mismatch found outside an await point: the run stops at its next one, and
@@ -159,10 +156,7 @@ impl Workflow {
     fn mismatch_later(&self, position: u32, found: &Entry, asked: &str) {
         let mut state = self.lock();
         if state.stop.is_none() {
-            state.stop = Some(Stop::Nondeterminism(format!(
-                "journal entry {position} is {}, but the code asks for {asked}",
-                found.describe()
-            )));
+            state.stop = Some(Stop::Nondeterminism(mismatch_text(position, found, asked)));
         }
         drop(state);
         self.stopped.notify_one();
@@ -405,6 +399,14 @@ impl Workflow {
         }
         None
     }
+}
+
+/// What a nondeterminism answer says: the entry found and what the code asked for.
+fn mismatch_text(position: u32, found: &Entry, asked: &str) -> String {
+    format!(
+        "journal entry {position} is {}, but the code asks for {asked}",
+        found.describe()
+    )
 }
 
 /// Split a protocol-4 request body into the journal and the input.

@@ -2,7 +2,8 @@
 
 use super::*;
 
-fn wf(journal: Vec<Entry>, now_ms: i64) -> Workflow {
+/// A workflow of call `call-1` with `journal`, at `now_ms` on the engine's clock.
+pub(super) fn wf(journal: Vec<Entry>, now_ms: i64) -> Workflow {
     Workflow::new(
         Context {
             call_id: "call-1".into(),
@@ -13,10 +14,11 @@ fn wf(journal: Vec<Entry>, now_ms: i64) -> Workflow {
     )
 }
 
-async fn run<F, Fut>(wf: &Workflow, f: F) -> Result<Result<u32, Error>, Stop>
+/// Run `f` as the endpoint does: its output, or why it stopped short.
+pub(super) async fn run<O, F, Fut>(wf: &Workflow, f: F) -> Result<O, Stop>
 where
     F: FnOnce(Workflow) -> Fut,
-    Fut: Future<Output = Result<u32, Error>>,
+    Fut: Future<Output = O>,
 {
     let body = f(wf.clone());
     tokio::select! {
@@ -106,7 +108,7 @@ async fn a_second_new_step_waits_for_the_first_to_be_stored() {
         let b: u32 = w
             .step("b", || async { panic!("must not run before a is stored") })
             .await?;
-        Ok(a + b)
+        Ok::<u32, Error>(a + b)
     })
     .await;
     let Err(Stop::Suspended(s)) = stop else {

@@ -113,7 +113,7 @@ async fn an_engine_killed_during_a_fan_out_makes_no_duplicate_children() {
         )
         .write(&config);
     let admin = Admin::new(admin_addr);
-    let mut engine = spawn_engine(&config);
+    let engine = spawn_engine(&config);
     wait_for("the engine", Duration::from_secs(30), || admin.is_up()).await;
     let id = admin.enqueue("orders", b"100", None).await;
     wait_for("some children to end", Duration::from_secs(30), || async {
@@ -121,10 +121,7 @@ async fn an_engine_killed_during_a_fan_out_makes_no_duplicate_children() {
         stats["subscriptions"]["lines"]["succeeded"].as_u64().unwrap_or(0) >= 10
     })
     .await;
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &engine.pid().to_string()])
-        .status();
-    let _ = engine.0.wait();
+    engine.crash();
 
     let _engine = spawn_engine(&config);
     wait_for("the engine again", Duration::from_secs(30), || admin.is_up()).await;

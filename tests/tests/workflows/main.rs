@@ -189,17 +189,14 @@ async fn an_engine_killed_mid_sleep_resumes_it_without_running_earlier_steps() {
         .write(&config);
     let admin = Admin::new(admin_addr);
 
-    let mut engine = spawn_engine(&config);
+    let engine = spawn_engine(&config);
     wait_for("the engine", Duration::from_secs(30), || admin.is_up()).await;
     let id = admin.enqueue("orders", b"9", None).await;
     wait_for("the sleep to be stored", Duration::from_secs(30), || async {
         journal_kinds(&admin.call(&id).await) == ["step:charge", "sleep"]
     })
     .await;
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &engine.pid().to_string()])
-        .status();
-    let _ = engine.0.wait();
+    engine.crash();
 
     let _engine = spawn_engine(&config);
     wait_for("the engine again", Duration::from_secs(30), || admin.is_up()).await;

@@ -64,13 +64,10 @@ async fn produced_records_reach_kafka_exactly_once_across_a_kill_loop() {
 
     // Kill the engine four times, a little later each time, while workflows run.
     for round in 0..4_u64 {
-        let mut engine = spawn_engine(&config);
+        let engine = spawn_engine(&config);
         wait_for("the engine", Duration::from_secs(30), || admin.is_up()).await;
         tokio::time::sleep(Duration::from_millis(300 + 250 * round)).await;
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &engine.pid().to_string()])
-            .status();
-        let _ = engine.0.wait();
+        engine.crash();
     }
     let _engine = spawn_engine(&config);
     wait_for("the engine again", Duration::from_secs(30), || admin.is_up()).await;
