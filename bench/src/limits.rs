@@ -236,23 +236,28 @@ pub async fn run(scale: f64, only: Option<String>, repeat: usize) -> anyhow::Res
         if only.as_deref().is_some_and(|o| !case.name.starts_with(o)) {
             continue;
         }
-        let mut runs = Vec::new();
-        for &limit in &case.limits {
-            // Completion times vary by several percent between identical runs (the retry
-            // tail, the shared 2 cores): the run with the median time stands for them.
-            let repeat = if matches!(case.goal, Goal::Completion) {
-                repeat
-            } else {
-                1
-            };
-            let mut tries = Vec::new();
-            for _ in 0..repeat.max(1) {
-                tries.push(one(&case, limit).await?);
+        // Completion times vary by 10-20% between identical runs (the retry tail, the
+        // shared 2 cores, the Python target's own pace): each setting runs `repeat` times,
+        // interleaved with the others so that drift in the machine hits every setting
+        // alike, and the run with the median time stands for it.
+        let repeat = if matches!(case.goal, Goal::Completion) {
+            repeat.max(1)
+        } else {
+            1
+        };
+        let mut tries: Vec<Vec<Run>> = case.limits.iter().map(|_| Vec::new()).collect();
+        for _ in 0..repeat {
+            for (i, &limit) in case.limits.iter().enumerate() {
+                tries[i].push(one(&case, limit).await?);
             }
-            tries.sort_by(|a, b| a.seconds_to_99.total_cmp(&b.seconds_to_99));
-            let run = tries.swap_remove(tries.len() / 2);
-            runs.push(run);
         }
+        let runs: Vec<Run> = tries
+            .into_iter()
+            .map(|mut tries| {
+                tries.sort_by(|a, b| a.seconds_to_99.total_cmp(&b.seconds_to_99));
+                tries.swap_remove(tries.len() / 2)
+            })
+            .collect();
         let verdicts = judge(&case, &runs);
         for (run, verdict) in runs.iter().zip(verdicts) {
             println!("{}", row(case.name, run, &verdict));

@@ -24,6 +24,7 @@ mod limits;
 mod purge;
 mod report;
 mod stuck;
+mod timers;
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks of the engine, as ratios measured in one run")]
@@ -43,8 +44,8 @@ enum Scenario {
         /// Only the targets whose name starts with this (for example `3` or `1a`).
         #[arg(long)]
         only: Option<String>,
-        /// Run each completion-time comparison this many times and report the median.
-        #[arg(long, default_value_t = 3)]
+        /// Run each completion-time comparison this many times (interleaved) and report the median.
+        #[arg(long, default_value_t = 5)]
         repeat: usize,
     },
     /// The SDK no-op handler of the end-to-end scenarios (started by them as a process).
@@ -80,6 +81,14 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Durable timers: `workflows` sleeping workflows woken over `spread` seconds; how late
+    /// each wakes.
+    Timers {
+        #[arg(long, default_value_t = 100_000)]
+        workflows: usize,
+        #[arg(long, default_value_t = 60)]
+        spread: u64,
+    },
     /// Raw consume rate vs durable ingest rate from the same topic.
     Ingest {
         #[arg(long, default_value_t = 200_000)]
@@ -103,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Handler { listen, stats } => handler::serve(listen, stats).await,
         Scenario::E2e(args) => report::run(args).await,
         Scenario::Limits { scale, only, repeat } => limits::run(scale, only, repeat).await,
+        Scenario::Timers { workflows, spread } => timers::run(workflows, spread).await,
         Scenario::Stuck {
             failing_keys,
             rate,

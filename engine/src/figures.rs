@@ -28,6 +28,7 @@ pub struct Figures {
     in_memory: AtomicU64,
     waiting_retry: AtomicU64,
     attempt_seconds: Histogram,
+    wake_lag_seconds: Histogram,
     created_rate: RateWindow,
     finished_rate: RateWindow,
     source: OnceLock<Arc<SourceStatus>>,
@@ -52,6 +53,7 @@ impl Default for Figures {
             in_memory: AtomicU64::default(),
             waiting_retry: AtomicU64::default(),
             attempt_seconds: Histogram::new(telemetry::LATENCY_BOUNDS),
+            wake_lag_seconds: Histogram::new(telemetry::LATENCY_BOUNDS),
             created_rate: RateWindow::default(),
             finished_rate: RateWindow::default(),
             source: OnceLock::new(),
@@ -130,6 +132,16 @@ impl Figures {
         self.finished_rate.add(now_secs(), 1);
         self.went_dead.notify_one();
         self.backlog_down();
+    }
+
+    /// A workflow's next attempt started `seconds` after it was due (a sleep's wake time,
+    /// the end of what it waited for, or a retry's time).
+    pub fn workflow_resumed(&self, seconds: f64) {
+        self.wake_lag_seconds.observe(seconds);
+    }
+
+    pub fn wake_lag_seconds(&self) -> HistogramSnapshot {
+        self.wake_lag_seconds.snapshot()
     }
 
     /// A workflow stored entries and waits to be called again.

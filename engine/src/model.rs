@@ -257,6 +257,20 @@ pub struct CallView {
     /// A workflow's journal, entry by entry (empty for plain calls).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub journal: Vec<serde_json::Value>,
+    /// What a suspended workflow waits for: `{"any_of": [[positions], ...]}`, over when
+    /// every entry of one group has completed (see docs/protocol.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<serde_json::Value>,
+    /// The workflow a child call belongs to, and its entry there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentEntry>,
+}
+
+/// The workflow entry a child call reports to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentEntry {
+    pub id: uuid::Uuid,
+    pub position: u32,
 }
 
 /// One attempt of a call, as shown to operators.

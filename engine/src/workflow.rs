@@ -251,6 +251,14 @@ fn admit(
             });
             Entry::Produce { topic, key, value }
         }
+        Entry::Patch { id } => {
+            if id.is_empty() || id.len() > MAX_SIGNAL_NAME {
+                return Err(format!(
+                    "entry {position}: a patch id must be 1 to {MAX_SIGNAL_NAME} bytes"
+                ));
+            }
+            Entry::Patch { id }
+        }
         other => other,
     })
 }

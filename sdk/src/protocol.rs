@@ -16,7 +16,7 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 /// id, attempt and idempotency key too (see [`crate::signing`]); version 4 carries the
 /// journals of durable workflows (see [`crate::workflow`]); version 5 adds child calls,
 /// signals, records produced through the outbox and waits over several entries.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Header names, lower case as HTTP/2 requires and HTTP/1 ignores.
 pub mod header {

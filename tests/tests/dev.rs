@@ -203,3 +203,111 @@ async fn records_at_reused_offsets_are_new_calls_not_duplicates() {
     }
     assert_eq!(target.bodies_sorted(), ["first-1", "first-2", "second-1", "second-2"]);
 }
+
+/// `engine dev --example checkout`, as a user tries it: an order typed on stdin is charged,
+/// reserved line by line (one line out of stock), waits for its `shipped` signal (sent
+/// with the CLI), and its confirmation comes back from the confirmations topic; `engine
+/// calls show` prints the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_dev_runs_the_checkout_workflow_from_an_order_to_its_confirmation() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr = free_addr();
+    let mut child = spawn_dev(dir.path(), admin_addr, &["--example", "checkout"]);
+    let output = Arc::new(Mutex::new(Vec::<String>::new()));
+    let lines = Arc::clone(&output);
+    let stdout = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line);
+        }
+    });
+    let printed = |needle: &str| output.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
+    wait_for("engine dev to start", Duration::from_secs(60), || async {
+        printed("Type an order").is_some()
+    })
+    .await;
+    let mut stdin = child.0.stdin.take().unwrap();
+    writeln!(stdin, "o-1 book lampx2 gone-vase").unwrap();
+    stdin.flush().unwrap();
+
+    wait_for("the order to wait for its signal", Duration::from_secs(60), || async {
+        printed("waiting up to").is_some()
+    })
+    .await;
+    let waiting = printed("waiting up to").unwrap();
+    assert!(waiting.contains("2 line(s) reserved, 1 unavailable"), "{waiting}");
+    let call_id = waiting
+        .split("engine calls signal ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the call id in the hint")
+        .to_string();
+
+    let admin = format!("http://{admin_addr}");
+    let cli = |args: Vec<String>| {
+        let admin = admin.clone();
+        async move {
+            let shown = format!("{args:?}");
+            let output = tokio::task::spawn_blocking(move || {
+                Command::new(engine_binary())
+                    .args(&args)
+                    .args(["--admin", &admin])
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            assert!(
+                output.status.success(),
+                "engine {shown}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+    };
+    let shown = cli(vec!["calls".into(), "show".into(), call_id.clone()]).await;
+    assert!(shown.contains("step charge"), "{shown}");
+    assert!(shown.contains("call reserve-line"), "{shown}");
+    assert!(
+        shown.contains("signal shipped") && shown.contains("<- waits"),
+        "{shown}"
+    );
+    assert!(shown.contains("waiting for:"), "{shown}");
+
+    let sent = cli(vec![
+        "calls".into(),
+        "signal".into(),
+        call_id.clone(),
+        "shipped".into(),
+        r#"{"carrier": "ups"}"#.into(),
+    ])
+    .await;
+    assert!(sent.contains("signal `shipped` sent"), "{sent}");
+
+    wait_for("the confirmation from Kafka", Duration::from_secs(60), || async {
+        printed("confirmation on confirmations").is_some()
+    })
+    .await;
+    let confirmation = printed("confirmation on confirmations").unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(confirmation.split_once(": ").unwrap().1).expect("the confirmation is JSON");
+    assert_eq!(json["order"], "o-1");
+    assert_eq!(json["carrier"], "ups");
+    assert_eq!(json["reserved"].as_array().unwrap().len(), 2);
+    let unavailable = json["unavailable"][0].as_str().unwrap();
+    assert!(
+        unavailable.starts_with("gone-vase: ") && unavailable.ends_with("out of stock"),
+        "{unavailable}"
+    );
+    assert!(json["refunded_cents"].as_i64().unwrap() > 0);
+
+    let admin_client = Admin::new(admin_addr);
+    wait_for("the workflow to complete", Duration::from_secs(10), || async {
+        admin_client.call(&call_id).await["status"] == "succeeded"
+    })
+    .await;
+    let shown = cli(vec!["calls".into(), "show".into(), call_id.clone()]).await;
+    assert!(shown.contains("produce to confirmations key o-1"), "{shown}");
+    assert!(!shown.contains("waiting for:"), "{shown}");
+    assert!(child.terminate().success());
+}

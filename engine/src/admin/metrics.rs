@@ -87,6 +87,13 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
         per_sub(&|s| s.paused as f64),
     );
     out.histogram(
+        "engine_workflow_wake_lag_seconds",
+        "How late a workflow's next attempt started after it was due (a sleep's wake time, the end of what it waited for, a retry's time).",
+        subs.iter()
+            .map(|(name, s)| (vec![("subscription", name.as_str())], s.wake_lag_seconds()))
+            .collect(),
+    );
+    out.histogram(
         "engine_attempt_duration_seconds",
         "Time from sending an attempt to its outcome.",
         subs.iter()

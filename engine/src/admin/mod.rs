@@ -52,6 +52,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/calls/{id}/cancel", post(cancel_call))
         .route("/calls/{id}/redrive", post(redrive_call))
         .route("/calls/{id}/signals/{name}", post(signal_call))
+        .route("/awakeables/{id}", post(resolve_awakeable))
         .route("/dead", get(list_dead))
         .route("/dead/redrive", post(redrive_dead))
         .route("/dead/purge", post(purge_dead))
@@ -382,6 +383,26 @@ async fn redrive_call(State(state): State<AdminState>, Path(id): Path<String>) -
 
 /// Most bytes of a signal's payload.
 const MAX_SIGNAL_BYTES: usize = 1024 * 1024;
+
+/// `POST /v1/awakeables/{id}`: an awakeable's id is `<call id>.<token>`, and it is the
+/// call's signal `awakeable.<token>`.
+async fn resolve_awakeable(
+    state: State<AdminState>,
+    Path(awakeable): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<api::Signalled>), ApiError> {
+    let (id, token) = awakeable
+        .split_once('.')
+        .filter(|(_, token)| !token.is_empty())
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("`{awakeable}` is not an awakeable id (`<call id>.<token>`, as `wf.awakeable()` gives it)"),
+            )
+        })?;
+    let name = format!("{}{token}", sdk::workflow::AWAKEABLE_PREFIX);
+    signal_call(state, Path((id.to_string(), name)), body).await
+}
 
 async fn signal_call(
     State(state): State<AdminState>,

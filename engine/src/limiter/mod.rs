@@ -22,7 +22,9 @@
 //! - **Latency rising with concurrency.** The median latency of a round is compared with the
 //!   median measured at low concurrency (2 in flight), like with like: a jittery
 //!   service has the same median at any concurrency; a saturating one does not. Two rounds
-//!   in a row above `latency_tolerance` times the reference cut the limit in proportion.
+//!   in a row above `latency_tolerance` times the reference cut the limit in proportion
+//!   (by 5% to 15%: a deeper cut on a reading a round trip old undershoots, and a CPU-bound
+//!   service then idles).
 //!   The reference is measured first and again every `probe_interval`, by holding
 //!   concurrency at 2 for one short round. When cuts in a row have taken a fifth off the
 //!   limit and latency did not fall at all, the reference is measured again before the
@@ -65,6 +67,9 @@ const PLATEAU_STEP: f64 = 0.01;
 const REFERENCE_CONCURRENCY: usize = 2;
 /// Gentlest cut for latency: it is a gradual signal, not a wall.
 const LATENCY_CUT_MAX_FACTOR: f64 = 0.95;
+/// Deepest cut for latency: latency answers a round trip late, so a deep cut on an old
+/// reading undershoots, and a CPU-bound service then idles.
+const LATENCY_CUT_MIN_FACTOR: f64 = 0.85;
 
 /// Settings of the adaptive limit.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -448,7 +453,7 @@ impl Aimd {
                 return Some(ChangeReason::Probe { after_futile_cut: true });
             }
         }
-        let factor = (threshold / summary.median_ms).clamp(0.5, LATENCY_CUT_MAX_FACTOR);
+        let factor = (threshold / summary.median_ms).clamp(LATENCY_CUT_MIN_FACTOR, LATENCY_CUT_MAX_FACTOR);
         self.latency_cuts_from.get_or_insert((summary.median_ms, self.limit));
         self.cut(factor, now, true);
         Some(ChangeReason::Latency {

@@ -236,9 +236,10 @@ impl Scheduler {
                 .await?;
             let bytes: usize = calls.iter().map(|c| c.payload.len()).sum();
             let exhausted = calls.len() < room && bytes < max_bytes;
+            let now = now_millis();
             for call in calls {
                 self.cursor = call.seq;
-                self.reactor.window.offer(call);
+                self.reactor.window.offer_at(call, now);
             }
             if exhausted {
                 self.cursor = self.cursor.max(committed_now);
@@ -268,7 +269,10 @@ impl Scheduler {
                     return Some(Wait::Until(at));
                 }
             }
-            let (call, attempt) = self.reactor.window.pop_due(now).expect("a call is due");
+            let (call, attempt, due) = self.reactor.window.pop_due_at(now).expect("a call is due");
+            if call.journal_len > 0 || self.reactor.made_progress(call.seq) {
+                self.figures.workflow_resumed((now - due).max(0) as f64 / 1000.0);
+            }
             if let Err(error) = self.store.start_attempt(call.seq, attempt, now) {
                 tracing::error!(%error, "cannot record an attempt start");
             }

@@ -190,6 +190,18 @@ impl Window {
         }
     }
 
+    /// [`Window::offer`] at `now`: a call not due for [`PARK_AFTER_MS`] or more (a sleeping
+    /// or waiting workflow, a retry far off, read after a restart) is parked at once, so any
+    /// number of them never fill the window and hold back calls that are due.
+    pub fn offer_at(&mut self, call: DueCall, now: Millis) -> bool {
+        let (seq, due) = (call.seq, call.next_attempt_at);
+        let held = self.offer(call);
+        if held && due - now >= PARK_AFTER_MS && self.held.get(&seq).is_some_and(|h| h.due == Some(due)) {
+            self.park(seq, due);
+        }
+        held
+    }
+
     fn hold_as_head(&mut self, call: DueCall) {
         let due = call.next_attempt_at;
         self.push_due(due, call.seq, call.attempts);
@@ -253,6 +265,12 @@ impl Window {
     /// number of the attempt to make. When first attempts and retries are both due, they
     /// take turns.
     pub fn pop_due(&mut self, now: Millis) -> Option<(Arc<DueCall>, u32)> {
+        self.pop_due_at(now).map(|(call, attempt, _)| (call, attempt))
+    }
+
+    /// [`Window::pop_due`], with the time the call was due (how late it starts is the
+    /// difference with `now`).
+    pub fn pop_due_at(&mut self, now: Millis) -> Option<(Arc<DueCall>, u32, Millis)> {
         let first = self.peek_current(false).filter(|(at, _)| *at <= now);
         let retry = self.peek_current(true).filter(|(at, _)| *at <= now);
         let take_retry = match (first, retry) {
@@ -264,7 +282,7 @@ impl Window {
                 !self.retry_turn
             }
         };
-        let (_, seq) = if take_retry {
+        let (due, seq) = if take_retry {
             self.due_retries.pop().map(|Reverse(entry)| entry)?
         } else {
             self.due.pop().map(|Reverse(entry)| entry)?
@@ -272,7 +290,7 @@ impl Window {
         let held = self.held.get_mut(&seq).expect("a current entry is held");
         held.due = None;
         held.attempts += 1;
-        Some((Arc::clone(&held.call), held.attempts))
+        Some((Arc::clone(&held.call), held.attempts, due))
     }
 
     /// The attempt in flight failed temporarily: run the call again at `at`. A retry at
@@ -529,6 +547,38 @@ mod tests {
 
     fn drain(window: &mut Window, now: Millis) -> Vec<i64> {
         std::iter::from_fn(|| window.pop_due(now).map(|(c, _)| c.seq)).collect()
+    }
+
+    #[test]
+    fn calls_due_far_ahead_are_parked_as_they_are_offered_and_never_fill_the_window() {
+        let mut w = Window::new(2, 4);
+        let sleeping = |seq, key| DueCall {
+            next_attempt_at: 86_400_000,
+            ..call(seq, key)
+        };
+        for seq in 1..=100 {
+            assert!(w.offer_at(sleeping(seq, None), 0));
+        }
+        assert_eq!((w.len(), w.parked()), (0, 100));
+        assert!(w.has_room());
+        // A sleeping head of a key is parked too; the key's next call waits behind it.
+        assert!(w.offer_at(sleeping(200, Some("k")), 0));
+        assert!(w.offer_at(call(201, Some("k")), 0));
+        assert_eq!((w.len(), w.parked()), (1, 101));
+        assert_eq!(drain(&mut w, 0), Vec::<i64>::new(), "201 waits for its key's head");
+        assert!(w.offer_at(call(101, None), 0));
+        assert_eq!(drain(&mut w, 0), vec![101], "a due call runs while the rest sleep");
+        assert_eq!(w.next_unpark(), Some(86_400_000));
+        // A call due within a second stays in memory.
+        assert!(w.offer_at(
+            DueCall {
+                next_attempt_at: 500,
+                ..call(102, None)
+            },
+            0
+        ));
+        assert_eq!((w.len(), w.parked()), (3, 101), "201 queued, 101 in flight, 102 held");
+        assert_eq!(w.pop_due_at(600).map(|(c, _, due)| (c.seq, due)), Some((102, 500)));
     }
 
     #[test]

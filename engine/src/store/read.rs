@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
-use crate::model::{AttemptView, CallStatus, CallView, DueCall, KafkaSource};
+use crate::model::{AttemptView, CallStatus, CallView, DueCall, KafkaSource, ParentEntry};
 
 const DUE_COLUMNS: &str = r#"seq, id, target, payload, kafka_key, headers, topic, partition, "offset",
     timestamp_ms, ordering_key, attempts, next_attempt_at, created_at, tombstone,
@@ -260,7 +260,9 @@ pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result
         .prepare_cached(
             r#"SELECT seq, id, subscription, target, status, attempts, next_attempt_at, last_error,
                       created_at, updated_at, kafka_key, payload, output, headers,
-                      topic, partition, "offset", timestamp_ms, attempts_before_redrive, redriven_at
+                      topic, partition, "offset", timestamp_ms, attempts_before_redrive, redriven_at,
+                      wait, parent_position,
+                      (SELECT p.id FROM calls p WHERE p.seq = calls.parent_seq) AS parent_id
                FROM calls WHERE id = ?1"#,
         )?
         .query_row([id.to_string()], |row| {
@@ -289,6 +291,18 @@ pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result
                     redriven_at: row.get("redriven_at")?,
                     history: Vec::new(),
                     journal: Vec::new(),
+                    waiting_for: row
+                        .get::<_, Option<String>>("wait")?
+                        .filter(|_| status == CallStatus::Pending)
+                        .map(|wait| serde_json::from_str(&wait).unwrap_or(serde_json::Value::String(wait))),
+                    parent: match row.get::<_, Option<u32>>("parent_position")? {
+                        // A purged parent leaves no id to show.
+                        Some(position) if row.get::<_, Option<String>>("parent_id")?.is_some() => Some(ParentEntry {
+                            id: parsed(row, "parent_id")?,
+                            position,
+                        }),
+                        _ => None,
+                    },
                 },
             ))
         })

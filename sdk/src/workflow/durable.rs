@@ -15,6 +15,10 @@ use serde_json::Value;
 use super::{Entry, Wait, Workflow};
 use crate::error::Error;
 
+/// The signal name of an awakeable starts with this; the rest is the part of its id after
+/// the call id.
+pub const AWAKEABLE_PREFIX: &str = "awakeable.";
+
 /// Something a workflow can wait for: a child call, a signal or a timer, at a journal
 /// position. Await it alone, or pass several to [`Workflow::join_all`] or
 /// [`Workflow::select`]. Dropping it without awaiting does not undo it (a child call still
@@ -85,6 +89,17 @@ impl Workflow {
             },
             |found| matches!(found, Entry::Signal { name: n, .. } if n == name),
         )
+    }
+
+    /// An awakeable: an id to hand to another system, and a handle that completes when that
+    /// system posts a JSON payload to `POST /v1/awakeables/{id}` (or `engine calls resolve
+    /// <id> '<json>'`). It is a signal with a generated name (`awakeable.` and a UUID of
+    /// this workflow's, the same on every replay), so a payload that arrives before the
+    /// workflow waits is kept for it, and it combines with timers in [`Workflow::select`].
+    pub fn awakeable<T>(&self) -> (String, Durable<T>) {
+        let token = self.uuid();
+        let handle = self.signal(&format!("{AWAKEABLE_PREFIX}{token}"));
+        (format!("{}.{token}", self.context().call_id), handle)
     }
 
     /// A durable timer: like [`Workflow::sleep`], as a handle for [`Workflow::select`].

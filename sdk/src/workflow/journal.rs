@@ -82,6 +82,13 @@ pub enum Entry {
         /// The record's value, published as JSON.
         value: Value,
     },
+    /// A patch point (protocol 6): [`crate::Workflow::patched`] returned true here, so this
+    /// run follows the patched code. Code that asks for something else at this position
+    /// skips it (the patch call was removed once no run needed the old path).
+    Patch {
+        /// The patch's id.
+        id: String,
+    },
 }
 
 impl Entry {
@@ -94,6 +101,7 @@ impl Entry {
             Self::Call { target, .. } => format!("call to `{target}`"),
             Self::Signal { name, .. } => format!("signal `{name}`"),
             Self::Produce { topic, .. } => format!("produce to `{topic}`"),
+            Self::Patch { id } => format!("patch `{id}`"),
         }
     }
 

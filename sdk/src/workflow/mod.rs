@@ -53,11 +53,14 @@ use sha2::{Digest, Sha256};
 
 use crate::context::Context;
 use crate::error::{Error, ErrorKind};
-pub use durable::Durable;
+pub use durable::{Durable, AWAKEABLE_PREFIX};
 pub use journal::{Entry, Suspension, Wait};
 
 /// The protocol version that carries journals.
 pub const WORKFLOW_PROTOCOL: u32 = 5;
+
+/// The protocol version that added patch points ([`Workflow::patched`]).
+pub const PATCH_PROTOCOL: u32 = 6;
 
 /// How a workflow run ended, short of completing.
 #[derive(Debug)]
@@ -121,13 +124,65 @@ impl Workflow {
         &self.context
     }
 
+    /// Whether this run follows the code patched under `id`: true for a run that reaches
+    /// this point with this code (the answer is journaled), false for a run that had
+    /// already gone past it under the old code, so it keeps the old code's path and its
+    /// journal still matches. Put the new code under `if wf.patched("id") { .. } else { ..
+    /// }`; once no run of the old code is left, remove the old branch, and later the call
+    /// itself (journals that hold the patch point pass over it). Needs an engine of protocol
+    /// 6: with an older one the run fails with a permanent 501.
+    pub fn patched(&self, id: &str) -> bool {
+        let mut state = self.lock();
+        let position = state.next;
+        match state.journal.get(position as usize) {
+            Some(Entry::Patch { id: stored }) if stored == id => {
+                state.next += 1;
+                true
+            }
+            // The run went past this point before the patch existed.
+            Some(_) => false,
+            None => {
+                state.next += 1;
+                if self.context.protocol < PATCH_PROTOCOL {
+                    if state.stop.is_none() {
+                        state.stop = Some(Stop::Failed(
+                            Error::permanent(format!(
+                                "wf.patched(\"{id}\") needs an engine of protocol {PATCH_PROTOCOL}; this engine speaks protocol {}: upgrade the engine",
+                                self.context.protocol
+                            ))
+                            .with_status(501),
+                        ));
+                    }
+                    drop(state);
+                    self.stopped.notify_one();
+                    return true;
+                }
+                state.new.insert(position, Entry::Patch { id: id.to_string() });
+                true
+            }
+        }
+    }
+
+    /// Whether the run is still retracing what the journal already holds: the next
+    /// journaled operation will return its stored result rather than run. Every request
+    /// replays the workflow from the start; check this to print or log a line once, not on
+    /// every replay.
+    pub fn is_replaying(&self) -> bool {
+        let state = self.lock();
+        (state.next as usize) < state.journal.len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("workflow state")
     }
 
-    /// Take the next position, and the journal's entry there if it has one.
+    /// Take the next position, and the journal's entry there if it has one. Patch points
+    /// the code no longer asks about are passed over.
     fn take_position(&self) -> (u32, Option<Entry>) {
         let mut state = self.lock();
+        while matches!(state.journal.get(state.next as usize), Some(Entry::Patch { .. })) {
+            state.next += 1;
+        }
         let position = state.next;
         state.next += 1;
         (position, state.journal.get(position as usize).cloned())

@@ -190,3 +190,75 @@ fn the_body_splits_into_journal_and_input() {
     assert!(split_body(body, 500).unwrap_err().contains("engine-journal-bytes"));
     assert!(split_body(body, 3).unwrap_err().contains("does not decode"));
 }
+
+/// A workflow as an engine of `protocol` calls it.
+fn wf_under(protocol: u32, journal: Vec<Entry>) -> Workflow {
+    Workflow::new(
+        Context {
+            call_id: "call-1".into(),
+            protocol,
+            ..Context::default()
+        },
+        journal,
+        0,
+    )
+}
+
+/// step a, then the patched branch: step `new` or step `old`.
+async fn patched_flow(wf: Workflow) -> Result<&'static str, Error> {
+    wf.step("a", || async { Ok(1) }).await?;
+    if wf.patched("v2") {
+        wf.step("new", || async { Ok(2) }).await?;
+        Ok("new")
+    } else {
+        wf.step("old", || async { Ok(2) }).await?;
+        Ok("old")
+    }
+}
+
+#[tokio::test]
+async fn a_patch_point_is_journaled_for_new_runs_and_false_for_runs_already_past_it() {
+    // A run reaching the point with this code: true, and the point is journaled with the
+    // step after it.
+    let fresh = wf_under(PATCH_PROTOCOL, Vec::new());
+    let Err(Stop::Suspended(s)) = run(&fresh, patched_flow).await else {
+        panic!("step a is stored before the next step runs")
+    };
+    assert_eq!(s.from, 0);
+    assert_eq!(s.entries, [step("a", 1), Entry::Patch { id: "v2".into() }]);
+    let replay = wf_under(PATCH_PROTOCOL, s.entries);
+    assert_eq!(run(&replay, patched_flow).await.unwrap().unwrap(), "new");
+
+    // A run that had gone past the point under the old code keeps the old path.
+    let old = wf_under(PATCH_PROTOCOL, vec![step("a", 1), step("old", 2)]);
+    assert_eq!(run(&old, patched_flow).await.unwrap().unwrap(), "old");
+}
+
+#[tokio::test]
+async fn a_patch_point_the_code_no_longer_asks_about_is_passed_over() {
+    let journal = vec![step("a", 1), Entry::Patch { id: "v2".into() }, step("new", 2)];
+    let wf = wf_under(PATCH_PROTOCOL, journal);
+    let done = run(&wf, |wf| async move {
+        wf.step("a", || async { Ok(1) }).await?;
+        wf.step("new", || async { Ok(2) }).await?;
+        Ok::<_, Error>("patch removed")
+    })
+    .await;
+    assert_eq!(done.unwrap().unwrap(), "patch removed");
+}
+
+#[tokio::test]
+async fn a_new_patch_point_under_an_engine_of_protocol_5_fails_with_a_clear_error() {
+    let wf = wf_under(5, vec![step("a", 1)]);
+    let Err(Stop::Failed(error)) = run(&wf, patched_flow).await else {
+        panic!("the run fails")
+    };
+    assert!(
+        error.message().contains("needs an engine of protocol 6"),
+        "{}",
+        error.message()
+    );
+    // Replaying a journal without the point is fine under the old engine.
+    let old = wf_under(5, vec![step("a", 1), step("old", 2)]);
+    assert_eq!(run(&old, patched_flow).await.unwrap().unwrap(), "old");
+}

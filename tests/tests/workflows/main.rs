@@ -370,3 +370,178 @@ async fn flaky_jittery_steps_rerun_only_when_they_failed() {
     );
     engine.shutdown().await.unwrap();
 }
+
+/// After a restart, the engine reads every pending call back, sleeping workflows too. Those
+/// must not fill its window (8 here): a call that is due runs at once, and the sleepers keep
+/// their wake times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeping_workflows_read_after_a_restart_do_not_hold_back_calls_that_are_due() {
+    let addr = free_addr();
+    let naps = Endpoint::new().workflow("nap", |wf: Workflow, n: u32| async move {
+        if n < 100 {
+            wf.sleep(Duration::from_secs(3600)).await;
+        }
+        Ok(n)
+    });
+    let _handler = serve(naps, addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let subscription = Subscription::new("naps", &format!("http://{addr}/nap")).set("window", 8_i64);
+    let (engine, admin) = start_engine(&dir, subscription.clone()).await;
+    let mut sleepers = Vec::new();
+    for n in 0..20_u32 {
+        sleepers.push(admin.enqueue("naps", n.to_string().as_bytes(), None).await);
+    }
+    for id in &sleepers {
+        wait_for("each workflow to go to sleep", Duration::from_secs(30), || async {
+            journal_kinds(&admin.call(id).await) == ["sleep"]
+        })
+        .await;
+    }
+    engine.shutdown().await.unwrap();
+
+    let (engine, admin) = start_engine(&dir, subscription).await;
+    let due = admin.enqueue("naps", b"100", None).await;
+    admin.wait_status(&due, "succeeded").await;
+    for id in &sleepers {
+        assert_eq!(admin.status(id).await, "pending", "still asleep");
+    }
+    assert_eq!(admin.stats().await["succeeded"], 1);
+    engine.shutdown().await.unwrap();
+}
+
+/// Sleeps of 0, 1 s and a day, with the engine stopped during the day: the zero sleep costs
+/// no request, the one-second sleep lasts at least a second, and the day-long one resumes
+/// after a restart once its wake time has passed. The day is not waited for: while the
+/// engine is stopped, the stored wake time (of the entry and of the call) is moved to the
+/// present, as if the day had gone by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeps_of_zero_a_second_and_a_day_survive_a_restart() {
+    let ran = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let addr = free_addr();
+    let log = Arc::clone(&ran);
+    let sleeper = Endpoint::new().workflow("sleeper", move |wf: Workflow, _: u32| {
+        let log = Arc::clone(&log);
+        async move {
+            for (name, sleep) in [
+                ("a", Duration::ZERO),
+                ("b", Duration::from_secs(1)),
+                ("c", Duration::from_secs(86_400)),
+            ] {
+                let log = Arc::clone(&log);
+                wf.step(name, move || async move {
+                    log.lock().unwrap().push(name.to_string());
+                    Ok(())
+                })
+                .await?;
+                wf.sleep(sleep).await;
+            }
+            Ok("rested")
+        }
+    });
+    let _handler = serve(sleeper, addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let subscription = Subscription::new("rest", &format!("http://{addr}/sleeper"));
+    let (engine, admin) = start_engine(&dir, subscription.clone()).await;
+    let id = admin.enqueue("rest", b"1", None).await;
+    let kinds = ["step:a", "sleep", "step:b", "sleep", "step:c", "sleep"];
+    wait_for("the day-long sleep to be stored", Duration::from_secs(30), || async {
+        journal_kinds(&admin.call(&id).await) == kinds
+    })
+    .await;
+    let call = admin.call(&id).await;
+    let history = call["history"].as_array().unwrap();
+    let (wake_b, wake_c) = (
+        call["journal"][3]["wake_at"].as_i64().unwrap(),
+        call["journal"][5]["wake_at"].as_i64().unwrap(),
+    );
+    let started: Vec<i64> = history.iter().map(|a| a["started_at"].as_i64().unwrap()).collect();
+    assert!(
+        started.iter().any(|&at| at >= wake_b),
+        "an attempt after the 1 s sleep's wake time: {started:?}, wake {wake_b}"
+    );
+    assert!(wake_c - started[0] >= 86_399_000, "a day's sleep");
+    engine.shutdown().await.unwrap();
+
+    // A day goes by while the engine is stopped.
+    let db = rusqlite::Connection::open(dir.path().join("engine.db")).unwrap();
+    let past = wake_c - 86_400_000;
+    let entry: String = db
+        .query_row(
+            "SELECT entry FROM journal WHERE position = 5 AND call_seq = (SELECT seq FROM calls WHERE id = ?1)",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let moved = entry.replace(&wake_c.to_string(), &past.to_string());
+    assert_ne!(moved, entry);
+    db.execute(
+        "UPDATE journal SET entry = ?2 WHERE position = 5 AND call_seq = (SELECT seq FROM calls WHERE id = ?1)",
+        rusqlite::params![&id, moved],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE calls SET next_attempt_at = ?2 WHERE id = ?1",
+        rusqlite::params![&id, past],
+    )
+    .unwrap();
+    drop(db);
+
+    let (engine, admin) = start_engine(&dir, subscription).await;
+    admin.wait_status(&id, "succeeded").await;
+    let call = admin.call(&id).await;
+    assert_eq!(call["output"]["data"], "\"rested\"");
+    assert_eq!(*ran.lock().unwrap(), ["a", "b", "c"], "each step ran once");
+    // One request per step (a step's result is stored before the next step runs) and one
+    // to finish: the zero sleep rides with step a and costs no request of its own.
+    assert_eq!(
+        outcomes(&call),
+        ["suspended", "suspended", "suspended", "success"],
+        "a + sleep(0); b + sleep(1 s); c + sleep(1 day); done"
+    );
+    engine.shutdown().await.unwrap();
+}
+
+/// Code changed under a sleeping workflow behind `wf.patched`: the run that slept through
+/// the deploy keeps the old path (no pause), a run started after it takes the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_point_keeps_old_runs_on_the_old_path_and_new_runs_on_the_new() {
+    let addr = free_addr();
+    let v1 = Endpoint::new().workflow("notify", |wf: Workflow, _: u32| async move {
+        wf.step("charge", || async { Ok(1) }).await?;
+        wf.sleep(Duration::from_secs(2)).await;
+        wf.step("email", || async { Ok(()) }).await?;
+        Ok("email")
+    });
+    let v1 = serve(v1, addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start_engine(&dir, Subscription::new("notify", &format!("http://{addr}/notify"))).await;
+    let old_run = admin.enqueue("notify", b"1", None).await;
+    wait_for("the first run to sleep", Duration::from_secs(30), || async {
+        journal_kinds(&admin.call(&old_run).await) == ["step:charge", "sleep"]
+    })
+    .await;
+
+    v1.stop().await;
+    let v2 = Endpoint::new().workflow("notify", |wf: Workflow, _: u32| async move {
+        wf.step("charge", || async { Ok(1) }).await?;
+        if wf.patched("sms") {
+            wf.sleep(Duration::from_millis(100)).await;
+            wf.step("sms", || async { Ok(()) }).await?;
+            Ok("sms")
+        } else {
+            wf.sleep(Duration::from_secs(2)).await;
+            wf.step("email", || async { Ok(()) }).await?;
+            Ok("email")
+        }
+    });
+    let _v2 = serve(v2, addr).await;
+    let new_run = admin.enqueue("notify", b"2", None).await;
+    admin.wait_status(&old_run, "succeeded").await;
+    admin.wait_status(&new_run, "succeeded").await;
+    assert_eq!(admin.call(&old_run).await["output"]["data"], "\"email\"");
+    let new = admin.call(&new_run).await;
+    assert_eq!(new["output"]["data"], "\"sms\"");
+    assert_eq!(journal_kinds(&new), ["step:charge", "patch", "sleep"]);
+    assert_eq!(admin.stats().await["paused"], 0);
+    engine.shutdown().await.unwrap();
+}

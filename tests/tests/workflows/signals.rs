@@ -93,3 +93,69 @@ async fn a_signal_during_the_wait_wakes_the_workflow() {
     assert_eq!(admin.call(&id).await["output"]["data"], "\"by bob\"");
     engine.shutdown().await.unwrap();
 }
+
+/// An awakeable: the workflow hands its id to "another system" from a step (here a channel
+/// the test reads), then waits; that system completes it through the API. A bad id is a
+/// clear 400, and an id whose call is unknown a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_awakeable_is_completed_by_another_system_with_its_id() {
+    let (ids_tx, mut ids_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let addr = free_addr();
+    let endpoint = Endpoint::new().workflow("payment", move |wf: Workflow, amount: u64| {
+        let ids = ids_tx.clone();
+        async move {
+            let (id, paid) = wf.awakeable::<serde_json::Value>();
+            wf.step("ask the provider", move || async move {
+                ids.send(id).map_err(|e| sdk::Error::temporary(e.to_string()))?;
+                Ok(())
+            })
+            .await?;
+            let paid = paid.await?;
+            Ok(format!("{amount} paid by {}", paid["payer"].as_str().unwrap_or("?")))
+        }
+    });
+    let _handler = serve(endpoint, addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, admin) = start_engine(&dir, Subscription::new("payments", &format!("http://{addr}/payment"))).await;
+    let call = admin.enqueue("payments", b"42", None).await;
+    let awakeable = tokio::time::timeout(Duration::from_secs(20), ids_rx.recv())
+        .await
+        .expect("the awakeable's id within 20 s")
+        .unwrap();
+    assert!(awakeable.starts_with(&format!("{call}.")), "{awakeable}");
+
+    let (status, body) = admin.post("/v1/awakeables/not-an-id", serde_json::json!(1)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not an awakeable id"), "{body}");
+    let unknown = format!("{}.{}", uuid::Uuid::now_v7(), "x");
+    assert_eq!(
+        admin
+            .post(&format!("/v1/awakeables/{unknown}"), serde_json::json!(1))
+            .await
+            .0,
+        404
+    );
+
+    let (status, body) = admin
+        .post(
+            &format!("/v1/awakeables/{awakeable}"),
+            serde_json::json!({"payer": "bob"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    admin.wait_status(&call, "succeeded").await;
+    let done = admin.call(&call).await;
+    assert_eq!(done["output"]["data"], "\"42 paid by bob\"");
+    assert_eq!(
+        journal_kinds(&done),
+        [
+            "signal:awakeable.".to_string() + awakeable.split_once('.').unwrap().1,
+            "step:ask the provider".into()
+        ]
+    );
+    // The step that handed the id out is stored before the wait: the id reached the other
+    // system once, and the workflow made 2 requests.
+    assert!(ids_rx.try_recv().is_err(), "the id was handed out once");
+    assert_eq!(outcomes(&done), ["suspended", "success"]);
+    engine.shutdown().await.unwrap();
+}

@@ -29,8 +29,22 @@ pub struct Remote {
 pub enum Calls {
     /// List calls, oldest first.
     List(ListArgs),
-    /// One call with its attempts.
+    /// One call with its attempts, and a workflow's journal and what it waits for.
     Show { id: String },
+    /// Send a signal to a workflow: it is handed to its `wf.signal(NAME)` wait, or kept
+    /// until the workflow asks for it.
+    Signal {
+        id: String,
+        name: String,
+        /// The payload, as JSON (default `null`).
+        payload: Option<String>,
+    },
+    /// Complete an awakeable (the id a workflow's `wf.awakeable()` gave out) with a payload.
+    Resolve {
+        awakeable: String,
+        /// The payload, as JSON (default `null`).
+        payload: Option<String>,
+    },
     /// Make a waiting call due now.
     Retry { id: String },
     /// Cancel a pending, running or dead call.
@@ -278,6 +292,10 @@ fn print_call(call: &api::Call) {
         );
     }
     outln!("  {:<13} {}", "output", bytes(call.output.as_ref()));
+    if let Some(parent) = &call.call.parent {
+        outln!("  {:<13} workflow {} entry #{}", "child of", parent.id, parent.position);
+    }
+    print_journal(call);
     let rows: Vec<Vec<String>> = call
         .call
         .history
@@ -298,6 +316,104 @@ fn print_call(call: &api::Call) {
         "{}",
         table(&["ATTEMPT", "STARTED", "DURATION", "OUTCOME", "HTTP", "ERROR"], &rows)
     );
+}
+
+/// A signal's payload from the command line: JSON, `null` when absent.
+fn json_payload(payload: Option<&str>) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(payload.unwrap_or("null"))
+        .map_err(|e| anyhow::anyhow!("the payload must be JSON (a string is \"quoted\"): {e}"))
+}
+
+/// A workflow's journal, an entry a line, and what it waits for.
+fn print_journal(call: &api::Call) {
+    if call.call.journal.is_empty() {
+        return;
+    }
+    let waited: Vec<u64> = call
+        .call
+        .waiting_for
+        .as_ref()
+        .and_then(|w| w.get("any_of"))
+        .and_then(serde_json::Value::as_array)
+        .map(|groups| {
+            groups
+                .iter()
+                .filter_map(serde_json::Value::as_array)
+                .flatten()
+                .filter_map(serde_json::Value::as_u64)
+                .collect()
+        })
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = call
+        .call
+        .journal
+        .iter()
+        .enumerate()
+        .map(|(position, entry)| {
+            let (what, state) = describe_entry(entry);
+            let marker = if waited.contains(&(position as u64)) {
+                " <- waits"
+            } else {
+                ""
+            };
+            vec![format!("#{position}"), what, format!("{state}{marker}")]
+        })
+        .collect();
+    outln!();
+    out!("{}", table(&["ENTRY", "WHAT", "STATE"], &rows));
+    if let Some(groups) = call.call.waiting_for.as_ref().and_then(|w| w.get("any_of")) {
+        outln!("waiting for: {groups} (any group, all of its entries)");
+    }
+}
+
+/// An entry's kind and name, and its state, in words.
+fn describe_entry(entry: &serde_json::Value) -> (String, String) {
+    use sdk::workflow::Entry;
+    let short = |v: &serde_json::Value| {
+        let text = v.to_string();
+        if text.chars().count() > 60 {
+            format!("{}...", text.chars().take(57).collect::<String>())
+        } else {
+            text
+        }
+    };
+    let outcome = |ok: &Option<serde_json::Value>, error: &Option<String>, at: Option<i64>| {
+        let when = at.map_or(String::new(), |at| format!(" at {}", time(Some(at))));
+        match (ok, error) {
+            (_, Some(error)) => format!("failed{when}: {error}"),
+            (Some(ok), None) => format!("ok{when} {}", short(ok)),
+            (None, None) => "open".to_string(),
+        }
+    };
+    match serde_json::from_value::<Entry>(entry.clone()) {
+        Ok(Entry::Step { name, ok, error }) => (format!("step {name}"), outcome(&ok, &error, None)),
+        Ok(Entry::Sleep { wake_at, .. }) => (
+            "sleep".into(),
+            wake_at.map_or("wake time not set".into(), |at| format!("until {}", time(Some(at)))),
+        ),
+        Ok(Entry::Now { value }) => ("now".into(), time(Some(value))),
+        Ok(Entry::Call {
+            target,
+            id,
+            ok,
+            error,
+            at,
+            ..
+        }) => (
+            format!("call {target} {}", id.unwrap_or_default()),
+            outcome(&ok, &error, at),
+        ),
+        Ok(Entry::Signal { name, ok, at }) => (format!("signal {name}"), outcome(&ok, &None, at)),
+        Ok(Entry::Produce { topic, key, .. }) => (
+            format!(
+                "produce to {topic}{}",
+                key.map_or(String::new(), |k| format!(" key {k}"))
+            ),
+            "stored".into(),
+        ),
+        Ok(Entry::Patch { id }) => (format!("patch {id}"), "this run follows the patched code".into()),
+        Err(_) => (short(entry), String::new()),
+    }
 }
 
 fn counts_row(name: &str, c: &api::StatusCounts) -> Vec<String> {
@@ -422,6 +538,22 @@ pub async fn calls(remote: Remote, command: Calls) -> anyhow::Result<()> {
         Calls::Show { id } => {
             let call: api::Call = client.get(&format!("/v1/calls/{id}")).await?;
             emit(&remote, &call, print_call);
+        }
+        Calls::Signal { id, name, payload } => {
+            let body = json_payload(payload.as_deref())?;
+            let name_in_path = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC);
+            let sent: api::Signalled = client
+                .post(&format!("/v1/calls/{id}/signals/{name_in_path}"), Some(body))
+                .await?;
+            emit(&remote, &sent, |s| {
+                outln!("signal `{}` sent to call {}", s.signal, s.id);
+            });
+        }
+        Calls::Resolve { awakeable, payload } => {
+            let body = json_payload(payload.as_deref())?;
+            let id = percent_encoding::utf8_percent_encode(&awakeable, percent_encoding::NON_ALPHANUMERIC);
+            let sent: api::Signalled = client.post(&format!("/v1/awakeables/{id}"), Some(body)).await?;
+            emit(&remote, &sent, |_| outln!("awakeable {awakeable} resolved"));
         }
         Calls::Retry { id } => {
             let call: api::Call = client.post(&format!("/v1/calls/{id}/retry"), None).await?;

@@ -1,21 +1,21 @@
 //! `engine dev`: everything on one machine with no Kafka. An in-process Kafka-protocol
-//! broker (librdkafka's mock cluster), the engine on a SQLite file, a demo handler, and a
+//! broker (librdkafka's mock cluster), the engine on a SQLite file, a handler, and a
 //! producer reading lines from stdin.
+//!
+//! - `demo` (the default, [`demo`]): a plain handler that fails a share of attempts;
+//! - `--example checkout` ([`checkout`]): the durable checkout workflow of
+//!   `examples/checkout`, with its child calls, signal and confirmations topic.
+
+mod checkout;
+mod demo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use connectors::dev_broker::DevBroker;
-use rand::Rng;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use sdk::protocol::{decode_bytes, header};
 use tokio::io::AsyncBufReadExt;
 
 use engine::{Config, Engine};
@@ -41,6 +41,16 @@ pub struct DevOptions {
     /// Fraction of attempts the demo handler fails with 503 (to show retries).
     #[arg(long, default_value_t = 0.3)]
     pub failure_rate: f64,
+    /// Run an example instead of the demo handler: `checkout` is a durable workflow
+    /// (charge, sleep, a child call per line, a signal, a record produced to Kafka).
+    #[arg(long, value_enum)]
+    pub example: Option<Example>,
+}
+
+/// The examples `engine dev` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Example {
+    Checkout,
 }
 
 /// Run until `stop` completes.
@@ -49,6 +59,13 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         (0.0..=1.0).contains(&options.failure_rate),
         "--failure-rate must be within [0, 1]"
     );
+    if options.example == Some(Example::Checkout) {
+        anyhow::ensure!(
+            options.target.is_none(),
+            "--target and --example cannot be used together: the example is the target"
+        );
+        return checkout::run(options, stop).await;
+    }
     let broker = DevBroker::start(1)?;
     broker.create_topic(&options.topic, options.partitions)?;
     let bootstrap = broker.bootstrap_servers();
@@ -56,7 +73,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
     let (target, handler) = if let Some(url) = &options.target {
         (url.clone(), None)
     } else {
-        let (addr, task) = start_demo_handler(options.failure_rate).await?;
+        let (addr, task) = demo::start_demo_handler(options.failure_rate).await?;
         (format!("http://{addr}/dev"), Some(task))
     };
     let config = Config::from_toml(&format!(
@@ -104,32 +121,11 @@ group_id = "engine-dev"
     }
     println!("Type a line to produce it as a record (\"key: value\" sets the key). Ctrl-C stops.");
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("message.timeout.ms", "10000")
-        .create()?;
     let figures = engine.figures().get("dev").cloned().expect("the dev subscription");
-    let topic = options.topic.clone();
-    let stdin_task = tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let (key, value) = match line.split_once(": ") {
-                Some((key, value)) if !key.contains(' ') => (Some(key.to_string()), value.to_string()),
-                _ => (None, line),
-            };
-            let mut record = FutureRecord::to(&topic).payload(&value);
-            if let Some(key) = &key {
-                record = record.key(key);
-            }
-            match producer.send(record, Duration::from_secs(5)).await {
-                Ok(delivery) => println!(
-                    "produced to {topic}/{} at offset {}",
-                    delivery.partition, delivery.offset
-                ),
-                Err((error, _)) => println!("produce failed: {error}"),
-            }
-        }
-    });
+    let stdin_task = produce_lines(&bootstrap, options.topic.clone(), |line| match line.split_once(": ") {
+        Some((key, value)) if !key.contains(' ') => Ok((Some(key.to_string()), value.to_string())),
+        _ => Ok((None, line.to_string())),
+    })?;
     let status_task = tokio::spawn(async move {
         let mut last = String::new();
         loop {
@@ -156,63 +152,47 @@ group_id = "engine-dev"
     Ok(result?)
 }
 
+/// A record to produce, made from a line typed on stdin: key and value, or why not.
+type LineToRecord = fn(&str) -> Result<(Option<String>, String), String>;
+
+/// Produce each line of stdin to `topic`, as `to_record` makes it.
+fn produce_lines(
+    bootstrap: &str,
+    topic: String,
+    to_record: LineToRecord,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("message.timeout.ms", "10000")
+        .create()?;
+    Ok(tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (key, value) = match to_record(&line) {
+                Ok(record) => record,
+                Err(why) => {
+                    println!("not produced: {why}");
+                    continue;
+                }
+            };
+            let mut record = FutureRecord::to(&topic).payload(&value);
+            if let Some(key) = &key {
+                record = record.key(key);
+            }
+            match producer.send(record, Duration::from_secs(5)).await {
+                Ok(delivery) => println!(
+                    "produced to {topic}/{} at offset {}",
+                    delivery.partition, delivery.offset
+                ),
+                Err((error, _)) => println!("produce failed: {error}"),
+            }
+        }
+    }))
+}
+
 fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
-}
-
-#[derive(Debug)]
-struct Demo {
-    failure_rate: f64,
-    handled: AtomicU64,
-}
-
-async fn start_demo_handler(failure_rate: f64) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let state = Arc::new(Demo {
-        failure_rate,
-        handled: AtomicU64::new(0),
-    });
-    let app = axum::Router::new().fallback(demo_handle).with_state(state);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.ok();
-    });
-    Ok((addr, task))
-}
-
-async fn demo_handle(State(demo): State<Arc<Demo>>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string()
-    };
-    let key = headers
-        .get(header::KAFKA_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(
-            || "(none)".to_string(),
-            |k| String::from_utf8_lossy(&decode_bytes(k)).into_owned(),
-        );
-    let value = String::from_utf8_lossy(&body);
-    let what = format!(
-        "call {} attempt {} key {key} value {value:?}",
-        text(header::CALL_ID),
-        text(header::ATTEMPT)
-    );
-    if value.starts_with("fail") {
-        println!("handler: REJECT {what} -> 400, the call goes dead");
-        return (
-            StatusCode::BAD_REQUEST,
-            "values starting with \"fail\" are rejected".into(),
-        );
-    }
-    if rand::rng().random::<f64>() < demo.failure_rate {
-        println!("handler: FAIL   {what} -> 503, the engine will retry");
-        return (StatusCode::SERVICE_UNAVAILABLE, "injected failure".into());
-    }
-    let n = demo.handled.fetch_add(1, Relaxed) + 1;
-    println!("handler: OK     {what} (#{n})");
-    (StatusCode::OK, format!("handled #{n}"))
 }
