@@ -5,7 +5,8 @@
 //!
 //! - **Growth.** Each good answer that arrives while the endpoint is busy (at least half
 //!   the limit in flight) raises the limit: by 0.3 in *slow start* (×1.3 per round trip,
-//!   until the first cut, paused while a round's latency is over its threshold), by
+//!   until the first cut, paused while a round's latency is over its threshold; ×2 from a
+//!   limit of 32 while a round's median stays within 15% of the reference), by
 //!   `1 / limit` afterwards (one slot per round trip). Within one of the level where the
 //!   endpoint last overflowed (the *ceiling*) it holds almost still, then probes faster and
 //!   faster (as TCP CUBIC does). Once well past the ceiling with no complaint, the ceiling
@@ -61,6 +62,11 @@ const SLOW_ROUNDS_TO_CUT: u32 = 2;
 /// Growth per good answer in slow start: x1.3 per round trip. Latency answers a round
 /// trip late, so a faster start overshoots a saturating service by twice or more.
 const SLOW_START_STEP: f64 = 0.3;
+/// Growth per good answer in slow start while a round's median stays within
+/// [`FLAT_RATIO`] of the reference: x2 per round trip.
+const FLAT_START_STEP: f64 = 1.0;
+/// A round's median within this multiple of the reference is "flat": no queue yet.
+const FLAT_RATIO: f64 = 1.15;
 /// Growth per round trip on reaching the ceiling; it doubles every two round trips.
 const PLATEAU_STEP: f64 = 0.01;
 /// Attempts in flight (at most) when the reference latency is measured.
@@ -185,6 +191,8 @@ pub struct Aimd {
     /// Median latency at low concurrency.
     reference: Option<Reference>,
     slow_rounds: u32,
+    /// Whether the last round's median was close to the reference (latency flat so far).
+    flat: bool,
     /// The median and the limit before the first of the latency cuts in a row, to check
     /// that they lowered latency.
     latency_cuts_from: Option<(f64, f64)>,
@@ -208,6 +216,7 @@ impl Aimd {
             round: Round::new(0),
             reference: None,
             slow_rounds: 0,
+            flat: false,
             latency_cuts_from: None,
             usual_error_rate: None,
             trial: None,
@@ -278,7 +287,13 @@ impl Aimd {
     fn grow(&mut self) {
         // A round over the latency threshold pauses slow start: grow by one per round trip
         // while a second round confirms it, so the limit does not overshoot by half again.
-        let step = if self.slow_start && self.slow_rounds == 0 {
+        let step = if self.slow_start && self.slow_rounds == 0 && self.flat && self.limit >= MIN_ROUND as f64 {
+            // Latency has not moved at all yet: double per round trip (as TCP slow start
+            // does), the slower step takes over as soon as it rises. Only from a limit
+            // where a round is one round trip: below, a round spans several and the
+            // doubling would compound before latency could answer.
+            FLAT_START_STEP
+        } else if self.slow_start && self.slow_rounds == 0 {
             SLOW_START_STEP
         } else if self.ceiling.is_some_and(|c| self.limit + 1.0 >= c) {
             // Stay near where it overflowed, then probe faster and faster (as TCP CUBIC
@@ -307,6 +322,7 @@ impl Aimd {
         self.probing_answers = 0.0;
         self.slow_start = false;
         self.slow_rounds = 0;
+        self.flat = false;
         self.round = Round::new(now);
     }
 
@@ -433,6 +449,7 @@ impl Aimd {
         }
         let floor_ms = self.config.latency_floor.as_secs_f64() * 1000.0;
         let threshold = (reference.ms * self.config.latency_tolerance).max(reference.ms + floor_ms);
+        self.flat = summary.median_ms <= (reference.ms * FLAT_RATIO).max(reference.ms + floor_ms / 5.0);
         if summary.median_ms <= threshold {
             self.slow_rounds = 0;
             self.latency_cuts_from = None;

@@ -286,3 +286,21 @@ fn never_below_min_and_a_fixed_limit_never_moves() {
     );
     assert_eq!(fixed.limit(), 256);
 }
+
+#[test]
+fn a_flat_latency_doubles_the_limit_per_round_trip_once_rounds_are_one_round_trip() {
+    let mut sim = Sim::new(AimdConfig::default());
+    let limits = sim.run(60, &|_, _, _| answered(20.0));
+    let at = |limit: usize| limits.iter().position(|&l| l >= limit).expect("reached");
+    // x1.3 per round trip below 32 (a round spans several round trips there), then x2.
+    assert!(
+        at(256) - at(32) <= 4,
+        "32 -> 256 in {} round trips: {limits:?}",
+        at(256) - at(32)
+    );
+    assert!(
+        at(32) - at(8) >= 4,
+        "8 -> 32 in {} round trips: {limits:?}",
+        at(32) - at(8)
+    );
+}
