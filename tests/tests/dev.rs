@@ -80,11 +80,8 @@ fn spawn_dev(dir: &std::path::Path, admin_addr: std::net::SocketAddr, extra: &[&
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
-    let dir = tempfile::tempdir().unwrap();
-    let admin_addr = free_addr();
-    let mut child = spawn_dev(dir.path(), admin_addr, &["--failure-rate", "0"]);
+/// Every line the child prints, collected as it prints them.
+fn capture_stdout(child: &mut Proc) -> Arc<Mutex<Vec<String>>> {
     let output = Arc::new(Mutex::new(Vec::<String>::new()));
     let lines = Arc::clone(&output);
     let stdout = child.0.stdout.take().unwrap();
@@ -93,6 +90,15 @@ async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
             lines.lock().unwrap().push(line);
         }
     });
+    output
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_dev_delivers_records_from_its_printed_address_and_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr = free_addr();
+    let mut child = spawn_dev(dir.path(), admin_addr, &["--failure-rate", "0"]);
+    let output = capture_stdout(&mut child);
     let printed = |needle: &str| output.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
     wait_for("the bootstrap address", Duration::from_secs(60), || async {
         printed("Kafka bootstrap:").is_some()
@@ -213,14 +219,7 @@ async fn engine_dev_runs_the_checkout_workflow_from_an_order_to_its_confirmation
     let dir = tempfile::tempdir().unwrap();
     let admin_addr = free_addr();
     let mut child = spawn_dev(dir.path(), admin_addr, &["--example", "checkout"]);
-    let output = Arc::new(Mutex::new(Vec::<String>::new()));
-    let lines = Arc::clone(&output);
-    let stdout = child.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            lines.lock().unwrap().push(line);
-        }
-    });
+    let output = capture_stdout(&mut child);
     let printed = |needle: &str| output.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
     wait_for("engine dev to start", Duration::from_secs(60), || async {
         printed("Type an order").is_some()

@@ -270,22 +270,24 @@ impl Scheduler {
                 }
             }
             let (call, attempt, due) = self.reactor.window.pop_due_at(now).expect("a call is due");
-            if call.journal_len > 0 || self.reactor.made_progress(call.seq) {
+            // A workflow that has a journal (stored, or just answered) resumes.
+            let resumes = call.journal_len > 0 || self.reactor.made_progress(call.seq);
+            if resumes {
                 self.figures.workflow_resumed((now - due).max(0) as f64 / 1000.0);
             }
             if let Err(error) = self.store.start_attempt(call.seq, attempt, now) {
                 tracing::error!(%error, "cannot record an attempt start");
             }
             self.reactor.attempt_started(call.seq);
-            self.spawn_attempt(call, attempt, now);
+            self.spawn_attempt(call, attempt, now, resumes);
         }
         None
     }
 
-    fn spawn_attempt(&self, call: Arc<DueCall>, attempt: u32, started_at: Millis) {
+    fn spawn_attempt(&self, call: Arc<DueCall>, attempt: u32, started_at: Millis, with_journal: bool) {
         // A workflow's journal is read as the attempt starts, after the entries of its
         // last answer are durable.
-        let journal_of = (call.journal_len > 0 || self.reactor.made_progress(call.seq)).then(|| self.store.clone());
+        let journal_of = with_journal.then(|| self.store.clone());
         let deliverer = self.deliverer.clone();
         let ended = self.ended_tx.clone();
         let subscription = Arc::clone(&self.subscription);

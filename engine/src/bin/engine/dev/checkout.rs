@@ -3,14 +3,12 @@
 //! sleeps, reserves each line as a child call of `reserve-line`, waits for the `shipped`
 //! signal and produces a confirmation to topic `confirmations`, which is printed here.
 
-use std::time::Duration;
-
 use connectors::dev_broker::DevBroker;
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message};
 
-use super::{produce_lines, toml_string, DevOptions};
+use super::{print_status, produce_lines, toml_string, DevOptions};
 use engine::{Config, Engine};
 
 const ORDERS: &str = "orders";
@@ -99,20 +97,12 @@ max_attempts = 8
             .cloned()
             .expect("the reserve-line subscription"),
     );
-    let status_task = tokio::spawn(async move {
-        let mut last = String::new();
-        loop {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let (o, l) = (orders.snapshot(), lines.snapshot());
-            let line = format!(
-                "[status] orders: ingested {}, completed {}, waiting {}, dead {} | line reservations: succeeded {}, retries {}, dead {}",
-                o.ingested, o.succeeded, o.backlog, o.dead, l.succeeded, l.retried, l.dead
-            );
-            if line != last {
-                println!("{line}");
-                last = line;
-            }
-        }
+    let status_task = print_status(move || {
+        let (o, l) = (orders.snapshot(), lines.snapshot());
+        format!(
+            "[status] orders: ingested {}, completed {}, waiting {}, dead {} | line reservations: succeeded {}, retries {}, dead {}",
+            o.ingested, o.succeeded, o.backlog, o.dead, l.succeeded, l.retried, l.dead
+        )
     });
 
     let result = engine.run_until(stop).await;

@@ -126,20 +126,12 @@ group_id = "engine-dev"
         Some((key, value)) if !key.contains(' ') => Ok((Some(key.to_string()), value.to_string())),
         _ => Ok((None, line.to_string())),
     })?;
-    let status_task = tokio::spawn(async move {
-        let mut last = String::new();
-        loop {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let s = figures.snapshot();
-            let line = format!(
-                "[status] ingested {}, succeeded {}, retries {}, dead {}, backlog {}",
-                s.ingested, s.succeeded, s.retried, s.dead, s.backlog
-            );
-            if line != last {
-                println!("{line}");
-                last = line;
-            }
-        }
+    let status_task = print_status(move || {
+        let s = figures.snapshot();
+        format!(
+            "[status] ingested {}, succeeded {}, retries {}, dead {}, backlog {}",
+            s.ingested, s.succeeded, s.retried, s.dead, s.backlog
+        )
     });
 
     let result = engine.run_until(stop).await;
@@ -191,6 +183,21 @@ fn produce_lines(
             }
         }
     }))
+}
+
+/// Print `status()` every 2 s, when it changed.
+fn print_status(status: impl Fn() -> String + Send + 'static) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = String::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let line = status();
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
+        }
+    })
 }
 
 fn toml_string(text: &str) -> String {
