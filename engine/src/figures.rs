@@ -33,7 +33,7 @@ pub struct Figures {
     finished_rate: RateWindow,
     source: OnceLock<Arc<SourceStatus>>,
     went_dead: Notify,
-    suspended_now: Notify,
+    outbox_grew: Notify,
     backlog_fell: Notify,
     dead_lettered: AtomicU64,
     dead_letters_failing: AtomicBool,
@@ -58,7 +58,7 @@ impl Default for Figures {
             finished_rate: RateWindow::default(),
             source: OnceLock::new(),
             went_dead: Notify::new(),
-            suspended_now: Notify::new(),
+            outbox_grew: Notify::new(),
             backlog_fell: Notify::new(),
             dead_lettered: AtomicU64::default(),
             dead_letters_failing: AtomicBool::default(),
@@ -147,12 +147,18 @@ impl Figures {
     /// A workflow stored entries and waits to be called again.
     pub fn workflow_suspended(&self) {
         self.suspended.fetch_add(1, Relaxed);
-        self.suspended_now.notify_one();
+        self.outbox_grew.notify_one();
     }
 
-    /// Resolves after the next suspension (one may have added records to the outbox).
-    pub async fn a_workflow_suspended(&self) {
-        self.suspended_now.notified().await;
+    /// Resolves after the next suspension or published output (either may have added
+    /// records to the outbox).
+    pub async fn outbox_grew(&self) {
+        self.outbox_grew.notified().await;
+    }
+
+    /// A call's output went to the outbox.
+    pub fn output_stored(&self) {
+        self.outbox_grew.notify_one();
     }
 
     /// A workflow was paused for an operator: no longer in the backlog.

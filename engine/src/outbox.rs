@@ -1,5 +1,6 @@
-//! Publishing what workflows produce (`wf.produce`): records are stored in the outbox in
-//! the same transaction as their journal entry, then produced here with an idempotent
+//! Publishing what workflows produce (`wf.produce`) and the outputs of a subscription's
+//! calls (`output_topic`): records are stored in the outbox in the same transaction as their
+//! journal entry or the call's success, then produced here with an idempotent
 //! producer (`acks=all`) to the subscription's Kafka cluster, headers `engine-call-id` and
 //! `engine-entry` naming the entry. A record is marked published once acknowledged.
 //!
@@ -22,8 +23,16 @@ use crate::subscription::Part;
 /// Headers naming the journal entry a record came from.
 pub mod header {
     pub const CALL_ID: &str = sdk::protocol::header::CALL_ID;
-    /// The entry's position in the workflow's journal.
+    /// The entry's position in the workflow's journal, or [`OUTPUT`] for a call's output.
     pub const ENTRY: &str = "engine-entry";
+    /// The `engine-entry` of a call's output (`output_topic`).
+    pub const OUTPUT: &str = "output";
+}
+
+/// The `engine-entry` header of a row.
+fn entry_of(row: &Unpublished) -> String {
+    row.position
+        .map_or_else(|| header::OUTPUT.to_string(), |p| p.to_string())
 }
 
 /// Records read and produced per pass.
@@ -67,7 +76,7 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
         if rows.is_empty() {
             tokio::select! {
                 () = part.shutdown.recv() => break,
-                () = part.figures.a_workflow_suspended() => {}
+                () = part.figures.outbox_grew() => {}
                 () = tokio::time::sleep(IDLE_PASS) => {}
             }
             continue;
@@ -163,7 +172,7 @@ pub fn record_of(row: &Unpublished) -> SinkRecord {
         value: Some(row.value.clone()),
         headers: vec![
             (header::CALL_ID.to_string(), Some(row.call_id.clone().into_bytes())),
-            (header::ENTRY.to_string(), Some(row.position.to_string().into_bytes())),
+            (header::ENTRY.to_string(), Some(entry_of(row).into_bytes())),
         ],
     }
 }
@@ -195,7 +204,7 @@ async fn find_published(
         found.extend(
             group
                 .iter()
-                .filter(|r| r.attempted_at.is_some() && pairs.contains(&(r.call_id.clone(), r.position.to_string())))
+                .filter(|r| r.attempted_at.is_some() && pairs.contains(&(r.call_id.clone(), entry_of(r))))
                 .map(|r| r.seq),
         );
     }

@@ -16,6 +16,7 @@ Options (all optional):
   --per-flight-ms K      add K ms per request in flight (a saturating service)
   --phases SPEC          capacities over time from the first request, e.g. "0:0,10:8,20:0"
                          (seconds:capacity; 0 is no limit)
+  --echo                 answer a success with "done:" and the request's body (default "ok")
 
 GET /stats answers JSON: requests, ok, errors, refused, max_in_flight, the p50 and p99 of
 the latency it served (ms, refusals excepted; over the whole run and after its first 5 s), unique calls that succeeded, duplicate successes, per-key order violations (successful payloads of one key
@@ -176,7 +177,7 @@ class Handler(BaseHTTPRequestHandler):
                 s.errors += 1
             return args.error_status, b"random failure\n", []
         self.record_success(call, key, body)
-        return 200, b"ok\n", []
+        return 200, (b"done:" + body if args.echo else b"ok\n"), []
 
     def record_success(self, call, key, body):
         s = self.state
@@ -200,6 +201,17 @@ class Handler(BaseHTTPRequestHandler):
                 s.last_seq[key] = seq
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 1024
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # A client that hangs up mid-answer (an engine killed by a test) is expected.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 def main():
     parser = argparse.ArgumentParser(description="An unkind HTTP target")
     parser.add_argument("--listen", default="127.0.0.1:9000")
@@ -211,12 +223,11 @@ def main():
     parser.add_argument("--retry-after", type=int)
     parser.add_argument("--per-flight-ms", type=float, default=0.0)
     parser.add_argument("--phases")
+    parser.add_argument("--echo", action="store_true")
     args = parser.parse_args()
     host, port = args.listen.rsplit(":", 1)
     Handler.state = State(args)
-    ThreadingHTTPServer.request_queue_size = 1024
-    ThreadingHTTPServer.daemon_threads = True
-    server = ThreadingHTTPServer((host, int(port)), Handler)
+    server = Server((host, int(port)), Handler)
     print(f"unkind target on http://{host}:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()

@@ -282,7 +282,7 @@ async fn finished_calls_are_purged_in_chunks_and_the_file_shrinks() {
         };
         store.start_attempt(done.seq, 1, now_millis()).unwrap();
         store
-            .finish_attempt(done.seq, attempt, Transition::Succeeded { output: None }, false)
+            .finish_attempt(done.seq, attempt, Transition::Succeeded { output: None }, false, None)
             .unwrap();
     }
     store.flush().await.unwrap();

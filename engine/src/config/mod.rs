@@ -224,6 +224,9 @@ pub struct SubscriptionConfig {
     pub kafka: Option<KafkaConfig>,
     /// Also produce every call that goes dead to a Kafka topic.
     pub dead_letter: Option<DeadLetterConfig>,
+    /// Produce the output of every call that succeeds to this topic of the source's cluster,
+    /// exactly once per call (child calls of workflows excepted). Needs `[subscription.kafka]`.
+    pub output_topic: Option<String>,
 }
 
 /// `[subscription.dead_letter]`: the dead-letter topic of a subscription.
@@ -442,6 +445,21 @@ impl Config {
                     }
                 }
             }
+            if let Some(topic) = &sub.output_topic {
+                if topic.trim().is_empty() {
+                    return invalid(format!("subscription `{name}`: output_topic is empty"));
+                }
+                if sub.kafka.is_none() {
+                    return invalid(format!(
+                        "subscription `{name}`: output_topic needs a [subscription.kafka] section (outputs go to the source's cluster)"
+                    ));
+                }
+                if sub.kafka.as_ref().is_some_and(|k| k.topics.contains(topic)) {
+                    return invalid(format!(
+                        "subscription `{name}`: output_topic `{topic}` is also a source topic; every output would come back as a new call"
+                    ));
+                }
+            }
             if let Some(kafka) = &sub.kafka {
                 if kafka.topics.is_empty() || kafka.topics.iter().any(String::is_empty) {
                     return invalid(format!(
@@ -539,5 +557,20 @@ mod tests {
         assert!(e.contains("group.id"), "{e}");
         let e = error_of(&format!("{MINIMAL}[subscription.retry]\nmultiplier = 0.1\n"));
         assert!(e.contains("multiplier"), "{e}");
+    }
+
+    #[test]
+    fn an_output_topic_needs_a_source_cluster_and_may_not_be_a_source_topic() {
+        let e = error_of(&format!("{MINIMAL}output_topic = \"done\"\n"));
+        assert!(e.contains("output_topic needs a [subscription.kafka]"), "{e}");
+        let e = error_of(&format!(
+            "{MINIMAL}output_topic = \"t\"\n[subscription.kafka]\nbrokers = \"b:9092\"\ntopics = [\"t\"]\n"
+        ));
+        assert!(e.contains("also a source topic"), "{e}");
+        let ok = Config::from_toml(&format!(
+            "{MINIMAL}output_topic = \"done\"\n[subscription.kafka]\nbrokers = \"b:9092\"\ntopics = [\"t\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.subscriptions[0].output_topic.as_deref(), Some("done"));
     }
 }

@@ -57,6 +57,8 @@ pub struct Scheduler {
     control_rx: mpsc::UnboundedReceiver<Control>,
     /// Every subscription of the engine: where a workflow's child calls run.
     directory: Arc<SubscriptionDirectory>,
+    /// Where the outputs of successful calls are published, if anywhere.
+    output_topic: Option<Arc<str>>,
 }
 
 /// The engine's subscriptions, as a workflow of one of them sees them.
@@ -97,6 +99,7 @@ impl Scheduler {
     ) -> Self {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let output_topic = subscription.output_topic.as_deref().map(Arc::from);
         let directory = Arc::new(SubscriptionDirectory {
             all,
             can_produce: subscription.kafka.is_some(),
@@ -122,6 +125,7 @@ impl Scheduler {
             ended_rx,
             figures,
             retry_count_at: Instant::now(),
+            output_topic,
         }
     }
 
@@ -365,7 +369,16 @@ impl Scheduler {
                         _ => {}
                     }
                     let transition = self.with_children(transition);
-                    self.store.finish_attempt(seq, record, transition, block_group)?;
+                    let output_topic = match &transition {
+                        crate::model::Transition::Succeeded { .. } => self.output_topic.clone(),
+                        _ => None,
+                    };
+                    let publishes = output_topic.is_some();
+                    self.store
+                        .finish_attempt(seq, record, transition, block_group, output_topic)?;
+                    if publishes {
+                        self.figures.output_stored();
+                    }
                 }
                 Effect::LoadGroup(load) => self.load_group(load).await?,
                 Effect::OfferOutOfOrder { seq } => {

@@ -176,19 +176,22 @@ impl Store {
     }
 
     /// Record an attempt's outcome and the call's next state. Not awaited. With
-    /// `block_group`, a dead call also blocks its ordering group until an operator acts.
+    /// `block_group`, a dead call also blocks its ordering group until an operator acts;
+    /// with `output_topic`, a success's output goes to the outbox in the same transaction.
     pub fn finish_attempt(
         &self,
         seq: i64,
         attempt: AttemptRecord,
         transition: Transition,
         block_group: bool,
+        output_topic: Option<Arc<str>>,
     ) -> Result<(), StoreError> {
         self.send(Command::Finish {
             seq,
             attempt,
             transition,
             block_group,
+            output_topic,
         })
     }
 

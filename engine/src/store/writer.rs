@@ -5,12 +5,14 @@
 //! since its first command. Replies are sent only after the batch is durable, so a caller
 //! that awaits its reply knows its rows survive a crash.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use tokio::sync::{oneshot, watch};
 
+use super::outbox::OUTPUT_POSITION;
 use super::workflow::{self, ChildEnd, Signalled, Wake};
 use super::StoreError;
 use crate::model::{now_millis, Affected, AttemptRecord, Inserted, Millis, NewCall, Operation, Transition};
@@ -31,6 +33,8 @@ pub(crate) enum Command {
         attempt: AttemptRecord,
         transition: Transition,
         block_group: bool,
+        /// On success, the output goes to the outbox for this topic.
+        output_topic: Option<Arc<str>>,
     },
     /// Delete at most `limit` finished calls, so that one commit stays short.
     Purge {
@@ -290,8 +294,14 @@ fn apply(conn: &mut Connection, batch: &[Command], clock: &mut Millis) -> rusqli
                 attempt,
                 transition,
                 block_group,
+                output_topic,
             } => {
-                if let Some(child) = finish_call(&tx, *seq, attempt, transition, now, &mut applied.wakes)? {
+                let ending = Ending {
+                    attempt,
+                    transition,
+                    output_topic: output_topic.as_deref(),
+                };
+                if let Some(child) = finish_call(&tx, *seq, &ending, now, &mut applied.wakes)? {
                     applied.max_seq = Some(applied.max_seq.map_or(child, |m| m.max(child)));
                 }
                 if *block_group && matches!(transition, Transition::Dead { .. } | Transition::Paused { .. }) {
@@ -457,16 +467,27 @@ fn block_group_of(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Result<
     Ok(())
 }
 
+/// How an attempt ended, and where a success's output is published.
+struct Ending<'a> {
+    attempt: &'a AttemptRecord,
+    transition: &'a Transition,
+    output_topic: Option<&'a str>,
+}
+
 /// Record an attempt and the call's next state; a child's end goes to its parent. Returns
 /// the highest seq of the child calls a workflow started.
 fn finish_call(
     tx: &rusqlite::Transaction<'_>,
     seq: i64,
-    attempt: &AttemptRecord,
-    transition: &Transition,
+    ending: &Ending<'_>,
     now: Millis,
     wakes: &mut Vec<Wake>,
 ) -> rusqlite::Result<Option<i64>> {
+    let Ending {
+        attempt,
+        transition,
+        output_topic,
+    } = *ending;
     record_attempt(tx, seq, attempt)?;
     let (status, next_attempt_at, error, output) = match transition {
         Transition::Succeeded { output } => ("succeeded", now, None, output.as_deref()),
@@ -491,6 +512,19 @@ fn finish_call(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
+    if let (Some((None, _)), Some(topic), Transition::Succeeded { output }) = (parent, output_topic, transition) {
+        // Once per call: a call that succeeds again (redriven, restarted) is not published twice.
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO outbox (subscription, call_seq, position, topic, key, value)
+             SELECT subscription, seq, ?2, ?3, kafka_key, ?4 FROM calls WHERE seq = ?1",
+        )?
+        .execute(params![
+            seq,
+            OUTPUT_POSITION,
+            topic,
+            output.as_deref().unwrap_or_default()
+        ])?;
+    }
     if let Some((Some(parent), Some(position))) = parent {
         let reason;
         let end = match transition {

@@ -290,7 +290,7 @@ async fn a_duplicate_workflow_answer_is_dropped_by_the_store() {
     for attempt in [1, 2] {
         store.start_attempt(seq, attempt, 0).unwrap();
         let (record, transition) = answer(attempt);
-        store.finish_attempt(seq, record, transition, false).unwrap();
+        store.finish_attempt(seq, record, transition, false, None).unwrap();
     }
     store.flush().await.unwrap();
     let call = store.call(id).await.unwrap().unwrap();

@@ -1,12 +1,14 @@
-//! `wf.produce`: records a workflow produces reach Kafka exactly once per journal entry,
-//! checked by consuming the topic after a loop of SIGKILLs of the engine (a real Tansu
-//! broker, the engine as a process).
+//! Records the engine produces through its outbox reach Kafka exactly once, checked by
+//! consuming the topic after a loop of SIGKILLs of the engine (a real Tansu broker, the
+//! engine as a process): `wf.produce` once per journal entry, and a subscription's
+//! `output_topic` once per successful call.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use integration_tests::config::{EngineConfig, Subscription};
 use integration_tests::kafka::{produce, producer, read_topic, Out, Tansu};
+use integration_tests::unkind::UnkindTarget;
 use integration_tests::{free_addr, spawn_engine, wait_for, Admin};
 use sdk::{Endpoint, Workflow};
 
@@ -99,4 +101,101 @@ async fn produced_records_reach_kafka_exactly_once_across_a_kill_loop() {
         })
         .collect();
     assert_eq!(events.iter().filter(|e| *e == "confirmed").count(), ORDERS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_successful_call_reaches_the_output_topic_once_in_key_order_across_a_kill_loop() {
+    const RECORDS: usize = 300;
+    const KEYS: usize = 20;
+    let tansu = Tansu::start();
+    tansu.create_topic("out-src", 3).await;
+    tansu.create_topic("outputs", 1).await;
+    // A Python service: jittery, 30% random 503s, answering "done:<body>".
+    let target = UnkindTarget::start(&[
+        "--error-rate",
+        "0.3",
+        "--latency-ms",
+        "2",
+        "--jitter",
+        "exp:5",
+        "--echo",
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr = free_addr();
+    let config = dir.path().join("engine.toml");
+    EngineConfig::new(dir.path().join("engine.db"))
+        .admin(admin_addr)
+        .subscription(
+            Subscription::new("orders", &target.url())
+                .fast_retries()
+                .set("output_topic", "outputs")
+                .kafka(&tansu.bootstrap(), &["out-src"])
+                .kafka_set("group_id", "engine-test-outputs")
+                .tansu_consumer(),
+        )
+        .write(&config);
+    let admin = Admin::new(admin_addr);
+    let records: Vec<Out> = (0..RECORDS)
+        .map(|n| {
+            let key = format!("k{}", n % KEYS);
+            Out::keyed(key.clone(), format!("{key}:{n}"))
+        })
+        .collect();
+    produce(&producer(&tansu.bootstrap()), "out-src", records).await;
+
+    for round in 0..3_u64 {
+        let engine = spawn_engine(&config);
+        wait_for("the engine", Duration::from_secs(30), || admin.is_up()).await;
+        // Killed mid-run: after some calls succeeded, while others are in flight.
+        let at_least = 60 * (round + 1);
+        wait_for("calls to succeed", Duration::from_secs(60), || async {
+            admin.stats().await["succeeded"].as_u64() >= Some(at_least)
+        })
+        .await;
+        let succeeded = admin.stats().await["succeeded"].as_u64().unwrap_or(0);
+        engine.crash();
+        println!("round {round}: killed with {succeeded} calls succeeded");
+    }
+    let _engine = spawn_engine(&config);
+    wait_for("the engine again", Duration::from_secs(30), || admin.is_up()).await;
+    wait_for("every call to succeed", Duration::from_secs(90), || async {
+        admin.stats().await["succeeded"].as_u64() == Some(RECORDS as u64)
+    })
+    .await;
+
+    let bootstrap = tansu.bootstrap();
+    let read =
+        tokio::task::spawn_blocking(move || read_topic(&bootstrap, "outputs", 1, RECORDS, Duration::from_secs(3)))
+            .await
+            .unwrap();
+    let stats = target.stats().await;
+    println!(
+        "{} outputs for {RECORDS} calls; the target answered {} requests, {} random 503s, {} duplicate successes",
+        read.len(),
+        stats["requests"],
+        stats["errors"],
+        stats["duplicates"]
+    );
+    let mut calls = HashSet::new();
+    let mut last_of_key: HashMap<String, usize> = HashMap::new();
+    for record in &read {
+        assert_eq!(record.header("engine-entry").as_deref(), Some("output"));
+        let call = record.header("engine-call-id").expect("engine-call-id header");
+        assert!(calls.insert(call.clone()), "the output of {call} was published twice");
+        let value = String::from_utf8(record.value.clone().unwrap()).unwrap();
+        let body = value.strip_prefix("done:").expect("the target's answer");
+        let (key, n) = body.split_once(':').unwrap();
+        assert_eq!(
+            record.key.as_deref(),
+            Some(key.as_bytes()),
+            "an output keeps its record's key"
+        );
+        let n: usize = n.parse().unwrap();
+        if let Some(last) = last_of_key.insert(key.to_string(), n) {
+            assert!(last < n, "outputs of {key} out of order: {n} after {last}");
+        }
+    }
+    assert_eq!(read.len(), RECORDS, "one output per call");
+    assert_eq!(stats["order_violations"], 0);
 }
