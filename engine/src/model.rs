@@ -149,25 +149,30 @@ pub enum Operation {
     Redrive(Vec<uuid::Uuid>),
     /// Delete dead calls and their history.
     PurgeDead(Vec<uuid::Uuid>),
+    /// Run an ended call again, keeping the first `from` entries of its journal (0: from
+    /// the start); later entries are dropped and run again.
+    Restart { id: uuid::Uuid, from: u32 },
 }
 
 impl Operation {
     /// The statuses a call must have for this operation to apply to it.
     pub fn applies_to(&self) -> &'static [CallStatus] {
-        use CallStatus::{Dead, Paused, Pending, Running};
+        use CallStatus::{Cancelled, Dead, Paused, Pending, Running, Succeeded};
         match self {
             Self::RetryNow(_) => &[Pending],
             Self::Cancel(_) => &[Pending, Running, Dead, Paused],
             // A paused workflow resumes by a redrive, once its code is fixed.
             Self::Redrive(_) => &[Dead, Paused],
             Self::PurgeDead(_) => &[Dead],
+            // Not a call that may be running: its attempt would end on the dropped journal.
+            Self::Restart { .. } => &[Succeeded, Dead, Paused, Cancelled],
         }
     }
 
     /// The calls it names.
     pub fn ids(&self) -> &[uuid::Uuid] {
         match self {
-            Self::RetryNow(id) | Self::Cancel(id) => std::slice::from_ref(id),
+            Self::RetryNow(id) | Self::Cancel(id) | Self::Restart { id, .. } => std::slice::from_ref(id),
             Self::Redrive(ids) | Self::PurgeDead(ids) => ids,
         }
     }

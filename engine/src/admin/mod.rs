@@ -2,6 +2,7 @@
 //! token configured, every `/v1` request needs `Authorization: Bearer <token>`.
 //!
 //! - this module: routes, auth, calls, dead letters, stats;
+//! - `workflow`: signals, awakeables and restarting a call from a journal entry;
 //! - `metrics`: `/metrics` in Prometheus text format;
 //! - `dashboard`: the embedded web dashboard at `/`.
 
@@ -20,6 +21,9 @@ use serde::Deserialize;
 
 mod dashboard;
 mod metrics;
+mod workflow;
+
+use workflow::{resolve_awakeable, restart_call, signal_call};
 
 use crate::api::{self, LiveFigures, SubscriptionStats, Throughput};
 use crate::config::SubscriptionConfig;
@@ -51,6 +55,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/calls/{id}/retry", post(retry_call))
         .route("/calls/{id}/cancel", post(cancel_call))
         .route("/calls/{id}/redrive", post(redrive_call))
+        .route("/calls/{id}/restart", post(restart_call))
         .route("/calls/{id}/signals/{name}", post(signal_call))
         .route("/awakeables/{id}", post(resolve_awakeable))
         .route("/dead", get(list_dead))
@@ -350,7 +355,7 @@ async fn operate(state: &AdminState, operation: Operation) -> Result<Vec<Affecte
 async fn operate_one(
     state: &AdminState,
     id: &str,
-    make: fn(uuid::Uuid) -> Operation,
+    make: impl FnOnce(uuid::Uuid) -> Operation,
 ) -> Result<Json<api::Call>, ApiError> {
     let id = parse_call_id(id)?;
     let operation = make(id);
@@ -379,68 +384,6 @@ async fn cancel_call(State(state): State<AdminState>, Path(id): Path<String>) ->
 
 async fn redrive_call(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<api::Call>, ApiError> {
     operate_one(&state, &id, |id| Operation::Redrive(vec![id])).await
-}
-
-/// Most bytes of a signal's payload.
-const MAX_SIGNAL_BYTES: usize = 1024 * 1024;
-
-/// `POST /v1/awakeables/{id}`: an awakeable's id is `<call id>.<token>`, and it is the
-/// call's signal `awakeable.<token>`.
-async fn resolve_awakeable(
-    state: State<AdminState>,
-    Path(awakeable): Path<String>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<api::Signalled>), ApiError> {
-    let (id, token) = awakeable
-        .split_once('.')
-        .filter(|(_, token)| !token.is_empty())
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("`{awakeable}` is not an awakeable id (`<call id>.<token>`, as `wf.awakeable()` gives it)"),
-            )
-        })?;
-    let name = format!("{}{token}", sdk::workflow::AWAKEABLE_PREFIX);
-    signal_call(state, Path((id.to_string(), name)), body).await
-}
-
-async fn signal_call(
-    State(state): State<AdminState>,
-    Path((id, name)): Path<(String, String)>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<api::Signalled>), ApiError> {
-    let id = parse_call_id(&id)?;
-    if !crate::workflow::valid_signal_name(&name) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "a signal's name must be 1 to {} bytes",
-                crate::workflow::MAX_SIGNAL_NAME
-            ),
-        ));
-    }
-    if body.len() > MAX_SIGNAL_BYTES {
-        return Err(ApiError(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a signal's payload is at most {MAX_SIGNAL_BYTES} bytes"),
-        ));
-    }
-    // The payload is JSON (an empty body is `null`), as the workflow decodes it.
-    let payload = if body.is_empty() {
-        "null".to_string()
-    } else {
-        let value: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("a signal's payload must be JSON: {e}")))?;
-        value.to_string()
-    };
-    match state.store.signal(id, &name, payload).await? {
-        crate::store::Signalled::Kept => Ok((StatusCode::ACCEPTED, Json(api::Signalled { id, signal: name }))),
-        crate::store::Signalled::NoCall => Err(ApiError(StatusCode::NOT_FOUND, format!("no call with id {id}"))),
-        crate::store::Signalled::Ended => Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("call {id} has ended (succeeded, dead or cancelled): no workflow will read the signal"),
-        )),
-    }
 }
 
 /// Body of the bulk dead-letter actions: explicit ids, or every dead call matching a filter.

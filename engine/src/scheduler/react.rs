@@ -52,7 +52,8 @@ impl Control {
                 was: call.was,
                 ordering_key,
             },
-            Operation::Redrive(_) => Self::Redriven {
+            // Pending again, like a redriven call.
+            Operation::Redrive(_) | Operation::Restart { .. } => Self::Redriven {
                 seq: call.seq,
                 ordering_key,
             },

@@ -116,11 +116,13 @@ pub(crate) fn parent_of(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<Opti
     })
 }
 
-/// A child call ended for good: record its end in the parent's entry at `position` (once)
-/// and wake the parent if that ends its wait.
+/// A child call ended for good: record its end in the parent's entry at `position` (once,
+/// and only if that entry is still this child's: a restarted parent has new ones) and wake
+/// the parent if that ends its wait.
 pub(crate) fn child_ended(
     tx: &Transaction<'_>,
     (parent, position): (i64, u32),
+    child_id: &str,
     end: &ChildEnd<'_>,
     now: Millis,
     wakes: &mut Vec<Wake>,
@@ -136,6 +138,9 @@ pub(crate) fn child_ended(
     else {
         return Ok(());
     };
+    if id.as_deref() != Some(child_id) {
+        return Ok(());
+    }
     let (ok, error) = match end {
         ChildEnd::Succeeded(output) => (Some(output_value(output.unwrap_or_default())), None),
         ChildEnd::Failed(reason) => (None, Some((*reason).to_string())),
@@ -280,6 +285,32 @@ fn put_entry(tx: &Transaction<'_>, seq: i64, position: u32, entry: &Entry) -> ru
     tx.prepare_cached("UPDATE journal SET entry = ?3 WHERE call_seq = ?1 AND position = ?2")?
         .execute(params![seq, position, json])?;
     Ok(())
+}
+
+/// Make an ended workflow pending again with the first `from` entries of its journal:
+/// later entries, the records they produced (published or not: they are produced again) and
+/// their children's links go; signals they consumed go back to the inbox. `false` if the
+/// journal is shorter than `from`.
+pub(crate) fn restart(tx: &Transaction<'_>, seq: i64, from: u32, now: Millis) -> rusqlite::Result<bool> {
+    let restarted = tx
+        .prepare_cached(
+            "UPDATE calls SET status = 'pending', next_attempt_at = ?3, updated_at = ?3, last_error = NULL,
+                 output = NULL, wait = NULL, journal_len = ?2, attempts_before_redrive = attempts,
+                 redriven_at = ?3, dead_letter_published_at = NULL
+             WHERE seq = ?1 AND journal_len >= ?2",
+        )?
+        .execute(params![seq, from, now])?;
+    if restarted == 0 {
+        return Ok(false);
+    }
+    tx.prepare_cached("DELETE FROM journal WHERE call_seq = ?1 AND position >= ?2")?
+        .execute(params![seq, from])?;
+    tx.prepare_cached("UPDATE signals SET position = NULL WHERE call_seq = ?1 AND position >= ?2")?
+        .execute(params![seq, from])?;
+    // Position -1, the call's output (`output_topic`), stays: once per call.
+    tx.prepare_cached("DELETE FROM outbox WHERE call_seq = ?1 AND position >= ?2")?
+        .execute(params![seq, from])?;
+    Ok(true)
 }
 
 /// The children of `seq` still open, to cancel with it.

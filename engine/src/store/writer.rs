@@ -500,19 +500,19 @@ fn finish_call(
     };
     // Only a running call moves on: an operator may have cancelled it meanwhile. A child's
     // parent comes back with the update, so ending a plain call costs no extra read.
-    let parent: Option<(Option<i64>, Option<u32>)> = tx
+    let parent: Option<(Option<i64>, Option<u32>, String)> = tx
         .prepare_cached(
             "UPDATE calls SET status = ?2, next_attempt_at = ?3, last_error = ?4,
                     output = coalesce(?5, output), attempts = max(attempts, ?6), updated_at = ?7
              WHERE seq = ?1 AND status IN ('running', 'pending')
-             RETURNING parent_seq, parent_position",
+             RETURNING parent_seq, parent_position, iif(parent_seq IS NULL, '', id)",
         )?
         .query_row(
             params![seq, status, next_attempt_at, error, output, attempt.attempt, now],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    if let (Some((None, _)), Some(topic), Transition::Succeeded { output }) = (parent, output_topic, transition) {
+    if let (Some((None, _, _)), Some(topic), Transition::Succeeded { output }) = (&parent, output_topic, transition) {
         // Once per call: a call that succeeds again (redriven, restarted) is not published twice.
         tx.prepare_cached(
             "INSERT OR IGNORE INTO outbox (subscription, call_seq, position, topic, key, value)
@@ -525,7 +525,7 @@ fn finish_call(
             output.as_deref().unwrap_or_default()
         ])?;
     }
-    if let Some((Some(parent), Some(position))) = parent {
+    if let Some((Some(parent), Some(position), id)) = parent {
         let reason;
         let end = match transition {
             Transition::Succeeded { output } => ChildEnd::Succeeded(output.as_deref()),
@@ -535,7 +535,7 @@ fn finish_call(
             }
             _ => return Ok(None),
         };
-        workflow::child_ended(tx, (parent, position), &end, now, wakes)?;
+        workflow::child_ended(tx, (parent, position), &id, &end, now, wakes)?;
     }
     Ok(None)
 }
@@ -609,6 +609,7 @@ fn operate(
                     workflow::child_ended(
                         tx,
                         parent,
+                        &id.to_string(),
                         &ChildEnd::Failed("the child call was cancelled"),
                         now,
                         wakes,
@@ -628,6 +629,11 @@ fn operate(
                      WHERE seq = ?1",
                 )?
                 .execute(params![seq, now])?;
+            }
+            Operation::Restart { from, .. } => {
+                if !workflow::restart(tx, seq, *from, now)? {
+                    continue;
+                }
             }
             Operation::PurgeDead(_) => {
                 tx.prepare_cached("DELETE FROM attempts WHERE call_seq = ?1")?

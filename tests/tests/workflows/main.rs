@@ -4,6 +4,7 @@
 
 mod children;
 mod produce;
+mod restart;
 mod signals;
 
 use std::net::SocketAddr;

@@ -49,6 +49,15 @@ pub enum Calls {
     Retry { id: String },
     /// Cancel a pending, running or dead call.
     Cancel { id: String },
+    /// Run an ended call again (succeeded, dead, paused or cancelled). A workflow keeps
+    /// the first FROM entries of its journal and runs the rest again; open children of the
+    /// dropped entries are cancelled.
+    Restart {
+        id: String,
+        /// Journal entries kept (`engine calls show` numbers them from 0).
+        #[arg(long, default_value_t = 0)]
+        from: u32,
+    },
 }
 
 /// `engine dead ...`
@@ -562,6 +571,18 @@ pub async fn calls(remote: Remote, command: Calls) -> anyhow::Result<()> {
         Calls::Cancel { id } => {
             let call: api::Call = client.post(&format!("/v1/calls/{id}/cancel"), None).await?;
             emit(&remote, &call, |c| outln!("call {} is {}", c.call.id, c.call.status));
+        }
+        Calls::Restart { id, from } => {
+            let call: api::Call = client
+                .post(&format!("/v1/calls/{id}/restart?from={from}"), None)
+                .await?;
+            emit(&remote, &call, |c| {
+                outln!(
+                    "call {} is {} again, from journal entry {from}",
+                    c.call.id,
+                    c.call.status
+                );
+            });
         }
     }
     Ok(())
