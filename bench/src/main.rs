@@ -19,6 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
 mod e2e;
+mod flows;
 mod handler;
 mod limits;
 mod purge;

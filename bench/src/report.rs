@@ -47,8 +47,11 @@ pub struct E2eArgs {
     /// Restate's `default-num-partitions` (its default is 24; fewer suit 2 cores better).
     #[arg(long, default_value_t = 2)]
     restate_partitions: u32,
-    /// Scenarios to run: throughput, latency, hol, memory.
-    #[arg(long, value_delimiter = ',', default_values_t = ["throughput".to_string(), "latency".to_string(), "hol".to_string(), "memory".to_string()])]
+    /// Records of the workflow scenario (each one workflow).
+    #[arg(long, default_value_t = 20_000)]
+    workflow_records: usize,
+    /// Scenarios to run: throughput, latency, hol, memory, workflows.
+    #[arg(long, value_delimiter = ',', default_values_t = ["throughput".to_string(), "latency".to_string(), "hol".to_string(), "memory".to_string(), "workflows".to_string()])]
     scenarios: Vec<String>,
     /// Where results.md and the CSV files go.
     #[arg(long, default_value = "target/bench")]
@@ -86,6 +89,11 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     }
     if wants("memory") && args.memory_records > 0 {
         memory(&args, &tansu, &mut md).await?;
+    }
+    if wants("workflows") {
+        let before = md.len();
+        crate::flows::compare(&tansu, restate.as_ref(), args.workflow_records, args.runs, &mut md).await?;
+        print!("{}", &md[before..]);
     }
     std::fs::write(args.out.join("results.md"), &md)?;
     eprintln!("written: {}", args.out.join("results.md").display());
@@ -296,23 +304,23 @@ fn mem_gib() -> f64 {
 }
 
 /// The Restate side: binaries and settings.
-struct RestateBins {
+pub struct RestateBins {
     server: PathBuf,
     peer: PathBuf,
     partitions: u32,
 }
 
 /// restate-server, its peer, the deployment registered.
-struct Restate {
-    server: Proc,
+pub struct Restate {
+    pub server: Proc,
     _peer: Proc,
     admin: String,
-    stats: String,
+    pub stats: String,
     _dir: tempfile::TempDir,
 }
 
 impl Restate {
-    async fn start(tansu: &Tansu, bins: &RestateBins) -> anyhow::Result<Self> {
+    pub async fn start(tansu: &Tansu, bins: &RestateBins) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir_in("target")?;
         let (node, admin, ingress, listen, stats) = (free_addr(), free_addr(), free_addr(), free_addr(), free_addr());
         let peer = Proc(
@@ -393,12 +401,13 @@ brokers = ["{bootstrap}"]
         })
     }
 
-    async fn subscribe(&self, topic: &str) -> anyhow::Result<()> {
+    /// Invoke `handler` (`Service/handler`) for every record of `topic`.
+    pub async fn subscribe(&self, topic: &str, handler: &str) -> anyhow::Result<()> {
         post_json(
             &format!("{}/subscriptions", self.admin),
             &json!({
                 "source": format!("kafka://tansu/{topic}"),
-                "sink": "service://Bench/run",
+                "sink": format!("service://{handler}"),
                 "options": {
                     "auto.offset.reset": "earliest",
                     "session.timeout.ms": "6000",
@@ -425,7 +434,7 @@ async fn restate_throughput(
     let restate = Restate::start(tansu, bins).await?;
     let cpu_before = cpu_seconds(restate.server.pid());
     let started = Instant::now();
-    restate.subscribe(&topic).await?;
+    restate.subscribe(&topic, "Bench/run").await?;
     let done = wait_delivered(&restate.stats, records as u64, Duration::from_secs(120)).await?;
     let cpu = cpu_seconds(restate.server.pid()) - cpu_before;
     let span = (done.last_us - done.first_us) as f64 / 1e6;
@@ -441,7 +450,7 @@ async fn restate_latency(tansu: &Tansu, bins: &RestateBins, rate: u64, seconds: 
     let topic = format!("rs-latency-{rate}");
     tansu.create_topic(&topic, 3).await;
     let restate = Restate::start(tansu, bins).await?;
-    restate.subscribe(&topic).await?;
+    restate.subscribe(&topic, "Bench/run").await?;
     produce_all(&producer(&tansu.bootstrap()), &topic, 10, |_| 0).await?;
     wait_delivered(&restate.stats, 10, Duration::from_secs(60)).await?;
     reqwest::Client::new()

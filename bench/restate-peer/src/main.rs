@@ -1,7 +1,7 @@
 //! `restate-peer`: the handler side of the Restate benchmark.
 //!
 //! Serves a Restate service `Bench` with one handler `run` (Restate's service protocol, HTTP/2,
-//! on `--listen`). Each invocation's input is the Kafka record value, taken as raw bytes (the
+//! on `--listen`), and `Flow/run`, the workflow benchmark's three steps and a sleep of zero. Each invocation's input is the Kafka record value, taken as raw bytes (the
 //! handler accepts any content type): JSON `{"ts_us": <µs since the Unix epoch at produce
 //! time>, "pad": "..."}`. The handler does no work: it records `now - ts_us` and returns.
 //!
@@ -81,6 +81,11 @@ impl Recorder {
 
     fn record(&mut self, invocation_id: &str, input: &[u8], now: u64) {
         self.attempts += 1;
+        self.completed(invocation_id, input, now);
+    }
+
+    /// An invocation reached its end (counted once per invocation id).
+    fn completed(&mut self, invocation_id: &str, input: &[u8], now: u64) {
         if !self.seen.insert(invocation_id.to_owned()) {
             return;
         }
@@ -156,6 +161,28 @@ impl Bench {
     }
 }
 
+struct Flow {
+    recorder: Shared,
+}
+
+/// The workflow benchmark's workflow: three journaled steps and a sleep of zero, recorded
+/// when it ends. Each execution of the handler (the first, or a replay after a suspension)
+/// counts as an attempt.
+#[restate_sdk::service]
+impl Flow {
+    #[handler]
+    async fn run(&self, ctx: Context<'_>, input: Vec<u8>) -> Result<(), TerminalError> {
+        self.recorder.lock().unwrap().attempts += 1;
+        ctx.run(|| async { Ok(()) }).name("a").await?;
+        ctx.run(|| async { Ok(()) }).name("b").await?;
+        ctx.run(|| async { Ok(()) }).name("c").await?;
+        ctx.sleep(std::time::Duration::ZERO).await?;
+        let now = now_us();
+        self.recorder.lock().unwrap().completed(ctx.invocation_id(), &input, now);
+        Ok(())
+    }
+}
+
 fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -218,7 +245,12 @@ async fn main() -> anyhow::Result<()> {
     // Fail early (before the SDK server starts) if the stats port is taken.
     tokio::task::yield_now().await;
 
-    let endpoint = Endpoint::builder().bind(Bench { recorder }).build();
+    let endpoint = Endpoint::builder()
+        .bind(Bench {
+            recorder: recorder.clone(),
+        })
+        .bind(Flow { recorder })
+        .build();
     eprintln!(
         "restate-peer: service Bench/run on http://{} (register this URI), stats on http://{}/stats",
         args.listen, args.stats

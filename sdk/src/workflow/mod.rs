@@ -341,6 +341,26 @@ impl Workflow {
                 }
                 Some(other) => wf.mismatch(position, &other, "sleep").await,
                 None => {
+                    // A sleep already over on the engine's clock (a zero duration, a time
+                    // past) costs no request: noted with its wake time, stored with the
+                    // run's next suspension (or never, if the run completes first).
+                    let due = match new {
+                        Entry::Sleep {
+                            duration_ms: Some(ms), ..
+                        } if ms <= 0 => Some(wf.now_ms),
+                        Entry::Sleep { wake_at: Some(at), .. } if at <= wf.now_ms => Some(at),
+                        _ => None,
+                    };
+                    if let Some(wake_at) = due {
+                        wf.record(
+                            position,
+                            Entry::Sleep {
+                                wake_at: Some(wake_at),
+                                duration_ms: None,
+                            },
+                        );
+                        return;
+                    }
                     wf.record(position, new);
                     wf.suspend(Some(Wait::AnyOf(vec![vec![position]]))).await;
                 }

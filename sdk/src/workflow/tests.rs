@@ -101,6 +101,41 @@ async fn a_new_step_and_sleep_suspend_together_then_replay_to_completion() {
 }
 
 #[tokio::test]
+async fn a_sleep_already_over_costs_no_request_and_rides_with_the_next_suspension() {
+    let w = wf(Vec::new(), 5_000);
+    let stop = run(&w, |w| async move {
+        let a: u32 = w.step("a", || async { Ok(1) }).await?;
+        w.sleep(Duration::ZERO).await;
+        w.sleep_until(UNIX_EPOCH + Duration::from_millis(4_000)).await;
+        let b: u32 = w.step("b", || async { Ok(2) }).await?;
+        Ok::<u32, Error>(a + b)
+    })
+    .await;
+    let Err(Stop::Suspended(s)) = stop else {
+        panic!("{stop:?}")
+    };
+    let slept = |at| Entry::Sleep {
+        wake_at: Some(at),
+        duration_ms: None,
+    };
+    assert_eq!(
+        (s.entries, s.wait),
+        (vec![step("a", 1), slept(5_000), slept(4_000)], None),
+        "both sleeps were over: the run went on to the next step, which waits for `a` to be stored"
+    );
+
+    // A run that ends after a sleep of zero completes in the same request.
+    let w = wf(vec![step("a", 1)], 6_000);
+    let done = run(&w, |w| async move {
+        let a: u32 = w.step("a", || async { Ok(1) }).await?;
+        w.sleep(Duration::ZERO).await;
+        Ok::<u32, Error>(a)
+    })
+    .await;
+    assert_eq!(done.unwrap().unwrap(), 1);
+}
+
+#[tokio::test]
 async fn a_second_new_step_waits_for_the_first_to_be_stored() {
     let w = wf(Vec::new(), 0);
     let stop = run(&w, |w| async move {
