@@ -106,7 +106,7 @@ async fn a_sleep_already_over_costs_no_request_and_rides_with_the_next_suspensio
     let stop = run(&w, |w| async move {
         let a: u32 = w.step("a", || async { Ok(1) }).await?;
         w.sleep(Duration::ZERO).await;
-        w.sleep_until(UNIX_EPOCH + Duration::from_millis(4_000)).await;
+        w.sleep_until(UNIX_EPOCH + Duration::from_secs(4)).await;
         let b: u32 = w.step("b", || async { Ok(2) }).await?;
         Ok::<u32, Error>(a + b)
     })
