@@ -434,8 +434,9 @@ function detailView(c) {
     h('h1', null, 'Call ', h('span', { class: 'mono', testid: 'call-id' }, c.id), ' ', statusBadge(c.status, 'call-status')),
     h('div', { class: 'actions' },
       can('pending') && button('retry', 'Retry now', 'primary'),
-      can('dead') && button('redrive', 'Redrive', 'primary'),
-      can('pending running dead') && button('cancel', 'Cancel', 'danger'),
+      can('dead paused') && button('redrive', c.status === 'paused' ? 'Resume' : 'Redrive', 'primary'),
+      can('succeeded dead paused cancelled') && button('restart', 'Restart', null),
+      can('pending running dead paused') && button('cancel', 'Cancel', 'danger'),
       open && h('span', { class: 'muted' }, 'refreshing every second…')),
     h('div', { class: 'cols' },
       h('div', null, h('dl', { class: 'fields' },
@@ -447,12 +448,14 @@ function detailView(c) {
         field('Created', time(c.created_at, true)),
         field('Updated', time(c.updated_at, true)),
         field('Attempts', num(c.attempts), 'call-attempts'),
+        c.parent && field('Child of', [callLink(c.parent.id), ` entry #${c.parent.position}`], 'call-parent'),
         c.redriven_at != null && field('Redriven', [time(c.redriven_at, true), ' ', h('span', { class: 'muted' }, `after attempt ${c.attempts_before_redrive}`)], 'call-redriven'),
         c.next_attempt_at != null && c.status === 'pending' && field('Next attempt', [time(c.next_attempt_at, true), ' ', h('span', { class: 'muted' }, `(${rel(c.next_attempt_at)})`)]),
         field(c.status === 'dead' ? 'Reason' : 'Last error', c.last_error || h('span', { class: 'muted' }, '—'), 'call-error'),
         c.headers && field('Headers', h('span', { class: 'mono' }, c.headers)))),
       h('div', null, h('h2', null, 'Payload'), preview(c.payload, 'call-payload'),
         c.output && [h('h2', null, 'Output'), preview(c.output, 'call-output')])),
+    journalView(c, can('succeeded dead paused cancelled')),
     h('h2', null, `Attempts (${history.length})`),
     table('attempts', ['##', 'Started', '#Duration', 'Outcome', '#HTTP', 'Error'],
       history.map((a) => h('tr', { testid: 'attempt-row', 'data-attempt': a.attempt,
@@ -460,6 +463,43 @@ function detailView(c) {
         ntd(a.attempt), td(time(a.started_at, true)), td(dur(a.duration_ms), 'num'),
         td(badge(a.outcome, `o-${a.outcome}`)), ntd(a.http_status), td(a.error || '', 'err'))),
       'No attempt yet.'));
+}
+
+// A workflow's journal: each entry, its state, what the call waits for; an ended call can
+// restart from any entry.
+const short = (v) => { const t = JSON.stringify(v); return t && t.length > 80 ? t.slice(0, 77) + '…' : t; };
+function describeEntry(e) {
+  const outcome = (ok, error, at) => error != null ? [badge('failed', 'o-permanent'), ' ', error]
+    : ok !== undefined ? [badge('done', 'o-success'), at != null ? [' ', time(at, true)] : null, ' ', h('span', { class: 'mono' }, short(ok))]
+      : badge('open', 's-pending');
+  switch (e.kind) {
+    case 'step': return [`step ${e.name}`, outcome(e.ok, e.error)];
+    case 'sleep': return ['sleep', e.wake_at != null ? [`until ${time(e.wake_at, true)}`, e.wake_at > Date.now() ? ` (${rel(e.wake_at)})` : ''] : 'wake time not set'];
+    case 'now': return ['now', time(e.value, true)];
+    case 'call': return [['call ', e.target, ' ', e.id ? callLink(e.id) : null], outcome(e.ok, e.error, e.at)];
+    case 'signal': return [`signal ${e.name}`, outcome(e.ok, undefined, e.at)];
+    case 'produce': return [`produce to ${e.topic}${e.key != null ? ` key ${e.key}` : ''}`, 'stored for publishing'];
+    case 'patch': return [`patch ${e.id}`, 'taken'];
+    default: return [e.kind, h('span', { class: 'mono' }, short(e))];
+  }
+}
+function journalView(c, restartable) {
+  const journal = c.journal || [];
+  if (!journal.length) return null;
+  const waited = new Set(((c.waiting_for && c.waiting_for.any_of) || []).flat());
+  return [
+    h('h2', null, `Journal (${journal.length})`),
+    c.waiting_for && h('p', { class: 'muted', testid: 'waiting-for' }, 'Waits for ',
+      c.waiting_for.any_of.map((g) => g.map((p) => `#${p}`).join(' and ')).join(', or ')),
+    table('journal', ['##', 'Entry', 'State', ''],
+      journal.map((e, i) => {
+        const [what, state] = describeEntry(e);
+        return h('tr', { testid: 'journal-row', class: waited.has(i) ? 'waited' : null },
+          ntd(i), td(what), td([state, waited.has(i) ? [' ', badge('waited for', 's-running')] : null]),
+          td(restartable && h('button', { type: 'button', class: 'small', 'data-action': 'restart-from', 'data-id': c.id, 'data-from': i, testid: 'restart-from',
+            title: `Run again, keeping entries #0 to #${i - 1}` }, `Restart from #${i}`)));
+      }), ''),
+  ];
 }
 
 function detail(id) {
@@ -481,6 +521,10 @@ const actions = {
   reload: () => refresh(),
   retry: (id) => act('Retry', async () => { await post(`/v1/calls/${id}/retry`); open = true; return 'The call is due now.'; }),
   redrive: (id) => act('Redrive', async () => { await post(`/v1/calls/${id}/redrive`); open = true; return `Call ${id} redriven.`; }),
+  restart: (id) => confirm('Run this call again from the start?') &&
+    act('Restart', async () => { await post(`/v1/calls/${id}/restart`); open = true; return `Call ${id} restarted.`; }),
+  'restart-from': (id, b) => confirm(`Run this call again from journal entry #${b.dataset.from}? Later entries run again.`) &&
+    act('Restart', async () => { await post(`/v1/calls/${id}/restart?from=${b.dataset.from}`); open = true; return `Call ${id} restarted from entry #${b.dataset.from}.`; }),
   cancel: (id) => confirm('Cancel this call for good?') &&
     act('Cancel', async () => { await post(`/v1/calls/${id}/cancel`); return 'The call was cancelled.'; }),
   'redrive-shown': () => confirm(`Redrive the ${calls(shownDead.length)} shown?`) &&
@@ -491,7 +535,7 @@ const actions = {
 view.addEventListener('click', (e) => {
   const b = e.target.closest('button[data-action]');
   if (!b || b.disabled || !actions[b.dataset.action]) return;
-  actions[b.dataset.action](b.dataset.id);
+  actions[b.dataset.action](b.dataset.id, b);
 });
 
 // ---- routing

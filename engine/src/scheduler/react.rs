@@ -198,7 +198,7 @@ impl Reactor {
                 self.progress.insert(call.seq, (*attempt, now));
                 // Waiting for an event: parked until the store wakes it (a retry-now).
                 let at = suspended.resume_at.unwrap_or(crate::workflow::NEVER);
-                self.window.retry(call.seq, at, now);
+                self.window.resume(call.seq, at, now);
                 None
             }
             Transition::Dead { .. } | Transition::Paused { .. } => {
