@@ -3,6 +3,9 @@
 //   DASHBOARD_URL  the dashboard, e.g. http://127.0.0.1:8680/ (required)
 //   DEAD_CALL_ID   a call that is dead now and whose target is healthy now (required)
 //   SUBSCRIPTION   that call's subscription (required)
+//   WORKFLOW_ID    if set, a dead workflow with at least 2 journal entries, whose failing
+//                  step works now: the test checks its journal view and restarts it from
+//                  entry #1
 //   ADMIN_TOKEN    if set, the dashboard must ask for it, and the test types it in
 //   SCREENSHOT_DIR if set, dashboard-{overview,dead,call}.png are saved there
 //   CHROMIUM       the browser binary (default /usr/bin/chromium)
@@ -28,6 +31,7 @@ function need(name) {
 const url = need('DASHBOARD_URL');
 const deadId = need('DEAD_CALL_ID');
 const sub = need('SUBSCRIPTION');
+const workflowId = env.WORKFLOW_ID || '';
 const token = env.ADMIN_TOKEN || '';
 const shots = env.SCREENSHOT_DIR || '';
 
@@ -138,10 +142,29 @@ async function run() {
   });
   await shot('dashboard-call.png');
 
+  let restarted = '';
+  if (workflowId) {
+    const entries = await step('open the dead workflow', async () => {
+      await page.goto(`${url.replace(/\/$/, '')}/#/calls/${workflowId}`);
+      return until(`the call page of workflow ${workflowId} does not show status "dead" and a journal of at least 2 entries`,
+        ([st, rows]) => {
+          const n = document.querySelectorAll(rows).length;
+          return document.querySelector(st)?.textContent === 'dead' && n >= 2 && n;
+        }, [tid('call-status'), tid('journal-row')]);
+    });
+    await shot('dashboard-journal.png');
+    await step('restart the workflow from entry #1', async () => {
+      await page.locator(`${tid('restart-from')}[data-from="1"]`).click();
+      await until(`after "Restart from #1", workflow ${workflowId} did not reach "succeeded"`,
+        (st) => document.querySelector(st)?.textContent === 'succeeded', tid('call-status'));
+    });
+    restarted = `; workflow ${workflowId} (${entries} journal entries) restarted from entry #1 to succeeded`;
+  }
+
   current = 'check the console';
   if (consoleErrors.length) throw new Error(`the page logged errors: ${consoleErrors.join(' | ')}`);
   return `${figures.dead} dead / ${figures.ok} succeeded on the overview; call ${deadId} redriven from dead to succeeded, `
-    + `${before} → ${after} attempts${token ? ', with the token form' : ''}`;
+    + `${before} → ${after} attempts${token ? ', with the token form' : ''}${restarted}`;
 }
 
 const watchdog = setTimeout(() => {

@@ -1,6 +1,7 @@
 //! The web dashboard in a real headless Chromium (Debian's package), driven by
 //! `tests/browser/dashboard.mjs` (playwright-core): load the overview, see counters, open a
-//! dead call, click redrive, see it succeed with both eras in its history.
+//! dead call, click redrive, see it succeed with both eras in its history; open a dead
+//! workflow, see its journal, restart it from an entry and see it succeed.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM`) and `npm ci` in tests/browser; `scripts/test`
 //! provisions both. Set `DASHBOARD_SCREENSHOTS=docs/img` to refresh the screenshots in docs.
@@ -9,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use integration_tests::{Admin, Reply, Target};
+use integration_tests::{free_addr, Admin, Reply, Target};
+use sdk::{Endpoint, Error, Workflow};
 
 const TOKEN: &str = "dashboard-test-token";
 
@@ -30,11 +32,38 @@ async fn the_dashboard_shows_counters_and_redrives_a_dead_call_in_a_real_browser
         }
     })
     .await;
+    // A workflow whose payment step fails for good until the bug is fixed.
+    let fixed = Arc::new(AtomicBool::new(false));
+    let workflow_addr = free_addr();
+    let listener = tokio::net::TcpListener::bind(workflow_addr).await.unwrap();
+    let flag = Arc::clone(&fixed);
+    let endpoint = Endpoint::new().workflow("fulfil", move |wf: Workflow, order: u32| {
+        let fixed = Arc::clone(&flag);
+        async move {
+            let item: String = wf
+                .step("fetch", move || async move { Ok(format!("item-{order}")) })
+                .await?;
+            wf.sleep(std::time::Duration::from_millis(5)).await;
+            wf.step("charge", move || async move {
+                if fixed.load(Ordering::Relaxed) {
+                    Ok(format!("{item} charged"))
+                } else {
+                    Err(Error::permanent("card processor rejected the request (bug)"))
+                }
+            })
+            .await
+        }
+    });
+    tokio::spawn(async move { endpoint.serve_on(listener, std::future::pending::<()>()).await });
     let dir = tempfile::tempdir().unwrap();
     let config = integration_tests::test_config(
         dir.path(),
         integration_tests::config::Subscription::new("orders", &target.url()).ordering("key"),
     )
+    .subscription(integration_tests::config::Subscription::new(
+        "fulfil",
+        &format!("http://{workflow_addr}/fulfil"),
+    ))
     .admin_token(TOKEN);
     let engine = engine::Engine::start(config.build()).await.unwrap();
     let admin = Admin::with_token(engine.admin_addr(), TOKEN);
@@ -44,18 +73,23 @@ async fn the_dashboard_shows_counters_and_redrives_a_dead_call_in_a_real_browser
     }
     let dead = admin.enqueue("orders", b"order-42", Some("customer-7")).await;
     admin.wait_status(&dead, "dead").await;
-    // The target is fixed: a redrive now succeeds.
+    let workflow = admin.enqueue("fulfil", b"7", None).await;
+    admin.wait_status(&workflow, "dead").await;
+    // The target and the workflow's step are fixed: a redrive, a restart now succeed.
     healthy.store(true, Ordering::Relaxed);
+    fixed.store(true, Ordering::Relaxed);
 
     let screenshots =
         std::env::var("DASHBOARD_SCREENSHOTS").map_or_else(|_| dir.path().join("screenshots"), PathBuf::from);
     let url = format!("http://{}/", engine.admin_addr());
     let dead_id = dead.clone();
+    let workflow_id = workflow.clone();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new("node")
             .arg(browser_dir.join("dashboard.mjs"))
             .env("DASHBOARD_URL", url)
             .env("DEAD_CALL_ID", dead_id)
+            .env("WORKFLOW_ID", &workflow_id)
             .env("SUBSCRIPTION", "orders")
             .env("ADMIN_TOKEN", TOKEN)
             .env("SCREENSHOT_DIR", &screenshots)
@@ -81,5 +115,8 @@ async fn the_dashboard_shows_counters_and_redrives_a_dead_call_in_a_real_browser
         "the eras: one attempt before the redrive"
     );
     assert!(call["redriven_at"].as_i64().is_some());
+    let workflow = admin.call(&workflow).await;
+    assert_eq!(workflow["status"], "succeeded");
+    assert_eq!(workflow["output"]["data"], "\"item-7 charged\"");
     engine.shutdown().await.unwrap();
 }

@@ -430,6 +430,7 @@ function detailView(c) {
   const can = (s) => s.split(' ').includes(c.status);
   const button = (action, label, cls) => h('button', { type: 'button', class: cls, 'data-action': action, 'data-id': c.id, testid: `action-${action}` }, label);
   const history = c.history || [];
+  const workflow = (c.journal || []).length > 0;
   return h('div', { 'data-id': c.id },
     h('h1', null, 'Call ', h('span', { class: 'mono', testid: 'call-id' }, c.id), ' ', statusBadge(c.status, 'call-status')),
     h('div', { class: 'actions' },
@@ -449,7 +450,8 @@ function detailView(c) {
         field('Updated', time(c.updated_at, true)),
         field('Attempts', num(c.attempts), 'call-attempts'),
         c.parent && field('Child of', [callLink(c.parent.id), ` entry #${c.parent.position}`], 'call-parent'),
-        c.redriven_at != null && field('Redriven', [time(c.redriven_at, true), ' ', h('span', { class: 'muted' }, `after attempt ${c.attempts_before_redrive}`)], 'call-redriven'),
+        // A workflow's retry budget starts again at each step it stores, as after a redrive.
+        c.redriven_at != null && field(workflow ? 'Last progress' : 'Redriven', [time(c.redriven_at, true), ' ', h('span', { class: 'muted' }, `after attempt ${c.attempts_before_redrive}`)], 'call-redriven'),
         c.next_attempt_at != null && c.status === 'pending' && field('Next attempt', [time(c.next_attempt_at, true), ' ', h('span', { class: 'muted' }, `(${rel(c.next_attempt_at)})`)]),
         field(c.status === 'dead' ? 'Reason' : 'Last error', c.last_error || h('span', { class: 'muted' }, '—'), 'call-error'),
         c.headers && field('Headers', h('span', { class: 'mono' }, c.headers)))),
@@ -459,7 +461,7 @@ function detailView(c) {
     h('h2', null, `Attempts (${history.length})`),
     table('attempts', ['##', 'Started', '#Duration', 'Outcome', '#HTTP', 'Error'],
       history.map((a) => h('tr', { testid: 'attempt-row', 'data-attempt': a.attempt,
-          class: a.attempt === (c.attempts_before_redrive || 0) + 1 && c.redriven_at != null ? 'redriven' : null },
+          class: !workflow && a.attempt === (c.attempts_before_redrive || 0) + 1 && c.redriven_at != null ? 'redriven' : null },
         ntd(a.attempt), td(time(a.started_at, true)), td(dur(a.duration_ms), 'num'),
         td(badge(a.outcome, `o-${a.outcome}`)), ntd(a.http_status), td(a.error || '', 'err'))),
       'No attempt yet.'));
@@ -474,7 +476,7 @@ function describeEntry(e) {
       : badge('open', 's-pending');
   switch (e.kind) {
     case 'step': return [`step ${e.name}`, outcome(e.ok, e.error)];
-    case 'sleep': return ['sleep', e.wake_at != null ? [`until ${time(e.wake_at, true)}`, e.wake_at > Date.now() ? ` (${rel(e.wake_at)})` : ''] : 'wake time not set'];
+    case 'sleep': return ['sleep', e.wake_at != null ? ['until ', time(e.wake_at, true), e.wake_at > Date.now() ? ` (${rel(e.wake_at)})` : ''] : 'wake time not set'];
     case 'now': return ['now', time(e.value, true)];
     case 'call': return [['call ', e.target, ' ', e.id ? callLink(e.id) : null], outcome(e.ok, e.error, e.at)];
     case 'signal': return [`signal ${e.name}`, outcome(e.ok, undefined, e.at)];
