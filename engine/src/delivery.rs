@@ -9,7 +9,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sdk::protocol::{self, classify_status, header, DeclaredFailure, OutcomeClass};
 
 use crate::model::{now_millis, DueCall, Millis};
-use crate::workflow::{self, Directory, WorkflowStep, MAX_ANSWER_BYTES};
+use crate::workflow::{self, Directory, Resume, WorkflowStep, MAX_ANSWER_BYTES};
 
 /// The classified result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,21 +92,25 @@ impl Deliverer {
         Ok(Self { client, signer })
     }
 
-    /// Make one attempt. Never fails: every problem is an outcome. `journal` is a
+    /// Make one attempt. Never fails: every problem is an outcome. `resume` is a resumed
     /// workflow's journal (a JSON array), sent ahead of the input, with the clock it was
-    /// read at; `directory` checks what a workflow's answer asks for.
+    /// read at and the deployment it is pinned to; `directory` checks what a workflow's
+    /// answer asks for.
     pub async fn deliver(
         &self,
         call: &Arc<DueCall>,
         attempt: u32,
         subscription: &str,
         limits: DeliveryLimits,
-        journal: Option<(Vec<u8>, Millis)>,
+        resume: Option<Resume>,
         directory: &dyn Directory,
     ) -> AttemptOutcome {
         let started = Instant::now();
-        let now = journal.as_ref().map_or_else(now_millis, |(_, now)| *now);
-        let journal = journal.map(|(bytes, _)| bytes);
+        let now = resume.as_ref().map_or_else(now_millis, |r| r.now);
+        let (journal, pinned) = match resume {
+            Some(Resume { journal, pinned, .. }) => (Some(journal), pinned),
+            None => (None, None),
+        };
         let mut headers = request_headers(call, attempt, subscription, now);
         let body = match &journal {
             // The body shares the payload held in the window instead of copying it.
@@ -148,6 +152,11 @@ impl Deliverer {
                 .get(header::WORKFLOW)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            let deployment = response
+                .headers()
+                .get(header::DEPLOYMENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let limit = match workflow.as_deref() {
                 Some("suspended") => MAX_ANSWER_BYTES,
                 _ if classify_status(status) == OutcomeClass::Success => limits.max_output_bytes,
@@ -160,6 +169,7 @@ impl Deliverer {
                 declared,
                 handler_protocol,
                 workflow,
+                deployment,
                 body,
                 truncated,
             })
@@ -168,7 +178,20 @@ impl Deliverer {
         let duration = started.elapsed();
         match result {
             Ok(Ok(answer)) => {
-                let workflow = workflow_step(&answer, journal.as_deref(), directory);
+                // A resumed workflow's answer counts only from the deployment it is pinned to.
+                let changed = journal.as_ref().and_then(|_| {
+                    workflow::deployment_changed(pinned.as_deref(), answer.deployment.as_deref(), &call.target)
+                });
+                let workflow = match changed {
+                    Some(reason) => Some(WorkflowStep::Paused(reason)),
+                    None => workflow_step(&answer, journal.as_deref(), directory).map(|step| match step {
+                        WorkflowStep::Suspended(mut suspended) => {
+                            suspended.deployment.clone_from(&answer.deployment);
+                            WorkflowStep::Suspended(suspended)
+                        }
+                        paused @ WorkflowStep::Paused(_) => paused,
+                    }),
+                };
                 AttemptOutcome {
                     workflow,
                     ..outcome_of(answer, duration)
@@ -206,6 +229,8 @@ struct Answer {
     handler_protocol: Option<u32>,
     /// `engine-workflow` (protocol 4): `suspended` or `nondeterminism`.
     workflow: Option<String>,
+    /// `engine-deployment` (protocol 7): the deployment that answered.
+    deployment: Option<String>,
     /// The body, cut at the limit.
     body: Vec<u8>,
     truncated: bool,
@@ -411,6 +436,7 @@ mod tests {
             declared: Some(DeclaredFailure::Overload),
             handler_protocol: None,
             workflow: None,
+            deployment: None,
             body: body.as_bytes().to_vec(),
             truncated: false,
         }

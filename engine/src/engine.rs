@@ -43,6 +43,19 @@ impl Engine {
                 },
             },
         )?;
+        let targets = config
+            .subscriptions
+            .iter()
+            .map(|s| (s.name.clone(), s.target.clone()))
+            .collect();
+        for retargeted in store.follow_targets(targets).await? {
+            if retargeted.moved > 0 {
+                tracing::info!(subscription = %retargeted.subscription, calls = retargeted.moved, "calls not started as workflows follow the subscription's new target");
+            }
+            for (target, workflows) in &retargeted.pinned {
+                tracing::info!(subscription = %retargeted.subscription, %target, workflows, "workflows stay pinned to the target they started on: keep it serving until they end");
+            }
+        }
         let deliverer = Deliverer::new(config.signing.signer()?)?;
         let (shutdown, listener) = shutdown::channel();
         let mut tasks = JoinSet::new();

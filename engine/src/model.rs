@@ -269,6 +269,9 @@ pub struct CallView {
     /// The workflow a child call belongs to, and its entry there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentEntry>,
+    /// The deployment a workflow is pinned to (declared by its SDK, protocol 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 /// The workflow entry a child call reports to.

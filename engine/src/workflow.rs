@@ -47,6 +47,33 @@ pub struct Suspended {
     /// The children as calls of their subscriptions, filled in by the scheduler (which
     /// knows every subscription's config) before the store creates them.
     pub calls: Vec<crate::model::NewCall>,
+    /// The deployment that answered (protocol 7), pinned if the call has none yet.
+    pub deployment: Option<String>,
+}
+
+/// What a workflow's next attempt is sent with: its journal (a JSON array), the engine's
+/// clock when it was read, and the deployment the workflow is pinned to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub journal: Vec<u8>,
+    pub now: Millis,
+    pub pinned: Option<String>,
+}
+
+/// Whether an answer may be used by a workflow pinned to `pinned`: `None` if so, else why
+/// the call pauses. A workflow replayed on code it did not start on could take another path
+/// through its journal; pausing lets an operator bring the old deployment back (then
+/// redrive) or restart the call on the new one.
+pub fn deployment_changed(pinned: Option<&str>, answered: Option<&str>, target: &str) -> Option<String> {
+    let pinned = pinned?;
+    let by = match answered {
+        Some(answered) if answered == pinned => return None,
+        Some(answered) => format!("deployment `{answered}`"),
+        None => "code that declares no deployment".to_string(),
+    };
+    Some(format!(
+        "the workflow started on deployment `{pinned}`, but {by} answered at {target}: serve `{pinned}` there until its workflows end, then redrive (new code goes to a new URL: change the subscription's target), or restart the call to run it on the new code"
+    ))
 }
 
 /// A child call a workflow asked for.
@@ -122,6 +149,7 @@ fn try_resolve(
         children: Vec::new(),
         outbox: Vec::new(),
         calls: Vec::new(),
+        deployment: None,
     };
     for entry in answer.entries {
         let position = u32::try_from(all.len()).unwrap_or(u32::MAX);
@@ -418,5 +446,22 @@ mod tests {
         };
         let reason = paused(resolve(None, huge, 0, &Known));
         assert!(reason.contains("more than the limit"), "{reason}");
+    }
+
+    #[test]
+    fn only_the_pinned_deployment_may_answer_a_workflow() {
+        assert_eq!(
+            deployment_changed(None, Some("v2"), "http://t"),
+            None,
+            "nothing pinned yet"
+        );
+        assert_eq!(deployment_changed(Some("v1"), Some("v1"), "http://t"), None);
+        let other = deployment_changed(Some("v1"), Some("v2"), "http://t/ship").unwrap();
+        assert!(
+            other.contains("started on deployment `v1`, but deployment `v2` answered at http://t/ship"),
+            "{other}"
+        );
+        let undeclared = deployment_changed(Some("v1"), None, "http://t").unwrap();
+        assert!(undeclared.contains("code that declares no deployment"), "{undeclared}");
     }
 }

@@ -65,6 +65,7 @@ type Function = Arc<dyn Fn(Context, Bytes) -> BoxFuture + Send + Sync>;
 pub struct Endpoint {
     functions: HashMap<String, Function>,
     verifier: Option<Verifier>,
+    deployment: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -74,6 +75,7 @@ impl std::fmt::Debug for Endpoint {
         f.debug_struct("Endpoint")
             .field("functions", &names)
             .field("verifies_signatures", &self.verifier.is_some())
+            .field("deployment", &self.deployment)
             .finish()
     }
 }
@@ -85,6 +87,26 @@ impl Endpoint {
     /// An endpoint with no functions yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Declare which deployment of the code this is (a version, a build id; at most 255
+    /// visible ASCII characters). Every workflow answer says so (protocol 7), and the
+    /// engine pins each workflow to the deployment that answered it first: if another
+    /// deployment answers it later (the code was replaced in place), the workflow is paused
+    /// instead of replayed against code it did not start on. Run a new deployment at a new
+    /// URL and point the subscription's `target` there; workflows already started keep the
+    /// URL they started on until they end. See docs/workflows.md.
+    ///
+    /// # Panics
+    /// If `id` is empty, longer than 255 bytes, or not visible ASCII.
+    #[must_use]
+    pub fn deployment(mut self, id: &str) -> Self {
+        assert!(
+            !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_graphic()),
+            "a deployment id must be 1 to 255 visible ASCII characters, not {id:?}"
+        );
+        self.deployment = Some(HeaderValue::from_str(id).expect("visible ASCII is a header value"));
+        self
     }
 
     /// Register a typed function: the body is JSON decoded into `I` (a decode failure is a
@@ -363,5 +385,10 @@ async fn call(
             error_response(&Error::temporary(format!("the function panicked: {text}")))
         }
     };
-    stamp(response)
+    let mut response = stamp(response);
+    // On every answer: the engine reads it from workflows' answers.
+    if let Some(deployment) = &endpoint.deployment {
+        response.headers_mut().insert(header::DEPLOYMENT, deployment.clone());
+    }
+    response
 }

@@ -15,8 +15,9 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 /// response headers [`header::PROTOCOL`] and [`header::FAILURE`]; version 3 signs the call
 /// id, attempt and idempotency key too (see [`crate::signing`]); version 4 carries the
 /// journals of durable workflows (see [`crate::workflow`]); version 5 adds child calls,
-/// signals, records produced through the outbox and waits over several entries.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// signals, records produced through the outbox and waits over several entries; version 6
+/// patch points; version 7 the [`header::DEPLOYMENT`] an answer comes from.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Header names, lower case as HTTP/2 requires and HTTP/1 ignores.
 pub mod header {
@@ -58,6 +59,10 @@ pub mod header {
     /// Response header (version 2): what a temporary failure is, see
     /// [`super::DeclaredFailure`]. Absent from plain webhooks.
     pub const FAILURE: &str = "engine-failure";
+    /// Response header (version 7): the deployment of the code that answered, as declared
+    /// with [`crate::Endpoint::deployment`]. A workflow is pinned to the first one that
+    /// answered it. Absent when none is declared.
+    pub const DEPLOYMENT: &str = "engine-deployment";
 }
 
 /// What a handler says a temporary failure is, in [`header::FAILURE`]. The class of the

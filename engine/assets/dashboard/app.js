@@ -450,6 +450,7 @@ function detailView(c) {
         field('Updated', time(c.updated_at, true)),
         field('Attempts', num(c.attempts), 'call-attempts'),
         c.parent && field('Child of', [callLink(c.parent.id), ` entry #${c.parent.position}`], 'call-parent'),
+        c.deployment && field('Deployment', [h('span', { class: 'mono' }, c.deployment), ' ', h('span', { class: 'muted' }, '(pinned)')], 'call-deployment'),
         // A workflow's retry budget starts again at each step it stores, as after a redrive.
         c.redriven_at != null && field(workflow ? 'Last progress' : 'Redriven', [time(c.redriven_at, true), ' ', h('span', { class: 'muted' }, `after attempt ${c.attempts_before_redrive}`)], 'call-redriven'),
         c.next_attempt_at != null && c.status === 'pending' && field('Next attempt', [time(c.next_attempt_at, true), ' ', h('span', { class: 'muted' }, `(${rel(c.next_attempt_at)})`)]),

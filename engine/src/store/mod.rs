@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 use tokio::sync::{oneshot, watch};
 
 pub use outbox::Unpublished;
@@ -56,6 +56,16 @@ pub enum StoreError {
     Write(String),
     #[error("the store is shut down")]
     Closed,
+}
+
+/// What [`Store::follow_targets`] did for one subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retargeted {
+    pub subscription: String,
+    /// Calls not started as workflows, now sent to the current target.
+    pub moved: usize,
+    /// Open workflows pinned to another target (the deployment they started on), by target.
+    pub pinned: Vec<(String, u64)>,
 }
 
 /// Options for [`Store::open`].
@@ -127,6 +137,44 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Point calls of each `(subscription, target)` that have not started a workflow at
+    /// the subscription's current target, and count the workflows that stay pinned to the
+    /// target they started on. Run at start, before any subscription.
+    pub async fn follow_targets(&self, targets: Vec<(String, String)>) -> Result<Vec<Retargeted>, StoreError> {
+        let path = self.inner.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = open_connection(&path, false)?;
+            let tx = conn.transaction()?;
+            let mut report = Vec::new();
+            for (subscription, target) in targets {
+                let moved = tx.execute(
+                    "UPDATE calls SET target = ?2
+                     WHERE subscription = ?1 AND status IN ('pending', 'running', 'dead', 'paused')
+                       AND journal_len = 0 AND target <> ?2",
+                    params![subscription, target],
+                )?;
+                let pinned: Vec<(String, u64)> = tx
+                    .prepare(
+                        "SELECT target, count(*) FROM calls
+                         WHERE subscription = ?1 AND status IN ('pending', 'running', 'dead', 'paused')
+                           AND journal_len > 0 AND target <> ?2
+                         GROUP BY target ORDER BY target",
+                    )?
+                    .query_map(params![subscription, target], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                report.push(Retargeted {
+                    subscription,
+                    moved,
+                    pinned,
+                });
+            }
+            tx.commit()?;
+            Ok(report)
+        })
+        .await
+        .map_err(|e| StoreError::Write(format!("retarget task failed: {e}")))?
     }
 
     /// Group-commit figures.
@@ -363,12 +411,14 @@ impl Store {
     }
 
     /// A workflow's journal as its next request carries it: a JSON array of the entries,
-    /// and the clock it was read at (the request's `engine-now`). Made durable first, so
+    /// the clock it was read at (the request's `engine-now`) and its pinned deployment. Made durable first, so
     /// the entries of the answer just received are in it; anything recorded after it
     /// (a child ending, a signal) is stamped later than that clock.
-    pub async fn journal(&self, seq: i64) -> Result<(Vec<u8>, Millis), StoreError> {
+    pub async fn journal(&self, seq: i64) -> Result<crate::workflow::Resume, StoreError> {
         let now = self.flush().await?;
-        let entries = self.read(move |c| read::journal_entries(c, seq)).await?;
+        let (entries, pinned) = self
+            .read(move |c| Ok((read::journal_entries(c, seq)?, read::deployment(c, seq)?)))
+            .await?;
         let mut json = Vec::with_capacity(2 + entries.iter().map(|e| e.len() + 1).sum::<usize>());
         json.push(b'[');
         for (i, entry) in entries.iter().enumerate() {
@@ -378,7 +428,11 @@ impl Store {
             json.extend_from_slice(entry.as_bytes());
         }
         json.push(b']');
-        Ok((json, now))
+        Ok(crate::workflow::Resume {
+            journal: json,
+            now,
+            pinned,
+        })
     }
 
     /// One call with its attempts.

@@ -261,7 +261,7 @@ pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result
             r#"SELECT seq, id, subscription, target, status, attempts, next_attempt_at, last_error,
                       created_at, updated_at, kafka_key, payload, output, headers,
                       topic, partition, "offset", timestamp_ms, attempts_before_redrive, redriven_at,
-                      wait, parent_position,
+                      wait, parent_position, deployment,
                       (SELECT p.id FROM calls p WHERE p.seq = calls.parent_seq) AS parent_id
                FROM calls WHERE id = ?1"#,
         )?
@@ -291,6 +291,7 @@ pub(crate) fn call_by_id(conn: &Connection, id: &uuid::Uuid) -> rusqlite::Result
                     redriven_at: row.get("redriven_at")?,
                     history: Vec::new(),
                     journal: Vec::new(),
+                    deployment: row.get("deployment")?,
                     waiting_for: row
                         .get::<_, Option<String>>("wait")?
                         .filter(|_| status == CallStatus::Pending)
@@ -338,6 +339,14 @@ pub(crate) fn journal_entries(conn: &Connection, seq: i64) -> rusqlite::Result<V
     conn.prepare_cached("SELECT entry FROM journal WHERE call_seq = ?1 ORDER BY position")?
         .query_map([seq], |r| r.get(0))?
         .collect()
+}
+
+/// The deployment a workflow is pinned to, if any.
+pub(crate) fn deployment(conn: &Connection, seq: i64) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT deployment FROM calls WHERE seq = ?1")?
+        .query_row([seq], |r| r.get(0))
+        .optional()
+        .map(Option::flatten)
 }
 
 /// Number of calls in each status.

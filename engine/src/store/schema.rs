@@ -160,6 +160,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_unpublished ON outbox (subscription, seq) WHERE published_at IS NULL;
     ",
+    // 11: the deployment a workflow is pinned to (protocol 7).
+    "
+    ALTER TABLE calls ADD COLUMN deployment TEXT;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -44,7 +44,8 @@ pub(crate) fn append(
         .prepare_cached(
             "UPDATE calls SET status = 'pending', next_attempt_at = ?3, last_error = NULL,
                     attempts = max(attempts, ?4), attempts_before_redrive = max(attempts, ?4),
-                    redriven_at = ?5, journal_len = journal_len + ?6, updated_at = ?5, wait = ?7
+                    redriven_at = ?5, journal_len = journal_len + ?6, updated_at = ?5, wait = ?7,
+                    deployment = coalesce(deployment, ?8)
              WHERE seq = ?1 AND journal_len = ?2 AND status IN ('running', 'pending')",
         )?
         .execute(params![
@@ -54,7 +55,8 @@ pub(crate) fn append(
             attempt,
             now,
             len,
-            suspended.wait
+            suspended.wait,
+            suspended.deployment
         ])?;
     if fenced == 0 {
         tracing::warn!(
@@ -295,7 +297,7 @@ pub(crate) fn restart(tx: &Transaction<'_>, seq: i64, from: u32, now: Millis) ->
     let restarted = tx
         .prepare_cached(
             "UPDATE calls SET status = 'pending', next_attempt_at = ?3, updated_at = ?3, last_error = NULL,
-                 output = NULL, wait = NULL, journal_len = ?2, attempts_before_redrive = attempts,
+                 output = NULL, wait = NULL, journal_len = ?2, attempts_before_redrive = attempts, deployment = NULL,
                  redriven_at = ?3, dead_letter_published_at = NULL
              WHERE seq = ?1 AND journal_len >= ?2",
         )?

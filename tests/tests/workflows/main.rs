@@ -3,6 +3,7 @@
 //! the moments that matter.
 
 mod children;
+mod pinning;
 mod produce;
 mod restart;
 mod signals;
@@ -285,6 +286,7 @@ async fn a_duplicate_workflow_answer_is_dropped_by_the_store() {
                 children: Vec::new(),
                 outbox: Vec::new(),
                 calls: Vec::new(),
+                deployment: None,
             })),
         )
     };
@@ -302,7 +304,7 @@ async fn a_duplicate_workflow_answer_is_dropped_by_the_store() {
         call.journal
     );
     assert_eq!(
-        store.journal(seq).await.unwrap().0,
+        store.journal(seq).await.unwrap().journal,
         br#"[{"kind":"step","name":"a","ok":1}]"#
     );
     store.close();

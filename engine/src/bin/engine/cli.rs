@@ -304,6 +304,12 @@ fn print_call(call: &api::Call) {
     if let Some(parent) = &call.call.parent {
         outln!("  {:<13} workflow {} entry #{}", "child of", parent.id, parent.position);
     }
+    if let Some(deployment) = &call.call.deployment {
+        outln!(
+            "  {:<13} {deployment} (pinned: only it may answer this workflow)",
+            "deployment"
+        );
+    }
     print_journal(call);
     let rows: Vec<Vec<String>> = call
         .call
