@@ -9,6 +9,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sdk::protocol::{self, classify_status, header, DeclaredFailure, OutcomeClass};
 
 use crate::model::{now_millis, DueCall, Millis};
+use crate::shelf::{JournalShelf, INLINE_JOURNAL_BYTES};
 use crate::workflow::{self, Directory, Resume, WorkflowStep, MAX_ANSWER_BYTES};
 
 /// The classified result of one delivery attempt.
@@ -69,6 +70,9 @@ pub const MAX_ERROR_BYTES: usize = 1024;
 pub struct Deliverer {
     client: reqwest::Client,
     signer: Option<sdk::signing::Signer>,
+    /// Where journals too large to send inline wait, and the admin API's base URL that
+    /// serves them; without it every journal goes inline.
+    shelf: Option<(JournalShelf, Arc<str>)>,
 }
 
 /// Per-subscription settings of a delivery.
@@ -89,7 +93,19 @@ impl Deliverer {
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("engine/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { client, signer })
+        Ok(Self {
+            client,
+            signer,
+            shelf: None,
+        })
+    }
+
+    /// Send journals over [`crate::shelf::INLINE_JOURNAL_BYTES`] as a link to `shelf`,
+    /// served under `admin_base` (the admin API's URL as handlers reach it).
+    #[must_use]
+    pub fn with_shelf(mut self, shelf: JournalShelf, admin_base: &str) -> Self {
+        self.shelf = Some((shelf, Arc::from(admin_base)));
+        self
     }
 
     /// Make one attempt. Never fails: every problem is an outcome. `resume` is a resumed
@@ -112,8 +128,22 @@ impl Deliverer {
             None => (None, None),
         };
         let mut headers = request_headers(call, attempt, subscription, now);
+        // A journal too large to send inline waits on the shelf while this attempt lasts.
+        let lease = match (&journal, &self.shelf) {
+            (Some(bytes), Some((shelf, base))) if bytes.len() > INLINE_JOURNAL_BYTES => {
+                let lease = shelf.put(bytes::Bytes::copy_from_slice(bytes));
+                HeaderValue::from_str(&format!("{base}/v1/journals/{}", lease.token))
+                    .ok()
+                    .map(|url| {
+                        headers.insert(HeaderName::from_static(header::JOURNAL_URL), url);
+                        lease
+                    })
+            }
+            _ => None,
+        };
         let body = match &journal {
             // The body shares the payload held in the window instead of copying it.
+            _ if lease.is_some() => bytes::Bytes::from_owner(PayloadOf(Arc::clone(call))),
             None => bytes::Bytes::from_owner(PayloadOf(Arc::clone(call))),
             Some(journal) => {
                 if let Ok(value) = HeaderValue::from_str(&journal.len().to_string()) {
@@ -176,6 +206,7 @@ impl Deliverer {
         })
         .await;
         let duration = started.elapsed();
+        drop(lease);
         match result {
             Ok(Ok(answer)) => {
                 // A resumed workflow's answer counts only from the deployment it is pinned to.

@@ -16,6 +16,7 @@ use crate::endpoints::Endpoints;
 use crate::error::EngineError;
 use crate::figures::Figures;
 use crate::model::now_millis;
+use crate::shelf::JournalShelf;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::store::{Store, StoreOptions, WriterOptions};
 use crate::subscription::Subscription;
@@ -56,7 +57,20 @@ impl Engine {
                 tracing::info!(subscription = %retargeted.subscription, %target, workflows, "workflows stay pinned to the target they started on: keep it serving until they end");
             }
         }
-        let deliverer = Deliverer::new(config.signing.signer()?)?;
+        let listener_socket = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .map_err(|source| EngineError::Bind {
+                addr: config.admin.listen,
+                source,
+            })?;
+        let admin_addr = listener_socket.local_addr().map_err(|source| EngineError::Bind {
+            addr: config.admin.listen,
+            source,
+        })?;
+        // Journals too large to send inline are fetched from the admin API.
+        let journals = JournalShelf::default();
+        let deliverer = Deliverer::new(config.signing.signer()?)?
+            .with_shelf(journals.clone(), &config.admin.public_base(admin_addr));
         let (shutdown, listener) = shutdown::channel();
         let mut tasks = JoinSet::new();
 
@@ -86,16 +100,6 @@ impl Engine {
             tasks.spawn(route_wakes(wakes, Arc::clone(&controls), listener.clone()));
         }
 
-        let listener_socket = tokio::net::TcpListener::bind(config.admin.listen)
-            .await
-            .map_err(|source| EngineError::Bind {
-                addr: config.admin.listen,
-                source,
-            })?;
-        let admin_addr = listener_socket.local_addr().map_err(|source| EngineError::Bind {
-            addr: config.admin.listen,
-            source,
-        })?;
         let app = admin::router(AdminState {
             store: store.clone(),
             subscriptions: Arc::new(configs),
@@ -103,6 +107,7 @@ impl Engine {
             endpoints: Arc::clone(&endpoints),
             controls,
             token: config.admin.token.clone().map(Arc::from),
+            journals,
         });
         let mut admin_shutdown = listener.clone();
         tasks.spawn(async move {

@@ -18,7 +18,8 @@
 //!   rounds of answers, the decisions and their reasons); [`endpoints`] applies it (and
 //!   rate limits, and `Retry-After` pauses) per endpoint.
 //! - [`workflow`]: what a durable workflow's answer means for its journal (protocol 5);
-//!   [`outbox`] publishes the records workflows produce.
+//!   [`outbox`] publishes the records workflows produce; [`shelf`] holds journals too
+//!   large to send inline until the SDK fetches them.
 //! - [`dead_letter`]: dead calls produced to a subscription's dead-letter topic.
 //! - [`admin`]: the admin HTTP API, `/metrics` and the dashboard; [`api`] is its typed
 //!   contract, shared with the command line.
@@ -42,6 +43,7 @@ pub mod model;
 pub mod outbox;
 pub mod retry;
 pub mod scheduler;
+pub mod shelf;
 pub mod shutdown;
 pub mod source;
 pub mod store;

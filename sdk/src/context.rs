@@ -21,6 +21,8 @@ pub struct Context {
     pub(crate) now_ms: Option<i64>,
     /// How many leading bytes of the body are the workflow's journal (protocol 4).
     pub(crate) journal_bytes: usize,
+    /// Where to fetch a journal too large to travel in the body (protocol 7).
+    pub(crate) journal_url: Option<String>,
 }
 
 /// The Kafka record behind a call.
@@ -69,6 +71,7 @@ impl Context {
             protocol: text(header::PROTOCOL).and_then(|v| v.parse().ok()).unwrap_or(1),
             now_ms: text(header::NOW).and_then(|v| v.parse().ok()),
             journal_bytes: text(header::JOURNAL_BYTES).and_then(|v| v.parse().ok()).unwrap_or(0),
+            journal_url: text(header::JOURNAL_URL).map(str::to_string),
         }
     }
 

@@ -80,6 +80,10 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
+/// The largest request body an endpoint accepts: a record of up to 60 MiB with a journal
+/// sent inline (at most 4 MiB). Larger bodies are refused with 413.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
 /// The environment variable holding a verify key (see [`Endpoint::verify_from_env`]).
 pub const VERIFY_KEY_ENV: &str = "ENGINE_VERIFY_KEY";
 
@@ -173,8 +177,10 @@ impl Endpoint {
                     ))
                     .with_status(501));
                 }
-                let (journal, input) =
-                    split_body(&body, ctx.journal_bytes).map_err(|e| Error::permanent(e).with_status(400))?;
+                let (journal, input) = match &ctx.journal_url {
+                    Some(url) => (fetch_journal(url).await?, &body[..]),
+                    None => split_body(&body, ctx.journal_bytes).map_err(|e| Error::permanent(e).with_status(400))?,
+                };
                 let input: I = decode_input(input)?;
                 let now_ms = ctx.now_ms.unwrap_or_else(|| {
                     SystemTime::now()
@@ -225,6 +231,9 @@ impl Endpoint {
         Router::new()
             .route("/health", get(|| async { "ok" }))
             .route("/{function}", post(call))
+            // A record (the engine's `max_payload_bytes`) plus a journal sent inline (up to
+            // 4 MiB; larger ones are fetched): axum's default of 2 MiB refused both.
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
             .with_state(Arc::new(self))
     }
 
@@ -317,6 +326,29 @@ fn error_response(error: &Error) -> Response {
         }
     }
     response
+}
+
+/// A journal too large for the body, from the engine's admin API. A failure is temporary:
+/// the engine tries again (with a new link).
+async fn fetch_journal(url: &str) -> Result<Vec<crate::workflow::Entry>, Error> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default()
+    });
+    let failed =
+        |e: &dyn std::fmt::Display| Error::temporary(format!("cannot fetch the workflow's journal from {url}: {e}"));
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| failed(&e))?;
+    let bytes = response.bytes().await.map_err(|e| failed(&e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::permanent(format!("the journal fetched from {url} is not a journal: {e}")))
 }
 
 /// Every answer says which protocol version the SDK speaks.

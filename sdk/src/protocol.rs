@@ -16,7 +16,8 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 /// id, attempt and idempotency key too (see [`crate::signing`]); version 4 carries the
 /// journals of durable workflows (see [`crate::workflow`]); version 5 adds child calls,
 /// signals, records produced through the outbox and waits over several entries; version 6
-/// patch points; version 7 the [`header::DEPLOYMENT`] an answer comes from.
+/// patch points; version 7 the [`header::DEPLOYMENT`] an answer comes from, and journals
+/// fetched from [`header::JOURNAL_URL`] when large.
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Header names, lower case as HTTP/2 requires and HTTP/1 ignores.
@@ -52,6 +53,10 @@ pub mod header {
     /// Request header (version 4): the body starts with this many bytes of the workflow's
     /// journal (a JSON array of entries); the input follows. Absent: no journal.
     pub const JOURNAL_BYTES: &str = "engine-journal-bytes";
+    /// Request header (version 7): the journal is too large to travel in the body (over 4
+    /// MiB); fetch it (a JSON array of entries) with a `GET` of this URL, on the engine's
+    /// admin API, while the attempt lasts. The body is the input alone.
+    pub const JOURNAL_URL: &str = "engine-journal-url";
     /// Response header (version 4): `suspended` (202, the body is a
     /// [`crate::workflow::Suspension`]) or `nondeterminism` (409, the body says where the
     /// code and the journal differ). Absent from plain functions and webhooks.

@@ -161,6 +161,12 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
             .collect()
     };
     out.family(
+        "engine_workflow_journals_fetched_total",
+        "counter",
+        "Journals too large to send inline (over 4 MiB) that handlers fetched from the admin API.",
+        vec![(String::new(), state.journals.fetched() as f64)],
+    );
+    out.family(
         "engine_endpoint_concurrency_limit",
         "gauge",
         "Current adaptive concurrency limit.",

@@ -44,6 +44,8 @@ pub struct AdminState {
     /// Each subscription's scheduler, told about operators' actions.
     pub controls: Arc<HashMap<String, tokio::sync::mpsc::UnboundedSender<Control>>>,
     pub token: Option<Arc<str>>,
+    /// Journals too large to send inline, fetched by handlers.
+    pub journals: crate::shelf::JournalShelf,
 }
 
 /// The API's router.
@@ -65,6 +67,8 @@ pub fn router(state: AdminState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        // The random token in the path is the permission: handlers hold no admin token.
+        .route("/v1/journals/{token}", get(workflow::journal))
         .route(
             "/metrics",
             get(metrics::metrics).route_layer(middleware::from_fn_with_state(state.clone(), require_token)),

@@ -1,6 +1,7 @@
 //! Operating workflows: signals (`POST /v1/calls/{id}/signals/{name}`), awakeables
-//! (`POST /v1/awakeables/{id}`) and restarting a call from a journal entry
-//! (`POST /v1/calls/{id}/restart?from=N`).
+//! (`POST /v1/awakeables/{id}`), restarting a call from a journal entry
+//! (`POST /v1/calls/{id}/restart?from=N`), and the journals too large to send inline
+//! (`GET /v1/journals/{token}`, fetched by handlers).
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -74,6 +75,21 @@ pub(super) async fn signal_call(
             format!("call {id} has ended (succeeded, dead or cancelled): no workflow will read the signal"),
         )),
     }
+}
+
+/// `GET /v1/journals/{token}`: a journal an attempt in flight sent as a link.
+pub(super) async fn journal(
+    State(state): State<AdminState>,
+    Path(token): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let journal = state.journals.get(&token).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "no journal with this token: a journal link lives as long as its attempt".into(),
+        )
+    })?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], journal).into_response())
 }
 
 /// Query of `POST /v1/calls/{id}/restart`.

@@ -108,6 +108,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token required on every request; mandatory when `listen` is not loopback.
     pub token: Option<String>,
+    /// How handlers reach this API to fetch journals too large to send inline, e.g.
+    /// `http://engine-1.internal:8680`. Default: `http://` and the address it listens on
+    /// (127.0.0.1 for an unspecified address).
+    pub public_url: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -115,7 +119,22 @@ impl Default for AdminConfig {
         Self {
             listen: DEFAULT_ADMIN_LISTEN.parse().expect("a socket address"),
             token: None,
+            public_url: None,
         }
+    }
+}
+
+impl AdminConfig {
+    /// The base URL handlers use to reach the admin API, given the address it is bound to.
+    pub fn public_base(&self, bound: SocketAddr) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        let mut addr = bound;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
     }
 }
 
@@ -356,6 +375,11 @@ impl Config {
                 "admin.listen = {} is not a loopback address, so admin.token is required",
                 self.admin.listen
             ));
+        }
+        if let Some(url) = &self.admin.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || reqwest::Url::parse(url).is_err() {
+                return invalid(format!("admin.public_url = {url:?} is not an http:// or https:// URL"));
+            }
         }
         self.signing.signer()?;
         if self.store.max_batch == 0 {

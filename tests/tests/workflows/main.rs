@@ -3,6 +3,7 @@
 //! the moments that matter.
 
 mod children;
+mod large;
 mod pinning;
 mod produce;
 mod restart;
