@@ -27,6 +27,8 @@ pub struct Figures {
     in_flight: AtomicU64,
     in_memory: AtomicU64,
     waiting_retry: AtomicU64,
+    parked: AtomicU64,
+    timers_due: AtomicU64,
     attempt_seconds: Histogram,
     wake_lag_seconds: Histogram,
     created_rate: RateWindow,
@@ -52,6 +54,8 @@ impl Default for Figures {
             in_flight: AtomicU64::default(),
             in_memory: AtomicU64::default(),
             waiting_retry: AtomicU64::default(),
+            parked: AtomicU64::default(),
+            timers_due: AtomicU64::default(),
             attempt_seconds: Histogram::new(telemetry::LATENCY_BOUNDS),
             wake_lag_seconds: Histogram::new(telemetry::LATENCY_BOUNDS),
             created_rate: RateWindow::default(),
@@ -88,6 +92,13 @@ pub struct FiguresSnapshot {
     pub in_memory: u64,
     /// Calls waiting for a retry.
     pub waiting_retry: u64,
+    /// Calls waiting outside memory for a time or an event: sleeping and waiting
+    /// workflows, retries far off.
+    #[serde(default)]
+    pub parked: u64,
+    /// Parked calls past their time and not read back yet: timers due.
+    #[serde(default)]
+    pub timers_due: u64,
     /// Dead calls produced to the dead-letter topic.
     pub dead_lettered: u64,
     /// Whether producing dead letters fails at the moment.
@@ -187,6 +198,12 @@ impl Figures {
         self.waiting_retry.store(calls as u64, Relaxed);
     }
 
+    /// Calls parked by the scheduler, and how many of them are past their time.
+    pub fn parked(&self, parked: usize, due: usize) {
+        self.parked.store(parked as u64, Relaxed);
+        self.timers_due.store(due as u64, Relaxed);
+    }
+
     /// The Kafka source started; its own figures are read through it.
     pub fn source_started(&self, status: Arc<SourceStatus>) {
         let _ = self.source.set(status);
@@ -243,6 +260,8 @@ impl Figures {
             in_flight: self.in_flight.load(Relaxed),
             in_memory: self.in_memory.load(Relaxed),
             waiting_retry: self.waiting_retry.load(Relaxed),
+            parked: self.parked.load(Relaxed),
+            timers_due: self.timers_due.load(Relaxed),
             dead_lettered: self.dead_lettered.load(Relaxed),
             dead_letters_failing: self.dead_letters_failing.load(Relaxed),
         }

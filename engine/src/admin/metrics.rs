@@ -86,6 +86,18 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
         "Workflows paused for an operator (code and journal disagree, or a broken answer).",
         per_sub(&|s| s.paused as f64),
     );
+    out.family(
+        "engine_calls_parked",
+        "gauge",
+        "Calls waiting outside memory for a time or an event: sleeping and waiting workflows, retries far off.",
+        per_sub(&|s| s.parked as f64),
+    );
+    out.family(
+        "engine_timers_due",
+        "gauge",
+        "Parked calls past their time and not read back yet (a backlog of due timers).",
+        per_sub(&|s| s.timers_due as f64),
+    );
     out.histogram(
         "engine_workflow_wake_lag_seconds",
         "How late a workflow's next attempt started after it was due (a sleep's wake time, the end of what it waited for, a retry's time).",

@@ -144,6 +144,9 @@ impl Scheduler {
         }
         let mut committed = self.store.committed_seq();
         let mut releases = self.endpoint.releases();
+        // Gauges (parked calls, due timers, retries) stay fresh while nothing happens.
+        let mut figures_tick = tokio::time::interval(Duration::from_secs(1));
+        figures_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.unpark_due().await?;
             self.fill(&committed).await?;
@@ -176,6 +179,7 @@ impl Scheduler {
                 Ok(()) = committed.changed(), if may_load => {}
                 Ok(()) = releases.changed(), if wait_for_slot => {}
                 () = sleep_until_opt(wake_at), if wake_at.is_some() => {}
+                _ = figures_tick.tick() => {}
             }
         }
         let deadline = Instant::now() + grace;
@@ -453,6 +457,9 @@ impl Scheduler {
         if self.retry_count_at.elapsed() >= Duration::from_millis(250) {
             self.retry_count_at = Instant::now();
             self.figures.waiting_retry(self.reactor.window.retrying());
+            let window = &self.reactor.window;
+            self.figures
+                .parked(window.parked(), window.parked_overdue(now_millis()));
         }
     }
 }

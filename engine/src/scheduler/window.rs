@@ -418,6 +418,11 @@ impl Window {
         self.parked.len()
     }
 
+    /// Parked calls whose time has come at `now` (not read back yet).
+    pub fn parked_overdue(&self, now: Millis) -> usize {
+        self.parked.values().filter(|p| p.at <= now).count()
+    }
+
     /// Make a waiting call due now (an operator's "retry now").
     pub fn retry_now(&mut self, seq: i64, now: Millis) -> bool {
         if let Some(parked) = self.parked.get_mut(&seq) {

@@ -179,6 +179,21 @@ fn a_workflow_resuming_soon_stays_in_a_half_full_window_where_a_retry_is_parked(
 }
 
 #[test]
+fn parked_calls_past_their_time_count_as_due_timers() {
+    let mut window = Window::new(8, 8);
+    for seq in 1..=3 {
+        assert!(window.offer(call(seq, None)));
+    }
+    assert_eq!(drain(&mut window, 0), [1, 2, 3]);
+    window.resume(1, PARK_AFTER_MS, 0);
+    window.resume(2, 2 * PARK_AFTER_MS, 0);
+    window.resume(3, 10, 0);
+    assert_eq!(window.parked(), 2);
+    assert_eq!(window.parked_overdue(PARK_AFTER_MS), 1);
+    assert_eq!(window.parked_overdue(2 * PARK_AFTER_MS), 2);
+}
+
+#[test]
 fn retry_now_moves_a_waiting_call_forward() {
     let mut w = Window::new(10, 4);
     w.offer(call(1, None));

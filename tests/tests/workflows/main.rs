@@ -3,6 +3,7 @@
 //! the moments that matter.
 
 mod children;
+mod kills;
 mod large;
 mod pinning;
 mod produce;

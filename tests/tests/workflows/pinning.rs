@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use integration_tests::config::Subscription;
-use integration_tests::{free_addr, start_engine, wait_for, Admin};
+use integration_tests::{free_addr, metric, start_engine, wait_for, Admin};
 use sdk::{Endpoint, Workflow};
 
 use super::{journal_kinds, serve};
@@ -48,6 +48,17 @@ async fn a_workflow_finishes_on_the_deployment_it_started_on_and_new_calls_go_to
     // Started on v1 and asleep; a second call of the same key waits behind it, not started.
     let started = admin.enqueue("shipping", b"1", Some("k")).await;
     asleep(&admin, &started).await;
+    // Its 2 s sleep parks it: counted by the scheduler's gauge.
+    let metrics = format!("http://{}/metrics", engine.admin_addr());
+    wait_for(
+        "the sleeping workflow to be counted as parked",
+        Duration::from_secs(10),
+        || async {
+            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+            metric(&text, "engine_calls_parked{subscription=\"shipping\"}") == Some(1.0)
+        },
+    )
+    .await;
     let waiting = admin.enqueue("shipping", b"2", Some("k")).await;
     assert_eq!(admin.call(&started).await["deployment"], "v1");
     engine.shutdown().await.unwrap();
