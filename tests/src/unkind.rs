@@ -1,5 +1,6 @@
 //! The unkind target (`tests/targets/unkind.py`): a threaded Python HTTP server with
-//! jitter, random 5xx, a capacity, load-dependent latency and phases, started as a process.
+//! jitter, random 5xx, a capacity, load-dependent latency and phases, started as a process;
+//! and other Python targets of `tests/targets` (the workflow handler `workflow.py`).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -18,8 +19,13 @@ impl UnkindTarget {
     /// Start the target with `args` (its command-line options) on a free port, and wait
     /// until it answers.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_script("unkind.py", args).await
+    }
+
+    /// Start another script of `tests/targets` (one that also answers `GET /stats`).
+    pub async fn start_script(name: &str, args: &[&str]) -> Self {
         let addr = crate::free_addr();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/targets/unkind.py");
+        let script = format!("{}/targets/{name}", env!("CARGO_MANIFEST_DIR"));
         let child = Command::new("python3")
             .arg(script)
             .args(["--listen", &addr.to_string()])

@@ -7,6 +7,7 @@ mod kills;
 mod large;
 mod pinning;
 mod produce;
+mod python;
 mod restart;
 mod signals;
 
