@@ -6,6 +6,8 @@
 //   WORKFLOW_ID    if set, a dead workflow with at least 2 journal entries, whose failing
 //                  step works now: the test checks its journal view and restarts it from
 //                  entry #1
+//   WAITING_ID     if set, a workflow waiting for the signal `go`: the test sends it the
+//                  payload "from the dashboard" with the call page's form
 //   ADMIN_TOKEN    if set, the dashboard must ask for it, and the test types it in
 //   SCREENSHOT_DIR if set, dashboard-{overview,dead,call}.png are saved there
 //   CHROMIUM       the browser binary (default /usr/bin/chromium)
@@ -32,6 +34,7 @@ const url = need('DASHBOARD_URL');
 const deadId = need('DEAD_CALL_ID');
 const sub = need('SUBSCRIPTION');
 const workflowId = env.WORKFLOW_ID || '';
+const waitingId = env.WAITING_ID || '';
 const token = env.ADMIN_TOKEN || '';
 const shots = env.SCREENSHOT_DIR || '';
 
@@ -161,10 +164,26 @@ async function run() {
     restarted = `; workflow ${workflowId} (${entries} journal entries) restarted from entry #1 to succeeded`;
   }
 
+  let signalled = '';
+  if (waitingId) {
+    await step('open the waiting workflow', async () => {
+      await page.goto(`${url.replace(/\/$/, '')}/#/calls/${waitingId}`);
+      await until(`the call page of ${waitingId} does not offer the signal "go" it waits for`,
+        (sel) => document.querySelector(sel)?.value === 'go', tid('signal-name'));
+    });
+    await step('send the signal from the form', async () => {
+      await page.locator(tid('signal-payload')).fill('"from the dashboard"');
+      await page.locator(tid('send-signal')).click();
+      await until(`after "Send signal", workflow ${waitingId} did not reach "succeeded"`,
+        (st) => document.querySelector(st)?.textContent === 'succeeded', tid('call-status'));
+    });
+    signalled = `; workflow ${waitingId} signalled from the form to succeeded`;
+  }
+
   current = 'check the console';
   if (consoleErrors.length) throw new Error(`the page logged errors: ${consoleErrors.join(' | ')}`);
   return `${figures.dead} dead / ${figures.ok} succeeded on the overview; call ${deadId} redriven from dead to succeeded, `
-    + `${before} → ${after} attempts${token ? ', with the token form' : ''}${restarted}`;
+    + `${before} → ${after} attempts${token ? ', with the token form' : ''}${restarted}${signalled}`;
 }
 
 const watchdog = setTimeout(() => {

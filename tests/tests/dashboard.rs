@@ -1,7 +1,8 @@
 //! The web dashboard in a real headless Chromium (Debian's package), driven by
 //! `tests/browser/dashboard.mjs` (playwright-core): load the overview, see counters, open a
 //! dead call, click redrive, see it succeed with both eras in its history; open a dead
-//! workflow, see its journal, restart it from an entry and see it succeed.
+//! workflow, see its journal, restart it from an entry and see it succeed; send a waiting
+//! workflow its signal.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM`) and `npm ci` in tests/browser; `scripts/test`
 //! provisions both. Set `DASHBOARD_SCREENSHOTS=docs/img` to refresh the screenshots in docs.
@@ -37,23 +38,28 @@ async fn the_dashboard_shows_counters_and_redrives_a_dead_call_in_a_real_browser
     let workflow_addr = free_addr();
     let listener = tokio::net::TcpListener::bind(workflow_addr).await.unwrap();
     let flag = Arc::clone(&fixed);
-    let endpoint = Endpoint::new().workflow("fulfil", move |wf: Workflow, order: u32| {
-        let fixed = Arc::clone(&flag);
-        async move {
-            let item: String = wf
-                .step("fetch", move || async move { Ok(format!("item-{order}")) })
-                .await?;
-            wf.sleep(std::time::Duration::from_millis(5)).await;
-            wf.step("charge", move || async move {
-                if fixed.load(Ordering::Relaxed) {
-                    Ok(format!("{item} charged"))
-                } else {
-                    Err(Error::permanent("card processor rejected the request (bug)"))
-                }
-            })
-            .await
-        }
-    });
+    let endpoint = Endpoint::new()
+        .workflow("fulfil", move |wf: Workflow, order: u32| {
+            let fixed = Arc::clone(&flag);
+            async move {
+                let item: String = wf
+                    .step("fetch", move || async move { Ok(format!("item-{order}")) })
+                    .await?;
+                wf.sleep(std::time::Duration::from_millis(5)).await;
+                wf.step("charge", move || async move {
+                    if fixed.load(Ordering::Relaxed) {
+                        Ok(format!("{item} charged"))
+                    } else {
+                        Err(Error::permanent("card processor rejected the request (bug)"))
+                    }
+                })
+                .await
+            }
+        })
+        // A workflow waiting for the signal `go`, sent from the dashboard.
+        .workflow("approve", |wf: Workflow, (): ()| async move {
+            wf.signal::<String>("go").await
+        });
     tokio::spawn(async move { endpoint.serve_on(listener, std::future::pending::<()>()).await });
     let dir = tempfile::tempdir().unwrap();
     let config = integration_tests::test_config(
@@ -63,6 +69,10 @@ async fn the_dashboard_shows_counters_and_redrives_a_dead_call_in_a_real_browser
     .subscription(integration_tests::config::Subscription::new(
         "fulfil",
         &format!("http://{workflow_addr}/fulfil"),
+    ))
+    .subscription(integration_tests::config::Subscription::new(
+        "approvals",
+        &format!("http://{workflow_addr}/approve"),
     ))
     .admin_token(TOKEN);
     let engine = engine::Engine::start(config.build()).await.unwrap();
@@ -75,6 +85,13 @@ async fn the_dashboard_shows_counters_and_redrives_a_dead_call_in_a_real_browser
     admin.wait_status(&dead, "dead").await;
     let workflow = admin.enqueue("fulfil", b"7", None).await;
     admin.wait_status(&workflow, "dead").await;
+    let waiting = admin.enqueue("approvals", b"null", None).await;
+    integration_tests::wait_for(
+        "the workflow to wait for its signal",
+        std::time::Duration::from_secs(20),
+        || async { admin.call(&waiting).await["waiting_for"].is_object() },
+    )
+    .await;
     // The target and the workflow's step are fixed: a redrive, a restart now succeed.
     healthy.store(true, Ordering::Relaxed);
     fixed.store(true, Ordering::Relaxed);
@@ -84,12 +101,14 @@ async fn the_dashboard_shows_counters_and_redrives_a_dead_call_in_a_real_browser
     let url = format!("http://{}/", engine.admin_addr());
     let dead_id = dead.clone();
     let workflow_id = workflow.clone();
+    let waiting_id = waiting.clone();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new("node")
             .arg(browser_dir.join("dashboard.mjs"))
             .env("DASHBOARD_URL", url)
             .env("DEAD_CALL_ID", dead_id)
             .env("WORKFLOW_ID", &workflow_id)
+            .env("WAITING_ID", &waiting_id)
             .env("SUBSCRIPTION", "orders")
             .env("ADMIN_TOKEN", TOKEN)
             .env("SCREENSHOT_DIR", &screenshots)
@@ -118,5 +137,8 @@ async fn the_dashboard_shows_counters_and_redrives_a_dead_call_in_a_real_browser
     let workflow = admin.call(&workflow).await;
     assert_eq!(workflow["status"], "succeeded");
     assert_eq!(workflow["output"]["data"], "\"item-7 charged\"");
+    let waiting = admin.call(&waiting).await;
+    assert_eq!(waiting["status"], "succeeded");
+    assert_eq!(waiting["output"]["data"], "\"from the dashboard\"");
     engine.shutdown().await.unwrap();
 }

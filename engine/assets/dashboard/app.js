@@ -66,6 +66,8 @@ const clock = (d) => `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSec
 function time(ms, withMs, short) {
   if (ms == null) return '—';
   const d = new Date(ms);
+  // Past what a date can hold: a workflow that waits for an event only.
+  if (Number.isNaN(d.getTime())) return 'never';
   const day = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
   const today = short && d.toDateString() === new Date().toDateString();
   return h('span', { class: 'nowrap', title: d.toISOString() },
@@ -453,12 +455,16 @@ function detailView(c) {
         c.deployment && field('Deployment', [h('span', { class: 'mono' }, c.deployment), ' ', h('span', { class: 'muted' }, '(pinned)')], 'call-deployment'),
         // A workflow's retry budget starts again at each step it stores, as after a redrive.
         c.redriven_at != null && field(workflow ? 'Last progress' : 'Redriven', [time(c.redriven_at, true), ' ', h('span', { class: 'muted' }, `after attempt ${c.attempts_before_redrive}`)], 'call-redriven'),
-        c.next_attempt_at != null && c.status === 'pending' && field('Next attempt', [time(c.next_attempt_at, true), ' ', h('span', { class: 'muted' }, `(${rel(c.next_attempt_at)})`)]),
+        c.next_attempt_at != null && c.status === 'pending' && field('Next attempt',
+          Number.isNaN(new Date(c.next_attempt_at).getTime())
+            ? h('span', { class: 'muted' }, 'when what it waits for happens')
+            : [time(c.next_attempt_at, true), ' ', h('span', { class: 'muted' }, `(${rel(c.next_attempt_at)})`)]),
         field(c.status === 'dead' ? 'Reason' : 'Last error', c.last_error || h('span', { class: 'muted' }, '—'), 'call-error'),
         c.headers && field('Headers', h('span', { class: 'mono' }, c.headers)))),
       h('div', null, h('h2', null, 'Payload'), preview(c.payload, 'call-payload'),
         c.output && [h('h2', null, 'Output'), preview(c.output, 'call-output')])),
     journalView(c, can('succeeded dead paused cancelled')),
+    workflow && can('pending running') && signalForm(c),
     h('h2', null, `Attempts (${history.length})`),
     table('attempts', ['##', 'Started', '#Duration', 'Outcome', '#HTTP', 'Error'],
       history.map((a) => h('tr', { testid: 'attempt-row', 'data-attempt': a.attempt,
@@ -486,6 +492,16 @@ function describeEntry(e) {
     default: return [e.kind, h('span', { class: 'mono' }, short(e))];
   }
 }
+// A form to send a waiting workflow a signal; the name of a signal it waits for is filled in.
+function signalForm(c) {
+  const waited = new Set(((c.waiting_for && c.waiting_for.any_of) || []).flat());
+  const asked = (c.journal || []).find((e, i) => waited.has(i) && e.kind === 'signal' && e.at == null);
+  return h('div', { class: 'filters', testid: 'signal-form' },
+    h('label', null, 'Signal', h('input', { type: 'text', testid: 'signal-name', size: 18, placeholder: 'name', value: asked ? asked.name : null })),
+    h('label', null, 'Payload (JSON, empty: null)', h('input', { type: 'text', testid: 'signal-payload', size: 36, placeholder: 'null' })),
+    h('button', { type: 'button', 'data-action': 'send-signal', 'data-id': c.id, testid: 'send-signal' }, 'Send signal'));
+}
+
 function journalView(c, restartable) {
   const journal = c.journal || [];
   if (!journal.length) return null;
@@ -528,6 +544,20 @@ const actions = {
     act('Restart', async () => { await post(`/v1/calls/${id}/restart`); open = true; return `Call ${id} restarted.`; }),
   'restart-from': (id, b) => confirm(`Run this call again from journal entry #${b.dataset.from}? Later entries run again.`) &&
     act('Restart', async () => { await post(`/v1/calls/${id}/restart?from=${b.dataset.from}`); open = true; return `Call ${id} restarted from entry #${b.dataset.from}.`; }),
+  'send-signal': (id) => {
+    const name = view.querySelector('[data-testid="signal-name"]').value.trim();
+    const text = view.querySelector('[data-testid="signal-payload"]').value.trim();
+    if (!name) return flash('A signal needs a name.', 'error');
+    let payload = null;
+    if (text) {
+      try { payload = JSON.parse(text); } catch (e) { return flash(`The payload is not JSON: ${e.message}`, 'error'); }
+    }
+    return act('Signal', async () => {
+      await post(`/v1/calls/${id}/signals/${encodeURIComponent(name)}`, payload);
+      open = true;
+      return `Signal ${name} sent.`;
+    });
+  },
   cancel: (id) => confirm('Cancel this call for good?') &&
     act('Cancel', async () => { await post(`/v1/calls/${id}/cancel`); return 'The call was cancelled.'; }),
   'redrive-shown': () => confirm(`Redrive the ${calls(shownDead.length)} shown?`) &&

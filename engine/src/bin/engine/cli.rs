@@ -204,9 +204,14 @@ fn query(args: &ListArgs) -> String {
 }
 
 fn time(millis: Option<Millis>) -> String {
+    /// The end of 9999-12-31: later is a wait only an event ends.
+    const LAST: Millis = 253_402_300_799_999;
     millis.map_or_else(
         || "-".into(),
         |ms| {
+            if ms > LAST {
+                return "never (when what it waits for happens)".into();
+            }
             let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
             humantime::format_rfc3339_seconds(at).to_string()
         },
