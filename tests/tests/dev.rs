@@ -272,6 +272,10 @@ async fn engine_dev_runs_the_checkout_workflow_from_an_order_to_its_confirmation
         "{shown}"
     );
     assert!(shown.contains("waiting for:"), "{shown}");
+    assert!(
+        shown.contains("deployment    checkout-"),
+        "pinned to the example's build: {shown}"
+    );
 
     let sent = cli(vec![
         "calls".into(),

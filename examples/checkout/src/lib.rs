@@ -96,11 +96,15 @@ pub struct Confirmation {
     pub carrier: Option<String>,
 }
 
+/// This build's deployment: workflows started on it finish on it (see docs/workflows.md).
+pub const DEPLOYMENT: &str = concat!("checkout-", env!("CARGO_PKG_VERSION"));
+
 /// The endpoint: workflow `checkout` and function `reserve-line`.
 pub fn endpoint(settings: Settings) -> Endpoint {
     let settings = Arc::new(settings);
     let for_reserve = Arc::clone(&settings);
     Endpoint::new()
+        .deployment(DEPLOYMENT)
         .workflow("checkout", move |wf, order| checkout(Arc::clone(&settings), wf, order))
         .function(RESERVE_LINE, move |ctx, line| {
             reserve_line(Arc::clone(&for_reserve), ctx, line)
