@@ -3,8 +3,9 @@
 //!
 //! The limit reacts only to real overload, and keeps a healthy endpoint busy:
 //!
-//! - **Growth.** Each good answer that arrives while the endpoint is busy (at least half
-//!   the limit in flight) raises the limit: by 0.3 in *slow start* (×1.3 per round trip,
+//! - **Growth.** Each good answer (a success, or an error once the endpoint's usual errors
+//!   are known to be its application's) that arrives while the endpoint is busy (at least
+//!   half the limit in flight) raises the limit: by 0.3 in *slow start* (×1.3 per round trip,
 //!   until the first cut, paused while a round's latency is over its threshold; ×2 from a
 //!   limit of 32 while a round's median stays within 15% of the reference), by
 //!   `1 / limit` afterwards (one slot per round trip). Within one of the level where the
@@ -258,8 +259,12 @@ impl Aimd {
                     self.round.add(latency.as_secs_f64() * 1000.0, in_flight, error);
                 }
                 let verdict = self.close_round(now);
-                // An error is no reason to grow, whatever it turns out to be.
-                if verdict.is_none() && !error && self.may_grow() && in_flight * 2 >= self.limit.floor() as usize {
+                // An error grows the limit only once the endpoint's usual errors are known (a
+                // trial showed that fewer requests did not mean fewer errors): then it is
+                // the application's, and the endpoint served it like a success. Unknown
+                // errors are no reason to grow, whatever they turn out to be.
+                let served = !error || self.usual_error_rate.is_some();
+                if verdict.is_none() && served && self.may_grow() && in_flight * 2 >= self.limit.floor() as usize {
                     self.grow();
                     Some(ChangeReason::Raise)
                 } else {

@@ -150,6 +150,32 @@ fn random_application_errors_do_not_hold_the_limit_down() {
 }
 
 #[test]
+fn known_application_errors_count_for_growth_like_successes() {
+    // Half the answers are the application's errors: once a trial has shown it, the limit
+    // climbs as fast as on a healthy endpoint, not at half the pace. The trial itself, at
+    // a low limit, costs about 15 round trips (seeded: 41 against 26; 48 when errors did
+    // not count).
+    let climb = |rate: f64| {
+        let mut sim = Sim::new(AimdConfig::default());
+        let limits = sim.run(200, &|_, _, rng| {
+            if rng.random::<f64>() < rate {
+                Signal::Error { latency: ms(20.0) }
+            } else {
+                answered(20.0)
+            }
+        });
+        (limits.iter().position(|&l| l >= 256).expect("reaches the max"), sim)
+    };
+    let (healthy, _) = climb(0.0);
+    let (failing, sim) = climb(0.5);
+    assert!(
+        failing <= healthy + 16,
+        "256 after {failing} round trips with 50% errors, {healthy} without: {:#?}",
+        sim.verdicts()
+    );
+}
+
+#[test]
 fn errors_that_grow_with_concurrency_are_overload() {
     // A server that answers 503 (without Retry-After) to what is above 16 in flight.
     let mut sim = Sim::new(AimdConfig::default());
