@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use integration_tests::kafka::Tansu;
 
 use crate::e2e::{
-    cpu_seconds, get_json, produce_all, producer, wait_delivered, wait_until, EngineProc, EngineSetup, Handler,
+    cpu_seconds, get_json, produce_all, producer, wait_delivered, wait_until, Delivered, EngineProc, EngineSetup,
+    Handler,
 };
 use crate::report::{Restate, RestateBins};
 use crate::summary;
@@ -25,11 +26,29 @@ struct FlowRun {
     cpu_us_per_workflow: f64,
 }
 
-/// The requests per completed workflow a handler's stats report.
-async fn requests_per_workflow(stats: &str) -> anyhow::Result<f64> {
-    let v = get_json(stats).await?;
-    let count = v["count"].as_f64().unwrap_or(0.0);
-    Ok(v["attempts"].as_f64().unwrap_or(0.0) / count.max(1.0))
+impl FlowRun {
+    /// A run's figures: `records` workflows delivered as `done` says, with `cpu` seconds of
+    /// the system's process, and the requests per workflow its handler's stats report.
+    async fn of(stats: &str, done: &Delivered, cpu: f64, records: usize) -> anyhow::Result<Self> {
+        let v = get_json(stats).await?;
+        let requests = v["attempts"].as_f64().unwrap_or(0.0) / v["count"].as_f64().unwrap_or(0.0).max(1.0);
+        let span = (done.last_us - done.first_us) as f64 / 1e6;
+        Ok(Self {
+            workflows_per_s: (records - 1) as f64 / span,
+            requests_per_workflow: requests,
+            cpu_us_per_workflow: cpu * 1e6 / records as f64,
+        })
+    }
+
+    fn report(&self, system: &str, from: &str, run: usize, records: usize, started: Instant) {
+        eprintln!(
+            "  {system} workflows run {}: {records} in {:.1?} from {from}, {:.0} workflows/s first to last, {:.2} requests each",
+            run + 1,
+            started.elapsed(),
+            self.workflows_per_s,
+            self.requests_per_workflow
+        );
+    }
 }
 
 async fn engine_run(tansu: &Tansu, records: usize, run: usize) -> anyhow::Result<FlowRun> {
@@ -61,19 +80,10 @@ async fn engine_run(tansu: &Tansu, records: usize, run: usize) -> anyhow::Result
             .is_ok_and(|s| s["succeeded"].as_u64() == Some(records as u64))
     })
     .await?;
-    let requests = requests_per_workflow(&handler.stats).await?;
+    let figures = FlowRun::of(&handler.stats, &done, cpu, records).await?;
     engine.proc.stop();
-    let span = (done.last_us - done.first_us) as f64 / 1e6;
-    eprintln!(
-        "  engine workflows run {}: {records} in {:.1?} from start, {span:.2} s first to last, {requests:.2} requests each",
-        run + 1,
-        started.elapsed()
-    );
-    Ok(FlowRun {
-        workflows_per_s: (records - 1) as f64 / span,
-        requests_per_workflow: requests,
-        cpu_us_per_workflow: cpu * 1e6 / records as f64,
-    })
+    figures.report("engine", "start", run, records, started);
+    Ok(figures)
 }
 
 async fn restate_run(tansu: &Tansu, bins: &RestateBins, records: usize, run: usize) -> anyhow::Result<FlowRun> {
@@ -86,18 +96,9 @@ async fn restate_run(tansu: &Tansu, bins: &RestateBins, records: usize, run: usi
     restate.subscribe(&topic, "Flow/run").await?;
     let done = wait_delivered(&restate.stats, records as u64, Duration::from_secs(120)).await?;
     let cpu = cpu_seconds(restate.server.pid()) - cpu_before;
-    let requests = requests_per_workflow(&restate.stats).await?;
-    let span = (done.last_us - done.first_us) as f64 / 1e6;
-    eprintln!(
-        "  Restate workflows run {}: {records} in {:.1?} from subscribing, {span:.2} s first to last, {requests:.2} requests each",
-        run + 1,
-        started.elapsed()
-    );
-    Ok(FlowRun {
-        workflows_per_s: (records - 1) as f64 / span,
-        requests_per_workflow: requests,
-        cpu_us_per_workflow: cpu * 1e6 / records as f64,
-    })
+    let figures = FlowRun::of(&restate.stats, &done, cpu, records).await?;
+    figures.report("Restate", "subscribing", run, records, started);
+    Ok(figures)
 }
 
 /// Run both sides `runs` times, interleaved, and write the table.

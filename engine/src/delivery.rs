@@ -124,14 +124,14 @@ impl Deliverer {
         let started = Instant::now();
         let now = resume.as_ref().map_or_else(now_millis, |r| r.now);
         let (journal, pinned) = match resume {
-            Some(Resume { journal, pinned, .. }) => (Some(journal), pinned),
+            Some(Resume { journal, pinned, .. }) => (Some(bytes::Bytes::from(journal)), pinned),
             None => (None, None),
         };
         let mut headers = request_headers(call, attempt, subscription, now);
         // A journal too large to send inline waits on the shelf while this attempt lasts.
         let lease = match (&journal, &self.shelf) {
-            (Some(bytes), Some((shelf, base))) if bytes.len() > INLINE_JOURNAL_BYTES => {
-                let lease = shelf.put(bytes::Bytes::copy_from_slice(bytes));
+            (Some(journal), Some((shelf, base))) if journal.len() > INLINE_JOURNAL_BYTES => {
+                let lease = shelf.put(journal.clone());
                 HeaderValue::from_str(&format!("{base}/v1/journals/{}", lease.token))
                     .ok()
                     .map(|url| {
@@ -141,11 +141,8 @@ impl Deliverer {
             }
             _ => None,
         };
-        let body = match &journal {
-            // The body shares the payload held in the window instead of copying it.
-            _ if lease.is_some() => bytes::Bytes::from_owner(PayloadOf(Arc::clone(call))),
-            None => bytes::Bytes::from_owner(PayloadOf(Arc::clone(call))),
-            Some(journal) => {
+        let body = match (&journal, &lease) {
+            (Some(journal), None) => {
                 if let Ok(value) = HeaderValue::from_str(&journal.len().to_string()) {
                     headers.insert(HeaderName::from_static(header::JOURNAL_BYTES), value);
                 }
@@ -154,6 +151,8 @@ impl Deliverer {
                 framed.extend_from_slice(&call.payload);
                 bytes::Bytes::from(framed)
             }
+            // The body shares the payload held in the window instead of copying it.
+            _ => bytes::Bytes::from_owner(PayloadOf(Arc::clone(call))),
         };
         if let Some(signer) = &self.signer {
             sign(signer, &mut headers, &call.target, &body);

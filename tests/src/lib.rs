@@ -260,6 +260,18 @@ impl Admin {
         self.get("/v1/stats").await
     }
 
+    /// `/metrics`, as Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// `/v1/stats`, or `None` while the engine does not answer yet.
     pub async fn try_stats(&self) -> Option<Value> {
         let response = self.http.get(format!("{}/v1/stats", self.base)).send().await.ok()?;

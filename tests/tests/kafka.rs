@@ -455,12 +455,7 @@ async fn consumer_lag_is_reported_per_partition_and_drains_to_zero() {
     })
     .await;
 
-    let metrics = reqwest::get(format!("http://{}/metrics", engine.admin_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin.metrics().await;
     let sub = "subscription=\"test\"";
     assert!(metric(&metrics, &format!("engine_records_consumed_total{{{sub}}}")).unwrap() >= RECORDS as f64);
     assert_eq!(

@@ -103,12 +103,7 @@ async fn the_limit_converges_near_the_endpoint_capacity() {
     let endpoint_stats = stats["endpoints"].as_object().unwrap().values().next().unwrap().clone();
     assert!(endpoint_stats["cuts"].as_u64().unwrap() > 0 && endpoint_stats["raises"].as_u64().unwrap() > 0);
     assert!(!endpoint_stats["recent_changes"].as_array().unwrap().is_empty());
-    let metrics = reqwest::get(format!("http://{}/metrics", engine.admin_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin.metrics().await;
     assert!(
         metrics.contains("engine_endpoint_concurrency_limit{endpoint=\"http://127.0.0.1:"),
         "{metrics}"

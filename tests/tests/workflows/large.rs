@@ -56,12 +56,7 @@ async fn a_journal_over_the_inline_limit_is_fetched_by_the_sdk_and_every_step_ru
     assert_eq!(call["output"]["data"], (STEPS as usize * RESULT_BYTES).to_string());
     assert_eq!(runs.load(Ordering::SeqCst), STEPS, "each step ran once");
 
-    let metrics = reqwest::get(format!("http://{}/metrics", engine.admin_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin.metrics().await;
     let fetched = metric(&metrics, "engine_workflow_journals_fetched_total").unwrap();
     println!("journals fetched through the admin API: {fetched}");
     assert!(

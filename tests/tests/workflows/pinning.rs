@@ -49,14 +49,10 @@ async fn a_workflow_finishes_on_the_deployment_it_started_on_and_new_calls_go_to
     let started = admin.enqueue("shipping", b"1", Some("k")).await;
     asleep(&admin, &started).await;
     // Its 2 s sleep parks it: counted by the scheduler's gauge.
-    let metrics = format!("http://{}/metrics", engine.admin_addr());
     wait_for(
         "the sleeping workflow to be counted as parked",
         Duration::from_secs(10),
-        || async {
-            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
-            metric(&text, "engine_calls_parked{subscription=\"shipping\"}") == Some(1.0)
-        },
+        || async { metric(&admin.metrics().await, "engine_calls_parked{subscription=\"shipping\"}") == Some(1.0) },
     )
     .await;
     let waiting = admin.enqueue("shipping", b"2", Some("k")).await;

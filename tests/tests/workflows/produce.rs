@@ -4,12 +4,13 @@
 //! `output_topic` once per successful call.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::time::Duration;
 
 use integration_tests::config::{EngineConfig, Subscription};
 use integration_tests::kafka::{produce, producer, read_topic, Out, Tansu};
 use integration_tests::unkind::UnkindTarget;
-use integration_tests::{free_addr, spawn_engine, wait_for, Admin};
+use integration_tests::{free_addr, spawn_engine, wait_for, Admin, Proc};
 use sdk::{Endpoint, Workflow};
 
 use super::serve;
@@ -36,6 +37,17 @@ fn confirmations() -> Endpoint {
         );
         Ok(receipt)
     })
+}
+
+/// After the kill loop: start the engine once more and wait until `calls` calls succeeded.
+async fn run_until_all_succeed(config: &Path, admin: &Admin, calls: u64) -> Proc {
+    let engine = spawn_engine(config);
+    wait_for("the engine again", Duration::from_secs(30), || admin.is_up()).await;
+    wait_for("every call to succeed", Duration::from_secs(90), || async {
+        admin.stats().await["succeeded"].as_u64() == Some(calls)
+    })
+    .await;
+    engine
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,12 +83,7 @@ async fn produced_records_reach_kafka_exactly_once_across_a_kill_loop() {
         tokio::time::sleep(Duration::from_millis(300 + 250 * round)).await;
         engine.crash();
     }
-    let _engine = spawn_engine(&config);
-    wait_for("the engine again", Duration::from_secs(30), || admin.is_up()).await;
-    wait_for("every workflow to complete", Duration::from_secs(90), || async {
-        admin.stats().await["succeeded"].as_u64() == Some(ORDERS as u64)
-    })
-    .await;
+    let _engine = run_until_all_succeed(&config, &admin, ORDERS as u64).await;
 
     let bootstrap = tansu.bootstrap();
     let read = tokio::task::spawn_blocking(move || {
@@ -157,12 +164,7 @@ async fn every_successful_call_reaches_the_output_topic_once_in_key_order_across
         engine.crash();
         println!("round {round}: killed with {succeeded} calls succeeded");
     }
-    let _engine = spawn_engine(&config);
-    wait_for("the engine again", Duration::from_secs(30), || admin.is_up()).await;
-    wait_for("every call to succeed", Duration::from_secs(90), || async {
-        admin.stats().await["succeeded"].as_u64() == Some(RECORDS as u64)
-    })
-    .await;
+    let _engine = run_until_all_succeed(&config, &admin, RECORDS as u64).await;
 
     let bootstrap = tansu.bootstrap();
     let read =
