@@ -26,7 +26,8 @@
 //!   service has the same median at any concurrency; a saturating one does not. Two rounds
 //!   in a row above `latency_tolerance` times the reference cut the limit in proportion
 //!   (by 5% to 15%: a deeper cut on a reading a round trip old undershoots, and a CPU-bound
-//!   service then idles).
+//!   service then idles). The limit does not grow again until a round is back under the
+//!   threshold.
 //!   The reference is measured first and again every `probe_interval`, by holding
 //!   concurrency at 2 for one short round. When cuts in a row have taken a fifth off the
 //!   limit and latency did not fall at all, the reference is measured again before the
@@ -97,7 +98,7 @@ pub struct AimdConfig {
     /// counts as overload. Default 1.8.
     pub latency_tolerance: f64,
     /// ... but only when it is also this much above it (tiny latencies are noisy).
-    /// Default 5 ms.
+    /// Default 2 ms.
     #[serde(with = "humantime_serde")]
     pub latency_floor: Duration,
     /// How often the latency at low concurrency is measured again while the endpoint is
@@ -115,7 +116,7 @@ impl Default for AimdConfig {
             initial: 4,
             decrease_factor: 0.9,
             latency_tolerance: 1.8,
-            latency_floor: Duration::from_millis(5),
+            latency_floor: Duration::from_millis(2),
             probe_interval: Duration::from_secs(30),
         }
     }
@@ -286,7 +287,13 @@ impl Aimd {
     }
 
     fn may_grow(&self) -> bool {
-        self.reference.is_some() && self.trial.is_none() && self.probe_since.is_none()
+        // After a latency cut, no growth until a round is back under the threshold: growing
+        // between cuts (one slot per round trip) slowed the descent from an overshoot by a
+        // third, and the queue it kept showed in the p99.
+        self.reference.is_some()
+            && self.trial.is_none()
+            && self.probe_since.is_none()
+            && self.latency_cuts_from.is_none()
     }
 
     fn grow(&mut self) {
@@ -363,6 +370,7 @@ impl Aimd {
                 .map_or(summary.median_ms, |r| f64::midpoint(r.ms, summary.median_ms));
             self.reference = Some(Reference { ms, at: now });
             self.slow_rounds = 0;
+            self.latency_cuts_from = None;
             return probed.then_some(ChangeReason::Probed { reference_ms: ms });
         }
         if low {
@@ -450,6 +458,7 @@ impl Aimd {
         let reference = self.reference?;
         if summary.mean_in_flight <= self.config.low() as f64 {
             self.slow_rounds = 0;
+            self.latency_cuts_from = None;
             return None;
         }
         let floor_ms = self.config.latency_floor.as_secs_f64() * 1000.0;
