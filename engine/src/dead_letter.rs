@@ -51,6 +51,7 @@ pub fn dead_letter_of(dead: &DeadCall) -> SinkRecord {
         key: call.key.clone(),
         value: (!call.tombstone).then(|| call.payload.clone()),
         headers,
+        partition: None,
     }
 }
 

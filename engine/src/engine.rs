@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use crate::admin::{self, AdminState};
+use crate::cluster;
 use crate::config::Config;
 use crate::delivery::Deliverer;
 use crate::endpoints::Endpoints;
@@ -42,8 +43,17 @@ impl Engine {
                     max_batch: config.store.max_batch,
                     commit_interval: config.store.commit_interval,
                 },
+                changelog: config.cluster.enabled,
             },
         )?;
+        let (shutdown, listener) = shutdown::channel();
+        let mut tasks = JoinSet::new();
+        let cluster = if config.cluster.enabled {
+            let acked = cluster::start(&config, &store, &mut tasks, listener.clone()).await?;
+            Some((acked, config.cluster.restore_timeout))
+        } else {
+            None
+        };
         let targets = config
             .subscriptions
             .iter()
@@ -71,8 +81,6 @@ impl Engine {
         let journals = JournalShelf::default();
         let deliverer = Deliverer::new(config.signing.signer()?)?
             .with_shelf(journals.clone(), &config.admin.public_base(admin_addr));
-        let (shutdown, listener) = shutdown::channel();
-        let mut tasks = JoinSet::new();
 
         let endpoints = Arc::new(Endpoints::from_config(&config));
         let mut configs = HashMap::new();
@@ -88,7 +96,15 @@ impl Engine {
         for sub in &config.subscriptions {
             let endpoint = endpoints.for_subscription(&config, sub);
             let subscription =
-                Subscription::new(sub.clone(), &store, deliverer.clone(), endpoint, Arc::clone(&all)).await?;
+                Subscription::new(
+                    sub.clone(),
+                    &store,
+                    deliverer.clone(),
+                    endpoint,
+                    Arc::clone(&all),
+                    cluster.clone(),
+                )
+                .await?;
             configs.insert(sub.name.clone(), Arc::clone(subscription.config()));
             figures.insert(sub.name.clone(), Arc::clone(subscription.figures()));
             controls.insert(sub.name.clone(), subscription.control());

@@ -22,6 +22,11 @@ pub enum EngineError {
     Sink(#[from] connectors::kafka::sink::SinkError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Changelog(#[from] connectors::kafka::changelog::ChangelogError),
+    /// Cluster mode needs the group's changelog topic, made by the operator.
+    #[error("cluster mode: {0}")]
+    Cluster(String),
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
     /// A task of the engine panicked or failed outside the cases above.

@@ -111,6 +111,14 @@ impl Figures {
         self.backlog.store(calls as i64, Relaxed);
     }
 
+    /// Scale-out: calls of a partition arrived (positive) or left (negative).
+    pub fn calls_moved(&self, backlog: i64) {
+        self.backlog.fetch_add(backlog, Relaxed);
+        if backlog < 0 {
+            self.backlog_fell.notify_one();
+        }
+    }
+
     /// Calls became durable: `created` new ones, of which `born_dead` were dead at once (a
     /// payload above the limit). Duplicates of stored records are not counted.
     pub fn calls_created(&self, created: u64, born_dead: u64) {

@@ -20,6 +20,9 @@
 //! - [`workflow`]: what a durable workflow's answer means for its journal (protocol 5);
 //!   [`outbox`] publishes the records workflows produce; [`shelf`] holds journals too
 //!   large to send inline until the SDK fetches them.
+//! - [`cluster`]: cluster mode: every change of a call also goes to the group's changelog
+//!   topic, and a partition's calls are restored where it is assigned and released where
+//!   it is revoked.
 //! - [`dead_letter`]: dead calls produced to a subscription's dead-letter topic.
 //! - [`admin`]: the admin HTTP API, `/metrics` and the dashboard; [`api`] is its typed
 //!   contract, shared with the command line.
@@ -30,6 +33,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod dead_letter;
 pub mod delivery;

@@ -46,7 +46,7 @@ const SCAN_SLACK_MS: i64 = 60_000;
 const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The client properties of the source that a producer needs too: security, TLS, SASL.
-fn connection_options(kafka: &KafkaConfig) -> BTreeMap<String, String> {
+pub(crate) fn connection_options(kafka: &KafkaConfig) -> BTreeMap<String, String> {
     kafka
         .options
         .iter()
@@ -174,6 +174,7 @@ pub fn record_of(row: &Unpublished) -> SinkRecord {
             (header::CALL_ID.to_string(), Some(row.call_id.clone().into_bytes())),
             (header::ENTRY.to_string(), Some(entry_of(row).into_bytes())),
         ],
+        partition: None,
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use connectors::kafka::{Source, SourceConfig, SourceRecord};
 
-use crate::config::KafkaConfig;
+use crate::cluster::Ownership;
+use crate::config::{changelog_topic, KafkaConfig};
 use crate::error::EngineError;
 use crate::ingest::{new_call, persist_queued, Record};
 use crate::model::KafkaSource;
@@ -22,6 +23,7 @@ pub async fn run(part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
         store,
         figures,
         mut shutdown,
+        cluster,
     } = part;
     let mut config = SourceConfig::new(
         subscription.name.clone(),
@@ -32,6 +34,19 @@ pub async fn run(part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
     config.options = kafka.options.clone();
     config.batch_size = kafka.batch_size;
     config.batch_bytes = kafka.batch_bytes;
+    if let Some(link) = &cluster {
+        let options = crate::outbox::connection_options(&kafka);
+        config.hook = Some(Arc::new(Ownership {
+            subscription: subscription.name.clone(),
+            brokers: kafka.brokers.clone(),
+            options,
+            topic: changelog_topic(&subscription.group_id().unwrap_or_default()),
+            store: store.clone(),
+            figures: Arc::clone(&figures),
+            link: link.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        }));
+    }
     let (source, mut batches) = Source::start(config)?;
     figures.source_started(source.status());
     tracing::info!(subscription = %subscription.name, topics = ?kafka.topics, brokers = %kafka.brokers, "consuming");
@@ -83,11 +98,21 @@ pub async fn run(part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
         // Queued here, in poll order, so that calls keep offset order; awaited apart.
         let queued = persist_queued(&store, calls)?;
         let (figures, in_flight) = (Arc::clone(&figures), Arc::clone(&in_flight_records));
+        let (cluster, store, mut stopping) = (cluster.clone(), store.clone(), shutdown.clone());
         persisting.spawn(async move {
             let result = queued.counted(&figures).await;
             in_flight.fetch_sub(size, Relaxed);
-            // The durable write comes first; the offsets are stored only after it.
-            result.map(|_| ack.ack())
+            result?;
+            // The durable write comes first, and in cluster mode the changelog's; the
+            // offsets are stored only after them. Not covered at shutdown: not stored, so
+            // the records are read again.
+            if let Some(link) = cluster {
+                if !link.covered(&store, &mut stopping).await? {
+                    return Ok(());
+                }
+            }
+            ack.ack();
+            Ok(())
         });
     }
     while let Some(joined) = persisting.join_next().await {

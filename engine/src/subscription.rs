@@ -8,14 +8,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::cluster::ClusterLink;
 use crate::config::SubscriptionConfig;
 use crate::delivery::Deliverer;
 use crate::endpoints::Endpoint;
 use crate::error::EngineError;
 use crate::figures::Figures;
+use crate::model::Millis;
 use crate::scheduler::{Control, Scheduler};
 use crate::shutdown::{self, Shutdown};
 use crate::store::Store;
@@ -32,6 +34,8 @@ pub struct Part {
     pub figures: Arc<Figures>,
     /// Stops this subscription's parts (the engine's shutdown, or a failed sibling part).
     pub shutdown: Shutdown,
+    /// Cluster mode: the changelog and the scheduler's handovers.
+    pub cluster: Option<ClusterLink>,
 }
 
 /// A subscription ready to run.
@@ -41,6 +45,7 @@ pub struct Subscription {
     store: Store,
     scheduler: Scheduler,
     figures: Arc<Figures>,
+    cluster: Option<ClusterLink>,
 }
 
 impl Subscription {
@@ -51,6 +56,7 @@ impl Subscription {
         deliverer: Deliverer,
         endpoint: Arc<Endpoint>,
         all: Arc<std::collections::HashMap<String, Arc<SubscriptionConfig>>>,
+        cluster: Option<(watch::Receiver<Millis>, Duration)>,
     ) -> Result<Self, EngineError> {
         let config = Arc::new(config);
         let figures = Arc::new(Figures::default());
@@ -63,11 +69,19 @@ impl Subscription {
             Arc::clone(&figures),
             all,
         );
+        let cluster = cluster
+            .filter(|_| config.kafka.is_some())
+            .map(|(acked, restore_timeout)| ClusterLink {
+                acked,
+                handovers: scheduler.handovers(),
+                restore_timeout,
+            });
         Ok(Self {
             config,
             store: store.clone(),
             scheduler,
             figures,
+            cluster,
         })
     }
 
@@ -91,6 +105,7 @@ impl Subscription {
             store,
             scheduler,
             figures,
+            cluster,
         } = self;
         let (stop, parts_stop) = shutdown::channel();
         let mut parts = JoinSet::new();
@@ -99,6 +114,7 @@ impl Subscription {
             store,
             figures,
             shutdown: parts_stop.clone(),
+            cluster,
         };
         if let Some(kafka) = config.kafka.clone() {
             parts.spawn(source::run(part.clone(), kafka.clone()));

@@ -14,6 +14,7 @@ use rdkafka::statistics::Statistics;
 
 use super::offsets::{OffsetTracker, TopicPartition};
 use super::status::{PartitionLag, SourceStatus};
+use super::PartitionHook;
 
 /// Shared between the poll loop and librdkafka's callbacks (which run inside `poll`, on the
 /// poll thread).
@@ -27,10 +28,17 @@ pub(crate) struct SourceContext {
     revoke_timeout: Duration,
     name: String,
     status: Arc<SourceStatus>,
+    hook: Option<Arc<dyn PartitionHook>>,
 }
 
 impl SourceContext {
-    pub(crate) fn new(name: String, acks: Receiver<u64>, revoke_timeout: Duration, status: Arc<SourceStatus>) -> Self {
+    pub(crate) fn new(
+        name: String,
+        acks: Receiver<u64>,
+        revoke_timeout: Duration,
+        status: Arc<SourceStatus>,
+        hook: Option<Arc<dyn PartitionHook>>,
+    ) -> Self {
         Self {
             tracker: Mutex::default(),
             acks,
@@ -38,6 +46,7 @@ impl SourceContext {
             revoke_timeout,
             name,
             status,
+            hook,
         }
     }
 
@@ -110,6 +119,12 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(list), Some(hook)) = (rebalance, &self.hook) {
+            hook.assigned(&partitions_of(list));
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(list) = rebalance else {
             if let Rebalance::Assign(list) = rebalance {
@@ -117,11 +132,7 @@ impl ConsumerContext for SourceContext {
             }
             return;
         };
-        let revoked: Vec<TopicPartition> = list
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
+        let revoked = partitions_of(list);
         // Wait until the batches already handed to the engine are durable, so their offsets
         // are stored before librdkafka commits on revoke.
         let deadline = Instant::now() + self.revoke_timeout;
@@ -145,17 +156,28 @@ impl ConsumerContext for SourceContext {
         }
         let mut tracker = self.tracker.lock().expect("tracker lock");
         let mut revoked_set = self.revoked.lock().expect("revoked lock");
-        for tp in revoked {
-            tracker.revoke(&tp);
-            revoked_set.insert(tp);
+        for tp in &revoked {
+            tracker.revoke(tp);
+            revoked_set.insert(tp.clone());
+        }
+        drop(revoked_set);
+        drop(tracker);
+        if let Some(hook) = &self.hook {
+            hook.revoking(&revoked);
         }
         tracing::info!(source = %self.name, partitions = %describe(list), "partitions revoked");
-        drop(tracker);
         // Commit now what was stored, rather than at the next auto-commit tick.
         if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
             tracing::debug!(source = %self.name, %error, "commit on revoke");
         }
     }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 fn describe(list: &TopicPartitionList) -> String {

@@ -6,6 +6,7 @@
 //! - `status`: the live figures a source reports (records consumed, brokers down, lag).
 //! - `context`: librdkafka callbacks: offset storage and the flush on revoke.
 //! - `sink`: the idempotent producer of dead letters and workflows' records.
+//! - `changelog`: reading a compacted changelog partition back (scale-out restore).
 //! - `scan`: reading a topic's recent records back, to find what a crash left unconfirmed.
 //! - this module: configuration and the poll loop, which carries out what `batching` decides.
 //!
@@ -14,6 +15,7 @@
 //! `max.poll.interval.ms` is never exceeded), then resumes once it has handed them over.
 
 mod batching;
+pub mod changelog;
 mod context;
 pub mod offsets;
 pub mod scan;
@@ -61,6 +63,17 @@ pub struct SourceConfig {
     pub held_batches: usize,
     /// Longest wait, on revoke, for handed-over batches to become durable.
     pub revoke_timeout: Duration,
+    /// Told of partitions as they move (scale-out: a partition's state follows it).
+    pub hook: Option<Arc<dyn PartitionHook>>,
+}
+
+/// Told of partitions as they move, on the consumer's poll thread, which waits for it: no
+/// record of an assigned partition is handed out before `assigned` returns, and a revoked
+/// partition goes back to the group only after `revoking` returns (its handed-out batches
+/// are durable by then).
+pub trait PartitionHook: Send + Sync + std::fmt::Debug {
+    fn assigned(&self, partitions: &[offsets::TopicPartition]);
+    fn revoking(&self, partitions: &[offsets::TopicPartition]);
 }
 
 impl SourceConfig {
@@ -82,6 +95,7 @@ impl SourceConfig {
             channel_batches: 8,
             held_batches: 16,
             revoke_timeout: Duration::from_secs(10),
+            hook: None,
         }
     }
 }
@@ -167,7 +181,13 @@ impl Source {
     pub fn start(config: SourceConfig) -> Result<(Self, mpsc::Receiver<Batch>), SourceError> {
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         let status = Arc::new(SourceStatus::default());
-        let context = SourceContext::new(config.name.clone(), ack_rx, config.revoke_timeout, Arc::clone(&status));
+        let context = SourceContext::new(
+            config.name.clone(),
+            ack_rx,
+            config.revoke_timeout,
+            Arc::clone(&status),
+            config.hook.clone(),
+        );
         let consumer: BaseConsumer<SourceContext> =
             client_config(&config)
                 .create_with_context(context)

@@ -25,6 +25,8 @@ pub struct SinkRecord {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The partition to write to; `None`: the producer's partitioner picks it by key.
+    pub partition: Option<i32>,
 }
 
 /// Why a sink could not start or a record was not produced.
@@ -128,6 +130,9 @@ impl Sink {
             }
             if let Some(value) = &record.value {
                 out = out.payload(value.as_slice());
+            }
+            if let Some(partition) = record.partition {
+                out = out.partition(partition);
             }
             pending.push(match self.producer.send_result(out) {
                 Ok(delivery) => Ok(delivery),

@@ -1,8 +1,10 @@
 //! The TOML configuration file. Unknown keys are errors, and every error names the key or
 //! the line. See the configuration reference in README.md.
 
+mod cluster;
 mod env;
 
+pub use cluster::{changelog_topic, ClusterConfig};
 pub use env::FromEnv;
 
 use std::collections::{BTreeMap, HashSet};
@@ -41,6 +43,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub signing: SigningConfig,
+    /// `[cluster]`: a partition's calls follow it across engines (off by default).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// One entry per `[[subscription]]` table.
     #[serde(default, rename = "subscription")]
     pub subscriptions: Vec<SubscriptionConfig>,

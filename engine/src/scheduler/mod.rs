@@ -59,6 +59,25 @@ pub struct Scheduler {
     directory: Arc<SubscriptionDirectory>,
     /// Where the outputs of successful calls are published, if anywhere.
     output_topic: Option<Arc<str>>,
+    handover_tx: mpsc::UnboundedSender<Handover>,
+    handover_rx: mpsc::UnboundedReceiver<Handover>,
+}
+
+/// Cluster mode: partitions leaving this engine. The scheduler lets its attempts in flight
+/// end, removes the partitions' open calls from the store and starts over from the store;
+/// it replies with the clock of a commit after the removal.
+#[derive(Debug)]
+pub struct Handover {
+    pub partitions: Vec<(String, i32)>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Millis, StoreError>>,
+}
+
+fn fresh_reactor(subscription: &SubscriptionConfig) -> Reactor {
+    Reactor::new(
+        Window::new(subscription.window, GROUP_QUEUE).with_byte_capacity(subscription.window_bytes),
+        subscription.retry.clone(),
+        subscription.on_dead,
+    )
 }
 
 /// The engine's subscriptions, as a workflow of one of them sees them.
@@ -99,6 +118,7 @@ impl Scheduler {
     ) -> Self {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (handover_tx, handover_rx) = mpsc::unbounded_channel();
         let output_topic = subscription.output_topic.as_deref().map(Arc::from);
         let directory = Arc::new(SubscriptionDirectory {
             all,
@@ -112,11 +132,7 @@ impl Scheduler {
                 .rate_limit
                 .and_then(|r| rate_limiter(r, subscription.rate_burst)),
             endpoint,
-            reactor: Reactor::new(
-                Window::new(subscription.window, GROUP_QUEUE).with_byte_capacity(subscription.window_bytes),
-                subscription.retry.clone(),
-                subscription.on_dead,
-            ),
+            reactor: fresh_reactor(&subscription),
             subscription,
             store,
             deliverer,
@@ -126,7 +142,43 @@ impl Scheduler {
             figures,
             retry_count_at: Instant::now(),
             output_topic,
+            handover_tx,
+            handover_rx,
         }
+    }
+
+    /// Where revoked partitions are handed over (cluster mode).
+    pub fn handovers(&self) -> mpsc::UnboundedSender<Handover> {
+        self.handover_tx.clone()
+    }
+
+    /// Let attempts in flight end, release the partitions' calls, and start over from the
+    /// store: the window may hold calls that are gone.
+    async fn hand_over(&mut self, handover: Handover) -> Result<(), StoreError> {
+        // No attempt outlives the subscription's timeout.
+        let deadline = Instant::now() + self.subscription.timeout + Duration::from_secs(1);
+        while self.reactor.in_flight() > 0 {
+            match tokio::time::timeout_at(deadline, self.ended_rx.recv()).await {
+                Ok(Some(ended)) => self.on_attempt_ended(&ended).await?,
+                _ => break,
+            }
+        }
+        // Outcomes first, in a commit of their own: the release must not take them along.
+        self.store.flush().await?;
+        let released = self
+            .store
+            .release(&self.subscription.name, Some(handover.partitions))
+            .await?;
+        self.figures.calls_moved(-(released.backlog as i64));
+        tracing::info!(subscription = %self.subscription.name, calls = released.calls, "released the open calls of revoked partitions to their next owner");
+        let clock = self.store.flush().await?;
+        self.reactor = fresh_reactor(&self.subscription);
+        self.cursor = 0;
+        for key in self.store.blocked_groups(&self.subscription.name).await? {
+            self.reactor.window.block(key);
+        }
+        drop(handover.reply.send(Ok(clock)));
+        Ok(())
     }
 
     /// Where operators' actions are sent.
@@ -171,6 +223,7 @@ impl Scheduler {
             tokio::select! {
                 () = shutdown.recv() => break,
                 Some(ended) = self.ended_rx.recv() => self.on_attempt_ended(&ended).await?,
+                Some(handover) = self.handover_rx.recv() => self.hand_over(handover).await?,
                 Some(control) = self.control_rx.recv() => {
                     let now = now_millis();
                     let effects = self.reactor.control(control, now);

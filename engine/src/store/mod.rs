@@ -8,6 +8,7 @@
 //! Durability: WAL journal with `synchronous=FULL`, so a transaction is on disk when its
 //! commit returns. See `docs/durability.md`.
 
+pub mod changelog;
 mod outbox;
 mod read;
 pub mod schema;
@@ -27,7 +28,8 @@ pub use outbox::Unpublished;
 pub use read::{CallFilter, CallSummary, DeadCall, StatusCounts};
 pub use workflow::{Signalled, Wake};
 use writer::Command;
-pub use writer::{Purged, WriterOptions, WriterStats};
+pub use changelog::{CallSnapshot, Change};
+pub use writer::{Committed, Purged, WriterOptions, WriterStats};
 
 use crate::model::{
     now_millis, Affected, AttemptRecord, CallStatus, CallView, DueCall, Inserted, Millis, NewCall, Operation,
@@ -72,6 +74,9 @@ pub struct Retargeted {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreOptions {
     pub writer: WriterOptions,
+    /// Cluster mode: note every change of a Kafka record's call for the changelog (see
+    /// [`Store::take_changes`]).
+    pub changelog: bool,
 }
 
 /// A cheap, cloneable handle to the store.
@@ -90,6 +95,8 @@ struct Inner {
     stats: Arc<WriterStats>,
     /// Workflows to wake, from the writer; taken once by the engine.
     wakes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Wake>>>,
+    /// What each commit changed, in cluster mode; taken once by the changelog publisher.
+    changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Committed>>>,
     /// Held for the life of the store: a second engine on the same file refuses to start.
     _lock: File,
 }
@@ -116,9 +123,21 @@ impl Store {
         let writer_stats = Arc::clone(&stats);
         let writer_options = options.writer;
         let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let changes_tx = options.changelog.then_some(changes_tx);
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(conn, &rx, writer_options, &seq_tx, &writer_stats, &wake_tx))
+            .spawn(move || {
+                writer::run(
+                    conn,
+                    &rx,
+                    writer_options,
+                    &seq_tx,
+                    &writer_stats,
+                    &wake_tx,
+                    changes_tx.as_ref(),
+                );
+            })
             .map_err(|e| StoreError::Write(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -129,6 +148,7 @@ impl Store {
                 committed_seq: seq_rx,
                 stats,
                 wakes: Mutex::new(Some(wake_rx)),
+                changes: Mutex::new(options.changelog.then_some(changes_rx)),
                 _lock: lock,
             }),
         })
@@ -290,6 +310,35 @@ impl Store {
     /// by whoever routes them to the schedulers.
     pub fn take_wakes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Wake>> {
         self.inner.wakes.lock().expect("wakes lock").take()
+    }
+
+    /// What each commit changed (cluster mode only), in commit order. Taken once, by the
+    /// changelog publisher.
+    pub fn take_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Committed>> {
+        self.inner.changes.lock().expect("changes lock").take()
+    }
+
+    /// Remove the open calls of `subscription` that came from `partitions` (every partition
+    /// if `None`), which left this engine, without tombstones.
+    pub async fn release(
+        &self,
+        subscription: &str,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Result<changelog::Released, StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::Release {
+            subscription: subscription.to_string(),
+            partitions,
+            reply,
+        })?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Insert calls restored from the changelog, replacing local copies.
+    pub async fn restore(&self, calls: Vec<CallSnapshot>) -> Result<(), StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::Restore { calls, reply })?;
+        wait.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Send signal `name` with `payload` (JSON) to the workflow call `id`: it ends the

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use tokio::sync::{oneshot, watch};
 
+use super::changelog::{self, CallSnapshot, Change};
 use super::outbox::OUTPUT_POSITION;
 use super::workflow::{self, ChildEnd, Signalled, Wake};
 use super::StoreError;
@@ -68,6 +69,18 @@ pub(crate) enum Command {
     /// Replies once every command sent before it is durable, with the clock of the commit
     /// that made them so: a later commit's clock is later.
     Barrier { reply: oneshot::Sender<Millis> },
+    /// Scale-out: the open calls of partitions that left this engine; replies how many.
+    Release {
+        subscription: String,
+        /// `None`: every partition.
+        partitions: Option<Vec<(String, i32)>>,
+        reply: oneshot::Sender<Result<changelog::Released, StoreError>>,
+    },
+    /// Scale-out: the calls of a partition that arrived, as its last owner left them.
+    Restore {
+        calls: Vec<CallSnapshot>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 impl Command {
@@ -76,6 +89,7 @@ impl Command {
             Self::Insert { calls, .. } => calls.len(),
             Self::DeadLettered { seqs, .. } | Self::Outbox { seqs, .. } => seqs.len(),
             Self::Purge { limit, .. } => *limit,
+            Self::Restore { calls, .. } => calls.len(),
             _ => 1,
         }
     }
@@ -130,6 +144,10 @@ impl Default for WriterStats {
     }
 }
 
+/// What a commit changed, for the changelog (cluster mode): the commit's clock and its
+/// changes, sent after every commit, empty or not, before any reply of that commit.
+pub type Committed = (Millis, Vec<Change>);
+
 pub(crate) fn run(
     mut conn: Connection,
     commands: &Receiver<Command>,
@@ -137,8 +155,16 @@ pub(crate) fn run(
     committed_seq: &watch::Sender<i64>,
     stats: &WriterStats,
     wakes: &tokio::sync::mpsc::UnboundedSender<Wake>,
+    changes: Option<&tokio::sync::mpsc::UnboundedSender<Committed>>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
+
+    if changes.is_some() {
+        if let Err(error) = conn.execute_batch(changelog::INSTALL) {
+            tracing::error!(%error, "cannot install the changelog triggers; the store stops");
+            return;
+        }
+    }
 
     let mut clock: Millis = 0;
 
@@ -161,7 +187,7 @@ pub(crate) fn run(
         let mut delay = Duration::from_millis(50);
         let outcome = loop {
             let started = Instant::now();
-            match apply(&mut conn, &batch, &mut clock) {
+            match apply(&mut conn, &batch, &mut clock, changes.is_some()) {
                 Ok(mut outcome) => {
                     stats.commits.fetch_add(1, Relaxed);
                     stats.rows.fetch_add(rows as u64, Relaxed);
@@ -179,6 +205,10 @@ pub(crate) fn run(
                             reuse_warned = Some(Instant::now());
                             warn_reused_offsets(call, total);
                         }
+                    }
+                    if let Some(changes) = changes {
+                        // No receiver: the engine is stopping; nothing more is acknowledged.
+                        let _ = changes.send((outcome.now, std::mem::take(&mut outcome.changes)));
                     }
                     for wake in outcome.wakes.drain(..) {
                         // No receiver: the engine is stopping; the wake is in the store.
@@ -245,9 +275,11 @@ struct Applied {
     signalled: Vec<Signalled>,
     wakes: Vec<Wake>,
     now: Millis,
+    released: Vec<changelog::Released>,
+    changes: Vec<Change>,
 }
 
-fn apply(conn: &mut Connection, batch: &[Command], clock: &mut Millis) -> rusqlite::Result<Applied> {
+fn apply(conn: &mut Connection, batch: &[Command], clock: &mut Millis, capture: bool) -> rusqlite::Result<Applied> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut applied = Applied {
         inserted: Vec::new(),
@@ -259,6 +291,8 @@ fn apply(conn: &mut Connection, batch: &[Command], clock: &mut Millis) -> rusqli
         signalled: Vec::new(),
         wakes: Vec::new(),
         now: 0,
+        released: Vec::new(),
+        changes: Vec::new(),
     };
     // Strictly later than the last commit's: a workflow's request is stamped with the
     // commit it read, and what a later commit records must be later (docs/workflows.md).
@@ -337,8 +371,23 @@ fn apply(conn: &mut Connection, batch: &[Command], clock: &mut Millis) -> rusqli
                     .execute(params![seq, now])?;
                 }
             }
+            Command::Release {
+                subscription,
+                partitions,
+                ..
+            } => applied
+                .released
+                .push(changelog::release(&tx, subscription, partitions.as_deref())?),
+            Command::Restore { calls, .. } => {
+                if let Some(seq) = changelog::restore(&tx, calls)? {
+                    applied.max_seq = Some(applied.max_seq.map_or(seq, |m| m.max(seq)));
+                }
+            }
             Command::Barrier { .. } => {}
         }
+    }
+    if capture {
+        applied.changes = changelog::take(&tx)?;
     }
     tx.commit()?;
     Ok(applied)
@@ -724,6 +773,7 @@ fn delete_workflow_rows(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::R
 
 fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq: &watch::Sender<i64>) {
     let mut signalled = Vec::new().into_iter();
+    let mut released = Vec::new().into_iter();
     let mut commit_now = 0;
     let (mut inserted, mut purged, mut operated, failure) = match outcome {
         Ok(applied) => {
@@ -735,6 +785,7 @@ fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq:
                 });
             }
             signalled = applied.signalled.into_iter();
+            released = applied.released.into_iter();
             commit_now = applied.now;
             (
                 applied.inserted.into_iter(),
@@ -766,11 +817,16 @@ fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq:
             Command::Operate { reply, .. } => {
                 drop(reply.send(result(()).map(|()| operated.next().unwrap_or_default())));
             }
-            Command::DeadLettered { reply, .. } | Command::Outbox { reply, .. } => drop(reply.send(result(()))),
+            Command::DeadLettered { reply, .. } | Command::Outbox { reply, .. } | Command::Restore { reply, .. } => {
+                drop(reply.send(result(())));
+            }
             Command::Signal { reply, .. } => {
                 drop(reply.send(result(()).map(|()| signalled.next().unwrap_or(Signalled::NoCall))));
             }
             Command::Barrier { reply } => drop(reply.send(commit_now.max(now_millis()))),
+            Command::Release { reply, .. } => {
+                drop(reply.send(result(()).map(|()| released.next().unwrap_or_default())));
+            }
             Command::Start { .. } | Command::Finish { .. } => {}
         }
     }

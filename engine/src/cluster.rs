@@ -1,0 +1,295 @@
+//! Cluster mode (`[cluster] enabled = true`, docs/scaling.md): several engines in one
+//! consumer group, each partition's calls following the partition.
+//!
+//! - [`publish`]: every commit's changes go to the changelog topic of their subscription
+//!   (`<group id>.calls`, changelog partition = source partition, keyed by call id), in
+//!   commit order; `acked` says up to which commit the broker has them.
+//! - [`ClusterLink::covered`]: the source stores a batch's offsets only once its calls are
+//!   in the changelog too.
+//! - [`Ownership`]: the source's partition hook. An assigned partition's calls are
+//!   restored from the changelog before any of its records is consumed; a revoked
+//!   partition's calls are handed over (attempts in flight end, their outcomes reach the
+//!   changelog, the local copies go) before the group moves it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use connectors::kafka::changelog::read_partition;
+use connectors::kafka::sink::{Sink, SinkConfig, SinkRecord};
+use connectors::kafka::PartitionHook;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::EngineError;
+use crate::figures::Figures;
+use crate::model::Millis;
+use crate::scheduler::Handover;
+use crate::shutdown::Shutdown;
+use crate::store::{CallSnapshot, Change, Committed, Store, StoreError};
+
+/// Most changes produced in one go.
+const PUBLISH_BATCH: usize = 10_000;
+
+/// What a subscription's parts need of cluster mode.
+#[derive(Debug, Clone)]
+pub struct ClusterLink {
+    /// The clock of the last commit whose changes the changelog has.
+    pub acked: watch::Receiver<Millis>,
+    /// Where revoked partitions are handed to the subscription's scheduler.
+    pub handovers: mpsc::UnboundedSender<Handover>,
+    pub restore_timeout: Duration,
+}
+
+impl ClusterLink {
+    /// Wait until everything durable in the store so far is in the changelog too. `false`
+    /// if the engine stopped first.
+    pub async fn covered(&self, store: &Store, shutdown: &mut Shutdown) -> Result<bool, StoreError> {
+        let clock = store.flush().await?;
+        let mut acked = self.acked.clone();
+        tokio::select! {
+            reached = acked.wait_for(|&c| c >= clock) => Ok(reached.is_ok()),
+            () = shutdown.recv() => Ok(false),
+        }
+    }
+}
+
+/// A changelog record of `change`.
+fn record_of(change: &Change) -> Result<SinkRecord, serde_json::Error> {
+    Ok(SinkRecord {
+        key: Some(change.id().as_bytes().to_vec()),
+        value: match change {
+            Change::Open(call) => Some(serde_json::to_vec(call)?),
+            Change::Ended { .. } => None,
+        },
+        headers: Vec::new(),
+        partition: Some(change.partition()),
+    })
+}
+
+/// Produce every commit's changes to the changelog of its subscription, in commit order,
+/// until shutdown. A failed produce is retried (with the whole batch, so each key's last
+/// record stays last); meanwhile nothing newer is acknowledged, and ingestion waits.
+#[allow(clippy::implicit_hasher)]
+pub async fn publish(
+    mut changes: mpsc::UnboundedReceiver<Committed>,
+    sinks: HashMap<String, Sink>,
+    acked: watch::Sender<Millis>,
+    mut shutdown: Shutdown,
+) -> Result<(), EngineError> {
+    loop {
+        let (mut clock, mut batch) = tokio::select! {
+            biased;
+            next = changes.recv() => match next {
+                Some(next) => next,
+                None => return Ok(()),
+            },
+            () = shutdown.recv() => return Ok(()),
+        };
+        while batch.len() < PUBLISH_BATCH {
+            match changes.try_recv() {
+                Ok((later, more)) => {
+                    clock = later;
+                    batch.extend(more);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut by_sink: HashMap<&str, Vec<SinkRecord>> = HashMap::new();
+        for change in &batch {
+            if !sinks.contains_key(change.subscription()) {
+                continue;
+            }
+            let record = record_of(change).map_err(|e| EngineError::task("encoding a changelog record", e))?;
+            by_sink.entry(change.subscription()).or_default().push(record);
+        }
+        let mut backoff = Duration::from_millis(100);
+        'retry: loop {
+            for (subscription, records) in &by_sink {
+                let sink = &sinks[*subscription];
+                if let Some(error) = sink.send_all(records).await.into_iter().find_map(Result::err) {
+                    tracing::error!(subscription, topic = sink.topic(), %error, retry_in = ?backoff, "cannot write the changelog; ingestion waits until it can");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.recv() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue 'retry;
+                }
+            }
+            break;
+        }
+        acked.send_replace(clock);
+    }
+}
+
+/// The changelog producer of a subscription.
+pub fn changelog_sink(
+    subscription: &str,
+    brokers: &str,
+    topic: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<Sink, EngineError> {
+    Ok(Sink::new(&SinkConfig {
+        name: format!("{subscription} changelog"),
+        brokers: brokers.to_string(),
+        topic: topic.to_string(),
+        options: options.clone(),
+    })?)
+}
+
+/// The partition hook of one subscription's source in cluster mode.
+#[derive(Debug)]
+pub struct Ownership {
+    pub subscription: String,
+    pub brokers: String,
+    pub options: BTreeMap<String, String>,
+    /// The changelog topic.
+    pub topic: String,
+    pub store: Store,
+    pub figures: Arc<Figures>,
+    pub link: ClusterLink,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl Ownership {
+    /// The calls of `topic`/`partition` in the changelog, in the order they were made.
+    fn read(&self, topic: &str, partition: i32) -> (Vec<CallSnapshot>, u64) {
+        let mut wait = Duration::from_millis(200);
+        let state = loop {
+            match read_partition(&self.brokers, &self.options, &self.topic, partition, self.link.restore_timeout) {
+                Ok(state) => break state,
+                Err(error) => {
+                    // Consuming the partition without its calls would run keys out of order
+                    // and lose retries: wait (the group sees a slow member, not a wrong one).
+                    tracing::error!(subscription = %self.subscription, %error, retry_in = ?wait, "cannot restore {topic}/{partition} from the changelog");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let mut calls: Vec<CallSnapshot> = state
+            .latest
+            .values()
+            .filter_map(|value| match serde_json::from_slice::<CallSnapshot>(value) {
+                Ok(call) => Some(call),
+                Err(error) => {
+                    tracing::error!(subscription = %self.subscription, %error, "skipping a changelog record that is not a call snapshot");
+                    None
+                }
+            })
+            .filter(|c| c.subscription == self.subscription && c.topic == topic && c.partition == partition)
+            .collect();
+        calls.sort_by_key(|c| (c.created_at, c.source_generation, c.offset));
+        (calls, state.records)
+    }
+}
+
+impl PartitionHook for Ownership {
+    fn assigned(&self, partitions: &[(String, i32)]) {
+        for (topic, partition) in partitions {
+            let started = Instant::now();
+            let (calls, records) = self.read(topic, *partition);
+            let (count, backlog) = (
+                calls.len(),
+                calls.iter().filter(|c| matches!(c.status.as_str(), "pending" | "running")).count(),
+            );
+            if let Err(error) = self.runtime.block_on(self.store.restore(calls)) {
+                tracing::error!(subscription = %self.subscription, %error, "cannot store the calls restored for {topic}/{partition}");
+                continue;
+            }
+            self.figures.calls_moved(backlog as i64);
+            tracing::info!(
+                subscription = %self.subscription,
+                calls = count,
+                changelog_records = records,
+                took_ms = started.elapsed().as_millis() as u64,
+                "restored the open calls of {topic}/{partition} from the changelog"
+            );
+        }
+    }
+
+    fn revoking(&self, partitions: &[(String, i32)]) {
+        let started = Instant::now();
+        let (reply, wait) = oneshot::channel();
+        let handover = Handover {
+            partitions: partitions.to_vec(),
+            reply,
+        };
+        if self.link.handovers.send(handover).is_err() {
+            return; // The scheduler stopped: the engine is stopping.
+        }
+        let mut acked = self.link.acked.clone();
+        let done = self.runtime.block_on(async move {
+            let clock = wait.await.map_err(|_| StoreError::Closed)??;
+            acked.wait_for(|&c| c >= clock).await.map_err(|_| StoreError::Closed)?;
+            Ok::<_, StoreError>(())
+        });
+        match done {
+            Ok(()) => tracing::info!(subscription = %self.subscription, took_ms = started.elapsed().as_millis() as u64, "handed over the calls of the revoked partitions"),
+            Err(error) => tracing::error!(subscription = %self.subscription, %error, "could not hand over the revoked partitions; their next owner restores what the changelog has"),
+        }
+    }
+}
+
+/// Check each Kafka subscription's changelog topic, drop the calls left from this engine's
+/// last run (the changelog has them; partitions are restored as they are assigned), and
+/// start the publisher. Returns how far the changelog has the store's commits.
+pub async fn start(
+    config: &crate::config::Config,
+    store: &Store,
+    tasks: &mut tokio::task::JoinSet<Result<(), EngineError>>,
+    shutdown: Shutdown,
+) -> Result<watch::Receiver<Millis>, EngineError> {
+    let mut sinks = HashMap::new();
+    for sub in &config.subscriptions {
+        let Some(kafka) = &sub.kafka else { continue };
+        let topic = crate::config::changelog_topic(&sub.group_id().unwrap_or_default());
+        let options = crate::outbox::connection_options(kafka);
+        check_changelog(&kafka.brokers, &options, &topic, &kafka.topics).await?;
+        let released = store.release(&sub.name, None).await?;
+        if released.calls > 0 {
+            tracing::info!(subscription = %sub.name, calls = released.calls, "cluster mode: calls kept from the last run are dropped; each partition's calls are restored from {topic} when it is assigned");
+        }
+        sinks.insert(sub.name.clone(), changelog_sink(&sub.name, &kafka.brokers, &topic, &options)?);
+    }
+    let changes = store
+        .take_changes()
+        .ok_or_else(|| EngineError::Cluster("the store was opened without its changelog".into()))?;
+    let (acked_tx, acked) = watch::channel(0);
+    tasks.spawn(publish(changes, sinks, acked_tx, shutdown));
+    Ok(acked)
+}
+
+/// The changelog topic must exist with at least as many partitions as each source topic
+/// (changes of source partition p go to changelog partition p).
+async fn check_changelog(
+    brokers: &str,
+    options: &BTreeMap<String, String>,
+    changelog: &str,
+    sources: &[String],
+) -> Result<(), EngineError> {
+    use connectors::kafka::changelog::partition_count;
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let (brokers, options, changelog, sources) =
+        (brokers.to_string(), options.clone(), changelog.to_string(), sources.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let mut needed = 0;
+        for topic in &sources {
+            let partitions = partition_count(&brokers, &options, topic, TIMEOUT)?
+                .ok_or_else(|| EngineError::Cluster(format!("source topic `{topic}` does not exist")))?;
+            needed = needed.max(partitions);
+        }
+        let create = format!(
+            "create it with at least {needed} partitions and cleanup.policy=compact, for example: kafka-topics.sh --create --topic {changelog} --partitions {needed} --config cleanup.policy=compact"
+        );
+        match partition_count(&brokers, &options, &changelog, TIMEOUT)? {
+            None => Err(EngineError::Cluster(format!("the changelog topic `{changelog}` does not exist; {create}"))),
+            Some(n) if n < needed => Err(EngineError::Cluster(format!(
+                "the changelog topic `{changelog}` has {n} partitions, fewer than its source topics ({needed}); {create}"
+            ))),
+            Some(_) => Ok(()),
+        }
+    })
+    .await
+    .map_err(|e| EngineError::task("checking the changelog topic", e))?
+}
