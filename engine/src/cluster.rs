@@ -35,6 +35,8 @@ const PUBLISH_BATCH: usize = 10_000;
 pub struct ClusterLink {
     /// The clock of the last commit whose changes the changelog has.
     pub acked: watch::Receiver<Millis>,
+    /// The largest call seq the changelog has (calls up to it may be delivered).
+    pub covered_seq: watch::Receiver<i64>,
     /// Where revoked partitions are handed to the subscription's scheduler.
     pub handovers: mpsc::UnboundedSender<Handover>,
     pub restore_timeout: Duration,
@@ -58,8 +60,8 @@ fn record_of(change: &Change) -> Result<SinkRecord, serde_json::Error> {
     Ok(SinkRecord {
         key: Some(change.id().as_bytes().to_vec()),
         value: match change {
-            Change::Open(call) => Some(serde_json::to_vec(call)?),
-            Change::Ended { .. } => None,
+            Change::Call(call) => Some(serde_json::to_vec(call)?),
+            Change::Purged { .. } => None,
         },
         headers: Vec::new(),
         partition: Some(change.partition()),
@@ -67,17 +69,23 @@ fn record_of(change: &Change) -> Result<SinkRecord, serde_json::Error> {
 }
 
 /// Produce every commit's changes to the changelog of its subscription, in commit order,
-/// until shutdown. A failed produce is retried (with the whole batch, so each key's last
+/// until `shutdown` (triggered by the engine once the last commit is published or a grace
+/// period is over). A failed produce is retried (with the whole batch, so each key's last
 /// record stays last); meanwhile nothing newer is acknowledged, and ingestion waits.
 #[allow(clippy::implicit_hasher)]
 pub async fn publish(
     mut changes: mpsc::UnboundedReceiver<Committed>,
     sinks: HashMap<String, Sink>,
     acked: watch::Sender<Millis>,
+    covered_seq: watch::Sender<i64>,
     mut shutdown: Shutdown,
 ) -> Result<(), EngineError> {
     loop {
-        let (mut clock, mut batch) = tokio::select! {
+        let Committed {
+            mut clock,
+            mut max_seq,
+            changes: mut batch,
+        } = tokio::select! {
             biased;
             next = changes.recv() => match next {
                 Some(next) => next,
@@ -87,9 +95,10 @@ pub async fn publish(
         };
         while batch.len() < PUBLISH_BATCH {
             match changes.try_recv() {
-                Ok((later, more)) => {
-                    clock = later;
-                    batch.extend(more);
+                Ok(later) => {
+                    clock = later.clock;
+                    max_seq = max_seq.max(later.max_seq);
+                    batch.extend(later.changes);
                 }
                 Err(_) => break,
             }
@@ -118,6 +127,11 @@ pub async fn publish(
             }
             break;
         }
+        covered_seq.send_if_modified(|seq| {
+            let grew = max_seq > *seq;
+            *seq = (*seq).max(max_seq);
+            grew
+        });
         acked.send_replace(clock);
     }
 }
@@ -193,6 +207,7 @@ impl PartitionHook for Ownership {
                 calls.len(),
                 calls.iter().filter(|c| matches!(c.status.as_str(), "pending" | "running")).count(),
             );
+            let open = calls.iter().filter(|c| !matches!(c.status.as_str(), "succeeded" | "cancelled")).count();
             if let Err(error) = self.runtime.block_on(self.store.restore(calls)) {
                 tracing::error!(subscription = %self.subscription, %error, "cannot store the calls restored for {topic}/{partition}");
                 continue;
@@ -201,9 +216,10 @@ impl PartitionHook for Ownership {
             tracing::info!(
                 subscription = %self.subscription,
                 calls = count,
+                open,
                 changelog_records = records,
                 took_ms = started.elapsed().as_millis() as u64,
-                "restored the open calls of {topic}/{partition} from the changelog"
+                "restored the calls of {topic}/{partition} from the changelog"
             );
         }
     }
@@ -237,9 +253,7 @@ impl PartitionHook for Ownership {
 pub async fn start(
     config: &crate::config::Config,
     store: &Store,
-    tasks: &mut tokio::task::JoinSet<Result<(), EngineError>>,
-    shutdown: Shutdown,
-) -> Result<watch::Receiver<Millis>, EngineError> {
+) -> Result<(Changelog, Publisher), EngineError> {
     let mut sinks = HashMap::new();
     for sub in &config.subscriptions {
         let Some(kafka) = &sub.kafka else { continue };
@@ -256,8 +270,46 @@ pub async fn start(
         .take_changes()
         .ok_or_else(|| EngineError::Cluster("the store was opened without its changelog".into()))?;
     let (acked_tx, acked) = watch::channel(0);
-    tasks.spawn(publish(changes, sinks, acked_tx, shutdown));
-    Ok(acked)
+    let (covered_tx, covered_seq) = watch::channel(*store.committed_seq().borrow());
+    let (stop, stopped) = crate::shutdown::channel();
+    let task = tokio::spawn(publish(changes, sinks, acked_tx, covered_tx, stopped));
+    Ok((
+        Changelog {
+            acked: acked.clone(),
+            covered_seq,
+        },
+        Publisher { stop, task, acked },
+    ))
+}
+
+/// The changelog publisher, stopped after every other task of the engine: the outcomes of
+/// the last attempts go to the changelog before the engine exits.
+#[derive(Debug)]
+pub struct Publisher {
+    stop: crate::shutdown::ShutdownTrigger,
+    task: tokio::task::JoinHandle<Result<(), EngineError>>,
+    acked: watch::Receiver<Millis>,
+}
+
+impl Publisher {
+    /// Publish what the store has committed up to `clock` (within `grace`), then stop.
+    pub async fn finish(mut self, clock: Millis, grace: Duration) -> Result<(), EngineError> {
+        let reached = tokio::time::timeout(grace, self.acked.wait_for(|&c| c >= clock)).await;
+        if !matches!(reached, Ok(Ok(_))) {
+            tracing::warn!("the changelog does not have the last changes; the next owner of these partitions delivers those calls again");
+        }
+        self.stop.trigger();
+        self.task
+            .await
+            .map_err(|e| EngineError::task("the changelog publisher", e))?
+    }
+}
+
+/// How far the changelog has the store.
+#[derive(Debug, Clone)]
+pub struct Changelog {
+    pub acked: watch::Receiver<Millis>,
+    pub covered_seq: watch::Receiver<i64>,
 }
 
 /// The changelog topic must exist with at least as many partitions as each source topic

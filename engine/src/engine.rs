@@ -31,6 +31,8 @@ pub struct Engine {
     endpoints: Arc<Endpoints>,
     shutdown: ShutdownTrigger,
     tasks: JoinSet<Result<(), EngineError>>,
+    /// Cluster mode: stopped last.
+    publisher: Option<cluster::Publisher>,
 }
 
 impl Engine {
@@ -48,11 +50,11 @@ impl Engine {
         )?;
         let (shutdown, listener) = shutdown::channel();
         let mut tasks = JoinSet::new();
-        let cluster = if config.cluster.enabled {
-            let acked = cluster::start(&config, &store, &mut tasks, listener.clone()).await?;
-            Some((acked, config.cluster.restore_timeout))
+        let (cluster, publisher) = if config.cluster.enabled {
+            let (changelog, publisher) = cluster::start(&config, &store).await?;
+            (Some((changelog, config.cluster.restore_timeout)), Some(publisher))
         } else {
-            None
+            (None, None)
         };
         let targets = config
             .subscriptions
@@ -142,6 +144,7 @@ impl Engine {
             endpoints,
             shutdown,
             tasks,
+            publisher,
         })
     }
 
@@ -188,12 +191,21 @@ impl Engine {
                 result = Err(error);
             }
         }
-        self.store.flush().await.ok();
+        let clock = self.store.flush().await.ok();
+        if let (Some(publisher), Some(clock)) = (self.publisher.take(), clock) {
+            if let Err(error) = publisher.finish(clock, CHANGELOG_GRACE).await {
+                tracing::error!(%error, "the changelog publisher failed");
+                result = Err(error);
+            }
+        }
         self.store.close();
         tracing::info!("engine stopped");
         result
     }
 }
+
+/// How long the last changes may take to reach the changelog at shutdown.
+const CHANGELOG_GRACE: Duration = Duration::from_secs(10);
 
 fn flatten(joined: Result<Result<(), EngineError>, tokio::task::JoinError>) -> Result<(), EngineError> {
     joined.map_err(|e| EngineError::task("an engine task", e))?

@@ -8,16 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::cluster::ClusterLink;
+use crate::cluster::{Changelog, ClusterLink};
 use crate::config::SubscriptionConfig;
 use crate::delivery::Deliverer;
 use crate::endpoints::Endpoint;
 use crate::error::EngineError;
 use crate::figures::Figures;
-use crate::model::Millis;
 use crate::scheduler::{Control, Scheduler};
 use crate::shutdown::{self, Shutdown};
 use crate::store::Store;
@@ -56,12 +55,12 @@ impl Subscription {
         deliverer: Deliverer,
         endpoint: Arc<Endpoint>,
         all: Arc<std::collections::HashMap<String, Arc<SubscriptionConfig>>>,
-        cluster: Option<(watch::Receiver<Millis>, Duration)>,
+        cluster: Option<(Changelog, Duration)>,
     ) -> Result<Self, EngineError> {
         let config = Arc::new(config);
         let figures = Arc::new(Figures::default());
         figures.start_with_backlog(store.open_calls(&config.name).await?);
-        let scheduler = Scheduler::new(
+        let mut scheduler = Scheduler::new(
             Arc::clone(&config),
             store.clone(),
             deliverer,
@@ -71,11 +70,15 @@ impl Subscription {
         );
         let cluster = cluster
             .filter(|_| config.kafka.is_some())
-            .map(|(acked, restore_timeout)| ClusterLink {
-                acked,
+            .map(|(changelog, restore_timeout)| ClusterLink {
+                acked: changelog.acked,
+                covered_seq: changelog.covered_seq,
                 handovers: scheduler.handovers(),
                 restore_timeout,
             });
+        if let Some(link) = &cluster {
+            scheduler.deliver_up_to(link.covered_seq.clone());
+        }
         Ok(Self {
             config,
             store: store.clone(),

@@ -31,6 +31,7 @@ pub struct EngineConfig {
     store: Table,
     admin: Table,
     signing: Option<Table>,
+    cluster: Option<Table>,
     endpoints: Vec<Table>,
     subscriptions: Vec<Table>,
 }
@@ -46,6 +47,7 @@ impl EngineConfig {
             store,
             admin,
             signing: None,
+            cluster: None,
             endpoints: Vec::new(),
             subscriptions: Vec::new(),
         }
@@ -67,6 +69,14 @@ impl EngineConfig {
         let mut signing = Table::new();
         signing.insert("private_key".into(), private_key.into());
         self.signing = Some(signing);
+        self
+    }
+
+    /// Cluster mode: `[cluster] enabled = true`.
+    pub fn cluster(mut self) -> Self {
+        let mut cluster = Table::new();
+        cluster.insert("enabled".into(), true.into());
+        self.cluster = Some(cluster);
         self
     }
 
@@ -93,6 +103,9 @@ impl EngineConfig {
         doc.insert("admin".into(), self.admin.clone().into());
         if let Some(signing) = &self.signing {
             doc.insert("signing".into(), signing.clone().into());
+        }
+        if let Some(cluster) = &self.cluster {
+            doc.insert("cluster".into(), cluster.clone().into());
         }
         let array = |tables: &[Table]| Value::Array(tables.iter().cloned().map(Value::Table).collect());
         if !self.endpoints.is_empty() {

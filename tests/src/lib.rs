@@ -346,13 +346,17 @@ pub async fn start_engine(dir: &tempfile::TempDir, subscription: config::Subscri
     (engine, admin)
 }
 
-/// Start `engine serve --config <config>` as a process (logs at warn, to stderr).
+/// Start `engine serve --config <config>` as a process (logs at warn, or at
+/// `ENGINE_TEST_LOG` when set, to stderr).
 pub fn spawn_engine(config: &std::path::Path) -> Proc {
     Proc(
         std::process::Command::new(engine_binary())
             .args(["serve", "--config"])
             .arg(config)
-            .env("ENGINE_LOG", "warn")
+            .env(
+                "ENGINE_LOG",
+                std::env::var("ENGINE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
             .spawn()

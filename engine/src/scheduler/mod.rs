@@ -61,6 +61,8 @@ pub struct Scheduler {
     output_topic: Option<Arc<str>>,
     handover_tx: mpsc::UnboundedSender<Handover>,
     handover_rx: mpsc::UnboundedReceiver<Handover>,
+    /// Calls up to this seq may be delivered (cluster mode: those in the changelog).
+    ready_seq: Option<tokio::sync::watch::Receiver<i64>>,
 }
 
 /// Cluster mode: partitions leaving this engine. The scheduler lets its attempts in flight
@@ -144,7 +146,13 @@ impl Scheduler {
             output_topic,
             handover_tx,
             handover_rx,
+            ready_seq: None,
         }
+    }
+
+    /// Deliver only calls up to the seq this watch says (cluster mode: in the changelog).
+    pub fn deliver_up_to(&mut self, ready_seq: tokio::sync::watch::Receiver<i64>) {
+        self.ready_seq = Some(ready_seq);
     }
 
     /// Where revoked partitions are handed over (cluster mode).
@@ -194,7 +202,9 @@ impl Scheduler {
         for key in self.store.blocked_groups(&self.subscription.name).await? {
             self.reactor.window.block(key);
         }
-        let mut committed = self.store.committed_seq();
+        // In cluster mode, a call is delivered only once the changelog has it: a record is
+        // never two calls, whichever engine dies.
+        let mut committed = self.ready_seq.take().unwrap_or_else(|| self.store.committed_seq());
         let mut releases = self.endpoint.releases();
         // Gauges (parked calls, due timers, retries) stay fresh while nothing happens.
         let mut figures_tick = tokio::time::interval(Duration::from_secs(1));
@@ -293,7 +303,7 @@ impl Scheduler {
             let max_bytes = self.reactor.window.free_bytes();
             let calls = self
                 .store
-                .pending_page(&self.subscription.name, self.cursor, room, max_bytes)
+                .pending_between(&self.subscription.name, (self.cursor, committed_now), room, max_bytes)
                 .await?;
             let bytes: usize = calls.iter().map(|c| c.payload.len()).sum();
             let exhausted = calls.len() < room && bytes < max_bytes;

@@ -2,6 +2,10 @@
 //! of whole calls for the changelog topic; and the two moves of a partition's calls,
 //! released when the partition leaves this engine and restored when it arrives.
 //!
+//! A finished call stays in the changelog until it is purged (then a tombstone): its next
+//! owner must know the record already became a call, or a record read again (its offset
+//! not yet committed when its owner died) would become a second call.
+//!
 //! Changes are noticed by temporary triggers on the writer's connection (installed only in
 //! cluster mode), so no write path has to remember to report them. Only calls made from a
 //! Kafka record (`topic IS NOT NULL`) follow their partition; an attempt's start is not a
@@ -40,9 +44,9 @@ pub(crate) const INSTALL: &str = "
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// The call as it is now: it moves with its partition.
-    Open(Box<CallSnapshot>),
-    /// The call is finished (succeeded or cancelled) or gone: a tombstone.
-    Ended {
+    Call(Box<CallSnapshot>),
+    /// The call was purged: a tombstone.
+    Purged {
         id: String,
         subscription: String,
         partition: i32,
@@ -52,22 +56,22 @@ pub enum Change {
 impl Change {
     pub fn id(&self) -> &str {
         match self {
-            Self::Open(call) => &call.id,
-            Self::Ended { id, .. } => id,
+            Self::Call(call) => &call.id,
+            Self::Purged { id, .. } => id,
         }
     }
 
     pub fn subscription(&self) -> &str {
         match self {
-            Self::Open(call) => &call.subscription,
-            Self::Ended { subscription, .. } => subscription,
+            Self::Call(call) => &call.subscription,
+            Self::Purged { subscription, .. } => subscription,
         }
     }
 
     pub fn partition(&self) -> i32 {
         match self {
-            Self::Open(call) => call.partition,
-            Self::Ended { partition, .. } => *partition,
+            Self::Call(call) => call.partition,
+            Self::Purged { partition, .. } => *partition,
         }
     }
 }
@@ -132,7 +136,7 @@ pub(crate) fn take(tx: &Transaction<'_>) -> rusqlite::Result<Vec<Change>> {
     }
     let mut gone = tx.prepare_cached("SELECT id, subscription, partition FROM temp.gone")?;
     let ended = gone.query_map([], |r| {
-        Ok(Change::Ended {
+        Ok(Change::Purged {
             id: r.get(0)?,
             subscription: r.get(1)?,
             partition: r.get(2)?,
@@ -194,13 +198,6 @@ fn change_of(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<Option<Change>>
     let Some(mut call) = row else {
         return Ok(None);
     };
-    if matches!(call.status.as_str(), "succeeded" | "cancelled") {
-        return Ok(Some(Change::Ended {
-            id: call.id,
-            subscription: call.subscription,
-            partition: call.partition,
-        }));
-    }
     call.journal = tx
         .prepare_cached("SELECT position, entry FROM journal WHERE call_seq = ?1 ORDER BY position")?
         .query_map([seq], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -211,7 +208,7 @@ fn change_of(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<Option<Change>>
         )?
         .query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
-    Ok(Some(Change::Open(Box::new(call))))
+    Ok(Some(Change::Call(Box::new(call))))
 }
 
 /// Delete a call and what belongs to it, without a tombstone: it moved, it did not end.
@@ -264,8 +261,9 @@ pub(crate) fn release(
     Ok(released)
 }
 
-/// Insert `calls` as they were on their last owner, replacing any local copy (by id or by
-/// record). A call that was running is pending: its attempt ended with the old owner.
+/// Insert `calls` as they were on their last owner, finished ones too, replacing any local
+/// copy (by id or by record). A call that was running is pending: its attempt ended with
+/// the old owner.
 /// Returns the largest new seq.
 pub(crate) fn restore(tx: &Transaction<'_>, calls: &[CallSnapshot]) -> rusqlite::Result<Option<i64>> {
     let mut max_seq = None;
@@ -393,7 +391,7 @@ mod b64_opt {
 mod tests {
     use super::*;
     use crate::model::{AttemptRecord, Inserted, KafkaSource, NewCall, Transition};
-    use crate::store::{Store, StoreOptions};
+    use crate::store::{Committed, Store, StoreOptions};
     use std::collections::BTreeMap;
 
     fn record(partition: i32, offset: i64, key: &str) -> NewCall {
@@ -476,7 +474,7 @@ mod tests {
 
         // The changelog as a compacted topic would keep it: the last change per id.
         let mut latest: BTreeMap<String, Change> = BTreeMap::new();
-        while let Ok((_, batch)) = changes.try_recv() {
+        while let Ok(Committed { changes: batch, .. }) = changes.try_recv() {
             for change in batch {
                 latest.insert(change.id().to_string(), change);
             }
@@ -484,12 +482,14 @@ mod tests {
         let open: Vec<CallSnapshot> = latest
             .values()
             .filter_map(|c| match c {
-                Change::Open(call) => Some(call.as_ref().clone()),
-                Change::Ended { .. } => None,
+                Change::Call(call) => Some(call.as_ref().clone()),
+                Change::Purged { .. } => None,
             })
             .collect();
         assert_eq!(latest.len(), 3, "{latest:?}");
-        assert_eq!(open.len(), 2, "the succeeded call is a tombstone: {latest:?}");
+        assert_eq!(open.len(), 3, "a finished call stays until purged: {latest:?}");
+        let done = open.iter().find(|c| c.offset == 0 && c.partition == 0).unwrap();
+        assert_eq!(done.status, "succeeded");
         let retried = open.iter().find(|c| c.offset == 1).unwrap();
         assert_eq!(
             (retried.status.as_str(), retried.attempts, retried.last_error.as_deref()),
@@ -509,17 +509,18 @@ mod tests {
         assert_eq!(released, Released { calls: 1, backlog: 1 });
         old.flush().await.unwrap();
         let mut after_release = Vec::new();
-        while let Ok((_, batch)) = changes.try_recv() {
+        while let Ok(Committed { changes: batch, .. }) = changes.try_recv() {
             after_release.extend(batch);
         }
         assert!(after_release.is_empty(), "a release is not an end: {after_release:?}");
         assert_eq!(old.open_calls("orders").await.unwrap(), 1);
 
-        // The next owner restores partition 0: same id, same attempts, pending, no echo.
+        // The next owner restores partition 0 (the finished call too): same id, same
+        // attempts, pending, no echo.
         let new = store(&dir, "new.db");
         let mut echoes = new.take_changes().unwrap();
         let partition0: Vec<CallSnapshot> = open.into_iter().filter(|c| c.partition == 0).collect();
-        let id = partition0[0].id.clone();
+        let id = partition0.iter().find(|c| c.offset == 1).unwrap().id.clone();
         new.restore(partition0.clone()).await.unwrap();
         new.restore(partition0).await.unwrap(); // twice: replaced, not doubled
         new.flush().await.unwrap();
@@ -527,12 +528,13 @@ mod tests {
         let view = new.call(id.parse().unwrap()).await.unwrap().unwrap();
         assert_eq!((view.attempts, view.status.as_str()), (1, "pending"));
         let mut echoed = Vec::new();
-        while let Ok((_, batch)) = echoes.try_recv() {
+        while let Ok(Committed { changes: batch, .. }) = echoes.try_recv() {
             echoed.extend(batch);
         }
         assert!(echoed.is_empty(), "restoring writes nothing back: {echoed:?}");
-        // The record read again is the same call, not a second one.
-        let again = new.insert(vec![record(0, 1, "a")]).await.unwrap();
-        assert!(!matches!(again[0], Inserted::New(_)), "{again:?}");
+        // Records read again (their offsets not committed by the old owner) are the same
+        // calls, finished or not, never second ones.
+        let again = new.insert(vec![record(0, 0, "a"), record(0, 1, "a")]).await.unwrap();
+        assert_eq!(again, vec![Inserted::Duplicate, Inserted::Duplicate]);
     }
 }

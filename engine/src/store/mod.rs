@@ -424,8 +424,20 @@ impl Store {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<DueCall>, StoreError> {
+        self.pending_between(subscription, (after_seq, i64::MAX), limit, max_bytes)
+            .await
+    }
+
+    /// Like [`Store::pending_page`], only calls with `seq` in `(after, up_to]`.
+    pub async fn pending_between(
+        &self,
+        subscription: &str,
+        (after_seq, up_to_seq): (i64, i64),
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<DueCall>, StoreError> {
         let subscription = subscription.to_owned();
-        self.read(move |c| read::pending_after(c, &subscription, after_seq, limit, max_bytes))
+        self.read(move |c| read::pending_after(c, &subscription, (after_seq, up_to_seq), limit, max_bytes))
             .await
     }
 

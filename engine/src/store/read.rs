@@ -188,17 +188,17 @@ fn up_to_bytes<T>(
 pub(crate) fn pending_after(
     conn: &Connection,
     subscription: &str,
-    after_seq: i64,
+    (after_seq, up_to_seq): (i64, i64),
     limit: usize,
     max_bytes: usize,
 ) -> rusqlite::Result<Vec<DueCall>> {
     let mut statement = conn.prepare_cached(&format!(
         "SELECT {DUE_COLUMNS} FROM calls
-         WHERE subscription = ?1 AND status = 'pending' AND seq > ?2
+         WHERE subscription = ?1 AND status = 'pending' AND seq > ?2 AND seq <= ?4
          ORDER BY seq LIMIT ?3"
     ))?;
     let at = DueIndex::of(&statement)?;
-    let rows = statement.query(params![subscription, after_seq, limit as i64])?;
+    let rows = statement.query(params![subscription, after_seq, limit as i64, up_to_seq])?;
     up_to_bytes(
         rows,
         max_bytes,

@@ -144,9 +144,16 @@ impl Default for WriterStats {
     }
 }
 
-/// What a commit changed, for the changelog (cluster mode): the commit's clock and its
-/// changes, sent after every commit, empty or not, before any reply of that commit.
-pub type Committed = (Millis, Vec<Change>);
+/// What a commit changed, for the changelog (cluster mode). Sent after every commit, empty
+/// or not, before any reply of that commit.
+#[derive(Debug)]
+pub struct Committed {
+    /// The commit's clock (as [`super::Store::flush`] returns it).
+    pub clock: Millis,
+    /// The largest call seq committed so far.
+    pub max_seq: i64,
+    pub changes: Vec<Change>,
+}
 
 pub(crate) fn run(
     mut conn: Connection,
@@ -208,7 +215,11 @@ pub(crate) fn run(
                     }
                     if let Some(changes) = changes {
                         // No receiver: the engine is stopping; nothing more is acknowledged.
-                        let _ = changes.send((outcome.now, std::mem::take(&mut outcome.changes)));
+                        let _ = changes.send(Committed {
+                            clock: outcome.now,
+                            max_seq: outcome.max_seq.unwrap_or(0).max(*committed_seq.borrow()),
+                            changes: std::mem::take(&mut outcome.changes),
+                        });
                     }
                     for wake in outcome.wakes.drain(..) {
                         // No receiver: the engine is stopping; the wake is in the store.
