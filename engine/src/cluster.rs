@@ -46,7 +46,7 @@ impl ClusterLink {
     /// Wait until everything durable in the store so far is in the changelog too. `false`
     /// if the engine stopped first.
     pub async fn covered(&self, store: &Store, shutdown: &mut Shutdown) -> Result<bool, StoreError> {
-        let clock = store.flush().await?;
+        let clock = store.commit_clock().await?;
         let mut acked = self.acked.clone();
         tokio::select! {
             reached = acked.wait_for(|&c| c >= clock) => Ok(reached.is_ok()),
@@ -170,7 +170,13 @@ impl Ownership {
     fn read(&self, topic: &str, partition: i32) -> (Vec<CallSnapshot>, u64) {
         let mut wait = Duration::from_millis(200);
         let state = loop {
-            match read_partition(&self.brokers, &self.options, &self.topic, partition, self.link.restore_timeout) {
+            match read_partition(
+                &self.brokers,
+                &self.options,
+                &self.topic,
+                partition,
+                self.link.restore_timeout,
+            ) {
                 Ok(state) => break state,
                 Err(error) => {
                     // Consuming the partition without its calls would run keys out of order
@@ -205,9 +211,15 @@ impl PartitionHook for Ownership {
             let (calls, records) = self.read(topic, *partition);
             let (count, backlog) = (
                 calls.len(),
-                calls.iter().filter(|c| matches!(c.status.as_str(), "pending" | "running")).count(),
+                calls
+                    .iter()
+                    .filter(|c| matches!(c.status.as_str(), "pending" | "running"))
+                    .count(),
             );
-            let open = calls.iter().filter(|c| !matches!(c.status.as_str(), "succeeded" | "cancelled")).count();
+            let open = calls
+                .iter()
+                .filter(|c| !matches!(c.status.as_str(), "succeeded" | "cancelled"))
+                .count();
             if let Err(error) = self.runtime.block_on(self.store.restore(calls)) {
                 tracing::error!(subscription = %self.subscription, %error, "cannot store the calls restored for {topic}/{partition}");
                 continue;
@@ -236,13 +248,21 @@ impl PartitionHook for Ownership {
         }
         let mut acked = self.link.acked.clone();
         let done = self.runtime.block_on(async move {
-            let clock = wait.await.map_err(|_| StoreError::Closed)??;
+            // No reply: the scheduler stopped, and the engine is leaving after its
+            // outcomes reached the changelog (`before_leaving`).
+            let Ok(clock) = wait.await else { return Ok(false) };
+            let clock = clock?;
             acked.wait_for(|&c| c >= clock).await.map_err(|_| StoreError::Closed)?;
-            Ok::<_, StoreError>(())
+            Ok::<_, StoreError>(true)
         });
         match done {
-            Ok(()) => tracing::info!(subscription = %self.subscription, took_ms = started.elapsed().as_millis() as u64, "handed over the calls of the revoked partitions"),
-            Err(error) => tracing::error!(subscription = %self.subscription, %error, "could not hand over the revoked partitions; their next owner restores what the changelog has"),
+            Ok(true) => {
+                tracing::info!(subscription = %self.subscription, took_ms = started.elapsed().as_millis() as u64, "handed over the calls of the revoked partitions")
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(subscription = %self.subscription, %error, "could not hand over the revoked partitions; their next owner restores what the changelog has")
+            }
         }
     }
 }
@@ -250,10 +270,7 @@ impl PartitionHook for Ownership {
 /// Check each Kafka subscription's changelog topic, drop the calls left from this engine's
 /// last run (the changelog has them; partitions are restored as they are assigned), and
 /// start the publisher. Returns how far the changelog has the store's commits.
-pub async fn start(
-    config: &crate::config::Config,
-    store: &Store,
-) -> Result<(Changelog, Publisher), EngineError> {
+pub async fn start(config: &crate::config::Config, store: &Store) -> Result<(Changelog, Publisher), EngineError> {
     let mut sinks = HashMap::new();
     for sub in &config.subscriptions {
         let Some(kafka) = &sub.kafka else { continue };
@@ -264,7 +281,10 @@ pub async fn start(
         if released.calls > 0 {
             tracing::info!(subscription = %sub.name, calls = released.calls, "cluster mode: calls kept from the last run are dropped; each partition's calls are restored from {topic} when it is assigned");
         }
-        sinks.insert(sub.name.clone(), changelog_sink(&sub.name, &kafka.brokers, &topic, &options)?);
+        sinks.insert(
+            sub.name.clone(),
+            changelog_sink(&sub.name, &kafka.brokers, &topic, &options)?,
+        );
     }
     let changes = store
         .take_changes()
@@ -322,8 +342,12 @@ async fn check_changelog(
 ) -> Result<(), EngineError> {
     use connectors::kafka::changelog::partition_count;
     const TIMEOUT: Duration = Duration::from_secs(10);
-    let (brokers, options, changelog, sources) =
-        (brokers.to_string(), options.clone(), changelog.to_string(), sources.to_vec());
+    let (brokers, options, changelog, sources) = (
+        brokers.to_string(),
+        options.clone(),
+        changelog.to_string(),
+        sources.to_vec(),
+    );
     tokio::task::spawn_blocking(move || {
         let mut needed = 0;
         for topic in &sources {

@@ -97,16 +97,15 @@ impl Engine {
         );
         for sub in &config.subscriptions {
             let endpoint = endpoints.for_subscription(&config, sub);
-            let subscription =
-                Subscription::new(
-                    sub.clone(),
-                    &store,
-                    deliverer.clone(),
-                    endpoint,
-                    Arc::clone(&all),
-                    cluster.clone(),
-                )
-                .await?;
+            let subscription = Subscription::new(
+                sub.clone(),
+                &store,
+                deliverer.clone(),
+                endpoint,
+                Arc::clone(&all),
+                cluster.clone(),
+            )
+            .await?;
             configs.insert(sub.name.clone(), Arc::clone(subscription.config()));
             figures.insert(sub.name.clone(), Arc::clone(subscription.figures()));
             controls.insert(sub.name.clone(), subscription.control());
@@ -191,7 +190,7 @@ impl Engine {
                 result = Err(error);
             }
         }
-        let clock = self.store.flush().await.ok();
+        let clock = self.store.commit_clock().await.ok();
         if let (Some(publisher), Some(clock)) = (self.publisher.take(), clock) {
             if let Err(error) = publisher.finish(clock, CHANGELOG_GRACE).await {
                 tracing::error!(%error, "the changelog publisher failed");

@@ -70,15 +70,15 @@ impl Subscription {
         );
         let cluster = cluster
             .filter(|_| config.kafka.is_some())
-            .map(|(changelog, restore_timeout)| ClusterLink {
-                acked: changelog.acked,
-                covered_seq: changelog.covered_seq,
-                handovers: scheduler.handovers(),
-                restore_timeout,
+            .map(|(changelog, restore_timeout)| {
+                scheduler.deliver_up_to(changelog.covered_seq.clone());
+                ClusterLink {
+                    acked: changelog.acked,
+                    covered_seq: changelog.covered_seq,
+                    handovers: scheduler.handovers(),
+                    restore_timeout,
+                }
             });
-        if let Some(link) = &cluster {
-            scheduler.deliver_up_to(link.covered_seq.clone());
-        }
         Ok(Self {
             config,
             store: store.clone(),
@@ -111,6 +111,11 @@ impl Subscription {
             cluster,
         } = self;
         let (stop, parts_stop) = shutdown::channel();
+        // In cluster mode the scheduler stops after the source: leaving the group hands the
+        // partitions over (their attempts end, their calls reach the changelog) while the
+        // scheduler still runs, and no partition is assigned to an engine on its way out.
+        let (scheduler_stop, scheduler_stopping) = shutdown::channel();
+        let clustered = cluster.is_some();
         let mut parts = JoinSet::new();
         let part = Part {
             subscription: Arc::clone(&config),
@@ -120,14 +125,34 @@ impl Subscription {
             cluster,
         };
         if let Some(kafka) = config.kafka.clone() {
-            parts.spawn(source::run(part.clone(), kafka.clone()));
+            let (source_part, kafka_config) = (part.clone(), kafka.clone());
+            let mut stopping = parts_stop.clone();
+            let stop_scheduler = clustered.then_some(scheduler_stop);
+            parts.spawn(async move {
+                let result = source::run(source_part, kafka_config).await;
+                if let Some(stop_scheduler) = stop_scheduler {
+                    // Stopped for shutdown, or failed: the scheduler goes too (after the
+                    // engine's stop, if the source ended first for another reason).
+                    if result.is_ok() {
+                        stopping.recv().await;
+                    }
+                    stop_scheduler.trigger();
+                }
+                result
+            });
             parts.spawn(outbox::run(part.clone(), kafka));
         }
         if let Some(dead_letter) = config.dead_letter.clone() {
             parts.spawn(dead_letter::run(part, dead_letter));
         }
         let grace = SHUTDOWN_GRACE.min(config.timeout);
-        parts.spawn(async move { scheduler.run(parts_stop, grace).await.map_err(EngineError::from) });
+        let scheduler_shutdown = if clustered { scheduler_stopping } else { parts_stop };
+        parts.spawn(async move {
+            scheduler
+                .run(scheduler_shutdown, grace)
+                .await
+                .map_err(EngineError::from)
+        });
 
         let mut result = Ok(());
         loop {

@@ -179,7 +179,7 @@ impl Scheduler {
             .await?;
         self.figures.calls_moved(-(released.backlog as i64));
         tracing::info!(subscription = %self.subscription.name, calls = released.calls, "released the open calls of revoked partitions to their next owner");
-        let clock = self.store.flush().await?;
+        let clock = self.store.commit_clock().await?;
         self.reactor = fresh_reactor(&self.subscription);
         self.cursor = 0;
         for key in self.store.blocked_groups(&self.subscription.name).await? {

@@ -14,7 +14,6 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
-
 /// The triggers that note changed calls in `temp.changed` and deleted ones in `temp.gone`.
 pub(crate) const INSTALL: &str = "
     CREATE TEMP TABLE IF NOT EXISTS changed (seq INTEGER PRIMARY KEY);
@@ -213,6 +212,7 @@ fn change_of(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<Option<Change>>
 
 /// Delete a call and what belongs to it, without a tombstone: it moved, it did not end.
 fn remove(tx: &Transaction<'_>, seq: i64, id: &str) -> rusqlite::Result<()> {
+    super::writer::raise_seq_floor(tx)?;
     for sql in [
         "DELETE FROM journal WHERE call_seq = ?1",
         "DELETE FROM signals WHERE call_seq = ?1",
@@ -223,7 +223,8 @@ fn remove(tx: &Transaction<'_>, seq: i64, id: &str) -> rusqlite::Result<()> {
     ] {
         tx.prepare_cached(sql)?.execute([seq])?;
     }
-    tx.prepare_cached("DELETE FROM temp.gone WHERE id = ?1")?.execute([id])?;
+    tx.prepare_cached("DELETE FROM temp.gone WHERE id = ?1")?
+        .execute([id])?;
     Ok(())
 }
 
@@ -247,7 +248,9 @@ pub(crate) fn release(
             "SELECT seq, id, status, topic, partition FROM calls
              WHERE subscription = ?1 AND topic IS NOT NULL AND status IN {OPEN}"
         ))?
-        .query_map([subscription], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+        .query_map([subscription], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
         .collect::<Result<_, _>>()?;
     let mut released = Released::default();
     for (seq, id, status, topic, partition) in calls {
@@ -289,15 +292,20 @@ pub(crate) fn restore(tx: &Transaction<'_>, calls: &[CallSnapshot]) -> rusqlite:
         for (seq, id) in &local {
             remove(tx, *seq, id)?;
         }
-        let status = if call.status == "running" { "pending" } else { call.status.as_str() };
+        let status = if call.status == "running" {
+            "pending"
+        } else {
+            call.status.as_str()
+        };
         tx.prepare_cached(
             r#"INSERT INTO calls (id, subscription, target, ordering_key, payload, tombstone, kafka_key,
                    headers, topic, partition, "offset", source_generation, timestamp_ms, status,
                    attempts, attempts_before_redrive, next_attempt_at, last_error, output, created_at,
                    updated_at, redriven_at, dead_letter_published_at, idempotency_key, journal_len,
-                   wait, deployment)
+                   wait, deployment, seq)
                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                       ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)"#,
+                       ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27,
+                       (SELECT max(f.n, coalesce((SELECT max(seq) FROM main.calls), 0)) + 1 FROM temp.seq_floor f))"#,
         )?
         .execute(params![
             call.id,
@@ -502,10 +510,7 @@ mod tests {
             .collect();
 
         // Partition 0 leaves: its open call goes without a tombstone; partition 1 stays.
-        let released = old
-            .release("orders", Some(vec![("orders".into(), 0)]))
-            .await
-            .unwrap();
+        let released = old.release("orders", Some(vec![("orders".into(), 0)])).await.unwrap();
         assert_eq!(released, Released { calls: 1, backlog: 1 });
         old.flush().await.unwrap();
         let mut after_release = Vec::new();

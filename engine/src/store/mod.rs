@@ -24,11 +24,11 @@ use crossbeam_channel::Sender;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 use tokio::sync::{oneshot, watch};
 
+pub use changelog::{CallSnapshot, Change};
 pub use outbox::Unpublished;
 pub use read::{CallFilter, CallSummary, DeadCall, StatusCounts};
 pub use workflow::{Signalled, Wake};
 use writer::Command;
-pub use changelog::{CallSnapshot, Change};
 pub use writer::{Committed, Purged, WriterOptions, WriterStats};
 
 use crate::model::{
@@ -304,6 +304,14 @@ impl Store {
         let (reply, wait) = oneshot::channel();
         self.send(Command::Barrier { reply })?;
         wait.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Wait until every change sent so far is durable; returns the clock of the commit that
+    /// made them so, exactly as [`Committed::clock`] gives it to the changelog publisher.
+    pub async fn commit_clock(&self) -> Result<Millis, StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.send(Command::Committed { reply })?;
+        wait.await.map_err(|_| StoreError::Closed)?
     }
 
     /// The workflows to wake as their waits end (child calls ending, signals). Taken once,

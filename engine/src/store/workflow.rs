@@ -75,8 +75,9 @@ pub(crate) fn append(
         let child_seq: i64 = tx
             .prepare_cached(
                 "INSERT INTO calls (id, subscription, target, ordering_key, payload, kafka_key, status,
-                     attempts, next_attempt_at, created_at, updated_at, parent_seq, parent_position)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7, ?8, ?9)
+                     attempts, next_attempt_at, created_at, updated_at, parent_seq, parent_position, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7, ?8, ?9,
+                         (SELECT max(f.n, coalesce((SELECT max(seq) FROM main.calls), 0)) + 1 FROM temp.seq_floor f))
                  RETURNING seq",
             )?
             .query_row(

@@ -69,6 +69,11 @@ pub(crate) enum Command {
     /// Replies once every command sent before it is durable, with the clock of the commit
     /// that made them so: a later commit's clock is later.
     Barrier { reply: oneshot::Sender<Millis> },
+    /// Replies once every command sent before it is durable, with the clock of that commit
+    /// exactly (what [`Committed::clock`] says of it), or an error.
+    Committed {
+        reply: oneshot::Sender<Result<Millis, StoreError>>,
+    },
     /// Scale-out: the open calls of partitions that left this engine; replies how many.
     Release {
         subscription: String,
@@ -144,6 +149,22 @@ impl Default for WriterStats {
     }
 }
 
+/// A new call's seq is above every seq this process has seen, even once the newest calls
+/// were deleted (purged, or moved to another engine): the schedulers read new calls past a
+/// cursor, and a reused seq behind it would never be read.
+const SEQ_FLOOR: &str = "
+    CREATE TEMP TABLE IF NOT EXISTS seq_floor (n INTEGER NOT NULL);
+    INSERT INTO seq_floor SELECT coalesce((SELECT max(seq) FROM main.calls), 0)
+        WHERE NOT EXISTS (SELECT 1 FROM seq_floor);
+";
+
+/// Before deleting calls: no later call may take the seq of the newest.
+pub(crate) fn raise_seq_floor(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE temp.seq_floor SET n = max(n, coalesce((SELECT max(seq) FROM main.calls), 0))")?
+        .execute([])?;
+    Ok(())
+}
+
 /// What a commit changed, for the changelog (cluster mode). Sent after every commit, empty
 /// or not, before any reply of that commit.
 #[derive(Debug)]
@@ -166,6 +187,10 @@ pub(crate) fn run(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
 
+    if let Err(error) = conn.execute_batch(SEQ_FLOOR) {
+        tracing::error!(%error, "cannot prepare the writer's connection; the store stops");
+        return;
+    }
     if changes.is_some() {
         if let Err(error) = conn.execute_batch(changelog::INSTALL) {
             tracing::error!(%error, "cannot install the changelog triggers; the store stops");
@@ -394,7 +419,7 @@ fn apply(conn: &mut Connection, batch: &[Command], clock: &mut Millis, capture: 
                     applied.max_seq = Some(applied.max_seq.map_or(seq, |m| m.max(seq)));
                 }
             }
-            Command::Barrier { .. } => {}
+            Command::Barrier { .. } | Command::Committed { .. } => {}
         }
     }
     if capture {
@@ -445,8 +470,9 @@ fn try_insert(
         .prepare_cached(
             r#"INSERT INTO calls (id, subscription, target, ordering_key, payload, kafka_key, headers,
                    topic, partition, "offset", timestamp_ms, status, attempts, next_attempt_at,
-                   last_error, created_at, updated_at, tombstone, source_generation, idempotency_key)
-               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?13, ?13, ?15, ?16, ?17)
+                   last_error, created_at, updated_at, tombstone, source_generation, idempotency_key, seq)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?13, ?13, ?15, ?16, ?17,
+                       (SELECT max(f.n, coalesce((SELECT max(seq) FROM main.calls), 0)) + 1 FROM temp.seq_floor f))
                ON CONFLICT DO NOTHING
                RETURNING seq"#,
         )?
@@ -696,6 +722,7 @@ fn operate(
                 }
             }
             Operation::PurgeDead(_) => {
+                raise_seq_floor(tx)?;
                 tx.prepare_cached("DELETE FROM attempts WHERE call_seq = ?1")?
                     .execute([seq])?;
                 delete_workflow_rows(tx, seq)?;
@@ -737,6 +764,7 @@ pub struct Purged {
 /// file system within the same budget.
 fn purge(tx: &rusqlite::Transaction<'_>, before: Millis, limit: usize) -> rusqlite::Result<Purged> {
     let started = Instant::now();
+    raise_seq_floor(tx)?;
     let seqs: Vec<i64> = tx
         .prepare_cached(
             "SELECT seq FROM calls WHERE status IN ('succeeded', 'cancelled') AND updated_at < ?1 LIMIT ?2",
@@ -835,6 +863,7 @@ fn reply(batch: Vec<Command>, outcome: rusqlite::Result<Applied>, committed_seq:
                 drop(reply.send(result(()).map(|()| signalled.next().unwrap_or(Signalled::NoCall))));
             }
             Command::Barrier { reply } => drop(reply.send(commit_now.max(now_millis()))),
+            Command::Committed { reply } => drop(reply.send(result(()).map(|()| commit_now))),
             Command::Release { reply, .. } => {
                 drop(reply.send(result(()).map(|()| released.next().unwrap_or_default())));
             }
