@@ -542,4 +542,36 @@ mod tests {
         let again = new.insert(vec![record(0, 0, "a"), record(0, 1, "a")]).await.unwrap();
         assert_eq!(again, vec![Inserted::Duplicate, Inserted::Duplicate]);
     }
+
+    #[tokio::test]
+    async fn a_seq_is_never_reused_after_the_newest_calls_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("seq.db"), StoreOptions::default()).unwrap();
+        let first = store.insert(vec![record(0, 0, "a")]).await.unwrap();
+        let newest = seq_of(&store, first[0]).await;
+        store
+            .finish_attempt(
+                newest,
+                AttemptRecord {
+                    attempt: 1,
+                    started_at: 1,
+                    duration_ms: 1,
+                    outcome: "success",
+                    http_status: Some(200),
+                    error: None,
+                },
+                Transition::Succeeded { output: None },
+                false,
+                None,
+            )
+            .unwrap();
+        // Purged (retention over): the table is empty, the scheduler's cursor is past it.
+        let purged = store.purge(i64::MAX, 100).await.unwrap();
+        assert_eq!(purged.deleted, 1);
+        let next = store.insert(vec![record(0, 1, "a")]).await.unwrap();
+        assert!(
+            seq_of(&store, next[0]).await > newest,
+            "a new call took a seq already read past"
+        );
+    }
 }
