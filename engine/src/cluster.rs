@@ -257,11 +257,11 @@ impl PartitionHook for Ownership {
         });
         match done {
             Ok(true) => {
-                tracing::info!(subscription = %self.subscription, took_ms = started.elapsed().as_millis() as u64, "handed over the calls of the revoked partitions")
+                tracing::info!(subscription = %self.subscription, took_ms = started.elapsed().as_millis() as u64, "handed over the calls of the revoked partitions");
             }
             Ok(false) => {}
             Err(error) => {
-                tracing::error!(subscription = %self.subscription, %error, "could not hand over the revoked partitions; their next owner restores what the changelog has")
+                tracing::error!(subscription = %self.subscription, %error, "could not hand over the revoked partitions; their next owner restores what the changelog has");
             }
         }
     }
