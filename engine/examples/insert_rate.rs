@@ -1,7 +1,9 @@
 //! Measures the store's insert rate with group commit against one transaction per row.
 //!
-//! `cargo run --release -p engine --example insert_rate -- [DIR]` (DIR defaults to the
-//! current directory: use the disk you will run on, not a tmpfs).
+//! `cargo run --release -p engine --example insert_rate -- [DIR] [--changelog]` (DIR
+//! defaults to the current directory: use the disk you will run on, not a tmpfs). With
+//! `--changelog`, the store notes every change for cluster mode and a task encodes each
+//! changed call as the changelog publisher does (no Kafka): the store's side of its cost.
 
 use std::time::Instant;
 
@@ -31,9 +33,33 @@ fn call(offset: i64) -> NewCall {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| ".".into());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let changelog = args.iter().any(|a| a == "--changelog");
+    let dir = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
+        .unwrap_or_else(|| ".".into());
     let dir = tempfile::tempdir_in(dir)?;
-    let store = Store::open(dir.path().join("bench.db"), StoreOptions::default())?;
+    let options = StoreOptions {
+        changelog,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path().join("bench.db"), options)?;
+    let encoded = store.take_changes().map(|mut changes| {
+        tokio::spawn(async move {
+            let (mut calls, mut bytes) = (0_u64, 0_usize);
+            while let Some(committed) = changes.recv().await {
+                for change in committed.changes {
+                    if let engine::store::Change::Call(call) = change {
+                        bytes += serde_json::to_vec(&call).map_or(0, |v| v.len());
+                        calls += 1;
+                    }
+                }
+            }
+            (calls, bytes)
+        })
+    });
 
     // One row per transaction: each insert waits for its own commit.
     let single = 1_000;
@@ -69,5 +95,12 @@ async fn main() -> anyhow::Result<()> {
     println!("group commit:            {group_rate:>9.0} rows/s ({rows} rows, {commits} commits in all)");
     println!("ratio:                   {:>9.1}x", group_rate / single_rate);
     store.close();
+    if let Some(encoded) = encoded {
+        let (calls, bytes) = encoded.await?;
+        println!(
+            "changelog: {calls} snapshots encoded, {} bytes each on average",
+            bytes / calls.max(1) as usize
+        );
+    }
     Ok(())
 }
