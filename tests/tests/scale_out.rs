@@ -317,3 +317,62 @@ async fn scaling_from_one_engine_to_three_and_back_during_the_load_moves_open_ca
         "the first engine has nothing left open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_refuses_to_start_without_a_fitting_changelog_topic() {
+    let tansu = Tansu::start();
+    tansu.create_topic("so-refuse", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("engine.toml");
+    let write = |group: &str| {
+        EngineConfig::new(dir.path().join("engine.db"))
+            .cluster()
+            .subscription(
+                Subscription::new("orders", "http://127.0.0.1:9/")
+                    .kafka(&tansu.bootstrap(), &["so-refuse"])
+                    .kafka_set("group_id", group)
+                    .tansu_consumer(),
+            )
+            .write(&config);
+    };
+    // It must exit by itself; one that starts anyway is killed after 30 s.
+    let start = || {
+        let mut child = std::process::Command::new(integration_tests::engine_binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("ENGINE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run engine serve");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("engine serve started without a fitting changelog topic");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.wait_with_output().unwrap()
+    };
+
+    write("so-missing");
+    let missing = start();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the changelog topic `so-missing.calls` does not exist")
+            && stderr.contains("--partitions 3 --config cleanup.policy=compact"),
+        "{stderr}"
+    );
+
+    tansu.create_topic("so-small.calls", 2).await;
+    write("so-small");
+    let small = start();
+    let stderr = String::from_utf8_lossy(&small.stderr);
+    assert!(!small.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the changelog topic `so-small.calls` has 2 partitions, fewer than its source topics (3)"),
+        "{stderr}"
+    );
+}
