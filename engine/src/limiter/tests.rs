@@ -243,6 +243,28 @@ fn latency_rising_with_concurrency_settles_near_the_knee() {
 }
 
 #[test]
+fn after_a_latency_cut_the_limit_does_not_grow_while_latency_stays_high() {
+    // Slow start overshoots this saturating endpoint; on the way down every round stays
+    // over the threshold, so nothing may be added back between the cuts.
+    let mut sim = Sim::new(AimdConfig::default());
+    sim.run(200, &|n, _, _| answered(10.0 + 0.25 * n as f64));
+    let cuts: Vec<usize> = (0..sim.changes.len())
+        .filter(|&i| sim.changes[i].reason.code() == "latency")
+        .collect();
+    assert!(cuts.len() >= 2, "{:#?}", sim.verdicts());
+    let raises_between = sim.changes[cuts[0]..cuts[1]]
+        .iter()
+        .filter(|c| c.reason == ChangeReason::Raise)
+        .count();
+    assert_eq!(
+        raises_between,
+        0,
+        "raised between the first two latency cuts: {:#?}",
+        &sim.changes[cuts[0]..=cuts[1]]
+    );
+}
+
+#[test]
 fn the_reference_latency_is_measured_again_at_low_concurrency() {
     let mut sim = Sim::new(AimdConfig::default());
     sim.run(40, &|_, _, _| answered(10.0));
