@@ -211,8 +211,8 @@ fn change_of(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<Option<Change>>
 }
 
 /// Delete a call and what belongs to it, without a tombstone: it moved, it did not end.
+/// The caller raises the seq floor first.
 fn remove(tx: &Transaction<'_>, seq: i64, id: &str) -> rusqlite::Result<()> {
-    super::writer::raise_seq_floor(tx)?;
     for sql in [
         "DELETE FROM journal WHERE call_seq = ?1",
         "DELETE FROM signals WHERE call_seq = ?1",
@@ -243,20 +243,31 @@ pub(crate) fn release(
     subscription: &str,
     partitions: Option<&[(String, i32)]>,
 ) -> rusqlite::Result<Released> {
-    let calls: Vec<(i64, String, String, String, i32)> = tx
-        .prepare_cached(&format!(
-            "SELECT seq, id, status, topic, partition FROM calls
-             WHERE subscription = ?1 AND topic IS NOT NULL AND status IN {OPEN}"
+    let select = |filter: &str, params: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<Vec<(i64, String, String)>> {
+        tx.prepare_cached(&format!(
+            "SELECT seq, id, status FROM calls
+             WHERE subscription = ?1 AND topic IS NOT NULL AND status IN {OPEN} {filter}"
         ))?
-        .query_map([subscription], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut released = Released::default();
-    for (seq, id, status, topic, partition) in calls {
-        if partitions.is_some_and(|list| !list.iter().any(|(t, p)| *t == topic && *p == partition)) {
-            continue;
+        .query_map(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect()
+    };
+    // By partition through the source index, not a walk of every open call.
+    let calls = match partitions {
+        None => select("", params![subscription])?,
+        Some(list) => {
+            let mut calls = Vec::new();
+            for (topic, partition) in list {
+                calls.extend(select(
+                    "AND topic = ?2 AND partition = ?3",
+                    params![subscription, topic, partition],
+                )?);
+            }
+            calls
         }
+    };
+    super::writer::raise_seq_floor(tx)?;
+    let mut released = Released::default();
+    for (seq, id, status) in calls {
         remove(tx, seq, &id)?;
         released.calls += 1;
         released.backlog += u64::from(matches!(status.as_str(), "pending" | "running"));
@@ -269,6 +280,7 @@ pub(crate) fn release(
 /// the old owner.
 /// Returns the largest new seq.
 pub(crate) fn restore(tx: &Transaction<'_>, calls: &[CallSnapshot]) -> rusqlite::Result<Option<i64>> {
+    super::writer::raise_seq_floor(tx)?;
     let mut max_seq = None;
     for call in calls {
         let local: Vec<(i64, String)> = tx
