@@ -134,14 +134,24 @@ fn explain_missing(members: &[Member], positions: &[(i32, i64)], seen: &serde_js
             &missing[..missing.len().min(12)]
         ));
     }
-    if std::env::var_os("SCALE_OUT_KEEP").is_some() {
-        for member in members {
-            eprintln!("kept {}", member.dir.path().display());
-            std::mem::forget(tempfile::TempDir::new_in(member.dir.path()));
-        }
-        std::thread::sleep(Duration::from_secs(600));
-    }
     panic!("not every record succeeded: {seen}\n{}", lines.join("\n"));
+}
+
+/// Every record succeeded, in key order, no key in two engines at once, and each record is
+/// exactly one call (one id) across the engines' databases: a call that moved kept its id.
+fn assert_one_call_per_record_in_order(members: &[Member], seen: &serde_json::Value, total: u64) {
+    assert_eq!(seen["unique_ok"], total, "{seen}");
+    assert_eq!(seen["order_violations"], 0, "per-key order across the moves: {seen}");
+    assert_eq!(seen["key_overlaps"], 0, "one key in two engines at once: {seen}");
+    let mut ids_by_record = std::collections::HashMap::<(i32, i64), HashSet<String>>::new();
+    for member in members {
+        for (record, id) in succeeded(&member.db()) {
+            ids_by_record.entry(record).or_default().insert(id);
+        }
+    }
+    assert_eq!(ids_by_record.len() as u64, total, "records with a succeeded call");
+    let split: Vec<_> = ids_by_record.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(split.is_empty(), "records that became two calls: {split:?}");
 }
 
 async fn unique_ok(target: &UnkindTarget) -> u64 {
@@ -189,21 +199,7 @@ async fn a_killed_engines_calls_move_to_the_others_none_lost_keys_in_order() {
     for engine in engines.iter_mut().filter_map(Option::as_mut) {
         engine.terminate();
     }
-    assert_eq!(seen["unique_ok"], total, "{seen}");
-    assert_eq!(seen["order_violations"], 0, "per-key order across the move: {seen}");
-    assert_eq!(seen["key_overlaps"], 0, "one key in two engines at once: {seen}");
-
-    // Every record is exactly one call (one id), succeeded on one engine or another: a call
-    // that moved keeps its id.
-    let mut ids_by_record = std::collections::HashMap::<(i32, i64), HashSet<String>>::new();
-    for member in &members {
-        for (record, id) in succeeded(&member.db()) {
-            ids_by_record.entry(record).or_default().insert(id);
-        }
-    }
-    assert_eq!(ids_by_record.len() as u64, total, "records with a succeeded call");
-    let split: Vec<_> = ids_by_record.iter().filter(|(_, ids)| ids.len() > 1).collect();
-    assert!(split.is_empty(), "records that became two calls: {split:?}");
+    assert_one_call_per_record_in_order(&members, &seen, total);
     // What the killed engine left open moved: each record finished on a survivor, and a
     // call it had already tried finished there as the same call (it was in the changelog).
     let survivors: std::collections::HashMap<(i32, i64), String> = [&members[0], &members[2]]
@@ -290,21 +286,7 @@ async fn scaling_from_one_engine_to_three_and_back_during_the_load_moves_open_ca
     }
     let seen = target.stats().await;
     assert!(first.terminate().success());
-    assert_eq!(seen["unique_ok"], total, "{seen}");
-    assert_eq!(seen["order_violations"], 0, "per-key order across the moves: {seen}");
-    assert_eq!(seen["key_overlaps"], 0, "one key in two engines at once: {seen}");
-
-    // Every record is one call. The first engine ends with every call of every partition;
-    // the others kept, as history, only calls they finished.
-    let mut ids_by_record = std::collections::HashMap::<(i32, i64), HashSet<String>>::new();
-    for member in &members {
-        for (record, id) in succeeded(&member.db()) {
-            ids_by_record.entry(record).or_default().insert(id);
-        }
-    }
-    assert_eq!(ids_by_record.len() as u64, total, "records with a succeeded call");
-    let split: Vec<_> = ids_by_record.iter().filter(|(_, ids)| ids.len() > 1).collect();
-    assert!(split.is_empty(), "records that became two calls: {split:?}");
+    assert_one_call_per_record_in_order(&members, &seen, total);
     // Calls made by the first engine before the others existed were finished by them:
     // the scale-out moved open calls too, not only new records.
     let moved_out: usize = members[1..].iter().map(|m| created_before(&m.db(), joined_at)).sum();
