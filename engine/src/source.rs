@@ -98,7 +98,7 @@ pub async fn run(part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
         // Queued here, in poll order, so that calls keep offset order; awaited apart.
         let queued = persist_queued(&store, calls)?;
         let (figures, in_flight) = (Arc::clone(&figures), Arc::clone(&in_flight_records));
-        let (cluster, store, mut stopping) = (cluster.clone(), store.clone(), shutdown.clone());
+        let changelog = cluster.clone().map(|link| (link, store.clone(), shutdown.clone()));
         persisting.spawn(async move {
             let result = queued.counted(&figures).await;
             in_flight.fetch_sub(size, Relaxed);
@@ -106,7 +106,7 @@ pub async fn run(part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
             // The durable write comes first, and in cluster mode the changelog's; the
             // offsets are stored only after them. Not covered at shutdown: not stored, so
             // the records are read again.
-            if let Some(link) = cluster {
+            if let Some((link, store, mut stopping)) = changelog {
                 if !link.covered(&store, &mut stopping).await? {
                     return Ok(());
                 }
