@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use connectors::kafka::changelog::read_partition;
+use connectors::kafka::changelog::{read_partitions, PartitionState};
 use connectors::kafka::sink::{Sink, SinkConfig, SinkRecord};
 use connectors::kafka::PartitionHook;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,6 +29,16 @@ use crate::store::{CallSnapshot, Change, Committed, Store, StoreError};
 
 /// Most changes produced in one go.
 const PUBLISH_BATCH: usize = 10_000;
+
+/// Keys of claim records start with this; call ids never do.
+const CLAIM_PREFIX: &[u8] = b"claim:";
+
+/// The changelog key of the claims of one source partition (compaction keeps the last).
+fn claim_key(subscription: &str, topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = CLAIM_PREFIX.to_vec();
+    key.extend_from_slice(format!("{subscription}:{topic}/{partition}").as_bytes());
+    key
+}
 
 /// What a subscription's parts need of cluster mode.
 #[derive(Debug, Clone)]
@@ -155,6 +165,8 @@ pub fn changelog_sink(
 #[derive(Debug)]
 pub struct Ownership {
     pub subscription: String,
+    /// Writes the claim record a restore reads up to.
+    pub marker: Sink,
     pub brokers: String,
     pub options: BTreeMap<String, String>,
     /// The changelog topic.
@@ -166,31 +178,62 @@ pub struct Ownership {
 }
 
 impl Ownership {
-    /// The calls of `topic`/`partition` in the changelog, in the order they were made.
-    fn read(&self, topic: &str, partition: i32) -> (Vec<CallSnapshot>, u64) {
-        let mut wait = Duration::from_millis(200);
-        let state = loop {
-            match read_partition(
-                &self.brokers,
-                &self.options,
-                &self.topic,
-                partition,
-                self.link.restore_timeout,
-            ) {
-                Ok(state) => break state,
-                Err(error) => {
-                    // Consuming the partition without its calls would run keys out of order
-                    // and lose retries: wait (the group sees a slow member, not a wrong one).
-                    tracing::error!(subscription = %self.subscription, %error, retry_in = ?wait, "cannot restore {topic}/{partition} from the changelog");
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_secs(5));
+    /// Write a claim record for each of `partitions` to the changelog and wait for the
+    /// acks; per changelog partition, the highest claim's offset. Everything the changelog
+    /// acknowledged before is at a lower offset.
+    async fn claim(&self, partitions: &[(String, i32)]) -> Result<HashMap<i32, i64>, connectors::kafka::sink::SinkError> {
+        let records: Vec<SinkRecord> = partitions
+            .iter()
+            .map(|(topic, partition)| {
+                let claim = serde_json::json!({
+                    "subscription": self.subscription,
+                    "topic": topic,
+                    "partition": partition,
+                    "claimed_at": crate::model::now_millis(),
+                });
+                SinkRecord {
+                    key: Some(claim_key(&self.subscription, topic, *partition)),
+                    value: Some(claim.to_string().into_bytes()),
+                    headers: Vec::new(),
+                    partition: Some(*partition),
                 }
-            }
-        };
+            })
+            .collect();
+        let mut through = HashMap::new();
+        for (result, (_, partition)) in self.marker.send_all(&records).await.into_iter().zip(partitions) {
+            let offset = result?.offset;
+            let entry = through.entry(*partition).or_insert(offset);
+            *entry = (*entry).max(offset);
+        }
+        Ok(through)
+    }
+
+    /// Each changelog partition that `partitions` map to, read through a fresh claim.
+    fn read(&self, partitions: &[(String, i32)]) -> HashMap<i32, PartitionState> {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            // Consuming the partitions without their calls would run keys out of order and
+            // lose retries: wait (the group sees a slow member, not a wrong one).
+            let error = match self.runtime.block_on(self.claim(partitions)) {
+                Ok(through) => match read_partitions(&self.brokers, &self.options, &self.topic, &through, self.link.restore_timeout) {
+                    Ok(states) => return states,
+                    Err(error) => error.to_string(),
+                },
+                Err(error) => error.to_string(),
+            };
+            tracing::error!(subscription = %self.subscription, %error, retry_in = ?wait, "cannot restore partitions from the changelog");
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// The calls of `topic`/`partition` in `state`, in the order they were made.
+    fn calls_of(&self, state: &PartitionState, topic: &str, partition: i32) -> Vec<CallSnapshot> {
         let mut calls: Vec<CallSnapshot> = state
             .latest
-            .values()
-            .filter_map(|value| match serde_json::from_slice::<CallSnapshot>(value) {
+            .iter()
+            .filter(|(key, _)| !key.starts_with(CLAIM_PREFIX))
+            .filter_map(|(_, value)| match serde_json::from_slice::<CallSnapshot>(value) {
                 Ok(call) => Some(call),
                 Err(error) => {
                     tracing::error!(subscription = %self.subscription, %error, "skipping a changelog record that is not a call snapshot");
@@ -200,15 +243,18 @@ impl Ownership {
             .filter(|c| c.subscription == self.subscription && c.topic == topic && c.partition == partition)
             .collect();
         calls.sort_by_key(|c| (c.created_at, c.source_generation, c.offset));
-        (calls, state.records)
+        calls
     }
 }
 
 impl PartitionHook for Ownership {
     fn assigned(&self, partitions: &[(String, i32)]) {
+        let started = Instant::now();
+        let states = self.read(partitions);
+        let read_ms = started.elapsed().as_millis() as u64;
         for (topic, partition) in partitions {
-            let started = Instant::now();
-            let (calls, records) = self.read(topic, *partition);
+            let state = states.get(partition);
+            let calls = state.map(|s| self.calls_of(s, topic, *partition)).unwrap_or_default();
             let (count, backlog) = (
                 calls.len(),
                 calls
@@ -216,6 +262,7 @@ impl PartitionHook for Ownership {
                     .filter(|c| matches!(c.status.as_str(), "pending" | "running"))
                     .count(),
             );
+            let last_offset = calls.iter().map(|c| c.offset).max();
             let open = calls
                 .iter()
                 .filter(|c| !matches!(c.status.as_str(), "succeeded" | "cancelled"))
@@ -229,7 +276,9 @@ impl PartitionHook for Ownership {
                 subscription = %self.subscription,
                 calls = count,
                 open,
-                changelog_records = records,
+                last_offset,
+                changelog_records = state.map_or(0, |s| s.records),
+                read_ms,
                 took_ms = started.elapsed().as_millis() as u64,
                 "restored the calls of {topic}/{partition} from the changelog"
             );

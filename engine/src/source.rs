@@ -36,11 +36,13 @@ pub async fn run(part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
     config.batch_bytes = kafka.batch_bytes;
     if let Some(link) = &cluster {
         let options = crate::outbox::connection_options(&kafka);
+        let topic = changelog_topic(&subscription.group_id().unwrap_or_default());
         config.hook = Some(Arc::new(Ownership {
             subscription: subscription.name.clone(),
+            marker: crate::cluster::changelog_sink(&subscription.name, &kafka.brokers, &topic, &options)?,
             brokers: kafka.brokers.clone(),
             options,
-            topic: changelog_topic(&subscription.group_id().unwrap_or_default()),
+            topic,
             store: store.clone(),
             figures: Arc::clone(&figures),
             link: link.clone(),

@@ -347,21 +347,29 @@ pub async fn start_engine(dir: &tempfile::TempDir, subscription: config::Subscri
 }
 
 /// Start `engine serve --config <config>` as a process (logs at warn, or at
-/// `ENGINE_TEST_LOG` when set, to stderr).
+/// `ENGINE_TEST_LOG` when set, to stderr, each line headed by the engine's pid so that the
+/// logs of several engines can be told apart).
 pub fn spawn_engine(config: &std::path::Path) -> Proc {
-    Proc(
-        std::process::Command::new(engine_binary())
-            .args(["serve", "--config"])
-            .arg(config)
-            .env(
-                "ENGINE_LOG",
-                std::env::var("ENGINE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("spawn engine"),
-    )
+    let mut child = std::process::Command::new(engine_binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env(
+            "ENGINE_LOG",
+            std::env::var("ENGINE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn engine");
+    let (pid, stderr) = (child.id(), child.stderr.take().expect("piped stderr"));
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[engine {pid}] {line}");
+        }
+    });
+    Proc(child)
 }
 
 /// A subscription named `test` delivering to `target`.

@@ -29,6 +29,8 @@ pub(crate) struct SourceContext {
     name: String,
     status: Arc<SourceStatus>,
     hook: Option<Arc<dyn PartitionHook>>,
+    /// Where a partition without a committed offset starts (`auto.offset.reset`).
+    reset: Offset,
 }
 
 impl SourceContext {
@@ -38,6 +40,7 @@ impl SourceContext {
         revoke_timeout: Duration,
         status: Arc<SourceStatus>,
         hook: Option<Arc<dyn PartitionHook>>,
+        reset: Offset,
     ) -> Self {
         Self {
             tracker: Mutex::default(),
@@ -47,6 +50,7 @@ impl SourceContext {
             name,
             status,
             hook,
+            reset,
         }
     }
 
@@ -119,9 +123,20 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let (Rebalance::Assign(list), Some(hook)) = (rebalance, &self.hook) {
+            // The start offsets are read before the hook restores the partitions' state, and
+            // consumption starts exactly there. Read after, a commit the previous owner made
+            // meanwhile (it may not know yet that it lost the partition) could move the
+            // start past records whose state the restore did not see.
+            let starts = self.committed_offsets(consumer, list);
             hook.assigned(&partitions_of(list));
+            if let Some(starts) = starts {
+                tracing::info!(source = %self.name, starts = %describe_offsets(&starts), "assigned partitions start at the offsets committed before their restore");
+                if let Err(error) = consumer.assign(&starts) {
+                    tracing::error!(source = %self.name, %error, "cannot start the assigned partitions at the offsets read before their restore");
+                }
+            }
         }
     }
 
@@ -173,11 +188,59 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+impl SourceContext {
+    /// The committed offset of each partition of `list` (the reset position where there is
+    /// none), or `None` if the group coordinator did not answer after a few tries.
+    fn committed_offsets(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) -> Option<TopicPartitionList> {
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1..=COMMITTED_TRIES {
+            match consumer.committed_offsets(list.clone(), COMMITTED_TIMEOUT) {
+                Ok(mut committed) => {
+                    let unset: Vec<_> = committed
+                        .elements()
+                        .iter()
+                        .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
+                        .map(|e| (e.topic().to_string(), e.partition()))
+                        .collect();
+                    for (topic, partition) in unset {
+                        if let Err(error) = committed.set_partition_offset(&topic, partition, self.reset) {
+                            tracing::warn!(source = %self.name, %error, "cannot set a start offset");
+                        }
+                    }
+                    return Some(committed);
+                }
+                Err(error) => {
+                    tracing::warn!(source = %self.name, %error, attempt, "cannot read the committed offsets of the assigned partitions");
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                }
+            }
+        }
+        tracing::error!(source = %self.name, "starting the assigned partitions from the offsets the group has when they start, not before their restore: a record may become a second call");
+        None
+    }
+}
+
+/// Tries, and the wait for each, to read the committed offsets of newly assigned partitions.
+const COMMITTED_TRIES: u32 = 5;
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
     list.elements()
         .iter()
         .map(|e| (e.topic().to_string(), e.partition()))
         .collect()
+}
+
+fn describe_offsets(list: &TopicPartitionList) -> String {
+    list.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(offset) => format!("{}/{}@{offset}", e.topic(), e.partition()),
+            other => format!("{}/{}@{other:?}", e.topic(), e.partition()),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn describe(list: &TopicPartitionList) -> String {

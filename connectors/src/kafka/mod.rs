@@ -187,6 +187,7 @@ impl Source {
             config.revoke_timeout,
             Arc::clone(&status),
             config.hook.clone(),
+            reset_offset(&config.options),
         );
         let consumer: BaseConsumer<SourceContext> =
             client_config(&config)
@@ -244,6 +245,15 @@ impl Source {
 impl Drop for Source {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
+    }
+}
+
+/// Where a partition without a committed offset starts, as `auto.offset.reset` says
+/// (default: the beginning).
+fn reset_offset(options: &BTreeMap<String, String>) -> rdkafka::Offset {
+    match options.get("auto.offset.reset").map(String::as_str) {
+        Some("latest" | "largest" | "end") => rdkafka::Offset::End,
+        _ => rdkafka::Offset::Beginning,
     }
 }
 
