@@ -50,6 +50,8 @@ pub struct ClusterLink {
     /// Where revoked partitions are handed to the subscription's scheduler.
     pub handovers: mpsc::UnboundedSender<Handover>,
     pub restore_timeout: Duration,
+    /// Told of each rebalance: after a freeze, deliveries wait for one.
+    pub lease: crate::lease::Lease,
 }
 
 impl ClusterLink {
@@ -227,28 +229,62 @@ impl Ownership {
         }
     }
 
-    /// The calls of `topic`/`partition` in `state`, in the order they were made.
+    /// The calls of `topic`/`partition` in `state`, one per record, in the order they were made.
     fn calls_of(&self, state: &PartitionState, topic: &str, partition: i32) -> Vec<CallSnapshot> {
-        let mut calls: Vec<CallSnapshot> = state
+        let snapshots: Vec<(i64, CallSnapshot)> = state
             .latest
             .iter()
             .filter(|(key, _)| !key.starts_with(CLAIM_PREFIX))
-            .filter_map(|(_, value)| match serde_json::from_slice::<CallSnapshot>(value) {
-                Ok(call) => Some(call),
+            .filter_map(|(_, latest)| match serde_json::from_slice::<CallSnapshot>(&latest.value) {
+                Ok(call) => Some((latest.first_offset, call)),
                 Err(error) => {
                     tracing::error!(subscription = %self.subscription, %error, "skipping a changelog record that is not a call snapshot");
                     None
                 }
             })
-            .filter(|c| c.subscription == self.subscription && c.topic == topic && c.partition == partition)
+            .filter(|(_, c)| c.subscription == self.subscription && c.topic == topic && c.partition == partition)
             .collect();
-        calls.sort_by_key(|c| (c.created_at, c.source_generation, c.offset));
+        let (calls, dropped) = one_call_per_record(snapshots);
+        if !dropped.is_empty() {
+            tracing::warn!(subscription = %self.subscription, calls = dropped.len(), first = %dropped[0], "the changelog had a second call for records of {topic}/{partition} (written by an engine that had lost the partition); each record keeps its first call");
+        }
         calls
     }
 }
 
+/// Tells the lease of a rebalance when dropped (on every way out of `revoking`).
+struct TellWhenDone<'a>(&'a crate::lease::Lease);
+
+impl Drop for TellWhenDone<'_> {
+    fn drop(&mut self) {
+        self.0.rebalanced();
+    }
+}
+
+/// Keep one call per source record: the one that appeared first in the changelog. A second
+/// call for a record comes from an engine that went on consuming a partition it had lost
+/// (frozen past its session, or assigned it twice during a rebalance); the first is the one
+/// the partition's owners have known since. Returns the calls in the order they were made,
+/// and the ids dropped.
+fn one_call_per_record(mut snapshots: Vec<(i64, CallSnapshot)>) -> (Vec<CallSnapshot>, Vec<String>) {
+    snapshots.sort_by_key(|(first_offset, _)| *first_offset);
+    let mut seen = std::collections::HashSet::new();
+    let mut dropped = Vec::new();
+    let mut calls: Vec<CallSnapshot> = Vec::with_capacity(snapshots.len());
+    for (_, call) in snapshots {
+        if seen.insert((call.topic.clone(), call.partition, call.offset, call.source_generation)) {
+            calls.push(call);
+        } else {
+            dropped.push(call.id);
+        }
+    }
+    calls.sort_by_key(|c| (c.created_at, c.source_generation, c.offset));
+    (calls, dropped)
+}
+
 impl PartitionHook for Ownership {
     fn assigned(&self, partitions: &[(String, i32)]) {
+        self.link.lease.rebalanced();
         let started = Instant::now();
         let states = self.read(partitions);
         let read_ms = started.elapsed().as_millis() as u64;
@@ -286,6 +322,9 @@ impl PartitionHook for Ownership {
     }
 
     fn revoking(&self, partitions: &[(String, i32)]) {
+        // The lease is told once the partitions are handed over: told before, a scheduler
+        // held after a freeze would start attempts of partitions another engine owns.
+        let _told = TellWhenDone(&self.link.lease);
         let started = Instant::now();
         let (reply, wait) = oneshot::channel();
         let handover = Handover {
@@ -417,4 +456,45 @@ async fn check_changelog(
     })
     .await
     .map_err(|e| EngineError::task("checking the changelog topic", e))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(id: &str, offset: i64, status: &str) -> CallSnapshot {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "subscription": "orders", "target": "http://t", "ordering_key": null,
+            "payload": "", "tombstone": false, "kafka_key": null, "headers": null,
+            "topic": "orders", "partition": 3, "offset": offset, "source_generation": 0,
+            "timestamp_ms": null, "status": status, "attempts": 0, "attempts_before_redrive": 0,
+            "next_attempt_at": 0, "last_error": null, "output": null, "created_at": offset,
+            "updated_at": offset, "redriven_at": null, "dead_letter_published_at": null,
+            "idempotency_key": null, "journal_len": 0, "wait": null, "deployment": null,
+            "journal": [], "inbox": [], "blocks_group": false,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_record_keeps_the_call_that_reached_the_changelog_first() {
+        let (calls, dropped) = one_call_per_record(vec![
+            // A woken engine's second call for record 11, written after the owner's.
+            (40, snapshot("late", 11, "pending")),
+            (5, snapshot("first", 11, "succeeded")),
+            (7, snapshot("other", 12, "pending")),
+        ]);
+        let kept: Vec<_> = calls.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(kept, ["first", "other"]);
+        assert_eq!(dropped, ["late"]);
+    }
+
+    #[test]
+    fn records_read_again_in_a_later_generation_are_calls_of_their_own() {
+        let mut again = snapshot("again", 11, "pending");
+        again.source_generation = 1;
+        let (calls, dropped) = one_call_per_record(vec![(5, snapshot("first", 11, "succeeded")), (9, again)]);
+        assert_eq!(calls.len(), 2);
+        assert!(dropped.is_empty());
+    }
 }

@@ -22,7 +22,8 @@
 //!   large to send inline until the SDK fetches them.
 //! - [`cluster`]: cluster mode: every change of a call also goes to the group's changelog
 //!   topic, and a partition's calls are restored where it is assigned and released where
-//!   it is revoked.
+//!   it is revoked; [`lease`] keeps an engine that was frozen from delivering until the
+//!   group has spoken.
 //! - [`dead_letter`]: dead calls produced to a subscription's dead-letter topic.
 //! - [`admin`]: the admin HTTP API, `/metrics` and the dashboard; [`api`] is its typed
 //!   contract, shared with the command line.
@@ -42,6 +43,7 @@ pub mod engine;
 pub mod error;
 pub mod figures;
 pub mod ingest;
+pub mod lease;
 pub mod limiter;
 pub mod model;
 pub mod outbox;

@@ -72,7 +72,10 @@ impl Subscription {
             .filter(|_| config.kafka.is_some())
             .map(|(changelog, restore_timeout)| {
                 scheduler.deliver_up_to(changelog.covered_seq.clone());
+                let lease = crate::lease::Lease::start(&config.name, session_timeout(&config));
+                scheduler.hold_after_freeze(lease.clone());
                 ClusterLink {
+                    lease,
                     acked: changelog.acked,
                     covered_seq: changelog.covered_seq,
                     handovers: scheduler.handovers(),
@@ -172,4 +175,14 @@ impl Subscription {
         }
         result
     }
+}
+
+/// The `session.timeout.ms` of a subscription's consumer (librdkafka's default: 45 s).
+fn session_timeout(config: &SubscriptionConfig) -> Duration {
+    config
+        .kafka
+        .as_ref()
+        .and_then(|k| k.options.get("session.timeout.ms"))
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::from_secs(45), Duration::from_millis)
 }

@@ -422,6 +422,24 @@ impl Proc {
         self.0.wait().expect("wait for the process")
     }
 
+    /// SIGSTOP: the process is frozen (a long GC pause, a stalled VM) until [`Proc::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Proc::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {signal} {}", self.0.id());
+    }
+
     /// SIGTERM, then wait.
     pub fn stop(mut self) {
         let _ = std::process::Command::new("kill")

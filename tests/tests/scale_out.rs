@@ -313,6 +313,78 @@ async fn scaling_from_one_engine_to_three_and_back_during_the_load_moves_open_ca
     );
 }
 
+/// Partitions a store file holds calls of (`open`: open calls only).
+fn partitions_held(db: &Path, open: bool) -> usize {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let filter = if open { "WHERE status IN ('pending', 'running')" } else { "" };
+    conn.query_row(
+        &format!("SELECT count(DISTINCT partition) FROM calls {filter}"),
+        [],
+        |r| r.get(0),
+    )
+    .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_paused_past_its_session_delivers_nothing_of_its_lost_partitions_when_it_wakes() {
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, PARTITIONS).await;
+    tansu.create_topic(&format!("{GROUP}.calls"), PARTITIONS).await;
+    // Slow enough that both engines hold open calls of every partition they own.
+    let target = UnkindTarget::start(&[
+        "--error-rate",
+        "0.2",
+        "--latency-ms",
+        "20",
+        "--jitter",
+        "exp:10",
+        "--capacity",
+        "8",
+    ])
+    .await;
+    let members: Vec<Member> = (0..2).map(|_| Member::new(&tansu, &target.url())).collect();
+    let mut paused = members[0].start().await;
+    let mut other = members[1].start().await;
+    let producer = producer(&tansu.bootstrap());
+    let (waves, per_wave) = (8, 4);
+    let total = (waves * per_wave * KEYS) as u64;
+    for wave in 0..4 {
+        produce(&producer, TOPIC, records(wave * per_wave, per_wave)).await;
+    }
+    wait_for("both engines to hold open calls", Duration::from_secs(60), || async {
+        members.iter().all(|m| partitions_held(&m.db(), true) > 0)
+    })
+    .await;
+    // Frozen past `session.timeout.ms` (6 s): the group gives its partitions to the other.
+    paused.pause();
+    produce(&producer, TOPIC, records(4 * per_wave, per_wave)).await;
+    wait_for("the other engine to take every partition", Duration::from_secs(60), || async {
+        partitions_held(&members[1].db(), false) == PARTITIONS as usize
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // It wakes with the calls of partitions it no longer owns still in its store.
+    paused.resume();
+    for wave in 5..waves {
+        produce(&producer, TOPIC, records(wave * per_wave, per_wave)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_for("every record to succeed", Duration::from_secs(180), || async {
+        unique_ok(&target).await >= total
+    })
+    .await;
+    let seen = target.stats().await;
+    assert!(paused.terminate().success());
+    assert!(other.terminate().success());
+    assert_one_call_per_record_in_order(&members, &seen, total);
+    // Deliveries twice: only the attempts in flight at the pause (the target takes 8 at
+    // once), answered while the engine was frozen and delivered again by the new owner.
+    assert!(
+        seen["duplicates"].as_u64().unwrap() <= 8,
+        "the woken engine delivered calls of partitions it had lost: {seen}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mode_refuses_to_start_without_a_fitting_changelog_topic() {
     let tansu = Tansu::start();

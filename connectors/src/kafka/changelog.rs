@@ -18,12 +18,19 @@ pub struct ChangelogError {
     pub source: Box<rdkafka::error::KafkaError>,
 }
 
-/// What one partition of a changelog holds: the last value of each key (`None` for a
-/// tombstone, which is dropped), and how many records were read to get it.
+/// What one partition of a changelog holds: the last value of each key (a tombstone drops
+/// the key), and how many records were read to get it.
 #[derive(Debug, Default)]
 pub struct PartitionState {
-    pub latest: HashMap<Vec<u8>, Vec<u8>>,
+    pub latest: HashMap<Vec<u8>, Latest>,
     pub records: u64,
+}
+
+/// The last value of a key, and where the key first appeared (since its last tombstone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Latest {
+    pub value: Vec<u8>,
+    pub first_offset: i64,
 }
 
 fn consumer(brokers: &str, options: &BTreeMap<String, String>) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
@@ -119,7 +126,15 @@ pub fn read_partitions(
         if let Some(key) = message.key() {
             match message.payload() {
                 Some(value) => {
-                    state.latest.insert(key.to_vec(), value.to_vec());
+                    let offset = message.offset();
+                    state
+                        .latest
+                        .entry(key.to_vec())
+                        .and_modify(|latest| latest.value = value.to_vec())
+                        .or_insert_with(|| Latest {
+                            value: value.to_vec(),
+                            first_offset: offset,
+                        });
                 }
                 None => {
                     state.latest.remove(key);

@@ -36,6 +36,8 @@ use crate::store::{Store, StoreError};
 const GROUP_QUEUE: usize = 8;
 /// Most calls read from the store at once.
 const LOAD_BATCH: usize = 1000;
+/// How often a scheduler held by its lease looks again (ms).
+const LEASE_RECHECK_MS: i64 = 100;
 
 /// Runs the calls of one subscription until shutdown.
 pub struct Scheduler {
@@ -63,6 +65,8 @@ pub struct Scheduler {
     handover_rx: mpsc::UnboundedReceiver<Handover>,
     /// Calls up to this seq may be delivered (cluster mode: those in the changelog).
     ready_seq: Option<tokio::sync::watch::Receiver<i64>>,
+    /// Cluster mode: after a freeze, no attempt starts until the group has spoken.
+    lease: Option<crate::lease::Lease>,
 }
 
 /// Cluster mode: partitions leaving this engine. The scheduler lets its attempts in flight
@@ -147,12 +151,18 @@ impl Scheduler {
             handover_tx,
             handover_rx,
             ready_seq: None,
+            lease: None,
         }
     }
 
     /// Deliver only calls up to the seq this watch says (cluster mode: in the changelog).
     pub fn deliver_up_to(&mut self, ready_seq: tokio::sync::watch::Receiver<i64>) {
         self.ready_seq = Some(ready_seq);
+    }
+
+    /// Start no attempt while `lease` does not allow it (cluster mode).
+    pub fn hold_after_freeze(&mut self, lease: crate::lease::Lease) {
+        self.lease = Some(lease);
     }
 
     /// Where revoked partitions are handed over (cluster mode).
@@ -325,6 +335,9 @@ impl Scheduler {
     fn dispatch(&mut self) -> Option<Wait> {
         if self.subscription.paused {
             return None;
+        }
+        if self.lease.as_ref().is_some_and(|lease| !lease.allows()) {
+            return Some(Wait::Until(now_millis() + LEASE_RECHECK_MS));
         }
         while self.reactor.in_flight() < self.subscription.max_concurrency {
             let now = now_millis();
