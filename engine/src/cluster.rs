@@ -183,7 +183,10 @@ impl Ownership {
     /// Write a claim record for each of `partitions` to the changelog and wait for the
     /// acks; per changelog partition, the highest claim's offset. Everything the changelog
     /// acknowledged before is at a lower offset.
-    async fn claim(&self, partitions: &[(String, i32)]) -> Result<HashMap<i32, i64>, connectors::kafka::sink::SinkError> {
+    async fn claim(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> Result<HashMap<i32, i64>, connectors::kafka::sink::SinkError> {
         let records: Vec<SinkRecord> = partitions
             .iter()
             .map(|(topic, partition)| {
@@ -217,7 +220,13 @@ impl Ownership {
             // Consuming the partitions without their calls would run keys out of order and
             // lose retries: wait (the group sees a slow member, not a wrong one).
             let error = match self.runtime.block_on(self.claim(partitions)) {
-                Ok(through) => match read_partitions(&self.brokers, &self.options, &self.topic, &through, self.link.restore_timeout) {
+                Ok(through) => match read_partitions(
+                    &self.brokers,
+                    &self.options,
+                    &self.topic,
+                    &through,
+                    self.link.restore_timeout,
+                ) {
                     Ok(states) => return states,
                     Err(error) => error.to_string(),
                 },

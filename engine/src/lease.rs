@@ -8,7 +8,6 @@
 //! A watchdog thread ticks on the monotonic clock; a gap between ticks longer than
 //! `freeze_after` is a freeze. [`Hold`] is the pure decision; [`Lease`] runs it.
 
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,17 +19,18 @@ const TICK: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     freeze_after: Duration,
-    hold_for: Duration,
+    /// How long a hold lasts awake without a rebalance: the session timeout.
+    session: Duration,
     last_tick: Duration,
     /// Since when deliveries wait, after a freeze.
     held_since: Option<Duration>,
 }
 
 impl Hold {
-    pub fn new(freeze_after: Duration, hold_for: Duration, now: Duration) -> Self {
+    pub fn new(freeze_after: Duration, session: Duration, now: Duration) -> Self {
         Self {
             freeze_after,
-            hold_for,
+            session,
             last_tick: now,
             held_since: None,
         }
@@ -44,7 +44,10 @@ impl Hold {
             self.held_since = Some(now);
             return Some(gap);
         }
-        if self.held_since.is_some_and(|since| now.saturating_sub(since) >= self.hold_for) {
+        if self
+            .held_since
+            .is_some_and(|since| now.saturating_sub(since) >= self.session)
+        {
             self.held_since = None;
         }
         None
@@ -67,7 +70,6 @@ impl Hold {
 pub struct Lease {
     origin: Instant,
     hold: Arc<Mutex<Hold>>,
-    freezes: Arc<AtomicU64>,
 }
 
 impl Lease {
@@ -77,11 +79,14 @@ impl Lease {
         let origin = Instant::now();
         let lease = Self {
             origin,
-            hold: Arc::new(Mutex::new(Hold::new(session_timeout / 3, session_timeout, Duration::ZERO))),
-            freezes: Arc::default(),
+            hold: Arc::new(Mutex::new(Hold::new(
+                session_timeout / 3,
+                session_timeout,
+                Duration::ZERO,
+            ))),
         };
         let weak = Arc::downgrade(&lease.hold);
-        let (name, freezes) = (name.to_string(), Arc::clone(&lease.freezes));
+        let name = name.to_string();
         let spawned = std::thread::Builder::new()
             .name("lease-watchdog".into())
             .spawn(move || loop {
@@ -89,7 +94,6 @@ impl Lease {
                 let Some(hold) = weak.upgrade() else { return };
                 let frozen = hold.lock().expect("lease lock").tick(origin.elapsed());
                 if let Some(gap) = frozen {
-                    freezes.fetch_add(1, SeqCst);
                     tracing::warn!(subscription = %name, frozen_ms = gap.as_millis() as u64, "the engine was frozen for longer than a third of its Kafka session; no attempt starts until the group confirms or moves its partitions");
                 }
             });
@@ -105,11 +109,6 @@ impl Lease {
 
     pub fn rebalanced(&self) {
         self.hold.lock().expect("lease lock").rebalanced();
-    }
-
-    /// Freezes seen so far.
-    pub fn freezes(&self) -> u64 {
-        self.freezes.load(SeqCst)
     }
 }
 

@@ -113,7 +113,13 @@ fn now_ms() -> i64 {
 fn explain_missing(tansu: &Tansu, members: &[Member], positions: &[(i32, i64)], seen: &serde_json::Value) -> ! {
     // Which records have a snapshot in the changelog, and in how many changelog records.
     let mut in_changelog = std::collections::HashMap::<(i32, i64), usize>::new();
-    for record in read_topic(&tansu.bootstrap(), &format!("{GROUP}.calls"), PARTITIONS, 1, Duration::from_secs(3)) {
+    for record in read_topic(
+        &tansu.bootstrap(),
+        &format!("{GROUP}.calls"),
+        PARTITIONS,
+        1,
+        Duration::from_secs(3),
+    ) {
         let Some(value) = record.value else { continue };
         let snapshot: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
         if let (Some(partition), Some(offset)) = (snapshot["partition"].as_i64(), snapshot["offset"].as_i64()) {
@@ -288,9 +294,17 @@ async fn scaling_from_one_engine_to_three_and_back_during_the_load_moves_open_ca
         if wave == 8 {
             // Scale in, once the new engines finished calls the first one had made: both
             // leave gracefully, and their calls move back to the first.
-            wait_for("a call moved out to finish on a new engine", Duration::from_secs(60), || async {
-                members[1..].iter().map(|m| created_before(&m.db(), joined_at)).sum::<usize>() > 0
-            })
+            wait_for(
+                "a call moved out to finish on a new engine",
+                Duration::from_secs(60),
+                || async {
+                    members[1..]
+                        .iter()
+                        .map(|m| created_before(&m.db(), joined_at))
+                        .sum::<usize>()
+                        > 0
+                },
+            )
             .await;
             for mut engine in others.drain(..) {
                 assert!(engine.terminate().success());
@@ -316,7 +330,11 @@ async fn scaling_from_one_engine_to_three_and_back_during_the_load_moves_open_ca
 /// Partitions a store file holds calls of (`open`: open calls only).
 fn partitions_held(db: &Path, open: bool) -> usize {
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let filter = if open { "WHERE status IN ('pending', 'running')" } else { "" };
+    let filter = if open {
+        "WHERE status IN ('pending', 'running')"
+    } else {
+        ""
+    };
     conn.query_row(
         &format!("SELECT count(DISTINCT partition) FROM calls {filter}"),
         [],
@@ -358,9 +376,11 @@ async fn an_owner_paused_past_its_session_delivers_nothing_of_its_lost_partition
     // Frozen past `session.timeout.ms` (6 s): the group gives its partitions to the other.
     paused.pause();
     produce(&producer, TOPIC, records(4 * per_wave, per_wave)).await;
-    wait_for("the other engine to take every partition", Duration::from_secs(60), || async {
-        partitions_held(&members[1].db(), false) == PARTITIONS as usize
-    })
+    wait_for(
+        "the other engine to take every partition",
+        Duration::from_secs(60),
+        || async { partitions_held(&members[1].db(), false) == PARTITIONS as usize },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // It wakes with the calls of partitions it no longer owns still in its store.

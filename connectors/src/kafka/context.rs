@@ -191,7 +191,11 @@ impl ConsumerContext for SourceContext {
 impl SourceContext {
     /// The committed offset of each partition of `list` (the reset position where there is
     /// none), or `None` if the group coordinator did not answer after a few tries.
-    fn committed_offsets(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) -> Option<TopicPartitionList> {
+    fn committed_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        list: &TopicPartitionList,
+    ) -> Option<TopicPartitionList> {
         let mut wait = Duration::from_millis(100);
         for attempt in 1..=COMMITTED_TRIES {
             match consumer.committed_offsets(list.clone(), COMMITTED_TIMEOUT) {
