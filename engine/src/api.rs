@@ -163,6 +163,12 @@ pub struct LiveFigures {
     /// With a Kafka source: lag per assigned partition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<Vec<PartitionLag>>,
+    /// With a Kafka source: the partitions this engine holds now (`topic/partition`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<Vec<String>>,
+    /// With a Kafka source: rebalance events seen since start (assignments and revocations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalances: Option<u64>,
 }
 
 /// Calls created and finished per second over the last `window_seconds`.
@@ -187,6 +193,12 @@ pub struct EndpointStats {
     pub changes_by_reason: BTreeMap<String, u64>,
     pub paused_until: Option<Millis>,
     pub recent_changes: Vec<ChangeView>,
+    /// With a static rate limit: requests per second configured, and allowed to this
+    /// engine now (in cluster mode, its share of partitions of the configured rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_allowed: Option<u32>,
 }
 
 /// One limit change or verdict: what the limiter saw and did.
@@ -243,6 +255,8 @@ mod tests {
                 kafka_down: Some(false),
                 kafka_error: None,
                 lag: Some(Vec::new()),
+                assigned: Some(vec!["orders/0".into()]),
+                rebalances: Some(1),
             }),
             ..stored_only
         };

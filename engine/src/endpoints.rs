@@ -5,12 +5,9 @@
 //! A call waiting here for capacity is not failing: it makes no attempt and gets no backoff.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::watch;
 
 use crate::api::{ChangeView, EndpointStats};
@@ -18,6 +15,7 @@ use crate::config::{Config, EndpointConfig, SubscriptionConfig};
 use crate::limiter::{Aimd, AimdConfig, ChangeReason, LimitChange, Signal};
 
 use crate::model::Millis;
+use crate::rate::RateLimit;
 
 /// Longest pause a `Retry-After` may impose on a whole endpoint.
 const MAX_ENDPOINT_PAUSE: Duration = Duration::from_secs(60);
@@ -55,27 +53,12 @@ struct State {
 pub struct Endpoint {
     pub key: String,
     state: Mutex<State>,
-    rate: Option<DefaultDirectRateLimiter>,
+    rate: Option<Arc<RateLimit>>,
     releases: watch::Sender<u64>,
 }
 
-/// Build a governor limiter of `per_second` with `burst` (default: one second's worth).
-pub fn rate_limiter(per_second: u32, burst: Option<u32>) -> Option<DefaultDirectRateLimiter> {
-    let rate = NonZeroU32::new(per_second)?;
-    let burst = burst.and_then(NonZeroU32::new).unwrap_or(rate);
-    Some(RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)))
-}
-
-/// When a rate limiter allows the next request, as a time in [`Millis`] from `now`.
-pub fn check_rate(limiter: &DefaultDirectRateLimiter, now: Millis) -> Result<(), Millis> {
-    limiter.check().map_err(|not_until| {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        now + (wait.as_millis() as Millis).max(1)
-    })
-}
-
 impl Endpoint {
-    fn new(key: String, concurrency: AimdConfig, rate: Option<DefaultDirectRateLimiter>) -> Self {
+    fn new(key: String, concurrency: AimdConfig, rate: Option<RateLimit>) -> Self {
         Self {
             key,
             state: Mutex::new(State {
@@ -88,9 +71,14 @@ impl Endpoint {
                 cuts: 0,
                 by_reason: BTreeMap::new(),
             }),
-            rate,
+            rate: rate.map(Arc::new),
             releases: watch::channel(0).0,
         }
+    }
+
+    /// The endpoint's static rate limit, if it has one.
+    pub fn rate(&self) -> Option<&Arc<RateLimit>> {
+        self.rate.as_ref()
     }
 
     /// Take a slot for one attempt, or say when to try again.
@@ -103,7 +91,7 @@ impl Endpoint {
             return Err(Wait::Slot);
         }
         if let Some(rate) = &self.rate {
-            check_rate(rate, now).map_err(Wait::Until)?;
+            rate.check(now).map_err(Wait::Until)?;
         }
         state.in_flight += 1;
         Ok(())
@@ -188,6 +176,8 @@ impl Endpoint {
                     detail: c.reason.explain(),
                 })
                 .collect(),
+            rate_limit: self.rate.as_ref().map(|r| r.configured()),
+            rate_allowed: self.rate.as_ref().map(|r| r.allowed()),
         }
     }
 }
@@ -211,7 +201,7 @@ impl Endpoints {
             let (key, endpoint_config) = resolve(config, sub);
             endpoints.by_key.entry(key.clone()).or_insert_with(|| {
                 let settings = endpoint_config.cloned().unwrap_or_default();
-                let rate = settings.rate_limit.and_then(|r| rate_limiter(r, settings.rate_burst));
+                let rate = settings.rate_limit.and_then(|r| RateLimit::new(r, settings.rate_burst));
                 Arc::new(Endpoint::new(key, settings.concurrency, rate))
             });
         }

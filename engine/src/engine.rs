@@ -52,7 +52,7 @@ impl Engine {
         let mut tasks = JoinSet::new();
         let (cluster, publisher) = if config.cluster.enabled {
             let (changelog, publisher) = cluster::start(&config, &store).await?;
-            (Some((changelog, config.cluster.restore_timeout)), Some(publisher))
+            (Some((changelog, config.cluster.clone())), Some(publisher))
         } else {
             (None, None)
         };

@@ -39,6 +39,17 @@ pub struct Figures {
     backlog_fell: Notify,
     dead_lettered: AtomicU64,
     dead_letters_failing: AtomicBool,
+    restores: AtomicU64,
+    restored_calls: AtomicU64,
+    restore_micros: AtomicU64,
+}
+
+/// Cluster mode's restores since start: how many, the calls they stored, their time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Restores {
+    pub restores: u64,
+    pub calls: u64,
+    pub seconds: f64,
 }
 
 impl Default for Figures {
@@ -66,6 +77,9 @@ impl Default for Figures {
             backlog_fell: Notify::new(),
             dead_lettered: AtomicU64::default(),
             dead_letters_failing: AtomicBool::default(),
+            restores: AtomicU64::default(),
+            restored_calls: AtomicU64::default(),
+            restore_micros: AtomicU64::default(),
         }
     }
 }
@@ -116,6 +130,22 @@ impl Figures {
         self.backlog.fetch_add(backlog, Relaxed);
         if backlog < 0 {
             self.backlog_fell.notify_one();
+        }
+    }
+
+    /// Cluster mode: newly assigned partitions were restored from the changelog.
+    pub fn restored(&self, calls: u64, took: std::time::Duration) {
+        self.restores.fetch_add(1, Relaxed);
+        self.restored_calls.fetch_add(calls, Relaxed);
+        self.restore_micros
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    pub fn restores(&self) -> Restores {
+        Restores {
+            restores: self.restores.load(Relaxed),
+            calls: self.restored_calls.load(Relaxed),
+            seconds: self.restore_micros.load(Relaxed) as f64 / 1e6,
         }
     }
 

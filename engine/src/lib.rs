@@ -16,7 +16,8 @@
 //! - [`delivery`]: one HTTP attempt and its classification.
 //! - [`limiter`]: the pure adaptive concurrency limit (what an outcome says about load,
 //!   rounds of answers, the decisions and their reasons); [`endpoints`] applies it (and
-//!   rate limits, and `Retry-After` pauses) per endpoint.
+//!   rate limits, and `Retry-After` pauses) per endpoint; [`rate`]: static rate limits,
+//!   split across a cluster's engines by the partitions each holds.
 //! - [`workflow`]: what a durable workflow's answer means for its journal (protocol 5);
 //!   [`outbox`] publishes the records workflows produce; [`shelf`] holds journals too
 //!   large to send inline until the SDK fetches them.
@@ -47,6 +48,7 @@ pub mod lease;
 pub mod limiter;
 pub mod model;
 pub mod outbox;
+pub mod rate;
 pub mod retry;
 pub mod scheduler;
 pub mod shelf;

@@ -32,6 +32,9 @@ pub async fn run(part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
         subscription.group_id().unwrap_or_default(),
     );
     config.options = kafka.options.clone();
+    if let Some(instance) = cluster.as_ref().and_then(|link| link.instance.as_ref()) {
+        config.options.insert("group.instance.id".into(), instance.clone());
+    }
     config.batch_size = kafka.batch_size;
     config.batch_bytes = kafka.batch_bytes;
     if let Some(link) = &cluster {

@@ -55,7 +55,7 @@ impl Subscription {
         deliverer: Deliverer,
         endpoint: Arc<Endpoint>,
         all: Arc<std::collections::HashMap<String, Arc<SubscriptionConfig>>>,
-        cluster: Option<(Changelog, Duration)>,
+        cluster: Option<(Changelog, crate::config::ClusterConfig)>,
     ) -> Result<Self, EngineError> {
         let config = Arc::new(config);
         let figures = Arc::new(Figures::default());
@@ -68,20 +68,22 @@ impl Subscription {
             Arc::clone(&figures),
             all,
         );
-        let cluster = cluster
-            .filter(|_| config.kafka.is_some())
-            .map(|(changelog, restore_timeout)| {
-                scheduler.deliver_up_to(changelog.covered_seq.clone());
-                let lease = crate::lease::Lease::start(&config.name, session_timeout(&config));
-                scheduler.hold_after_freeze(lease.clone());
-                ClusterLink {
-                    lease,
-                    acked: changelog.acked,
-                    covered_seq: changelog.covered_seq,
-                    handovers: scheduler.handovers(),
-                    restore_timeout,
-                }
-            });
+        let cluster = cluster.filter(|_| config.kafka.is_some()).map(|(changelog, settings)| {
+            scheduler.deliver_up_to(changelog.covered_seq.clone());
+            let lease = crate::lease::Lease::start(&config.name, session_timeout(&config));
+            scheduler.hold_after_freeze(lease.clone());
+            ClusterLink {
+                lease,
+                acked: changelog.acked,
+                covered_seq: changelog.covered_seq,
+                handovers: scheduler.handovers(),
+                restore_timeout: settings.restore_timeout,
+                instance: settings.instance,
+                rates: scheduler.rate_limits(),
+                partitions: changelog.partitions.get(&config.name).copied().unwrap_or(0),
+                owners: changelog.owners.clone(),
+            }
+        });
         Ok(Self {
             config,
             store: store.clone(),

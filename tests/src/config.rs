@@ -80,6 +80,17 @@ impl EngineConfig {
         self
     }
 
+    /// Another `[cluster]` key (`instance`, `restore_timeout`), with cluster mode on.
+    pub fn cluster_set(mut self, key: &str, value: impl Into<Value>) -> Self {
+        if self.cluster.is_none() {
+            self = self.cluster();
+        }
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.insert(key.into(), value.into());
+        }
+        self
+    }
+
     /// Another `[store]` key (`max_batch`, `retention`...).
     pub fn store(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.store.insert(key.into(), value.into());

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use integration_tests::config::{EngineConfig, Subscription};
+use integration_tests::config::{Endpoint, EngineConfig, Subscription};
 use integration_tests::kafka::{produce, producer, read_topic, Out, Tansu};
 use integration_tests::unkind::UnkindTarget;
 use integration_tests::{free_addr, spawn_engine, wait_for, Admin, Proc};
@@ -24,22 +24,30 @@ struct Member {
 
 impl Member {
     fn new(tansu: &Tansu, target: &str) -> Self {
+        Self::configured(tansu, target, |engine, subscription| (engine, subscription))
+    }
+
+    /// A member whose config `adjust` changes.
+    fn configured(
+        tansu: &Tansu,
+        target: &str,
+        adjust: impl FnOnce(EngineConfig, Subscription) -> (EngineConfig, Subscription),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let admin_addr = free_addr();
         let config = dir.path().join("engine.toml");
-        EngineConfig::new(dir.path().join("engine.db"))
+        let subscription = Subscription::new("orders", target)
+            .ordering("key")
+            .fast_retries()
+            .set("timeout", "5s")
+            .kafka(&tansu.bootstrap(), &[TOPIC])
+            .kafka_set("group_id", GROUP)
+            .tansu_consumer();
+        let engine = EngineConfig::new(dir.path().join("engine.db"))
             .admin(admin_addr)
-            .cluster()
-            .subscription(
-                Subscription::new("orders", target)
-                    .ordering("key")
-                    .fast_retries()
-                    .set("timeout", "5s")
-                    .kafka(&tansu.bootstrap(), &[TOPIC])
-                    .kafka_set("group_id", GROUP)
-                    .tansu_consumer(),
-            )
-            .write(&config);
+            .cluster();
+        let (engine, subscription) = adjust(engine, subscription);
+        engine.subscription(subscription).write(&config);
         Self {
             dir,
             config,
@@ -402,6 +410,207 @@ async fn an_owner_paused_past_its_session_delivers_nothing_of_its_lost_partition
     assert!(
         seen["duplicates"].as_u64().unwrap() <= 8,
         "the woken engine delivered calls of partitions it had lost: {seen}"
+    );
+}
+
+/// The partitions an engine holds now, as its admin API reports them.
+async fn assigned(admin: &Admin) -> Vec<String> {
+    let stats = admin.stats().await;
+    serde_json::from_value(stats["subscriptions"]["orders"]["assigned"].clone()).unwrap_or_default()
+}
+
+async fn rebalances(admin: &Admin) -> u64 {
+    admin.stats().await["subscriptions"]["orders"]["rebalances"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_restarted_within_its_session_keeps_its_partitions_and_the_others_see_no_rebalance() {
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, PARTITIONS).await;
+    tansu.create_topic(&format!("{GROUP}.calls"), PARTITIONS).await;
+    let target = UnkindTarget::start(&["--error-rate", "0.2", "--latency-ms", "5", "--jitter", "exp:5"]).await;
+    let members: Vec<Member> = ["engine-a", "engine-b"]
+        .into_iter()
+        .map(|instance| {
+            Member::configured(&tansu, &target.url(), |engine, subscription| {
+                let endpoint = Endpoint::origin(target.url().trim_end_matches("/work")).rate_limit(600, 600);
+                (
+                    engine.cluster_set("instance", instance).endpoint(endpoint),
+                    subscription,
+                )
+            })
+        })
+        .collect();
+    let mut first = members[0].start().await;
+    let restarted = members[1].start().await;
+    wait_for(
+        "each engine to hold half the partitions",
+        Duration::from_secs(60),
+        || async { assigned(&members[0].admin).await.len() == 3 && assigned(&members[1].admin).await.len() == 3 },
+    )
+    .await;
+    let (held_first, held_restarted) = (assigned(&members[0].admin).await, assigned(&members[1].admin).await);
+    let rebalances_before = rebalances(&members[0].admin).await;
+    // The endpoint's 600/s is the group's: each engine, holding half the partitions, allows
+    // 300 once it has restored them.
+    for member in &members {
+        let endpoint = || async {
+            let endpoints = member.admin.stats().await["endpoints"].clone();
+            endpoints
+                .as_object()
+                .and_then(|e| e.values().next())
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert_eq!(endpoint().await["rate_limit"], 600);
+        wait_for(
+            "the rate limit split by partitions held",
+            Duration::from_secs(30),
+            || async { endpoint().await["rate_allowed"] == 300 },
+        )
+        .await;
+    }
+    let producer = producer(&tansu.bootstrap());
+    let (waves, per_wave) = (6, 5);
+    let total = (waves * per_wave * KEYS) as u64;
+    for wave in 0..3 {
+        produce(&producer, TOPIC, records(wave * per_wave, per_wave)).await;
+    }
+    wait_for("a sixth to succeed", Duration::from_secs(60), || async {
+        unique_ok(&target).await >= total / 6
+    })
+    .await;
+    // Killed and back well within `session.timeout.ms` (6 s), under the same instance id.
+    restarted.crash();
+    let mut restarted = members[1].start().await;
+    for wave in 3..waves {
+        produce(&producer, TOPIC, records(wave * per_wave, per_wave)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_for("every record to succeed", Duration::from_secs(120), || async {
+        unique_ok(&target).await >= total
+    })
+    .await;
+    let seen = target.stats().await;
+    let (after_first, after_restarted) = (assigned(&members[0].admin).await, assigned(&members[1].admin).await);
+    let rebalances_after = rebalances(&members[0].admin).await;
+    let restores = integration_tests::metric(
+        &members[1].admin.metrics().await,
+        "engine_cluster_restores_total{subscription=\"orders\"}",
+    );
+    assert!(first.terminate().success());
+    assert!(restarted.terminate().success());
+    assert_one_call_per_record_in_order(&members, &seen, total);
+    assert_eq!(
+        rebalances_after, rebalances_before,
+        "the engine that stayed saw a rebalance when the other restarted"
+    );
+    assert_eq!(after_first, held_first, "the engine that stayed kept its partitions");
+    assert_eq!(
+        after_restarted, held_restarted,
+        "the restarted engine got its partitions back"
+    );
+    assert!(
+        restores.is_some_and(|r| r >= 1.0),
+        "the restarted engine restored its partitions: {restores:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_open_calls_follow_their_partitions_to_a_new_engine() {
+    const CALLS: usize = 100_000;
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, PARTITIONS).await;
+    tansu.create_topic(&format!("{GROUP}.calls"), PARTITIONS).await;
+    // Paused: the calls stay open, stored but never delivered.
+    let nowhere = format!("http://{}/", free_addr());
+    let members: Vec<Member> = (0..2)
+        .map(|_| {
+            Member::configured(&tansu, &nowhere, |engine, subscription| {
+                (
+                    engine,
+                    subscription
+                        .set("paused", true)
+                        .kafka_set("max_backlog", 2 * CALLS as i64),
+                )
+            })
+        })
+        .collect();
+    let pending = |admin: &Admin| {
+        let admin = admin.clone();
+        async move {
+            admin.stats().await["subscriptions"]["orders"]["pending"]
+                .as_u64()
+                .unwrap_or(0)
+        }
+    };
+    let mut old_owner = members[0].start().await;
+    let producer = producer(&tansu.bootstrap());
+    let started = std::time::Instant::now();
+    for chunk in 0..CALLS / 10_000 {
+        let records = (chunk * 10_000..(chunk + 1) * 10_000)
+            .map(|i| Out::keyed(format!("k{}", i % 1000), format!("k{}:{}", i % 1000, i / 1000)))
+            .collect();
+        produce(&producer, TOPIC, records).await;
+    }
+    wait_for(
+        "the first engine to store every call",
+        Duration::from_secs(300),
+        || async { pending(&members[0].admin).await == CALLS as u64 },
+    )
+    .await;
+    let stored = started.elapsed();
+    let ids: HashSet<((i32, i64), String)> = open_calls(&members[0].db())
+        .into_iter()
+        .map(|(record, id, _)| (record, id))
+        .collect();
+    assert_eq!(ids.len(), CALLS);
+    // Leaving the group hands every partition over: its open calls are in the changelog.
+    assert!(old_owner.terminate().success());
+    let started = std::time::Instant::now();
+    let mut new_owner = members[1].start().await;
+    wait_for(
+        "the second engine to restore every call",
+        Duration::from_secs(300),
+        || async { pending(&members[1].admin).await == CALLS as u64 },
+    )
+    .await;
+    let until_restored = started.elapsed();
+    // The restore's figures are counted once its last partition is stored.
+    let restores = || async {
+        let metrics = members[1].admin.metrics().await;
+        integration_tests::metric(&metrics, "engine_cluster_restores_total{subscription=\"orders\"}").unwrap_or(0.0)
+    };
+    wait_for("the restore to be counted", Duration::from_secs(10), || async {
+        restores().await >= 1.0
+    })
+    .await;
+    let metrics = members[1].admin.metrics().await;
+    let restored = integration_tests::metric(&metrics, "engine_cluster_restored_calls_total{subscription=\"orders\"}")
+        .unwrap_or(0.0);
+    let restore_seconds = integration_tests::metric(
+        &metrics,
+        "engine_cluster_restore_seconds_total{subscription=\"orders\"}",
+    )
+    .unwrap_or(0.0);
+    // Read before it stops: leaving the group hands the calls over again.
+    let moved: HashSet<((i32, i64), String)> = open_calls(&members[1].db())
+        .into_iter()
+        .map(|(record, id, _)| (record, id))
+        .collect();
+    assert!(new_owner.terminate().success());
+    eprintln!(
+        "{CALLS} open calls: stored by the first engine {stored:.1?} after the first record; \
+         restored in {restore_seconds:.2} s (claim, changelog read, store); {until_restored:.1?} from \
+         the second engine's start to every call pending there"
+    );
+    assert_eq!(moved.len(), CALLS, "open calls on the new owner");
+    assert!(moved == ids, "every open call moved under its own id");
+    assert_eq!(
+        restored as usize, CALLS,
+        "calls restored from the changelog, none read again from the source"
     );
 }
 

@@ -144,10 +144,12 @@ impl ConsumerContext for SourceContext {
         let Rebalance::Revoke(list) = rebalance else {
             if let Rebalance::Assign(list) = rebalance {
                 tracing::info!(source = %self.name, partitions = %describe(list), "partitions assigned");
+                self.status.rebalanced(true, &partitions_of(list));
             }
             return;
         };
         let revoked = partitions_of(list);
+        self.status.rebalanced(false, &revoked);
         // Wait until the batches already handed to the engine are durable, so their offsets
         // are stored before librdkafka commits on revoke.
         let deadline = Instant::now() + self.revoke_timeout;

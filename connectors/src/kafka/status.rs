@@ -16,6 +16,10 @@ pub struct SourceStatus {
     /// Lag per assigned partition, from librdkafka's statistics (every
     /// `statistics.interval.ms`, 5 s unless configured).
     pub partitions: std::sync::Mutex<Vec<PartitionLag>>,
+    /// The partitions assigned to this consumer now, as `topic/partition`.
+    pub assigned: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Rebalance events seen: each assignment and each revocation.
+    pub rebalances: AtomicU64,
 }
 
 impl SourceStatus {
@@ -27,6 +31,29 @@ impl SourceStatus {
     pub(crate) fn set_error(&self, error: Option<String>) {
         if let Ok(mut slot) = self.error.lock() {
             *slot = error;
+        }
+    }
+
+    /// The partitions assigned now, sorted.
+    pub fn assigned(&self) -> Vec<String> {
+        self.assigned
+            .lock()
+            .map(|a| a.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A rebalance assigned (`true`) or revoked these partitions.
+    pub(crate) fn rebalanced(&self, assigned: bool, partitions: &[(String, i32)]) {
+        self.rebalances.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut set) = self.assigned.lock() {
+            for (topic, partition) in partitions {
+                let name = format!("{topic}/{partition}");
+                if assigned {
+                    set.insert(name);
+                } else {
+                    set.remove(&name);
+                }
+            }
         }
     }
 

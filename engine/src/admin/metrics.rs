@@ -51,6 +51,55 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
             .collect(),
     );
     out.family(
+        "engine_kafka_rebalances_total",
+        "counter",
+        "Rebalance events of the subscription's consumer: assignments and revocations.",
+        subs.iter()
+            .filter_map(|(name, s)| {
+                let rebalances = s.source()?.rebalances.load(Relaxed);
+                Some((labels(&[("subscription", name)]), rebalances as f64))
+            })
+            .collect(),
+    );
+    out.family(
+        "engine_kafka_assigned_partitions",
+        "gauge",
+        "Partitions of the subscription's topics assigned to this engine.",
+        subs.iter()
+            .filter_map(|(name, s)| {
+                let held = s.source()?.assigned.lock().map_or(0, |a| a.len());
+                Some((labels(&[("subscription", name)]), held as f64))
+            })
+            .collect(),
+    );
+    for (family, help, value) in [
+        (
+            "engine_cluster_restores_total",
+            "Cluster mode: assignments restored from the changelog.",
+            (|r: crate::figures::Restores| r.restores as f64) as fn(crate::figures::Restores) -> f64,
+        ),
+        (
+            "engine_cluster_restored_calls_total",
+            "Cluster mode: calls stored by restores (open and finished).",
+            |r| r.calls as f64,
+        ),
+        (
+            "engine_cluster_restore_seconds_total",
+            "Cluster mode: time spent restoring, from the claim to the last call stored.",
+            |r| r.seconds,
+        ),
+    ] {
+        out.family(
+            family,
+            "counter",
+            help,
+            subs.iter()
+                .filter(|(_, s)| s.source().is_some())
+                .map(|(name, s)| (labels(&[("subscription", name)]), value(s.restores())))
+                .collect(),
+        );
+    }
+    out.family(
         "engine_calls_created_total",
         "counter",
         "Calls created from records or the API.",

@@ -262,6 +262,8 @@ fn live_figures(state: &AdminState, name: &str, figures: &Figures) -> LiveFigure
         kafka_down: source.map(|s| s.brokers_down.load(std::sync::atomic::Ordering::Relaxed)),
         kafka_error: source.and_then(|s| s.last_error()),
         lag: source.map(|s| s.lag()),
+        assigned: source.map(|s| s.assigned()),
+        rebalances: source.map(|s| s.rebalances.load(std::sync::atomic::Ordering::Relaxed)),
     }
 }
 

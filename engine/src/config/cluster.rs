@@ -16,6 +16,10 @@ pub struct ClusterConfig {
     /// Restoring a partition fails when its changelog yields no record for this long.
     #[serde(with = "humantime_serde")]
     pub restore_timeout: Duration,
+    /// This engine's static membership id in its groups (`group.instance.id`): restarted
+    /// within `session.timeout.ms`, it gets its partitions back without a rebalance. Unique
+    /// per engine, stable across its restarts (a StatefulSet pod name, `${HOSTNAME}`).
+    pub instance: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -23,7 +27,28 @@ impl Default for ClusterConfig {
         Self {
             enabled: false,
             restore_timeout: Duration::from_secs(30),
+            instance: None,
         }
+    }
+}
+
+impl ClusterConfig {
+    /// What is wrong with these settings, if anything.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.instance.is_some() && !self.enabled {
+            return Err("[cluster] instance needs [cluster] enabled = true".into());
+        }
+        if let Some(instance) = &self.instance {
+            if instance.is_empty()
+                || instance.len() > 249
+                || instance.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(format!(
+                    "[cluster] instance `{instance}` must be 1 to 249 characters without spaces"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

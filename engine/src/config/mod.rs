@@ -390,6 +390,7 @@ impl Config {
         if self.store.max_batch == 0 {
             return invalid("store.max_batch must be at least 1".into());
         }
+        self.cluster.validate().or_else(invalid)?;
         for endpoint in &self.endpoints {
             let label = endpoint
                 .name
@@ -510,6 +511,18 @@ impl Config {
                         ));
                     }
                 }
+                if self.cluster.instance.is_some() && kafka.options.contains_key("group.instance.id") {
+                    return invalid(format!(
+                        "subscription `{name}`: kafka.options sets `group.instance.id` and [cluster] sets `instance`; keep one"
+                    ));
+                }
+                let strategy = kafka.options.get("partition.assignment.strategy");
+                if self.cluster.enabled && strategy.is_some_and(|s| s.contains("cooperative")) {
+                    return invalid(format!(
+                        "subscription `{name}`: cluster mode does not support the cooperative rebalance protocol yet (partition.assignment.strategy = `{}`); use range or roundrobin",
+                        strategy.map_or("", String::as_str)
+                    ));
+                }
             }
         }
         Ok(())
@@ -601,5 +614,31 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(ok.subscriptions[0].output_topic.as_deref(), Some("done"));
+    }
+
+    #[test]
+    fn cluster_instance_needs_cluster_mode_and_refuses_a_conflicting_option_or_the_cooperative_protocol() {
+        let kafka = "[subscription.kafka]\nbrokers = \"b:9092\"\ntopics = [\"t\"]\n";
+        let error = |text: String| Config::from_toml(&text).unwrap_err().to_string();
+        assert!(
+            error(format!("{MINIMAL}{kafka}[cluster]\ninstance = \"e1\"\n")).contains("needs [cluster] enabled = true")
+        );
+        assert!(error(format!(
+            "{MINIMAL}{kafka}[cluster]\nenabled = true\ninstance = \"has space\"\n"
+        ))
+        .contains("without spaces"));
+        assert!(error(format!(
+            "{MINIMAL}{kafka}options = {{ \"group.instance.id\" = \"x\" }}\n[cluster]\nenabled = true\ninstance = \"e1\"\n"
+        ))
+        .contains("keep one"));
+        assert!(error(format!(
+            "{MINIMAL}{kafka}options = {{ \"partition.assignment.strategy\" = \"cooperative-sticky\" }}\n[cluster]\nenabled = true\n"
+        ))
+        .contains("cooperative"));
+        let config = Config::from_toml(&format!(
+            "{MINIMAL}{kafka}[cluster]\nenabled = true\ninstance = \"engine-0\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.cluster.instance.as_deref(), Some("engine-0"));
     }
 }

@@ -26,9 +26,10 @@ use window::{GroupLoad, Window};
 
 use crate::config::SubscriptionConfig;
 use crate::delivery::{Deliverer, DeliveryLimits};
-use crate::endpoints::{check_rate, rate_limiter, Endpoint, Wait};
+use crate::endpoints::{Endpoint, Wait};
 use crate::figures::Figures;
 use crate::model::{now_millis, DueCall, Millis};
+use crate::rate::RateLimit;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 
@@ -54,7 +55,7 @@ pub struct Scheduler {
     /// Where calls go: its concurrency limit and rate limit apply on top of ours.
     endpoint: Arc<Endpoint>,
     /// This subscription's own rate limit.
-    rate: Option<governor::DefaultDirectRateLimiter>,
+    rate: Option<Arc<RateLimit>>,
     control_tx: mpsc::UnboundedSender<Control>,
     control_rx: mpsc::UnboundedReceiver<Control>,
     /// Every subscription of the engine: where a workflow's child calls run.
@@ -136,7 +137,8 @@ impl Scheduler {
             control_rx,
             rate: subscription
                 .rate_limit
-                .and_then(|r| rate_limiter(r, subscription.rate_burst)),
+                .and_then(|r| RateLimit::new(r, subscription.rate_burst))
+                .map(Arc::new),
             endpoint,
             reactor: fresh_reactor(&subscription),
             subscription,
@@ -163,6 +165,12 @@ impl Scheduler {
     /// Start no attempt while `lease` does not allow it (cluster mode).
     pub fn hold_after_freeze(&mut self, lease: crate::lease::Lease) {
         self.lease = Some(lease);
+    }
+
+    /// The static rate limits this subscription's attempts take from: its own and its
+    /// endpoint's (cluster mode splits them by the partitions held).
+    pub fn rate_limits(&self) -> Vec<Arc<RateLimit>> {
+        self.rate.iter().chain(self.endpoint.rate()).cloned().collect()
     }
 
     /// Where revoked partitions are handed over (cluster mode).
@@ -348,7 +356,7 @@ impl Scheduler {
                 return Some(wait);
             }
             if let Some(rate) = &self.rate {
-                if let Err(at) = check_rate(rate, now) {
+                if let Err(at) = rate.check(now) {
                     self.endpoint.release_unused();
                     return Some(Wait::Until(at));
                 }

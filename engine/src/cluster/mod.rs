@@ -1,7 +1,7 @@
 //! Cluster mode (`[cluster] enabled = true`, docs/scaling.md): several engines in one
 //! consumer group, each partition's calls following the partition.
 //!
-//! - [`publish`]: every commit's changes go to the changelog topic of their subscription
+//! - [`publish`] (module `publish`): every commit's changes go to the changelog topic of their subscription
 //!   (`<group id>.calls`, changelog partition = source partition, keyed by call id), in
 //!   commit order; `acked` says up to which commit the broker has them.
 //! - [`ClusterLink::covered`]: the source stores a batch's offsets only once its calls are
@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use connectors::kafka::changelog::{read_partitions, PartitionState};
-use connectors::kafka::sink::{Sink, SinkConfig, SinkRecord};
+use connectors::kafka::changelog::{read_partitions, PartitionState, CLAIM_HEADER};
+use connectors::kafka::sink::{Sink, SinkRecord};
 use connectors::kafka::PartitionHook;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -25,10 +25,10 @@ use crate::figures::Figures;
 use crate::model::Millis;
 use crate::scheduler::Handover;
 use crate::shutdown::Shutdown;
-use crate::store::{CallSnapshot, Change, Committed, Store, StoreError};
+use crate::store::{CallSnapshot, Store, StoreError};
 
-/// Most changes produced in one go.
-const PUBLISH_BATCH: usize = 10_000;
+mod publish;
+pub use publish::{changelog_sink, publish, Owners, Publisher};
 
 /// Keys of claim records start with this; call ids never do.
 const CLAIM_PREFIX: &[u8] = b"claim:";
@@ -50,6 +50,14 @@ pub struct ClusterLink {
     /// Where revoked partitions are handed to the subscription's scheduler.
     pub handovers: mpsc::UnboundedSender<Handover>,
     pub restore_timeout: Duration,
+    /// Static membership: the source joins its group with this `group.instance.id`.
+    pub instance: Option<String>,
+    /// The subscription's static rate limits, split by the share of partitions held.
+    pub rates: Vec<Arc<crate::rate::RateLimit>>,
+    /// Partitions of the subscription's source topics, over all engines.
+    pub partitions: usize,
+    /// The claims this engine's changelog writes are tagged with.
+    pub owners: Owners,
     /// Told of each rebalance: after a freeze, deliveries wait for one.
     pub lease: crate::lease::Lease,
 }
@@ -65,102 +73,6 @@ impl ClusterLink {
             () = shutdown.recv() => Ok(false),
         }
     }
-}
-
-/// A changelog record of `change`.
-fn record_of(change: &Change) -> Result<SinkRecord, serde_json::Error> {
-    Ok(SinkRecord {
-        key: Some(change.id().as_bytes().to_vec()),
-        value: match change {
-            Change::Call(call) => Some(serde_json::to_vec(call)?),
-            Change::Purged { .. } => None,
-        },
-        headers: Vec::new(),
-        partition: Some(change.partition()),
-    })
-}
-
-/// Produce every commit's changes to the changelog of its subscription, in commit order,
-/// until `shutdown` (triggered by the engine once the last commit is published or a grace
-/// period is over). A failed produce is retried (with the whole batch, so each key's last
-/// record stays last); meanwhile nothing newer is acknowledged, and ingestion waits.
-#[allow(clippy::implicit_hasher)]
-pub async fn publish(
-    mut changes: mpsc::UnboundedReceiver<Committed>,
-    sinks: HashMap<String, Sink>,
-    acked: watch::Sender<Millis>,
-    covered_seq: watch::Sender<i64>,
-    mut shutdown: Shutdown,
-) -> Result<(), EngineError> {
-    loop {
-        let Committed {
-            mut clock,
-            mut max_seq,
-            changes: mut batch,
-        } = tokio::select! {
-            biased;
-            next = changes.recv() => match next {
-                Some(next) => next,
-                None => return Ok(()),
-            },
-            () = shutdown.recv() => return Ok(()),
-        };
-        while batch.len() < PUBLISH_BATCH {
-            match changes.try_recv() {
-                Ok(later) => {
-                    clock = later.clock;
-                    max_seq = max_seq.max(later.max_seq);
-                    batch.extend(later.changes);
-                }
-                Err(_) => break,
-            }
-        }
-        let mut by_sink: HashMap<&str, Vec<SinkRecord>> = HashMap::new();
-        for change in &batch {
-            if !sinks.contains_key(change.subscription()) {
-                continue;
-            }
-            let record = record_of(change).map_err(|e| EngineError::task("encoding a changelog record", e))?;
-            by_sink.entry(change.subscription()).or_default().push(record);
-        }
-        let mut backoff = Duration::from_millis(100);
-        'retry: loop {
-            for (subscription, records) in &by_sink {
-                let sink = &sinks[*subscription];
-                if let Some(error) = sink.send_all(records).await.into_iter().find_map(Result::err) {
-                    tracing::error!(subscription, topic = sink.topic(), %error, retry_in = ?backoff, "cannot write the changelog; ingestion waits until it can");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.recv() => return Ok(()),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue 'retry;
-                }
-            }
-            break;
-        }
-        covered_seq.send_if_modified(|seq| {
-            let grew = max_seq > *seq;
-            *seq = (*seq).max(max_seq);
-            grew
-        });
-        acked.send_replace(clock);
-    }
-}
-
-/// The changelog producer of a subscription.
-pub fn changelog_sink(
-    subscription: &str,
-    brokers: &str,
-    topic: &str,
-    options: &BTreeMap<String, String>,
-) -> Result<Sink, EngineError> {
-    Ok(Sink::new(&SinkConfig {
-        name: format!("{subscription} changelog"),
-        brokers: brokers.to_string(),
-        topic: topic.to_string(),
-        options: options.clone(),
-    })?)
 }
 
 /// The partition hook of one subscription's source in cluster mode.
@@ -190,16 +102,18 @@ impl Ownership {
         let records: Vec<SinkRecord> = partitions
             .iter()
             .map(|(topic, partition)| {
+                let token = uuid::Uuid::now_v7().simple().to_string();
                 let claim = serde_json::json!({
                     "subscription": self.subscription,
                     "topic": topic,
                     "partition": partition,
+                    "token": token,
                     "claimed_at": crate::model::now_millis(),
                 });
                 SinkRecord {
                     key: Some(claim_key(&self.subscription, topic, *partition)),
                     value: Some(claim.to_string().into_bytes()),
-                    headers: Vec::new(),
+                    headers: vec![(CLAIM_HEADER.to_string(), Some(token.into_bytes()))],
                     partition: Some(*partition),
                 }
             })
@@ -209,6 +123,18 @@ impl Ownership {
             let offset = result?.offset;
             let entry = through.entry(*partition).or_insert(offset);
             *entry = (*entry).max(offset);
+        }
+        // Our writes carry the new tokens from here on, after the claims: a write under an
+        // older token that lands after a claim is dropped by readers (an engine that lost
+        // the partition and has not noticed yet).
+        for ((topic, partition), record) in partitions.iter().zip(&records) {
+            let token = record.headers[0].1.clone().unwrap_or_default();
+            self.link.owners.set(
+                &self.subscription,
+                topic,
+                *partition,
+                String::from_utf8_lossy(&token).into_owned(),
+            );
         }
         Ok(through)
     }
@@ -261,6 +187,26 @@ impl Ownership {
     }
 }
 
+impl Ownership {
+    /// Each static rate limit allows this engine's share of it: `held` of the partitions.
+    fn split_rates(&self, held: usize) {
+        let share = crate::rate::Share {
+            held,
+            total: self.link.partitions,
+        };
+        for rate in &self.link.rates {
+            let allowed = rate.set_share(&self.subscription, share);
+            tracing::info!(
+                subscription = %self.subscription,
+                allowed,
+                configured = rate.configured(),
+                "rate limit split by the partitions held: {held} of {}",
+                self.link.partitions
+            );
+        }
+    }
+}
+
 /// Tells the lease of a rebalance when dropped (on every way out of `revoking`).
 struct TellWhenDone<'a>(&'a crate::lease::Lease);
 
@@ -297,6 +243,7 @@ impl PartitionHook for Ownership {
         let started = Instant::now();
         let states = self.read(partitions);
         let read_ms = started.elapsed().as_millis() as u64;
+        let mut restored = 0;
         for (topic, partition) in partitions {
             let state = states.get(partition);
             let calls = state.map(|s| self.calls_of(s, topic, *partition)).unwrap_or_default();
@@ -317,17 +264,21 @@ impl PartitionHook for Ownership {
                 continue;
             }
             self.figures.calls_moved(backlog as i64);
+            restored += count as u64;
             tracing::info!(
                 subscription = %self.subscription,
                 calls = count,
                 open,
                 last_offset,
                 changelog_records = state.map_or(0, |s| s.records),
+                fenced = state.map_or(0, |s| s.fenced),
                 read_ms,
                 took_ms = started.elapsed().as_millis() as u64,
                 "restored the calls of {topic}/{partition} from the changelog"
             );
         }
+        self.figures.restored(restored, started.elapsed());
+        self.split_rates(partitions.len());
     }
 
     fn revoking(&self, partitions: &[(String, i32)]) {
@@ -369,11 +320,13 @@ impl PartitionHook for Ownership {
 /// start the publisher. Returns how far the changelog has the store's commits.
 pub async fn start(config: &crate::config::Config, store: &Store) -> Result<(Changelog, Publisher), EngineError> {
     let mut sinks = HashMap::new();
+    let mut partitions = HashMap::new();
     for sub in &config.subscriptions {
         let Some(kafka) = &sub.kafka else { continue };
         let topic = crate::config::changelog_topic(&sub.group_id().unwrap_or_default());
         let options = crate::outbox::connection_options(kafka);
-        check_changelog(&kafka.brokers, &options, &topic, &kafka.topics).await?;
+        let total = check_changelog(&kafka.brokers, &options, &topic, &kafka.topics).await?;
+        partitions.insert(sub.name.clone(), total);
         let released = store.release(&sub.name, None).await?;
         if released.calls > 0 {
             tracing::info!(subscription = %sub.name, calls = released.calls, "cluster mode: calls kept from the last run are dropped; each partition's calls are restored from {topic} when it is assigned");
@@ -389,37 +342,17 @@ pub async fn start(config: &crate::config::Config, store: &Store) -> Result<(Cha
     let (acked_tx, acked) = watch::channel(0);
     let (covered_tx, covered_seq) = watch::channel(*store.committed_seq().borrow());
     let (stop, stopped) = crate::shutdown::channel();
-    let task = tokio::spawn(publish(changes, sinks, acked_tx, covered_tx, stopped));
+    let owners = Owners::default();
+    let task = tokio::spawn(publish(changes, sinks, owners.clone(), acked_tx, covered_tx, stopped));
     Ok((
         Changelog {
             acked: acked.clone(),
             covered_seq,
+            partitions,
+            owners,
         },
         Publisher { stop, task, acked },
     ))
-}
-
-/// The changelog publisher, stopped after every other task of the engine: the outcomes of
-/// the last attempts go to the changelog before the engine exits.
-#[derive(Debug)]
-pub struct Publisher {
-    stop: crate::shutdown::ShutdownTrigger,
-    task: tokio::task::JoinHandle<Result<(), EngineError>>,
-    acked: watch::Receiver<Millis>,
-}
-
-impl Publisher {
-    /// Publish what the store has committed up to `clock` (within `grace`), then stop.
-    pub async fn finish(mut self, clock: Millis, grace: Duration) -> Result<(), EngineError> {
-        let reached = tokio::time::timeout(grace, self.acked.wait_for(|&c| c >= clock)).await;
-        if !matches!(reached, Ok(Ok(_))) {
-            tracing::warn!("the changelog does not have the last changes; the next owner of these partitions delivers those calls again");
-        }
-        self.stop.trigger();
-        self.task
-            .await
-            .map_err(|e| EngineError::task("the changelog publisher", e))?
-    }
 }
 
 /// How far the changelog has the store.
@@ -427,16 +360,20 @@ impl Publisher {
 pub struct Changelog {
     pub acked: watch::Receiver<Millis>,
     pub covered_seq: watch::Receiver<i64>,
+    /// Partitions of each subscription's source topics.
+    pub partitions: HashMap<String, usize>,
+    pub owners: Owners,
 }
 
 /// The changelog topic must exist with at least as many partitions as each source topic
-/// (changes of source partition p go to changelog partition p).
+/// (changes of source partition p go to changelog partition p). Returns the partitions of
+/// the source topics, summed.
 async fn check_changelog(
     brokers: &str,
     options: &BTreeMap<String, String>,
     changelog: &str,
     sources: &[String],
-) -> Result<(), EngineError> {
+) -> Result<usize, EngineError> {
     use connectors::kafka::changelog::partition_count;
     const TIMEOUT: Duration = Duration::from_secs(10);
     let (brokers, options, changelog, sources) = (
@@ -446,11 +383,12 @@ async fn check_changelog(
         sources.to_vec(),
     );
     tokio::task::spawn_blocking(move || {
-        let mut needed = 0;
+        let (mut needed, mut total) = (0, 0);
         for topic in &sources {
             let partitions = partition_count(&brokers, &options, topic, TIMEOUT)?
                 .ok_or_else(|| EngineError::Cluster(format!("source topic `{topic}` does not exist")))?;
             needed = needed.max(partitions);
+            total += partitions;
         }
         let create = format!(
             "create it with at least {needed} partitions and cleanup.policy=compact, for example: kafka-topics.sh --create --topic {changelog} --partitions {needed} --config cleanup.policy=compact"
@@ -460,7 +398,7 @@ async fn check_changelog(
             Some(n) if n < needed => Err(EngineError::Cluster(format!(
                 "the changelog topic `{changelog}` has {n} partitions, fewer than its source topics ({needed}); {create}"
             ))),
-            Some(_) => Ok(()),
+            Some(_) => Ok(total),
         }
     })
     .await
