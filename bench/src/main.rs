@@ -18,6 +18,7 @@ use integration_tests::kafka::{produce, producer, Out, Tansu};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
+mod cluster;
 mod e2e;
 mod flows;
 mod handler;
@@ -90,6 +91,20 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         spread: u64,
     },
+    /// Cluster mode: throughput with 1, 2 and 3 engines in one group against one engine
+    /// without it, and the restore time of open calls.
+    Cluster {
+        #[arg(long, default_value_t = 60_000)]
+        records: usize,
+        /// Engine counts in cluster mode, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        engines: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Open calls to restore (0: skip the restore).
+        #[arg(long, default_value_t = 100_000)]
+        restore_calls: usize,
+    },
     /// Raw consume rate vs durable ingest rate from the same topic.
     Ingest {
         #[arg(long, default_value_t = 200_000)]
@@ -113,6 +128,12 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Handler { listen, stats } => handler::serve(listen, stats).await,
         Scenario::E2e(args) => report::run(args).await,
         Scenario::Limits { scale, only, repeat } => limits::run(scale, only, repeat).await,
+        Scenario::Cluster {
+            records,
+            engines,
+            runs,
+            restore_calls,
+        } => cluster::run(records, engines, runs, restore_calls).await,
         Scenario::Timers { workflows, spread } => timers::run(workflows, spread).await,
         Scenario::Stuck {
             failing_keys,
