@@ -132,10 +132,10 @@ struct Throughput {
 }
 
 async fn throughput(tansu: &Tansu, setup: Setup, records: usize, run: usize) -> anyhow::Result<Throughput> {
-    let topic = format!(
-        "cluster-{run}-{}",
-        setup.engines() + usize::from(setup != Setup::Single) * 10
-    );
+    let topic = match setup {
+        Setup::Single => format!("cluster-{run}-single"),
+        Setup::Cluster(n) => format!("cluster-{run}-{n}"),
+    };
     let group = format!("engine-{topic}");
     tansu.create_topic(&topic, PARTITIONS).await;
     tansu.create_topic(&format!("{group}.calls"), PARTITIONS).await;

@@ -66,6 +66,14 @@ impl Member {
     }
 }
 
+/// A broker with the source topic and its changelog topic.
+async fn broker() -> Tansu {
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, PARTITIONS).await;
+    tansu.create_topic(&format!("{GROUP}.calls"), PARTITIONS).await;
+    tansu
+}
+
 /// `key:seq` records, `per_key` for each key, in seq order per key.
 fn records(from: usize, per_key: usize) -> Vec<Out> {
     (from..from + per_key)
@@ -190,9 +198,7 @@ async fn unique_ok(target: &UnkindTarget) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_engines_calls_move_to_the_others_none_lost_keys_in_order() {
-    let tansu = Tansu::start();
-    tansu.create_topic(TOPIC, PARTITIONS).await;
-    tansu.create_topic(&format!("{GROUP}.calls"), PARTITIONS).await;
+    let tansu = broker().await;
     let target = UnkindTarget::start(&["--error-rate", "0.2", "--latency-ms", "2", "--jitter", "exp:5"]).await;
     let members: Vec<Member> = (0..3).map(|_| Member::new(&tansu, &target.url())).collect();
     let mut engines = Vec::new();
@@ -260,9 +266,7 @@ async fn a_killed_engines_calls_move_to_the_others_none_lost_keys_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_from_one_engine_to_three_and_back_during_the_load_moves_open_calls_both_ways() {
-    let tansu = Tansu::start();
-    tansu.create_topic(TOPIC, PARTITIONS).await;
-    tansu.create_topic(&format!("{GROUP}.calls"), PARTITIONS).await;
+    let tansu = broker().await;
     // A capacity of 8 in flight, failing more: every move finds calls open.
     let target = UnkindTarget::start(&[
         "--error-rate",
@@ -353,9 +357,7 @@ fn partitions_held(db: &Path, open: bool) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_paused_past_its_session_delivers_nothing_of_its_lost_partitions_when_it_wakes() {
-    let tansu = Tansu::start();
-    tansu.create_topic(TOPIC, PARTITIONS).await;
-    tansu.create_topic(&format!("{GROUP}.calls"), PARTITIONS).await;
+    let tansu = broker().await;
     // Slow enough that both engines hold open calls of every partition they own.
     let target = UnkindTarget::start(&[
         "--error-rate",
@@ -427,9 +429,7 @@ async fn rebalances(admin: &Admin) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_restarted_within_its_session_keeps_its_partitions_and_the_others_see_no_rebalance() {
-    let tansu = Tansu::start();
-    tansu.create_topic(TOPIC, PARTITIONS).await;
-    tansu.create_topic(&format!("{GROUP}.calls"), PARTITIONS).await;
+    let tansu = broker().await;
     let target = UnkindTarget::start(&["--error-rate", "0.2", "--latency-ms", "5", "--jitter", "exp:5"]).await;
     let members: Vec<Member> = ["engine-a", "engine-b"]
         .into_iter()
@@ -521,9 +521,7 @@ async fn an_engine_restarted_within_its_session_keeps_its_partitions_and_the_oth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_open_calls_follow_their_partitions_to_a_new_engine() {
     const CALLS: usize = 100_000;
-    let tansu = Tansu::start();
-    tansu.create_topic(TOPIC, PARTITIONS).await;
-    tansu.create_topic(&format!("{GROUP}.calls"), PARTITIONS).await;
+    let tansu = broker().await;
     // Paused: the calls stay open, stored but never delivered.
     let nowhere = format!("http://{}/", free_addr());
     let members: Vec<Member> = (0..2)

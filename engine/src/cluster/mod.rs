@@ -127,14 +127,10 @@ impl Ownership {
         // Our writes carry the new tokens from here on, after the claims: a write under an
         // older token that lands after a claim is dropped by readers (an engine that lost
         // the partition and has not noticed yet).
-        for ((topic, partition), record) in partitions.iter().zip(&records) {
-            let token = record.headers[0].1.clone().unwrap_or_default();
-            self.link.owners.set(
-                &self.subscription,
-                topic,
-                *partition,
-                String::from_utf8_lossy(&token).into_owned(),
-            );
+        for claim in &records {
+            if let (Some(key), Some((_, Some(token)))) = (&claim.key, claim.headers.first()) {
+                self.link.owners.set(key.clone(), token.clone());
+            }
         }
         Ok(through)
     }
@@ -185,9 +181,7 @@ impl Ownership {
         }
         calls
     }
-}
 
-impl Ownership {
     /// Each static rate limit allows this engine's share of it: `held` of the partitions.
     fn split_rates(&self, held: usize) {
         let share = crate::rate::Share {

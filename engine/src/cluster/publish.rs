@@ -19,40 +19,37 @@ use crate::store::{CallSnapshot, Change, Committed};
 /// Most changes produced in one go.
 const PUBLISH_BATCH: usize = 10_000;
 
-/// The token of this engine's last claim of each source partition, by (subscription,
-/// topic, partition): its changelog writes carry it, and readers drop those written under a
-/// claim another engine has replaced since (fencing, see [`connectors::kafka::changelog`]).
+/// The token of this engine's last claim of each source partition, by claim key: its
+/// changelog writes carry it, and readers drop those written under a claim another engine
+/// has replaced since (fencing, see [`connectors::kafka::changelog`]).
 #[derive(Debug, Clone, Default)]
-pub struct Owners(Arc<std::sync::Mutex<HashMap<OwnedPartition, String>>>);
+pub struct Owners(Arc<std::sync::Mutex<Tokens>>);
 
-/// (subscription, topic, partition).
-type OwnedPartition = (String, String, i32);
+/// Claim key → token.
+type Tokens = HashMap<Vec<u8>, Vec<u8>>;
 
 impl Owners {
-    pub(super) fn set(&self, subscription: &str, topic: &str, partition: i32, token: String) {
+    pub(super) fn set(&self, claim_key: Vec<u8>, token: Vec<u8>) {
         if let Ok(mut owners) = self.0.lock() {
-            owners.insert((subscription.to_string(), topic.to_string(), partition), token);
+            owners.insert(claim_key, token);
         }
-    }
-
-    /// The headers that tag a write for this call's partition, if it was claimed.
-    fn tag(&self, call: &CallSnapshot) -> Vec<(String, Option<Vec<u8>>)> {
-        let Ok(owners) = self.0.lock() else { return Vec::new() };
-        let Some(token) = owners.get(&(call.subscription.clone(), call.topic.clone(), call.partition)) else {
-            return Vec::new();
-        };
-        vec![
-            (OWNER_HEADER.to_string(), Some(token.clone().into_bytes())),
-            (
-                OWNER_CLAIM_HEADER.to_string(),
-                Some(claim_key(&call.subscription, &call.topic, call.partition)),
-            ),
-        ]
     }
 }
 
+/// The headers that tag a write for this call's partition, if it was claimed.
+fn tag(tokens: &Tokens, call: &CallSnapshot) -> Vec<(String, Option<Vec<u8>>)> {
+    let key = claim_key(&call.subscription, &call.topic, call.partition);
+    let Some(token) = tokens.get(&key) else {
+        return Vec::new();
+    };
+    vec![
+        (OWNER_HEADER.to_string(), Some(token.clone())),
+        (OWNER_CLAIM_HEADER.to_string(), Some(key)),
+    ]
+}
+
 /// A changelog record of `change`, tagged with its partition's claim.
-fn record_of(change: &Change, owners: &Owners) -> Result<SinkRecord, serde_json::Error> {
+fn record_of(change: &Change, tokens: &Tokens) -> Result<SinkRecord, serde_json::Error> {
     Ok(SinkRecord {
         key: Some(change.id().as_bytes().to_vec()),
         value: match change {
@@ -60,7 +57,7 @@ fn record_of(change: &Change, owners: &Owners) -> Result<SinkRecord, serde_json:
             Change::Purged { .. } => None,
         },
         headers: match change {
-            Change::Call(call) => owners.tag(call),
+            Change::Call(call) => tag(tokens, call),
             Change::Purged { .. } => Vec::new(),
         },
         partition: Some(change.partition()),
@@ -104,12 +101,17 @@ pub async fn publish(
             }
         }
         let mut by_sink: HashMap<&str, Vec<SinkRecord>> = HashMap::new();
-        for change in &batch {
-            if !sinks.contains_key(change.subscription()) {
-                continue;
+        {
+            // Locked once per batch; claims change only at rebalances.
+            let tokens = owners.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for change in &batch {
+                if !sinks.contains_key(change.subscription()) {
+                    continue;
+                }
+                let record =
+                    record_of(change, &tokens).map_err(|e| EngineError::task("encoding a changelog record", e))?;
+                by_sink.entry(change.subscription()).or_default().push(record);
             }
-            let record = record_of(change, &owners).map_err(|e| EngineError::task("encoding a changelog record", e))?;
-            by_sink.entry(change.subscription()).or_default().push(record);
         }
         let mut backoff = Duration::from_millis(100);
         'retry: loop {
