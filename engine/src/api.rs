@@ -188,7 +188,7 @@ pub struct EndpointStats {
     pub raises: u64,
     pub cuts: u64,
     /// Every change and verdict since start, by reason code (`raise`, `overload`,
-    /// `latency`, `error_trial`, `errors_were_overload`, `errors_not_overload`, `probe`,
+    /// `latency`, `knee`, `error_trial`, `errors_were_overload`, `errors_not_overload`, `probe`,
     /// `probed`).
     pub changes_by_reason: BTreeMap<String, u64>,
     pub paused_until: Option<Millis>,

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::api::{ChangeView, EndpointStats};
 use crate::config::{Config, EndpointConfig, SubscriptionConfig};
-use crate::limiter::{Aimd, AimdConfig, ChangeReason, LimitChange, Signal};
+use crate::limiter::{Aimd, AimdConfig, ChangeReason, LimitChange, Sent, Signal};
 
 use crate::model::Millis;
 use crate::rate::RateLimit;
@@ -81,8 +81,9 @@ impl Endpoint {
         self.rate.as_ref()
     }
 
-    /// Take a slot for one attempt, or say when to try again.
-    pub fn try_acquire(&self, now: Millis) -> Result<(), Wait> {
+    /// Take a slot for one attempt, or say when to try again. Returns the attempts in
+    /// flight with this one.
+    pub fn try_acquire(&self, now: Millis) -> Result<usize, Wait> {
         let mut state = self.state.lock().expect("endpoint lock");
         if state.paused_until > now {
             return Err(Wait::Until(state.paused_until));
@@ -94,7 +95,7 @@ impl Endpoint {
             rate.check(now).map_err(Wait::Until)?;
         }
         state.in_flight += 1;
-        Ok(())
+        Ok(state.in_flight)
     }
 
     /// Give back a slot taken by [`Endpoint::try_acquire`] that was not used.
@@ -109,7 +110,7 @@ impl Endpoint {
     /// the endpoint served another attempt within the last second: then it refused only
     /// the excess over its capacity, the limit is cut, and the delay applies to this call
     /// alone. On any other failure a `retry_after` only delays its own call.
-    pub fn release(&self, signal: Signal, retry_after: Option<Duration>, started: Millis, now: Millis) {
+    pub fn release(&self, signal: Signal, retry_after: Option<Duration>, sent: Sent, now: Millis) {
         let mut state = self.state.lock().expect("endpoint lock");
         let in_flight = state.in_flight;
         state.in_flight -= 1;
@@ -121,7 +122,7 @@ impl Endpoint {
             (Signal::Overload(_), _) => {}
             _ => state.last_served = now,
         }
-        if let Some(change) = state.aimd.on_signal(signal, in_flight, started, now) {
+        if let Some(change) = state.aimd.on_signal(signal, sent, in_flight, now) {
             let reason = change.reason;
             match reason {
                 ChangeReason::ErrorsWereOverload { .. } | ChangeReason::ErrorsNotOverload { .. } => {

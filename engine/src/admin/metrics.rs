@@ -254,7 +254,7 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
     out.family(
         "engine_endpoint_limit_changes_total",
         "counter",
-        "Limit changes and verdicts by reason: raise, overload, latency, error_trial, errors_were_overload, errors_not_overload, probe, probed.",
+        "Limit changes and verdicts by reason: raise, overload, latency, knee, error_trial, errors_were_overload, errors_not_overload, probe, probed.",
         endpoints
             .iter()
             .flat_map(|(k, e)| {

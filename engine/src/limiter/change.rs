@@ -13,6 +13,17 @@ pub struct LimitChange {
     pub reason: ChangeReason,
 }
 
+/// Where latency, rising with concurrency in slow start, will cross the threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Knee {
+    /// The concurrency where it will.
+    pub at: f64,
+    /// What the estimate rests on: this median at this concurrency, against the reference.
+    pub median_ms: f64,
+    pub reference_ms: f64,
+    pub in_flight: f64,
+}
+
 /// Why the limit changed, with what was seen.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ChangeReason {
@@ -26,6 +37,9 @@ pub enum ChangeReason {
         reference_ms: f64,
         in_flight: f64,
     },
+    /// Slow start ended at the knee that latency rising with concurrency points to;
+    /// `cut` when the limit was already past it.
+    Knee { estimate: Knee, cut: bool },
     /// Unexplained errors rose above the usual rate: a trial cut.
     ErrorTrial { rate: f64, usual: Option<f64> },
     /// The trial cut made the errors fall: they were overload, the cut stays.
@@ -45,6 +59,7 @@ impl ChangeReason {
             Self::Raise => "raise",
             Self::Overload(_) => "overload",
             Self::Latency { .. } => "latency",
+            Self::Knee { .. } => "knee",
             Self::ErrorTrial { .. } => "error_trial",
             Self::ErrorsWereOverload { .. } => "errors_were_overload",
             Self::ErrorsNotOverload { .. } => "errors_not_overload",
@@ -55,7 +70,10 @@ impl ChangeReason {
 
     /// Whether this lowered the limit because of the endpoint's state.
     pub fn is_cut(&self) -> bool {
-        matches!(self, Self::Overload(_) | Self::Latency { .. } | Self::ErrorTrial { .. })
+        matches!(
+            self,
+            Self::Overload(_) | Self::Latency { .. } | Self::ErrorTrial { .. } | Self::Knee { cut: true, .. }
+        )
     }
 
     /// What was seen and what was done, in a sentence for operators.
@@ -71,6 +89,14 @@ impl ChangeReason {
             } => format!(
                 "cut: median latency {median_ms:.1} ms at {in_flight:.0} in flight, {:.1}x the {reference_ms:.1} ms at low concurrency",
                 median_ms / reference_ms.max(1e-3)
+            ),
+            Self::Knee { estimate, cut } => format!(
+                "{}: median latency {:.1} ms at {:.0} in flight against {:.1} ms at low concurrency points to the threshold near {:.0} in flight; one slot per round trip from there",
+                if cut { "cut to the knee" } else { "slow start ends" },
+                estimate.median_ms,
+                estimate.in_flight,
+                estimate.reference_ms,
+                estimate.at
             ),
             Self::ErrorTrial { rate, usual } => format!(
                 "trial cut: {} of answers were 5xx errors (usual {}); do they fall with concurrency?",

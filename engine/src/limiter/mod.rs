@@ -5,14 +5,17 @@
 //!
 //! - **Growth.** Each good answer (a success, or an error once the endpoint's usual errors
 //!   are known to be its application's) that arrives while the endpoint is busy (at least
-//!   half the limit in flight) raises the limit: by 0.3 in *slow start* (×1.3 per round trip,
-//!   until the first cut, paused while a round's latency is over its threshold; ×2 from a
-//!   limit of 32 while a round's median stays within 15% of the reference), by
-//!   `1 / limit` afterwards (one slot per round trip). Within one of the level where the
-//!   endpoint last overflowed (the *ceiling*) it holds almost still, then probes faster and
-//!   faster (as TCP CUBIC does). Once well past the ceiling with no complaint, the ceiling
-//!   is forgotten and slow start resumes, so a recovered endpoint is used fully within
-//!   seconds.
+//!   half the limit in flight) raises the limit: by 0.3 in *slow start* (×1.3 per round
+//!   trip, until the first cut, paused while a round's latency is over its threshold; ×2
+//!   from a limit of 32 while a round's median stays within 15% of the reference), by
+//!   `1 / limit` afterwards (one slot per round trip).
+//!   Slow start also ends at the *knee* ([`knee`]): once latency rises with concurrency,
+//!   the line through the reference and the first answers of a round says where it will
+//!   cross the threshold; two such estimates in a row that agree stop slow start there,
+//!   not a round trip past it. Within one of the level where the endpoint last overflowed
+//!   (the *ceiling*) it holds almost still, then probes faster and faster (as TCP CUBIC
+//!   does). Once well past the ceiling with no complaint, the ceiling is forgotten and slow
+//!   start resumes, so a recovered endpoint is used fully within seconds.
 //! - **Explicit overload** ([`signal`]: 429, 503 with `Retry-After`, an SDK's declared
 //!   overload, a timeout, a refused or reset connection) cuts the limit by
 //!   `decrease_factor`, at most once per round trip.
@@ -23,20 +26,25 @@
 //!   rate becomes the endpoint's usual rate. A cut that did not help is not repeated.
 //! - **Latency rising with concurrency.** The median latency of a round is compared with the
 //!   median measured at low concurrency (2 in flight), like with like: a jittery
-//!   service has the same median at any concurrency; a saturating one does not. Two rounds
-//!   in a row above `latency_tolerance` times the reference cut the limit in proportion
+//!   service has the same median at any concurrency; a saturating one does not. A rise
+//!   counts only beyond three standard errors of the two medians (from their quartiles),
+//!   so a reference that a jittery service let be measured low does not cut. Each answer
+//!   counts at the concurrency it was sent at. Two rounds in a row above
+//!   `latency_tolerance` times the reference cut the limit in proportion
 //!   (by 5% to 15%: a deeper cut on a reading a round trip old undershoots, and a CPU-bound
 //!   service then idles). The limit does not grow again until a round is back under the
 //!   threshold.
 //!   The reference is measured first and again every `probe_interval`, by holding
 //!   concurrency at 2 for one short round. When cuts in a row have taken a fifth off the
 //!   limit and latency did not fall at all, the reference is measured again before the
-//!   next cut.
+//!   next cut, and the ceiling those cuts set is forgotten.
 //!
-//! A *round* is the answers to `max(32, limit)` attempts started since the last change, so
-//! decisions never mix attempts sent under different limits.
+//! A *round* is the answers to `max(32, limit)` attempts started since the last change
+//! (the limit when its first answer came), so decisions never mix attempts sent under
+//! different limits.
 
 mod change;
+mod knee;
 mod round;
 pub mod signal;
 
@@ -45,7 +53,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model::Millis;
-pub use change::{ChangeReason, LimitChange};
+pub use change::{ChangeReason, Knee, LimitChange};
 use round::{Round, RoundSummary};
 pub use signal::{signal_of, OverloadCause, Signal};
 
@@ -78,6 +86,9 @@ const LATENCY_CUT_MAX_FACTOR: f64 = 0.95;
 /// Deepest cut for latency: latency answers a round trip late, so a deep cut on an old
 /// reading undershoots, and a CPU-bound service then idles.
 const LATENCY_CUT_MIN_FACTOR: f64 = 0.85;
+
+/// A rise of latency over the reference counts beyond this many standard errors.
+const SIGNIFICANCE: f64 = 3.0;
 
 /// Settings of the adaptive limit.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -162,9 +173,22 @@ impl AimdConfig {
     }
 }
 
+/// When an attempt was sent, and how many were in flight with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub at: Millis,
+    /// Attempts in flight toward the endpoint once this one was sent (itself included):
+    /// the concurrency its latency answers for.
+    pub in_flight: usize,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Reference {
     ms: f64,
+    /// Its standard error.
+    error_ms: f64,
+    /// The mean concurrency it was measured at.
+    in_flight: f64,
     at: Millis,
 }
 
@@ -195,14 +219,25 @@ pub struct Aimd {
     slow_rounds: u32,
     /// Whether the last round's median was close to the reference (latency flat so far).
     flat: bool,
-    /// The median and the limit before the first of the latency cuts in a row, to check
-    /// that they lowered latency.
+    /// Set by a latency cut, until a round is back under the threshold: no growth meanwhile.
     latency_cuts_from: Option<(f64, f64)>,
+    /// The median and the limit before the first latency cut of a descent, to check that
+    /// the cuts lowered latency. A descent lasts until the limit is back above where it
+    /// began (or a probe): a jittery round under the threshold between two cuts does not
+    /// end it, or cuts against a reference measured too low would go on for ever.
+    descent_from: Option<(f64, f64)>,
     /// The endpoint's usual share of unexplained errors, once learned.
     usual_error_rate: Option<f64>,
     trial: Option<Trial>,
     /// Probing (concurrency held low) since this moment.
     probe_since: Option<Millis>,
+    /// The probe runs because latency cuts did not lower latency.
+    probe_after_futile_cut: bool,
+    /// In slow start, where the last round's latency said the threshold will be crossed.
+    knee_estimate: Option<Knee>,
+    /// Where slow start ends: two rounds in a row agreed that latency rises toward the
+    /// threshold there.
+    knee: Option<Knee>,
 }
 
 impl Aimd {
@@ -220,9 +255,13 @@ impl Aimd {
             slow_rounds: 0,
             flat: false,
             latency_cuts_from: None,
+            descent_from: None,
             usual_error_rate: None,
             trial: None,
             probe_since: None,
+            probe_after_futile_cut: false,
+            knee_estimate: None,
+            knee: None,
         }
     }
 
@@ -239,7 +278,10 @@ impl Aimd {
     /// Feed the outcome of an attempt that started at `started`. `in_flight` is the number
     /// of attempts in flight when it arrived (including this one). Returns a change of the
     /// whole-number limit, or a verdict, with its reason.
-    pub fn on_signal(&mut self, signal: Signal, in_flight: usize, started: Millis, now: Millis) -> Option<LimitChange> {
+    ///
+    /// `sent` tells when the attempt was sent and at what concurrency: its latency answers
+    /// for that concurrency, not the one when it came back (in slow start, a third higher).
+    pub fn on_signal(&mut self, signal: Signal, sent: Sent, in_flight: usize, now: Millis) -> Option<LimitChange> {
         if !self.config.adaptive {
             return None;
         }
@@ -247,7 +289,7 @@ impl Aimd {
         let reason = match signal {
             Signal::Overload(cause) => {
                 // Attempts sent before the last cut were sent under the old limit.
-                let fresh = self.last_cut.is_none_or(|at| started >= at);
+                let fresh = self.last_cut.is_none_or(|at| sent.at >= at);
                 fresh.then(|| {
                     self.trial = None;
                     self.cut(self.config.decrease_factor, now, true);
@@ -256,18 +298,19 @@ impl Aimd {
             }
             Signal::Answered { latency } | Signal::Error { latency } => {
                 let error = matches!(signal, Signal::Error { .. });
-                if started >= self.round.since {
-                    self.round.add(latency.as_secs_f64() * 1000.0, in_flight, error);
+                if sent.at >= self.round.since {
+                    let limit = self.limit.floor() as usize;
+                    self.round
+                        .add(latency.as_secs_f64() * 1000.0, sent.in_flight, error, limit);
                 }
-                let verdict = self.close_round(now);
+                let verdict = self.look_for_knee(now).or_else(|| self.close_round(now));
                 // An error grows the limit only once the endpoint's usual errors are known (a
                 // trial showed that fewer requests did not mean fewer errors): then it is
                 // the application's, and the endpoint served it like a success. Unknown
                 // errors are no reason to grow, whatever they turn out to be.
                 let served = !error || self.usual_error_rate.is_some();
                 if verdict.is_none() && served && self.may_grow() && in_flight * 2 >= self.limit.floor() as usize {
-                    self.grow();
-                    Some(ChangeReason::Raise)
+                    Some(self.grow())
                 } else {
                     verdict
                 }
@@ -296,7 +339,7 @@ impl Aimd {
             && self.latency_cuts_from.is_none()
     }
 
-    fn grow(&mut self) {
+    fn grow(&mut self) -> ChangeReason {
         // A round over the latency threshold pauses slow start: grow by one per round trip
         // while a second round confirms it, so the limit does not overshoot by half again.
         let step = if self.slow_start && self.slow_rounds == 0 && self.flat && self.limit >= MIN_ROUND as f64 {
@@ -316,12 +359,34 @@ impl Aimd {
         } else {
             1.0 / self.limit
         };
-        self.limit = (self.limit + step).min(self.config.max as f64);
+        let grown = (self.limit + step).min(self.config.max as f64);
+        if let Some(knee) = self.knee.filter(|k| self.slow_start && grown >= k.at) {
+            // Latency will cross the threshold about here: go on one slot per round trip.
+            self.limit = self.limit.max(knee.at);
+            self.end_slow_start();
+            // Hold still near it; if latency stays low well past it, slow start resumes.
+            self.ceiling = Some(knee.at);
+            return ChangeReason::Knee {
+                estimate: knee,
+                cut: false,
+            };
+        }
+        self.limit = grown;
+        if self.descent_from.is_some_and(|(_, from)| self.limit > from) {
+            self.descent_from = None;
+        }
         if self.ceiling.is_some_and(|c| self.limit >= c * 1.25 + 2.0) {
             // Well past where it overflowed, with no complaint: it has more room now.
             self.ceiling = None;
             self.slow_start = true;
         }
+        ChangeReason::Raise
+    }
+
+    fn end_slow_start(&mut self) {
+        self.slow_start = false;
+        self.knee = None;
+        self.knee_estimate = None;
     }
 
     /// Multiply the limit by `factor`; `overflowed` marks the old limit as the ceiling.
@@ -332,7 +397,7 @@ impl Aimd {
         self.limit = (self.limit * factor).max(self.config.min as f64);
         self.last_cut = Some(now);
         self.probing_answers = 0.0;
-        self.slow_start = false;
+        self.end_slow_start();
         self.slow_rounds = 0;
         self.flat = false;
         self.round = Round::new(now);
@@ -340,7 +405,7 @@ impl Aimd {
 
     /// When the round has enough answers, judge it.
     fn close_round(&mut self, now: Millis) -> Option<ChangeReason> {
-        let limit = self.limit.floor() as usize;
+        let limit = self.round.limit;
         let needed = if self.probe_since.is_some() || self.reference.is_none() {
             PROBE_ROUND
         } else if self.trial.is_some() {
@@ -365,20 +430,45 @@ impl Aimd {
         let probed = self.probe_since.take().is_some();
         if probed || self.reference.is_none() {
             // A short round is a noisy median: blend it with the last one, if any.
-            let ms = self
+            let (ms, error_ms) = self
                 .reference
-                .map_or(summary.median_ms, |r| f64::midpoint(r.ms, summary.median_ms));
-            self.reference = Some(Reference { ms, at: now });
+                .map_or((summary.median_ms, summary.median_error_ms), |r| {
+                    (
+                        f64::midpoint(r.ms, summary.median_ms),
+                        r.error_ms.hypot(summary.median_error_ms) / 2.0,
+                    )
+                });
+            self.reference = Some(Reference {
+                ms,
+                error_ms,
+                in_flight: summary.mean_in_flight,
+                at: now,
+            });
             self.slow_rounds = 0;
             self.latency_cuts_from = None;
+            self.descent_from = None;
+            if std::mem::take(&mut self.probe_after_futile_cut) {
+                // The cuts were made against a wrong reference: where they put the ceiling
+                // says nothing about the endpoint.
+                self.ceiling = None;
+                self.slow_start = true;
+            }
             return probed.then_some(ChangeReason::Probed { reference_ms: ms });
         }
         if low {
-            let ms = match self.reference {
-                Some(r) if now - r.at < self.probe_interval_ms() => r.ms * 0.7 + summary.median_ms * 0.3,
-                _ => summary.median_ms,
+            let (ms, error_ms) = match self.reference {
+                Some(r) if now - r.at < self.probe_interval_ms() => (
+                    r.ms * 0.7 + summary.median_ms * 0.3,
+                    (r.error_ms * 0.7).hypot(summary.median_error_ms * 0.3),
+                ),
+                _ => (summary.median_ms, summary.median_error_ms),
             };
-            self.reference = Some(Reference { ms, at: now });
+            self.reference = Some(Reference {
+                ms,
+                error_ms,
+                in_flight: summary.mean_in_flight,
+                at: now,
+            });
         }
         if summary.samples >= MIN_ROUND {
             if let Some(reason) = self.judge_errors(&summary, now) {
@@ -464,7 +554,11 @@ impl Aimd {
         let floor_ms = self.config.latency_floor.as_secs_f64() * 1000.0;
         let threshold = (reference.ms * self.config.latency_tolerance).max(reference.ms + floor_ms);
         self.flat = summary.median_ms <= (reference.ms * FLAT_RATIO).max(reference.ms + floor_ms / 5.0);
-        if summary.median_ms <= threshold {
+        // Over the threshold by chance alone (a jittery service's reference measured low)
+        // is not over it.
+        let significant =
+            summary.median_ms - reference.ms > SIGNIFICANCE * summary.median_error_ms.hypot(reference.error_ms);
+        if summary.median_ms <= threshold || !significant {
             self.slow_rounds = 0;
             self.latency_cuts_from = None;
             return None;
@@ -473,19 +567,23 @@ impl Aimd {
         if self.slow_rounds < SLOW_ROUNDS_TO_CUT {
             return None;
         }
-        if let Some((median, limit)) = self.latency_cuts_from {
+        if let Some((median, limit)) = self.descent_from {
             if self.limit <= limit * 0.8 && summary.median_ms >= median {
                 // Latency that grows with concurrency falls when the limit is cut by a
                 // fifth; it did not fall at all, so the reference may be stale (the service
-                // got slower at any concurrency): measure it before cutting again.
+                // got slower at any concurrency) or was measured too low: measure it
+                // before cutting again.
                 self.slow_rounds = 0;
                 self.latency_cuts_from = None;
+                self.descent_from = None;
                 self.probe_since = Some(now);
+                self.probe_after_futile_cut = true;
                 return Some(ChangeReason::Probe { after_futile_cut: true });
             }
         }
         let factor = (threshold / summary.median_ms).clamp(LATENCY_CUT_MIN_FACTOR, LATENCY_CUT_MAX_FACTOR);
         self.latency_cuts_from.get_or_insert((summary.median_ms, self.limit));
+        self.descent_from.get_or_insert((summary.median_ms, self.limit));
         self.cut(factor, now, true);
         Some(ChangeReason::Latency {
             median_ms: summary.median_ms,

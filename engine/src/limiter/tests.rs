@@ -42,7 +42,7 @@ impl Sim {
             .collect();
         signals.sort_by_key(|s| s.0);
         for &(ms, signal) in &signals {
-            if let Some(change) = self.aimd.on_signal(signal, n, started, started + ms) {
+            if let Some(change) = self.aimd.on_signal(signal, sent(started, n), n, started + ms) {
                 self.changes.push(change);
             }
         }
@@ -76,6 +76,11 @@ fn ms(value: f64) -> Duration {
     Duration::from_secs_f64(value.max(0.0) / 1000.0)
 }
 
+/// An attempt sent at `at` with `in_flight` attempts in flight.
+fn sent(at: Millis, in_flight: usize) -> Sent {
+    Sent { at, in_flight }
+}
+
 fn answered(value: f64) -> Signal {
     Signal::Answered { latency: ms(value) }
 }
@@ -100,7 +105,7 @@ fn a_healthy_endpoint_is_used_up_to_the_max_within_a_few_dozen_round_trips() {
 fn an_idle_endpoint_does_not_inflate_its_limit() {
     let mut aimd = Aimd::new(AimdConfig::default());
     for now in 0..1000 {
-        aimd.on_signal(answered(5.0), 1, now, now);
+        aimd.on_signal(answered(5.0), sent(now, 1), 1, now);
     }
     assert_eq!(aimd.limit(), 4, "one call at a time proves nothing about capacity");
 }
@@ -110,20 +115,30 @@ fn a_burst_of_429_cuts_once_per_round_trip() {
     let mut sim = Sim::new(AimdConfig::default());
     sim.run(40, &|_, _, _| answered(5.0));
     let (mut aimd, mut now) = (sim.aimd, sim.now);
-    let sent = now;
+    let before_cut = now;
     now += 10;
     let change = aimd
-        .on_signal(Signal::Overload(OverloadCause::TooManyRequests), 256, sent, now)
+        .on_signal(
+            Signal::Overload(OverloadCause::TooManyRequests),
+            sent(before_cut, 256),
+            256,
+            now,
+        )
         .unwrap();
     assert_eq!((change.from, change.to), (256, 230));
     assert_eq!(change.reason.explain(), "cut: 429 Too Many Requests (overload)");
     for _ in 0..50 {
         now += 1;
-        let again = aimd.on_signal(Signal::Overload(OverloadCause::Timeout), 230, sent, now);
+        let again = aimd.on_signal(
+            Signal::Overload(OverloadCause::Timeout),
+            sent(before_cut, 230),
+            230,
+            now,
+        );
         assert_eq!(again, None, "sent before the cut");
     }
     let change = aimd
-        .on_signal(Signal::Overload(OverloadCause::Refused), 230, now, now + 10)
+        .on_signal(Signal::Overload(OverloadCause::Refused), sent(now, 230), 230, now + 10)
         .unwrap();
     assert_eq!(change.to, 207, "230.4 * 0.9, from an attempt sent after the cut");
 }
@@ -244,12 +259,15 @@ fn latency_rising_with_concurrency_settles_near_the_knee() {
 
 #[test]
 fn after_a_latency_cut_the_limit_does_not_grow_while_latency_stays_high() {
-    // Slow start overshoots this saturating endpoint; on the way down every round stays
-    // over the threshold, so nothing may be added back between the cuts.
+    // The endpoint saturates from one moment on, with the limit at the max: on the way
+    // down every round stays over the threshold, so nothing may be added back between
+    // the cuts.
     let mut sim = Sim::new(AimdConfig::default());
+    sim.run(40, &|_, _, _| answered(10.0));
+    assert_eq!(sim.aimd.limit(), 256);
     sim.run(200, &|n, _, _| answered(10.0 + 0.25 * n as f64));
     let cuts: Vec<usize> = (0..sim.changes.len())
-        .filter(|&i| sim.changes[i].reason.code() == "latency")
+        .filter(|&i| ["latency", "knee"].contains(&sim.changes[i].reason.code()))
         .collect();
     assert!(cuts.len() >= 2, "{:#?}", sim.verdicts());
     let raises_between = sim.changes[cuts[0]..cuts[1]]
@@ -320,7 +338,7 @@ fn never_below_min_and_a_fixed_limit_never_moves() {
         ..AimdConfig::default()
     });
     for n in 0..100 {
-        aimd.on_signal(Signal::Overload(OverloadCause::Timeout), 1, n * 10, n * 10 + 5);
+        aimd.on_signal(Signal::Overload(OverloadCause::Timeout), sent(n * 10, 1), 1, n * 10 + 5);
     }
     assert_eq!(aimd.limit(), 2);
     let mut fixed = Aimd::new(AimdConfig {
@@ -329,7 +347,7 @@ fn never_below_min_and_a_fixed_limit_never_moves() {
     });
     assert_eq!(fixed.limit(), 256);
     assert_eq!(
-        fixed.on_signal(Signal::Overload(OverloadCause::Timeout), 256, 0, 0),
+        fixed.on_signal(Signal::Overload(OverloadCause::Timeout), sent(0, 256), 256, 0),
         None
     );
     assert_eq!(fixed.limit(), 256);
@@ -351,4 +369,39 @@ fn a_flat_latency_doubles_the_limit_per_round_trip_once_rounds_are_one_round_tri
         "8 -> 32 in {} round trips: {limits:?}",
         at(32) - at(8)
     );
+}
+
+#[test]
+fn slow_start_stops_at_the_knee_instead_of_overshooting_it() {
+    // latency = base + k x in flight: 2x the unloaded latency at base / k in flight.
+    for (base, k) in [(50.0, 1.0), (10.0, 0.25), (100.0, 0.5)] {
+        let mut sim = Sim::new(AimdConfig::default());
+        let limits = sim.run(300, &|n, _, _| answered(base + k * n as f64));
+        let highest = *limits.iter().max().unwrap() as f64;
+        let unloaded = base + k;
+        assert!(
+            base + k * highest <= 2.0 * unloaded,
+            "base {base} ms, {k} ms per attempt: the limit reached {highest}: {:?} {:#?}",
+            &limits[..40],
+            sim.verdicts()
+        );
+        assert_eq!(sim.count("knee"), 1, "{:#?}", sim.verdicts());
+    }
+}
+
+#[test]
+fn jitter_that_does_not_depend_on_load_does_not_end_slow_start_early() {
+    // 2 ms + an exponential tail of mean 10 ms: a 16-answer median is off by a quarter
+    // now and then, and so is the reference.
+    for seed in 0..50 {
+        let mut sim = Sim::new(AimdConfig::default());
+        sim.rng = StdRng::seed_from_u64(seed);
+        let limits = sim.run(150, &|_, _, rng| answered(2.0 + exponential(rng, 10.0)));
+        let reached = limits.iter().position(|&l| l == 256);
+        assert!(
+            sim.count("knee") == 0 && reached.is_some_and(|at| at <= 100),
+            "seed {seed}: the max after {reached:?} round trips: {limits:?} {:#?}",
+            sim.verdicts()
+        );
+    }
 }

@@ -28,6 +28,7 @@ use crate::config::SubscriptionConfig;
 use crate::delivery::{Deliverer, DeliveryLimits};
 use crate::endpoints::{Endpoint, Wait};
 use crate::figures::Figures;
+use crate::limiter::Sent;
 use crate::model::{now_millis, DueCall, Millis};
 use crate::rate::RateLimit;
 use crate::shutdown::Shutdown;
@@ -352,9 +353,10 @@ impl Scheduler {
             if self.reactor.window.next_due().is_none_or(|at| at > now) {
                 return None;
             }
-            if let Err(wait) = self.endpoint.try_acquire(now) {
-                return Some(wait);
-            }
+            let sent_in_flight = match self.endpoint.try_acquire(now) {
+                Ok(in_flight) => in_flight,
+                Err(wait) => return Some(wait),
+            };
             if let Some(rate) = &self.rate {
                 if let Err(at) = rate.check(now) {
                     self.endpoint.release_unused();
@@ -371,12 +373,20 @@ impl Scheduler {
                 tracing::error!(%error, "cannot record an attempt start");
             }
             self.reactor.attempt_started(call.seq);
-            self.spawn_attempt(call, attempt, now, resumes);
+            self.spawn_attempt(
+                call,
+                attempt,
+                Sent {
+                    at: now,
+                    in_flight: sent_in_flight,
+                },
+                resumes,
+            );
         }
         None
     }
 
-    fn spawn_attempt(&self, call: Arc<DueCall>, attempt: u32, started_at: Millis, with_journal: bool) {
+    fn spawn_attempt(&self, call: Arc<DueCall>, attempt: u32, sent: Sent, with_journal: bool) {
         // A workflow's journal is read as the attempt starts, after the entries of its
         // last answer are durable.
         let journal_of = with_journal.then(|| self.store.clone());
@@ -390,7 +400,7 @@ impl Scheduler {
                 timeout: subscription.timeout,
                 max_output_bytes: subscription.max_output_bytes,
             };
-            let sent = std::time::Instant::now();
+            let clock = std::time::Instant::now();
             let journal = match journal_of {
                 Some(store) => match store.journal(call.seq).await {
                     Ok(journal) => Some(journal),
@@ -401,7 +411,8 @@ impl Scheduler {
                             )),
                             call,
                             attempt,
-                            started_at,
+                            started_at: sent.at,
+                            sent_in_flight: sent.in_flight,
                         });
                         return;
                     }
@@ -411,11 +422,12 @@ impl Scheduler {
             let outcome = deliverer
                 .deliver(&call, attempt, &subscription.name, limits, journal, &*directory)
                 .await;
-            figures.attempt_took(sent.elapsed().as_secs_f64());
+            figures.attempt_took(clock.elapsed().as_secs_f64());
             let _ = ended.send(AttemptEnded {
                 call,
                 attempt,
-                started_at,
+                started_at: sent.at,
+                sent_in_flight: sent.in_flight,
                 outcome,
             });
         });
@@ -438,8 +450,8 @@ impl Scheduler {
                 Effect::ReleaseEndpoint {
                     signal,
                     retry_after,
-                    started_at,
-                } => self.endpoint.release(signal, retry_after, started_at, now),
+                    sent,
+                } => self.endpoint.release(signal, retry_after, sent, now),
                 Effect::Count(count) => self.count(count),
                 Effect::FinishAttempt {
                     seq,

@@ -11,7 +11,7 @@ use super::decide::decide;
 use super::window::{Completion, GroupLoad, Window};
 use crate::config::OnDead;
 use crate::delivery::AttemptOutcome;
-use crate::limiter::{signal_of, Signal};
+use crate::limiter::{signal_of, Sent, Signal};
 use crate::model::{Affected, AttemptRecord, CallStatus, DueCall, Millis, Operation, Transition};
 use crate::retry::RetryPolicy;
 
@@ -21,6 +21,8 @@ pub struct AttemptEnded {
     pub call: Arc<DueCall>,
     pub attempt: u32,
     pub started_at: Millis,
+    /// Attempts in flight toward the endpoint once this one was sent (itself included).
+    pub sent_in_flight: usize,
     pub outcome: AttemptOutcome,
 }
 
@@ -81,7 +83,7 @@ pub enum Effect {
     ReleaseEndpoint {
         signal: Signal,
         retry_after: Option<Duration>,
-        started_at: Millis,
+        sent: Sent,
     },
     /// Count what happened into the subscription's figures.
     Count(Count),
@@ -151,13 +153,17 @@ impl Reactor {
             call,
             attempt,
             started_at,
+            sent_in_flight,
             outcome,
         } = ended;
         self.in_flight.remove(&call.seq);
         let mut effects = vec![Effect::ReleaseEndpoint {
             signal: signal_of(outcome),
             retry_after: outcome.retry_after,
-            started_at: *started_at,
+            sent: Sent {
+                at: *started_at,
+                in_flight: *sent_in_flight,
+            },
         }];
         let record = attempt_record(*attempt, *started_at, outcome);
         if self.cancelled.remove(&call.seq) {

@@ -54,6 +54,7 @@ fn ended(call: &Arc<DueCall>, attempt: u32, outcome: AttemptOutcome) -> AttemptE
         call: Arc::clone(call),
         attempt,
         started_at: 0,
+        sent_in_flight: 1,
         outcome,
     }
 }
