@@ -43,6 +43,9 @@ pub struct Call {
     pub key: Option<Bytes>,
     pub payload: Bytes,
     pub output: Option<Bytes>,
+    /// Cluster mode: the member that holds the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 impl From<CallView> for Call {
@@ -52,6 +55,7 @@ impl From<CallView> for Call {
             payload: Bytes::of(&call.payload),
             output: call.output.as_deref().map(Bytes::of),
             call,
+            member: None,
         }
     }
 }
@@ -62,6 +66,9 @@ pub struct CallLine {
     #[serde(flatten)]
     pub call: CallSummary,
     pub key: Option<Bytes>,
+    /// Cluster mode: the member that holds the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 impl From<CallSummary> for CallLine {
@@ -69,6 +76,7 @@ impl From<CallSummary> for CallLine {
         Self {
             key: call.key.as_deref().map(Bytes::of),
             call,
+            member: None,
         }
     }
 }
@@ -77,8 +85,12 @@ impl From<CallSummary> for CallLine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallList {
     pub calls: Vec<CallLine>,
-    /// Pass as `after` for the next page; `None` on the last page.
+    /// Pass as `after` for the next page; `None` on the last page (and with
+    /// `scope=group`, where each member has its own cursor in `members`).
     pub next: Option<i64>,
+    /// `scope=group`: what each member answered.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<String, MemberPart>,
 }
 
 /// `POST /v1/subscriptions/{name}/calls` (201).
@@ -102,6 +114,9 @@ pub struct Signalled {
 pub struct Redriven {
     pub redriven: usize,
     pub ids: Vec<uuid::Uuid>,
+    /// `scope=group`: members that did not answer, with why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<String, String>,
 }
 
 /// `POST /v1/dead/purge`.
@@ -109,6 +124,9 @@ pub struct Redriven {
 pub struct Purged {
     pub purged: usize,
     pub ids: Vec<uuid::Uuid>,
+    /// `scope=group`: members that did not answer, with why.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<String, String>,
 }
 
 /// Every error response.
@@ -263,4 +281,65 @@ mod tests {
         let back: SubscriptionStats = serde_json::from_str(&serde_json::to_string(&running).unwrap()).unwrap();
         assert_eq!(back, running);
     }
+}
+
+/// How one engine of a cluster announces itself in the members topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// `[cluster] instance`, or an id drawn at the engine's start.
+    pub id: String,
+    /// Where its admin API answers (`[admin] public_url`, or the address it listens on).
+    pub admin_url: String,
+    pub instance: Option<String>,
+    pub started_at: Millis,
+    pub heartbeat_at: Millis,
+    /// Per Kafka subscription, the source partitions it holds (`topic/partition`).
+    pub assigned: BTreeMap<String, Vec<String>>,
+}
+
+/// One member in [`ClusterView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    #[serde(flatten)]
+    pub record: MemberRecord,
+    /// The engine that answered.
+    pub me: bool,
+    /// Not heard of for 20 s: listed, not asked by group-wide requests.
+    pub stale: bool,
+    pub heard_ms_ago: i64,
+}
+
+/// `GET /v1/cluster`: the members of the cluster this engine knows of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub me: String,
+    /// The members topic.
+    pub topic: String,
+    pub members: Vec<Member>,
+}
+
+/// What one member answered to a group-wide request (`scope=group`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MemberPart {
+    /// Calls it returned.
+    pub calls: usize,
+    /// Its own cursor: page on with `member=<id>&after=<next>`.
+    pub next: Option<i64>,
+    /// Why it did not answer.
+    pub error: Option<String>,
+}
+
+/// `GET /v1/stats?scope=group`: calls by status over every member, then each member's stats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupStats {
+    #[serde(flatten)]
+    pub calls: StatusCounts,
+    pub members: BTreeMap<String, MemberStats>,
+}
+
+/// One member in [`GroupStats`]: its stats, or why it did not answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberStats {
+    pub stats: Option<Stats>,
+    pub error: Option<String>,
 }

@@ -117,6 +117,21 @@ impl Engine {
             tasks.spawn(route_wakes(wakes, Arc::clone(&controls), listener.clone()));
         }
 
+        let group = if config.cluster.enabled {
+            let admin_url = config.admin.public_base(admin_addr);
+            if config.admin.public_url.is_none() && !config.admin.listen.ip().is_loopback() {
+                tracing::warn!(%admin_url, "cluster mode: other engines reach this one's admin API at {admin_url}; set [admin] public_url to an address they can reach");
+            }
+            match cluster::join_members(&config, admin_url, Arc::clone(&figures), listener.clone()).await? {
+                Some((directory, announcer)) => {
+                    tasks.spawn(announcer);
+                    Some(admin::Group::new(directory, config.admin.token.clone().map(Arc::from)))
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
         let app = admin::router(AdminState {
             store: store.clone(),
             subscriptions: Arc::new(configs),
@@ -125,6 +140,7 @@ impl Engine {
             controls,
             token: config.admin.token.clone().map(Arc::from),
             journals,
+            group,
         });
         let mut admin_shutdown = listener.clone();
         tasks.spawn(async move {

@@ -66,11 +66,12 @@ impl Member {
     }
 }
 
-/// A broker with the source topic and its changelog topic.
+/// A broker with the source topic, its changelog topic and the members topic.
 async fn broker() -> Tansu {
     let tansu = Tansu::start();
     tansu.create_topic(TOPIC, PARTITIONS).await;
     tansu.create_topic(&format!("{GROUP}.calls"), PARTITIONS).await;
+    tansu.create_topic(&format!("{GROUP}.members"), 1).await;
     tansu
 }
 
@@ -669,4 +670,156 @@ async fn cluster_mode_refuses_to_start_without_a_fitting_changelog_topic() {
         stderr.contains("the changelog topic `so-small.calls` has 2 partitions, fewer than its source topics (3)"),
         "{stderr}"
     );
+
+    tansu.create_topic("so-fit.calls", 3).await;
+    write("so-fit");
+    let no_members = start();
+    let stderr = String::from_utf8_lossy(&no_members.stderr);
+    assert!(!no_members.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the members topic `so-fit.members` does not exist")
+            && stderr.contains("--partitions 1 --config cleanup.policy=compact"),
+        "{stderr}"
+    );
+}
+
+/// The members an engine's admin API lists: (id, stale).
+async fn members(admin: &Admin) -> Vec<(String, bool)> {
+    let view = admin.get("/v1/cluster").await;
+    view["members"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap().to_string(), m["stale"].as_bool().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_engines_admin_api_answers_for_the_whole_group() {
+    let tansu = broker().await;
+    // Half of the records fail for good (400): dead letters on both engines.
+    let target = UnkindTarget::start(&[
+        "--error-rate",
+        "0.5",
+        "--error-status",
+        "400",
+        "--latency-ms",
+        "5",
+        "--jitter",
+        "exp:5",
+    ])
+    .await;
+    let (a, b) = (Member::new(&tansu, &target.url()), Member::new(&tansu, &target.url()));
+    let _engine_a = a.start().await;
+    let mut engine_b = b.start().await;
+    let id_b = b.admin.get("/v1/cluster").await["me"].as_str().unwrap().to_string();
+    let id_a = a.admin.get("/v1/cluster").await["me"].as_str().unwrap().to_string();
+    wait_for("each engine to see both", Duration::from_secs(30), || async {
+        members(&a.admin).await.len() == 2 && members(&b.admin).await.len() == 2
+    })
+    .await;
+    wait_for("the partitions to be shared", Duration::from_secs(60), || async {
+        assigned(&a.admin).await.len() == 3 && assigned(&b.admin).await.len() == 3
+    })
+    .await;
+
+    let records = records(0, 2);
+    let total = records.len() as u64;
+    produce(&producer(&tansu.bootstrap()), TOPIC, records).await;
+    let group_stats = || async {
+        let stats = a.admin.get("/v1/stats?scope=group").await;
+        let count = |s: &str| stats[s].as_u64().unwrap_or(0);
+        (count("succeeded"), count("dead"), stats)
+    };
+    wait_for(
+        "every record to end, counted over the group",
+        Duration::from_secs(90),
+        || async {
+            let (succeeded, dead, _) = group_stats().await;
+            succeeded + dead == total
+        },
+    )
+    .await;
+    let (_, dead, stats) = group_stats().await;
+    assert!(dead > 5, "{stats}");
+    let dead_on = |id: &str| stats["members"][id]["stats"]["dead"].as_u64().unwrap();
+    assert!(
+        dead_on(&id_a) > 0 && dead_on(&id_b) > 0,
+        "dead letters on both: {stats}"
+    );
+    assert_eq!(dead_on(&id_a) + dead_on(&id_b), dead);
+
+    // A call held by B, shown and acted on through A.
+    let on_b = b.admin.get("/v1/dead?limit=1").await;
+    let call_on_b = on_b["calls"][0]["id"].as_str().unwrap().to_string();
+    let shown = a.admin.get(&format!("/v1/calls/{call_on_b}")).await;
+    assert_eq!(shown["id"].as_str(), Some(call_on_b.as_str()), "{shown}");
+    assert_eq!(shown["member"].as_str(), Some(id_b.as_str()));
+    let (status, redriven) = a
+        .admin
+        .post(&format!("/v1/calls/{call_on_b}/redrive"), serde_json::json!(null))
+        .await;
+    assert_eq!(status, 200, "{redriven}");
+    let redriven: serde_json::Value = serde_json::from_str(&redriven).unwrap();
+    assert_eq!(redriven["status"].as_str(), Some("pending"), "{redriven}");
+    assert_eq!(redriven["member"].as_str(), Some(id_b.as_str()), "redriven on B");
+    let unknown = "0192c4d1-0000-7000-8000-000000000000";
+    let (status, body) = a
+        .admin
+        .post(&format!("/v1/calls/{unknown}/cancel"), serde_json::json!(null))
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    // One merged page over both, in creation order, each member's own cursor to go on.
+    wait_for("the redriven call to end again", Duration::from_secs(30), || async {
+        ["dead", "succeeded"].contains(&b.admin.status(&call_on_b).await.as_str())
+    })
+    .await;
+    let (_, dead, _) = group_stats().await;
+    let page = a.admin.get("/v1/dead?scope=group&limit=1000").await;
+    let listed = page["calls"].as_array().unwrap();
+    assert_eq!(listed.len() as u64, dead, "{page}");
+    let held_by: HashSet<&str> = listed.iter().map(|c| c["member"].as_str().unwrap()).collect();
+    assert_eq!(held_by, HashSet::from([id_a.as_str(), id_b.as_str()]));
+    let created: Vec<i64> = listed.iter().map(|c| c["created_at"].as_i64().unwrap()).collect();
+    assert!(created.windows(2).all(|w| w[0] <= w[1]), "creation order");
+    let first = a.admin.get("/v1/dead?scope=group&limit=4").await;
+    assert_eq!(first["calls"].as_array().unwrap().len(), 4);
+    let mut paged = first["calls"].as_array().unwrap().len();
+    for id in [&id_a, &id_b] {
+        let mut after = first["members"][id.as_str()]["next"].as_i64();
+        while let Some(cursor) = after {
+            let more = a
+                .admin
+                .get(&format!("/v1/dead?member={id}&after={cursor}&limit=3"))
+                .await;
+            paged += more["calls"].as_array().unwrap().len();
+            after = more["next"].as_i64();
+        }
+    }
+    assert_eq!(paged as u64, dead, "every dead call once, paging each member on");
+
+    // A bulk action over the group.
+    let (status, purged) = a
+        .admin
+        .post(
+            "/v1/dead/purge?scope=group",
+            serde_json::json!({"subscription": "orders"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{purged}");
+    let purged: serde_json::Value = serde_json::from_str(&purged).unwrap();
+    assert_eq!(purged["purged"].as_u64(), Some(dead), "{purged}");
+    assert_eq!(b.admin.get("/v1/dead").await["calls"].as_array().unwrap().len(), 0);
+
+    // A member that stops cleanly leaves the view at once.
+    engine_b.terminate();
+    wait_for(
+        "the stopped engine to leave the view",
+        Duration::from_secs(15),
+        || async { members(&a.admin).await == [(id_a.clone(), false)] },
+    )
+    .await;
+    let stats = a.admin.get("/v1/stats?scope=group").await;
+    assert_eq!(stats["members"].as_object().unwrap().len(), 1, "{stats}");
 }

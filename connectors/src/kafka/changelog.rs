@@ -136,6 +136,49 @@ pub fn partition_count(
         .filter(|&n| n > 0))
 }
 
+/// Follow partition `partition` of `topic` from its start, calling `apply(key, value)` for
+/// every keyed record (`value` is `None` for a tombstone), until `stop` is set. Blocking:
+/// run it on a thread of its own. Errors of a poll are logged and polling goes on (a
+/// broker that is down comes back).
+pub fn follow_partition(
+    brokers: &str,
+    options: &BTreeMap<String, String>,
+    topic: &str,
+    partition: i32,
+    stop: &std::sync::atomic::AtomicBool,
+    mut apply: impl FnMut(&[u8], Option<&[u8]>),
+) -> Result<(), ChangelogError> {
+    let error = |source| ChangelogError {
+        topic: topic.to_string(),
+        source: Box::new(source),
+    };
+    let consumer = consumer(brokers, options).map_err(error)?;
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Beginning)
+        .map_err(error)?;
+    consumer.assign(&assignment).map_err(error)?;
+    let mut failing = false;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(250)) {
+            None => {}
+            Some(Ok(message)) => {
+                failing = false;
+                if let Some(key) = message.key() {
+                    apply(key, message.payload());
+                }
+            }
+            Some(Err(e)) => {
+                if !failing {
+                    tracing::warn!(%topic, error = %e, "following the topic failed; retrying");
+                }
+                failing = true;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Read each partition of `topic` in `through` from its start through the offset given for
 /// it (a record the caller wrote and saw acknowledged), keeping the last value of each key.
 ///

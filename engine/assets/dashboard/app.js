@@ -13,6 +13,8 @@ let refresh = () => {}; // re-runs the current page's load now
 let needToken = false;
 let subNames = null; // subscription names, from the last /v1/stats
 let shownDead = []; // ids in the dead letters table
+let shownDeadScope = ''; // '?scope=group' when the dead letters shown come from several engines
+let members; // cluster mode: the last /v1/cluster; null when cluster mode is off
 
 // ---- DOM
 
@@ -140,7 +142,20 @@ async function api(path, method = 'GET', body) {
 
 async function subscriptions() {
   if (!subNames) subNames = Object.keys((await api('/v1/stats')).subscriptions || {});
+  if (members === undefined) await clusterView();
   return subNames;
+}
+
+// Cluster mode: the members this engine knows of (null when cluster mode is off).
+async function clusterView() {
+  try {
+    members = await api('/v1/cluster');
+  } catch (e) {
+    if (e.status !== 404) throw e;
+    members = null;
+  }
+  for (const a of document.querySelectorAll('[data-nav="/cluster"]')) a.hidden = !members;
+  return members;
 }
 
 // ---- chrome: token form, banner, flash, "updated"
@@ -333,6 +348,7 @@ function filterForm(q, subs, base, withStatus) {
     input('key', 'Key (exact)', 'text', { placeholder: 'any', size: 16 }),
     input('since', 'Created since', 'datetime-local', { step: 1 }),
     input('until', 'Created before', 'datetime-local', { step: 1 }),
+    members && h('label', null, h('input', { type: 'checkbox', name: 'scope', value: 'group', checked: q.get('scope') === 'group', testid: 'filter-group' }), ' Whole cluster'),
     h('button', { type: 'submit', testid: 'filter-apply' }, 'Apply'),
     h('a', { href: `#${base}` }, 'Reset'));
   const apply = () => {
@@ -341,13 +357,13 @@ function filterForm(q, subs, base, withStatus) {
     go(`#${base}${p.toString() ? '?' + p : ''}`);
   };
   form.addEventListener('submit', (e) => { e.preventDefault(); apply(); });
-  form.addEventListener('change', (e) => { if (e.target.tagName === 'SELECT') apply(); });
+  form.addEventListener('change', (e) => { if (e.target.tagName === 'SELECT' || e.target.type === 'checkbox') apply(); });
   return form;
 }
 
 function listQuery(q) {
   const p = new URLSearchParams({ limit: PAGE });
-  for (const k of ['subscription', 'status', 'key', 'after']) if (q.get(k)) p.set(k, q.get(k));
+  for (const k of ['subscription', 'status', 'key', 'after', 'scope', 'member']) if (q.get(k)) p.set(k, q.get(k));
   for (const k of ['since', 'until']) {
     const t = q.get(k) ? new Date(q.get(k)).getTime() : NaN;
     if (Number.isFinite(t)) p.set(k, t);
@@ -360,10 +376,43 @@ function pager(base, q, list, n) {
   next.set('after', list.next);
   const first = new URLSearchParams(q);
   first.delete('after');
+  // A page of the whole cluster: each member's list goes on on its own.
+  const more = Object.entries(list.members || {}).map(([id, part]) => {
+    if (part.error) return h('span', { class: 'err' }, `${id} did not answer: ${part.error}`);
+    if (part.next == null) return null;
+    const p = new URLSearchParams(q);
+    p.delete('scope');
+    p.set('member', id);
+    p.set('after', part.next);
+    return h('a', { href: `#${base}?${p}`, testid: 'member-next' }, `More of ${id} »`);
+  });
   return h('div', { class: 'pager' },
     h('span', { class: 'muted' }, `${calls(n)} on this page`),
     q.get('after') && h('a', { href: `#${base}?${first}`, testid: 'first-page' }, '« First page'),
-    list.next != null && h('a', { href: `#${base}?${next}`, testid: 'next-page' }, 'Next page »'));
+    list.next != null && h('a', { href: `#${base}?${next}`, testid: 'next-page' }, 'Next page »'),
+    ...more);
+}
+
+// The member column, when the rows come from several engines.
+const memberCol = (rows) => rows.some((c) => c.member) ? ['Member'] : [];
+const memberCell = (c) => c.member ? [td(c.member, 'mono', 'call-member')] : [];
+
+function clusterPage() {
+  page('Cluster', h('h1', null, 'Cluster'));
+  poll(async (my) => {
+    const view = await clusterView();
+    if (my !== gen) return;
+    if (!view) return show(h('p', { class: 'empty' }, 'Cluster mode is off: this engine is the whole group.'));
+    show(h('div', null,
+      h('p', { class: 'muted' }, `Members announce themselves in ${view.topic}; any member answers for all of them.`),
+      table('members', ['Member', 'Admin API', 'Heard', 'Started', 'Partitions'],
+        view.members.map((m) => h('tr', { testid: 'member-row', 'data-id': m.id },
+          td(`${m.id}${m.me ? ' (this engine)' : ''}`, 'mono'), td(m.admin_url, 'mono'),
+          td(m.stale ? `stale, ${dur(m.heard_ms_ago)} ago` : `${dur(m.heard_ms_ago)} ago`, m.stale ? 'err' : null),
+          td(time(m.started_at, false, true)),
+          td(Object.entries(m.assigned || {}).map(([s, ps]) => `${s}: ${ps.join(' ')}`).join('; ') || '-'))),
+        'No members heard of yet.')));
+  }, () => 5000);
 }
 
 const keyCell = (k) => h('td', { class: 'mono key', title: k ? k.data : null }, bytes(k));
@@ -371,9 +420,9 @@ const keyCell = (k) => h('td', { class: 'mono key', title: k ? k.data : null }, 
 function callsView(list, q) {
   const rows = list.calls || [];
   return h('div', null,
-    table('calls', ['Call', 'Subscription', 'Status', 'Key', 'Created', 'Updated', '#Attempts', 'Last error'],
+    table('calls', ['Call', ...memberCol(rows), 'Subscription', 'Status', 'Key', 'Created', 'Updated', '#Attempts', 'Last error'],
       rows.map((c) => h('tr', { testid: 'call-row', 'data-id': c.id },
-        td(callLink(c.id)), td(subLink(c.subscription)), td(statusBadge(c.status)), keyCell(c.key),
+        td(callLink(c.id)), ...memberCell(c), td(subLink(c.subscription)), td(statusBadge(c.status)), keyCell(c.key),
         td(time(c.created_at, false, true)), td(time(c.updated_at, false, true)), ntd(c.attempts), td(c.last_error || '', 'err'))),
       'No calls match.'),
     pager('/calls', q, list, rows.length));
@@ -396,14 +445,15 @@ async function callsPage(q) {
 function deadView(list, q) {
   const rows = list.calls || [];
   shownDead = rows.map((c) => c.id);
+  shownDeadScope = q.get('scope') === 'group' || q.get('member') ? '?scope=group' : '';
   const n = rows.length;
   return h('div', null,
     h('div', { class: 'actions' },
       h('button', { type: 'button', class: 'primary', 'data-action': 'redrive-shown', disabled: !n, testid: 'redrive-shown' }, `Redrive all shown (${n})`),
       h('button', { type: 'button', class: 'danger', 'data-action': 'purge-shown', disabled: !n, testid: 'purge-shown' }, `Purge shown (${n})`)),
-    table('dead', ['Call', 'Subscription', 'Key', 'Created', 'Died', '#Attempts', 'Reason', ''],
+    table('dead', ['Call', ...memberCol(rows), 'Subscription', 'Key', 'Created', 'Died', '#Attempts', 'Reason', ''],
       rows.map((c) => h('tr', { testid: 'dead-row', 'data-id': c.id },
-        td(callLink(c.id)), td(subLink(c.subscription)), keyCell(c.key), td(time(c.created_at, false, true)),
+        td(callLink(c.id)), ...memberCell(c), td(subLink(c.subscription)), keyCell(c.key), td(time(c.created_at, false, true)),
         td(time(c.updated_at, false, true)), ntd(c.attempts), td(c.last_error || '', 'err', 'dead-reason'),
         td(h('button', { type: 'button', class: 'small', 'data-action': 'redrive', 'data-id': c.id, testid: 'redrive-row' }, 'Redrive')))),
       'No dead calls match.'),
@@ -445,6 +495,7 @@ function detailView(c) {
       h('div', null, h('dl', { class: 'fields' },
         field('Subscription', subLink(c.subscription), 'call-subscription'),
         field('Target', h('span', { class: 'mono' }, c.target)),
+        c.member && field('Held by', h('span', { class: 'mono' }, c.member), 'call-member'),
         field('Key', h('span', { class: 'mono' }, bytes(c.key)), 'call-key'),
         src && field('Source', `${src.topic} / partition ${src.partition} / offset ${src.offset}`, 'call-source'),
         src && src.timestamp != null && field('Record time', time(src.timestamp)),
@@ -561,9 +612,9 @@ const actions = {
   cancel: (id) => confirm('Cancel this call for good?') &&
     act('Cancel', async () => { await post(`/v1/calls/${id}/cancel`); return 'The call was cancelled.'; }),
   'redrive-shown': () => confirm(`Redrive the ${calls(shownDead.length)} shown?`) &&
-    act('Redrive', async () => `${calls((await post('/v1/dead/redrive', { ids: shownDead })).redriven)} redriven.`),
+    act('Redrive', async () => `${calls((await post(`/v1/dead/redrive${shownDeadScope}`, { ids: shownDead })).redriven)} redriven.`),
   'purge-shown': () => confirm(`Delete the ${calls(shownDead.length)} shown and their history? This cannot be undone.`) &&
-    act('Purge', async () => `${calls((await post('/v1/dead/purge', { ids: shownDead })).purged)} purged.`),
+    act('Purge', async () => `${calls((await post(`/v1/dead/purge${shownDeadScope}`, { ids: shownDead })).purged)} purged.`),
 };
 view.addEventListener('click', (e) => {
   const b = e.target.closest('button[data-action]');
@@ -594,6 +645,7 @@ function route() {
   const run = path === '/' ? overview
     : path === '/calls' ? () => callsPage(q)
     : path === '/dead' ? () => deadPage(q)
+    : path === '/cluster' ? clusterPage
     : m ? () => detail(decodeURIComponent(m[1]))
     : () => { page('Not found'); show(h('p', null, 'No such page. ', h('a', { href: '#/' }, 'Go to the overview.'))); };
   Promise.resolve().then(run).catch((e) => {
@@ -605,3 +657,5 @@ function route() {
 window.addEventListener('hashchange', route);
 document.addEventListener('visibilitychange', () => { if (!document.hidden) refresh(); });
 route();
+// Shows the Cluster page's link in cluster mode.
+clusterView().catch(() => {});

@@ -2,6 +2,8 @@
 //! token configured, every `/v1` request needs `Authorization: Bearer <token>`.
 //!
 //! - this module: routes, auth, calls, dead letters, stats;
+//! - `group`: cluster mode's answers for the whole group (a call found wherever it is,
+//!   `scope=group` lists, stats and bulk actions, `GET /v1/cluster`);
 //! - `workflow`: signals, awakeables and restarting a call from a journal entry;
 //! - `metrics`: `/metrics` in Prometheus text format;
 //! - `dashboard`: the embedded web dashboard at `/`.
@@ -17,11 +19,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 mod dashboard;
+mod group;
 mod metrics;
 mod workflow;
+
+pub use group::{Group, FORWARDED};
 
 use workflow::{resolve_awakeable, restart_call, signal_call};
 
@@ -46,13 +51,14 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     /// Journals too large to send inline, fetched by handlers.
     pub journals: crate::shelf::JournalShelf,
+    /// Cluster mode: the other members, for answers about the whole group.
+    pub group: Option<Group>,
 }
 
 /// The API's router.
 pub fn router(state: AdminState) -> Router {
-    let v1 = Router::new()
-        .route("/subscriptions/{name}/calls", post(enqueue))
-        .route("/calls", get(list_calls))
+    // In cluster mode, a call this engine does not hold is looked for on the others.
+    let one_call = Router::new()
         .route("/calls/{id}", get(show_call))
         .route("/calls/{id}/retry", post(retry_call))
         .route("/calls/{id}/cancel", post(cancel_call))
@@ -60,6 +66,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/calls/{id}/restart", post(restart_call))
         .route("/calls/{id}/signals/{name}", post(signal_call))
         .route("/awakeables/{id}", post(resolve_awakeable))
+        .route_layer(middleware::from_fn_with_state(state.clone(), group::find_elsewhere));
+    let v1 = Router::new()
+        .route("/subscriptions/{name}/calls", post(enqueue))
+        .route("/calls", get(list_calls))
+        .merge(one_call)
+        .route("/cluster", get(group::cluster_view))
         .route("/dead", get(list_dead))
         .route("/dead/redrive", post(redrive_dead))
         .route("/dead/purge", post(purge_dead))
@@ -208,10 +220,65 @@ async fn find_call(state: &AdminState, id: uuid::Uuid) -> Result<api::Call, ApiE
         .call(id)
         .await?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no call with id {id}")))?;
-    Ok(api::Call::from(call))
+    let mut call = api::Call::from(call);
+    call.member = state.group.as_ref().map(|g| g.directory.me().to_string());
+    Ok(call)
 }
 
-async fn stats(State(state): State<AdminState>) -> Result<Json<api::Stats>, ApiError> {
+/// Whether an answer is this engine's (`local`, the default) or the whole group's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Scope {
+    #[default]
+    Local,
+    Group,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopeQuery {
+    #[serde(default)]
+    scope: Scope,
+}
+
+impl ScopeQuery {
+    /// The group, when the whole group is asked for (an error outside cluster mode).
+    fn group<'a>(&self, state: &'a AdminState) -> Result<Option<&'a Group>, ApiError> {
+        match self.scope {
+            Scope::Local => Ok(None),
+            Scope::Group => state.group.as_ref().map(Some).ok_or_else(group::cluster_off),
+        }
+    }
+}
+
+async fn stats(
+    State(state): State<AdminState>,
+    query: Result<Query<ScopeQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let local = local_stats(&state).await;
+    let Some(group) = query.group(&state)? else {
+        return Ok(Json(local?).into_response());
+    };
+    let answers = group
+        .gather(local.map_err(|e| e.1), "/v1/stats", &ScopeQuery::default())
+        .await;
+    let mut calls = StatusCounts::default();
+    let mut members = std::collections::BTreeMap::new();
+    for (member, answer) in answers {
+        let (stats, error) = match answer {
+            Ok(stats) => {
+                calls += stats.calls;
+                (Some(stats), None)
+            }
+            Err(error) => (None, Some(error)),
+        };
+        members.insert(member, api::MemberStats { stats, error });
+    }
+    Ok(Json(api::GroupStats { calls, members }).into_response())
+}
+
+async fn local_stats(state: &AdminState) -> Result<api::Stats, ApiError> {
     let counts = state.store.counts().await?;
     let mut total = StatusCounts::default();
     for c in counts.values() {
@@ -225,7 +292,7 @@ async fn stats(State(state): State<AdminState>) -> Result<Json<api::Stats>, ApiE
                 live: state
                     .figures
                     .get(name)
-                    .map(|figures| live_figures(&state, name, figures)),
+                    .map(|figures| live_figures(state, name, figures)),
             };
             (name.clone(), stats)
         })
@@ -235,11 +302,11 @@ async fn stats(State(state): State<AdminState>) -> Result<Json<api::Stats>, ApiE
         .all()
         .map(|(key, e)| (key.clone(), e.snapshot()))
         .collect();
-    Ok(Json(api::Stats {
+    Ok(api::Stats {
         calls: total,
         subscriptions,
         endpoints,
-    }))
+    })
 }
 
 fn live_figures(state: &AdminState, name: &str, figures: &Figures) -> LiveFigures {
@@ -268,19 +335,32 @@ fn live_figures(state: &AdminState, name: &str, figures: &Figures) -> LiveFigure
 }
 
 /// Query of `GET /v1/calls` and `GET /v1/dead`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// `group`: the first page of every member, merged.
+    #[serde(default, skip_serializing)]
+    scope: Scope,
+    /// Cluster mode: list this member's calls (to page on after a `scope=group` page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    member: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     subscription: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<String>,
     /// The key, as UTF-8 text.
+    #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<String>,
     /// Created at or after (ms since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
     since: Option<i64>,
     /// Created before (ms since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
     until: Option<i64>,
     /// Continue after this cursor (from `next`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     after: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<usize>,
 }
 
@@ -313,15 +393,54 @@ async fn list(
     state: &AdminState,
     query: &ListQuery,
     status: Option<CallStatus>,
+    path: &str,
 ) -> Result<Json<api::CallList>, ApiError> {
-    let filter = query.filter(state, status)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let member = query
+        .member
+        .as_ref()
+        .filter(|&m| state.group.as_ref().is_none_or(|g| g.directory.me() != m));
+    match (query.scope, member, &state.group) {
+        (Scope::Local, None, _) => Ok(Json(local_list(state, query, status, limit).await?)),
+        (_, Some(member), Some(group)) => {
+            let record = group.member(member).ok_or_else(|| {
+                ApiError(
+                    StatusCode::NOT_FOUND,
+                    format!("no member `{member}` in the cluster (see GET /v1/cluster)"),
+                )
+            })?;
+            let mut list: api::CallList = group
+                .get(&record, path, query)
+                .await
+                .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e))?;
+            for line in &mut list.calls {
+                line.member = Some(member.clone());
+            }
+            Ok(Json(list))
+        }
+        (Scope::Group, None, Some(group)) => {
+            let local = local_list(state, query, status, limit).await.map_err(|e| e.1);
+            let answers = group.gather(local, path, query).await;
+            Ok(Json(group::merge_pages(answers, limit, query.after)))
+        }
+        (_, _, None) => Err(group::cluster_off()),
+    }
+}
+
+async fn local_list(
+    state: &AdminState,
+    query: &ListQuery,
+    status: Option<CallStatus>,
+    limit: usize,
+) -> Result<api::CallList, ApiError> {
+    let filter = query.filter(state, status)?;
     let calls = state.store.list_calls(filter, query.after.unwrap_or(0), limit).await?;
     let next = (calls.len() == limit).then(|| calls.last().map(|c| c.cursor)).flatten();
-    Ok(Json(api::CallList {
+    Ok(api::CallList {
         calls: calls.into_iter().map(api::CallLine::from).collect(),
         next,
-    }))
+        members: std::collections::BTreeMap::new(),
+    })
 }
 
 async fn list_calls(
@@ -329,7 +448,7 @@ async fn list_calls(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<api::CallList>, ApiError> {
     let Query(query) = query?;
-    list(&state, &query, None).await
+    list(&state, &query, None, "/v1/calls").await
 }
 
 async fn list_dead(
@@ -337,7 +456,7 @@ async fn list_dead(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<api::CallList>, ApiError> {
     let Query(query) = query?;
-    list(&state, &query, Some(CallStatus::Dead)).await
+    list(&state, &query, Some(CallStatus::Dead), "/v1/dead").await
 }
 
 fn parse_call_id(id: &str) -> Result<uuid::Uuid, ApiError> {
@@ -393,7 +512,7 @@ async fn redrive_call(State(state): State<AdminState>, Path(id): Path<String>) -
 }
 
 /// Body of the bulk dead-letter actions: explicit ids, or every dead call matching a filter.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeadSelection {
     ids: Option<Vec<String>>,
@@ -427,35 +546,70 @@ async fn select_dead(state: &AdminState, selection: DeadSelection) -> Result<Vec
         .collect())
 }
 
-/// A bulk operation on the dead calls a selection names; returns the calls it changed.
+/// What a member answers to a bulk action: only its ids are kept (the counts follow).
+#[derive(Deserialize)]
+struct Ids {
+    ids: Vec<uuid::Uuid>,
+}
+
+/// A bulk operation on the dead calls a selection names, on this engine or (`scope=group`)
+/// on every member: the calls it changed, and the members that did not answer.
 async fn operate_dead(
     state: &AdminState,
+    query: Result<Query<ScopeQuery>, QueryRejection>,
     selection: Result<Json<DeadSelection>, JsonRejection>,
     make: fn(Vec<uuid::Uuid>) -> Operation,
-) -> Result<Vec<uuid::Uuid>, ApiError> {
+    path: &str,
+) -> Result<(Vec<uuid::Uuid>, std::collections::BTreeMap<String, String>), ApiError> {
+    let Query(query) = query?;
     let Json(selection) = selection?;
-    let ids = select_dead(state, selection).await?;
-    let affected = operate(state, make(ids)).await?;
-    Ok(affected.iter().map(|a| a.id).collect())
+    let group = query.group(state)?;
+    let local = async {
+        let ids = select_dead(state, selection.clone()).await?;
+        let affected = operate(state, make(ids)).await?;
+        Ok::<_, ApiError>(affected.iter().map(|a| a.id).collect::<Vec<_>>())
+    }
+    .await;
+    let Some(group) = group else {
+        return Ok((local?, std::collections::BTreeMap::new()));
+    };
+    let local = local.map(|ids| Ids { ids }).map_err(|e| e.1);
+    let (mut ids, mut errors) = (Vec::new(), std::collections::BTreeMap::new());
+    for (member, answer) in group.scatter::<Ids>(local, path, &selection).await {
+        match answer {
+            Ok(answer) => ids.extend(answer.ids),
+            Err(error) => {
+                errors.insert(member, error);
+            }
+        }
+    }
+    Ok((ids, errors))
 }
 
 async fn redrive_dead(
     State(state): State<AdminState>,
+    query: Result<Query<ScopeQuery>, QueryRejection>,
     selection: Result<Json<DeadSelection>, JsonRejection>,
 ) -> Result<Json<api::Redriven>, ApiError> {
-    let ids = operate_dead(&state, selection, Operation::Redrive).await?;
+    let (ids, errors) = operate_dead(&state, query, selection, Operation::Redrive, "/v1/dead/redrive").await?;
     Ok(Json(api::Redriven {
         redriven: ids.len(),
         ids,
+        errors,
     }))
 }
 
 async fn purge_dead(
     State(state): State<AdminState>,
+    query: Result<Query<ScopeQuery>, QueryRejection>,
     selection: Result<Json<DeadSelection>, JsonRejection>,
 ) -> Result<Json<api::Purged>, ApiError> {
-    let ids = operate_dead(&state, selection, Operation::PurgeDead).await?;
-    Ok(Json(api::Purged { purged: ids.len(), ids }))
+    let (ids, errors) = operate_dead(&state, query, selection, Operation::PurgeDead, "/v1/dead/purge").await?;
+    Ok(Json(api::Purged {
+        purged: ids.len(),
+        ids,
+        errors,
+    }))
 }
 
 #[cfg(test)]

@@ -27,7 +27,9 @@ use crate::scheduler::Handover;
 use crate::shutdown::Shutdown;
 use crate::store::{CallSnapshot, Store, StoreError};
 
+mod members;
 mod publish;
+pub use members::{Directory, HEARTBEAT, STALE_AFTER_MS};
 pub use publish::{changelog_sink, publish, Owners, Publisher};
 
 /// Keys of claim records start with this; call ids never do.
@@ -347,6 +349,44 @@ pub async fn start(config: &crate::config::Config, store: &Store) -> Result<(Cha
         },
         Publisher { stop, task, acked },
     ))
+}
+
+/// Start announcing this engine in the members topic and following the others, for the
+/// admin API's group-wide answers. Returns the directory and the task to run until
+/// shutdown; `None` without a Kafka subscription (no group to be part of).
+#[allow(clippy::implicit_hasher)]
+pub async fn join_members(
+    config: &crate::config::Config,
+    admin_url: String,
+    figures: Arc<HashMap<String, Arc<Figures>>>,
+    shutdown: Shutdown,
+) -> Result<Option<(Directory, impl std::future::Future<Output = Result<(), EngineError>>)>, EngineError> {
+    let Some((sub, kafka)) = config
+        .subscriptions
+        .iter()
+        .find_map(|s| s.kafka.as_ref().map(|k| (s, k)))
+    else {
+        return Ok(None);
+    };
+    let topic = config
+        .cluster
+        .members_topic
+        .clone()
+        .unwrap_or_else(|| crate::config::members_topic(&sub.group_id().unwrap_or_default()));
+    let me = config
+        .cluster
+        .instance
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    let directory = members::DirectoryConfig {
+        brokers: kafka.brokers.clone(),
+        options: crate::outbox::connection_options(kafka),
+        topic,
+        me,
+        instance: config.cluster.instance.clone(),
+        admin_url,
+    };
+    Ok(Some(members::start(directory, figures, shutdown).await?))
 }
 
 /// How far the changelog has the store.

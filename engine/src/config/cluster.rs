@@ -20,6 +20,10 @@ pub struct ClusterConfig {
     /// within `session.timeout.ms`, it gets its partitions back without a rebalance. Unique
     /// per engine, stable across its restarts (a StatefulSet pod name, `${HOSTNAME}`).
     pub instance: Option<String>,
+    /// The compacted topic where engines announce their admin URLs, so that any engine's
+    /// admin API answers for the whole group. Default `<group id>.members`, with the group
+    /// id of the first Kafka subscription.
+    pub members_topic: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -28,6 +32,7 @@ impl Default for ClusterConfig {
             enabled: false,
             restore_timeout: Duration::from_secs(30),
             instance: None,
+            members_topic: None,
         }
     }
 }
@@ -50,6 +55,11 @@ impl ClusterConfig {
         }
         Ok(())
     }
+}
+
+/// The members topic of a cluster whose first Kafka subscription has this group id.
+pub fn members_topic(group_id: &str) -> String {
+    format!("{group_id}.members")
 }
 
 /// The changelog topic of a consumer group.

@@ -4,7 +4,7 @@
 mod cluster;
 mod env;
 
-pub use cluster::{changelog_topic, ClusterConfig};
+pub use cluster::{changelog_topic, members_topic, ClusterConfig};
 pub use env::FromEnv;
 
 use std::collections::{BTreeMap, HashSet};
@@ -113,9 +113,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token required on every request; mandatory when `listen` is not loopback.
     pub token: Option<String>,
-    /// How handlers reach this API to fetch journals too large to send inline, e.g.
-    /// `http://engine-1.internal:8680`. Default: `http://` and the address it listens on
-    /// (127.0.0.1 for an unspecified address).
+    /// How handlers reach this API to fetch journals too large to send inline, and how the
+    /// other engines of a cluster reach it, e.g. `http://engine-1.internal:8680`. Default:
+    /// `http://` and the address it listens on (127.0.0.1 for an unspecified address).
     pub public_url: Option<String>,
 }
 

@@ -77,6 +77,14 @@ enum Command {
     Stats {
         #[command(flatten)]
         remote: cli::Remote,
+        /// Cluster mode: counts of every member, and their sum.
+        #[arg(long)]
+        group: bool,
+    },
+    /// Cluster mode: the engines of the cluster, their admin APIs and partitions.
+    Cluster {
+        #[command(flatten)]
+        remote: cli::Remote,
     },
     /// Enqueue a call directly, without Kafka.
     Invoke {
@@ -131,7 +139,8 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Calls { remote, command } => client_runtime()?.block_on(cli::calls(remote, command)),
         Command::Dead { remote, command } => client_runtime()?.block_on(cli::dead(remote, command)),
-        Command::Stats { remote } => client_runtime()?.block_on(cli::stats(remote)),
+        Command::Stats { remote, group } => client_runtime()?.block_on(cli::stats(remote, group)),
+        Command::Cluster { remote } => client_runtime()?.block_on(cli::cluster(remote)),
         Command::Invoke { remote, args } => client_runtime()?.block_on(cli::invoke(remote, args)),
         Command::Keygen => {
             let keys = sdk::signing::KeyPair::generate();
