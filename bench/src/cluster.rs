@@ -139,6 +139,7 @@ async fn throughput(tansu: &Tansu, setup: Setup, records: usize, run: usize) -> 
     let group = format!("engine-{topic}");
     tansu.create_topic(&topic, PARTITIONS).await;
     tansu.create_topic(&format!("{group}.calls"), PARTITIONS).await;
+    tansu.create_topic(&format!("{group}.members"), 1).await;
     let handler = Handler::start().await?;
     let (engines, _dirs) = start_group(
         setup.engines(),
@@ -191,6 +192,7 @@ async fn restore(tansu: &Tansu, calls: usize, run: usize) -> anyhow::Result<Rest
     let group = format!("engine-{topic}");
     tansu.create_topic(&topic, PARTITIONS).await;
     tansu.create_topic(&format!("{group}.calls"), PARTITIONS).await;
+    tansu.create_topic(&format!("{group}.members"), 1).await;
     let nowhere = format!("http://{}/", free_addr());
     let started = Instant::now();
     let (old, _old_dir) = start_group(1, tansu, &topic, &group, &nowhere, true, true).await?;

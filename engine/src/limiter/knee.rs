@@ -29,11 +29,12 @@ impl Aimd {
         let floor_ms = self.config.latency_floor.as_secs_f64() * 1000.0;
         let threshold = (reference.ms * self.config.latency_tolerance).max(reference.ms + floor_ms);
         let flat = early.median_ms <= (reference.ms * FLAT_RATIO).max(reference.ms + floor_ms / 5.0);
-        // No doubling once latency moves, without waiting for the round's end.
-        self.flat &= flat;
         // A rise that chance explains (a median of few answers of a jittery service, or a
         // reference measured a little low) is no trend.
         let significant = rise > SIGNIFICANCE * early.median_error_ms.hypot(reference.error_ms);
+        // No doubling once latency has moved beyond chance, without waiting for the round's
+        // end (a median of 16 answers of a jittery service is often 15% off by chance).
+        self.flat &= flat || !significant;
         // Straight through the reference and these answers: latency = base + k x in flight.
         let estimate = (!flat && significant && above >= 1.0).then(|| Knee {
             at: reference.in_flight + (threshold - reference.ms) * above / rise,
