@@ -24,6 +24,9 @@ pub struct ChangelogError {
     pub source: Box<rdkafka::error::KafkaError>,
 }
 
+/// A restore waits for records it knows are there: no long polls.
+const RESTORE_FETCH_WAIT_MS: &str = "20";
+
 /// The header of a claim record: the claimer's token.
 pub const CLAIM_HEADER: &str = "engine-claim";
 /// The header of an owner's write: the token of the claim it wrote under.
@@ -98,7 +101,12 @@ pub struct Latest {
     pub first_offset: i64,
 }
 
-fn consumer(brokers: &str, options: &BTreeMap<String, String>) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+/// A consumer for `assign`; `fetch_wait_ms` is how long the broker may hold a fetch open.
+fn consumer(
+    brokers: &str,
+    options: &BTreeMap<String, String>,
+    fetch_wait_ms: &str,
+) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
     let mut client = ClientConfig::new();
     for (key, value) in options {
         client.set(key, value);
@@ -110,8 +118,7 @@ fn consumer(brokers: &str, options: &BTreeMap<String, String>) -> Result<BaseCon
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
-        // The reader waits for records it knows are there: no long polls.
-        .set("fetch.wait.max.ms", "20")
+        .set("fetch.wait.max.ms", fetch_wait_ms)
         .create()
 }
 
@@ -126,7 +133,7 @@ pub fn partition_count(
         topic: topic.to_string(),
         source: Box::new(source),
     };
-    let consumer = consumer(brokers, options).map_err(error)?;
+    let consumer = consumer(brokers, options, RESTORE_FETCH_WAIT_MS).map_err(error)?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(error)?;
     Ok(metadata
         .topics()
@@ -152,7 +159,8 @@ pub fn follow_partition(
         topic: topic.to_string(),
         source: Box::new(source),
     };
-    let consumer = consumer(brokers, options).map_err(error)?;
+    // Long polls: a follower waits for news that comes every few seconds.
+    let consumer = consumer(brokers, options, "500").map_err(error)?;
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, partition, Offset::Beginning)
@@ -201,7 +209,7 @@ pub fn read_partitions(
     if through.is_empty() {
         return Ok(states);
     }
-    let consumer = consumer(brokers, options).map_err(error)?;
+    let consumer = consumer(brokers, options, RESTORE_FETCH_WAIT_MS).map_err(error)?;
     let mut assignment = TopicPartitionList::new();
     for &partition in through.keys() {
         assignment

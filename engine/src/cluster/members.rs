@@ -25,6 +25,8 @@ pub const STALE_AFTER_MS: Millis = 20_000;
 /// A member not heard of for this long is out of the view (a killed engine that never
 /// came back; its record stays in the topic until someone removes it).
 pub const FORGET_AFTER_MS: Millis = 600_000;
+/// How long a stopping engine tries to remove its record.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Members announce themselves in this partition.
 const PARTITION: i32 = 0;
 
@@ -192,15 +194,18 @@ async fn announce(
                 .collect(),
         };
         let value = serde_json::to_vec(&record).expect("a member record serializes");
-        let sent = sink
-            .send_all(&[SinkRecord {
-                key: Some(key.clone()),
-                value: Some(value),
-                headers: Vec::new(),
-                partition: Some(PARTITION),
-            }])
-            .await;
-        if let Some(Err(error)) = sent.into_iter().next() {
+        let heartbeat = [SinkRecord {
+            key: Some(key.clone()),
+            value: Some(value),
+            headers: Vec::new(),
+            partition: Some(PARTITION),
+        }];
+        // A broker that is down must not hold the loop (nor the engine's shutdown).
+        let sent = tokio::time::timeout(HEARTBEAT, sink.send_all(&heartbeat)).await;
+        if let Some(error) = sent.map_or_else(
+            |_| Some("no answer within 5 s".to_string()),
+            |sent| sent.into_iter().find_map(Result::err).map(|e| e.to_string()),
+        ) {
             tracing::warn!(%error, "cannot announce this engine in the members topic");
         }
         tokio::select! {
@@ -208,16 +213,15 @@ async fn announce(
             () = shutdown.recv() => break,
         }
     }
-    let gone = sink
-        .send_all(&[SinkRecord {
-            key: Some(key),
-            value: None,
-            headers: Vec::new(),
-            partition: Some(PARTITION),
-        }])
-        .await;
-    if let Some(Err(error)) = gone.into_iter().next() {
-        tracing::warn!(%error, "cannot remove this engine from the members topic; it goes stale");
+    let tombstone = [SinkRecord {
+        key: Some(key),
+        value: None,
+        headers: Vec::new(),
+        partition: Some(PARTITION),
+    }];
+    match tokio::time::timeout(LEAVE_TIMEOUT, sink.send_all(&tombstone)).await {
+        Ok(gone) if gone.iter().all(Result::is_ok) => {}
+        _ => tracing::warn!("cannot remove this engine from the members topic; it goes stale in 20 s"),
     }
     directory.inner.stop.store(true, Ordering::Relaxed);
     Ok(())
