@@ -309,12 +309,15 @@ pub struct Member {
     pub heard_ms_ago: i64,
 }
 
-/// `GET /v1/cluster`: the members of the cluster this engine knows of.
+/// `GET /v1/cluster`: the members of the cluster this engine knows of. Outside cluster
+/// mode, `enabled` is false and there are no members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
-    pub me: String,
+    pub enabled: bool,
+    /// This engine's member id.
+    pub me: Option<String>,
     /// The members topic.
-    pub topic: String,
+    pub topic: Option<String>,
     pub members: Vec<Member>,
 }
 

@@ -59,6 +59,11 @@ async fn every_command_and_its_errors() {
     }
     let (ok, out, _) = cli(&url, &["stats"]).await;
     assert!(ok && out.contains("SUCCEEDED") && out.contains("test"), "{out}");
+    // Outside cluster mode: no members, and group-wide answers say why not.
+    let (ok, out, _) = cli(&url, &["cluster"]).await;
+    assert!(ok && out.contains("cluster mode is off"), "{out}");
+    let (ok, _, err) = cli(&url, &["stats", "--group"]).await;
+    assert!(!ok && err.contains("cluster mode is off"), "{err}");
 
     let (ok, out, _) = cli(&url, &["calls", "list", "--status", "succeeded"]).await;
     assert!(ok && out.contains("succeeded") && out.contains("k1"), "{out}");

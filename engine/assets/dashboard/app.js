@@ -148,12 +148,8 @@ async function subscriptions() {
 
 // Cluster mode: the members this engine knows of (null when cluster mode is off).
 async function clusterView() {
-  try {
-    members = await api('/v1/cluster');
-  } catch (e) {
-    if (e.status !== 404) throw e;
-    members = null;
-  }
+  const view = await api('/v1/cluster');
+  members = view && view.enabled ? view : null;
   for (const a of document.querySelectorAll('[data-nav="/cluster"]')) a.hidden = !members;
   return members;
 }

@@ -229,10 +229,17 @@ pub async fn find_elsewhere(State(state): State<AdminState>, request: Request, n
     .into_response()
 }
 
-/// `GET /v1/cluster`.
-pub async fn cluster_view(State(state): State<AdminState>) -> Result<axum::Json<api::ClusterView>, ApiError> {
-    let group = state.group.as_ref().ok_or_else(cluster_off)?;
-    Ok(axum::Json(group.directory.view(now_millis())))
+/// `GET /v1/cluster` (200 outside cluster mode too: `enabled` says which).
+pub async fn cluster_view(State(state): State<AdminState>) -> axum::Json<api::ClusterView> {
+    axum::Json(state.group.as_ref().map_or_else(
+        || api::ClusterView {
+            enabled: false,
+            me: None,
+            topic: None,
+            members: Vec::new(),
+        },
+        |group| group.directory.view(now_millis()),
+    ))
 }
 
 pub fn cluster_off() -> ApiError {

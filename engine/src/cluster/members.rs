@@ -93,8 +93,9 @@ impl Directory {
             .collect();
         members.sort_by_key(|m| (!m.me, m.record.id.clone()));
         ClusterView {
-            me: self.inner.me.clone(),
-            topic: self.inner.topic.clone(),
+            enabled: true,
+            me: Some(self.inner.me.clone()),
+            topic: Some(self.inner.topic.clone()),
             members,
         }
     }

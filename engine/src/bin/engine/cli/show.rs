@@ -383,6 +383,10 @@ pub(super) fn print_group_stats(stats: &api::GroupStats) {
 }
 
 pub(super) fn print_cluster(view: &api::ClusterView) {
+    if !view.enabled {
+        outln!("cluster mode is off ([cluster] enabled = false): this engine is the whole group");
+        return;
+    }
     let rows: Vec<Vec<String>> = view
         .members
         .iter()
@@ -410,7 +414,7 @@ pub(super) fn print_cluster(view: &api::ClusterView) {
             ]
         })
         .collect();
-    outln!("members topic {}", view.topic);
+    outln!("members topic {}", text(view.topic.as_deref()));
     out!(
         "{}",
         table(&["MEMBER", "ADMIN", "HEARD", "STARTED", "PARTITIONS"], &rows)
