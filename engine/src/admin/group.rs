@@ -67,29 +67,19 @@ impl Group {
         path: &str,
         query: &impl Serialize,
     ) -> Result<T, String> {
-        let response = self
-            .request(Method::GET, member, path)
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| format!("{}: {e}", member.admin_url))?;
-        decode(member, response).await
+        let request = self.request(Method::GET, member, path).query(query);
+        answer_of(member, request).await
     }
 
     /// `POST path` with a JSON body to a member, as JSON.
-    pub async fn post<T: DeserializeOwned>(
+    async fn post<T: DeserializeOwned>(
         &self,
         member: &MemberRecord,
         path: &str,
         body: &impl Serialize,
     ) -> Result<T, String> {
-        let response = self
-            .request(Method::POST, member, path)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| format!("{}: {e}", member.admin_url))?;
-        decode(member, response).await
+        let request = self.request(Method::POST, member, path).json(body);
+        answer_of(member, request).await
     }
 
     /// Send the same request to a member; its answer as it came.
@@ -124,11 +114,8 @@ impl Group {
         path: &str,
         query: &impl Serialize,
     ) -> Vec<(String, Result<T, String>)> {
-        let peers = self.directory.peers(now_millis());
-        let answers = join_all(peers.iter().map(|peer| self.get::<T>(peer, path, query))).await;
-        let mut all = vec![(self.directory.me().to_string(), local)];
-        all.extend(peers.into_iter().map(|p| p.id).zip(answers));
-        all
+        self.ask_all(local, |peer| async move { self.get(&peer, path, query).await })
+            .await
     }
 
     /// `POST path` with the same JSON body to every member that is not stale, with this
@@ -139,10 +126,24 @@ impl Group {
         path: &str,
         body: &impl Serialize,
     ) -> Vec<(String, Result<T, String>)> {
+        self.ask_all(local, |peer| async move { self.post(&peer, path, body).await })
+            .await
+    }
+
+    /// `ask` every member that is not stale, at once; this engine's `local` answer first.
+    async fn ask_all<T, F>(
+        &self,
+        local: Result<T, String>,
+        ask: impl Fn(MemberRecord) -> F,
+    ) -> Vec<(String, Result<T, String>)>
+    where
+        F: std::future::Future<Output = Result<T, String>>,
+    {
         let peers = self.directory.peers(now_millis());
-        let answers = join_all(peers.iter().map(|peer| self.post::<T>(peer, path, body))).await;
+        let ids: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
+        let answers = join_all(peers.into_iter().map(ask)).await;
         let mut all = vec![(self.directory.me().to_string(), local)];
-        all.extend(peers.into_iter().map(|p| p.id).zip(answers));
+        all.extend(ids.into_iter().zip(answers));
         all
     }
 
@@ -157,7 +158,9 @@ impl Group {
     }
 }
 
-async fn decode<T: DeserializeOwned>(member: &MemberRecord, response: reqwest::Response) -> Result<T, String> {
+/// Send a request to a member and decode its JSON answer.
+async fn answer_of<T: DeserializeOwned>(member: &MemberRecord, request: reqwest::RequestBuilder) -> Result<T, String> {
+    let response = request.send().await.map_err(|e| format!("{}: {e}", member.admin_url))?;
     let status = response.status();
     if !status.is_success() {
         let body: Option<api::ErrorBody> = response.json().await.ok();

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use connectors::kafka::SourceStatus;
 
 use super::AdminState;
 use crate::api::EndpointStats;
@@ -28,49 +29,35 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
             .collect()
     };
     let with_dead_letters = |name: &String| state.subscriptions.get(name).is_some_and(|s| s.dead_letter.is_some());
+    // One series per Kafka subscription, read from its source's status.
+    let per_source = |f: &dyn Fn(&SourceStatus) -> f64| -> Vec<(String, f64)> {
+        subs.iter()
+            .filter_map(|(name, s)| Some((labels(&[("subscription", name)]), f(s.source()?))))
+            .collect()
+    };
     out.family(
         "engine_records_consumed_total",
         "counter",
         "Records read from Kafka (before deduplication).",
-        subs.iter()
-            .filter_map(|(name, s)| {
-                let source = s.source()?;
-                Some((labels(&[("subscription", name)]), source.consumed.load(Relaxed) as f64))
-            })
-            .collect(),
+        per_source(&|s| s.consumed.load(Relaxed) as f64),
     );
     out.family(
         "engine_kafka_brokers_down",
         "gauge",
         "1 while librdkafka reports every broker of the subscription's cluster down.",
-        subs.iter()
-            .filter_map(|(name, s)| {
-                let down = s.source()?.brokers_down.load(Relaxed);
-                Some((labels(&[("subscription", name)]), f64::from(u8::from(down))))
-            })
-            .collect(),
+        per_source(&|s| f64::from(u8::from(s.brokers_down.load(Relaxed)))),
     );
     out.family(
         "engine_kafka_rebalances_total",
         "counter",
         "Rebalance events of the subscription's consumer: assignments and revocations.",
-        subs.iter()
-            .filter_map(|(name, s)| {
-                let rebalances = s.source()?.rebalances.load(Relaxed);
-                Some((labels(&[("subscription", name)]), rebalances as f64))
-            })
-            .collect(),
+        per_source(&|s| s.rebalances.load(Relaxed) as f64),
     );
     out.family(
         "engine_kafka_assigned_partitions",
         "gauge",
         "Partitions of the subscription's topics assigned to this engine.",
-        subs.iter()
-            .filter_map(|(name, s)| {
-                let held = s.source()?.assigned.lock().map_or(0, |a| a.len());
-                Some((labels(&[("subscription", name)]), held as f64))
-            })
-            .collect(),
+        per_source(&|s| s.assigned.lock().map_or(0, |a| a.len()) as f64),
     );
     for (family, help, value) in [
         (

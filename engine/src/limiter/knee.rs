@@ -1,7 +1,7 @@
 //! Where slow start ends: the knee that latency rising with concurrency points to, found
 //! on the first answers of each round. Pure.
 
-use super::{Aimd, ChangeReason, Knee, FLAT_RATIO, SIGNIFICANCE};
+use super::{Aimd, ChangeReason, Knee};
 use crate::model::Millis;
 
 /// Deepest cut back to a knee found after slow start went past it.
@@ -26,18 +26,14 @@ impl Aimd {
         let early = self.round.peek(len - KNEE_SAMPLES..len);
         let rise = early.median_ms - reference.ms;
         let above = early.mean_in_flight - reference.in_flight;
-        let floor_ms = self.config.latency_floor.as_secs_f64() * 1000.0;
-        let threshold = (reference.ms * self.config.latency_tolerance).max(reference.ms + floor_ms);
-        let flat = early.median_ms <= (reference.ms * FLAT_RATIO).max(reference.ms + floor_ms / 5.0);
-        // A rise that chance explains (a median of few answers of a jittery service, or a
-        // reference measured a little low) is no trend.
-        let significant = rise > SIGNIFICANCE * early.median_error_ms.hypot(reference.error_ms);
+        let reading = reference.read(&self.config, &early);
+        let (flat, significant) = (reading.flat, reading.significant);
         // No doubling once latency has moved beyond chance, without waiting for the round's
         // end (a median of 16 answers of a jittery service is often 15% off by chance).
         self.flat &= flat || !significant;
         // Straight through the reference and these answers: latency = base + k x in flight.
         let estimate = (!flat && significant && above >= 1.0).then(|| Knee {
-            at: reference.in_flight + (threshold - reference.ms) * above / rise,
+            at: reference.in_flight + (reading.threshold_ms - reference.ms) * above / rise,
             median_ms: early.median_ms,
             reference_ms: reference.ms,
             in_flight: early.mean_in_flight,
@@ -65,7 +61,7 @@ impl Aimd {
         // Like a latency cut: no growth until latency is back under the threshold, and if
         // the cut did not lower it, the reference is stale (the service got slower at any
         // concurrency) and is measured again before the next cut.
-        self.latency_cuts_from = Some((early.median_ms, self.limit));
+        self.latency_cut = true;
         self.descent_from.get_or_insert((early.median_ms, self.limit));
         let factor = (far.at / self.limit).clamp(KNEE_CUT_MIN_FACTOR, 1.0);
         self.cut(factor, now, false);

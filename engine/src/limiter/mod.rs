@@ -192,6 +192,31 @@ struct Reference {
     at: Millis,
 }
 
+/// What a round's median means against the reference.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    /// The median over which a round is slow.
+    threshold_ms: f64,
+    /// Within a few percent of the reference: no queue yet.
+    flat: bool,
+    /// Above the reference by more than chance explains.
+    significant: bool,
+}
+
+impl Reference {
+    /// Read `summary`'s median against this reference.
+    fn read(&self, config: &AimdConfig, summary: &RoundSummary) -> Reading {
+        let floor_ms = config.latency_floor.as_secs_f64() * 1000.0;
+        Reading {
+            threshold_ms: (self.ms * config.latency_tolerance).max(self.ms + floor_ms),
+            flat: summary.median_ms <= (self.ms * FLAT_RATIO).max(self.ms + floor_ms / 5.0),
+            // A jittery service's median of few answers, or a reference measured a little
+            // low, is off by chance alone.
+            significant: summary.median_ms - self.ms > SIGNIFICANCE * summary.median_error_ms.hypot(self.error_ms),
+        }
+    }
+}
+
 /// A trial cut for errors, with the state before it (to restore) and what was seen.
 #[derive(Debug, Clone, Copy)]
 struct Trial {
@@ -220,7 +245,7 @@ pub struct Aimd {
     /// Whether the last round's median was close to the reference (latency flat so far).
     flat: bool,
     /// Set by a latency cut, until a round is back under the threshold: no growth meanwhile.
-    latency_cuts_from: Option<(f64, f64)>,
+    latency_cut: bool,
     /// The median and the limit before the first latency cut of a descent, to check that
     /// the cuts lowered latency. A descent lasts until the limit is back above where it
     /// began (or a probe): a jittery round under the threshold between two cuts does not
@@ -254,7 +279,7 @@ impl Aimd {
             reference: None,
             slow_rounds: 0,
             flat: false,
-            latency_cuts_from: None,
+            latency_cut: false,
             descent_from: None,
             usual_error_rate: None,
             trial: None,
@@ -333,10 +358,7 @@ impl Aimd {
         // After a latency cut, no growth until a round is back under the threshold: growing
         // between cuts (one slot per round trip) slowed the descent from an overshoot by a
         // third, and the queue it kept showed in the p99.
-        self.reference.is_some()
-            && self.trial.is_none()
-            && self.probe_since.is_none()
-            && self.latency_cuts_from.is_none()
+        self.reference.is_some() && self.trial.is_none() && self.probe_since.is_none() && !self.latency_cut
     }
 
     fn grow(&mut self) -> ChangeReason {
@@ -445,7 +467,7 @@ impl Aimd {
                 at: now,
             });
             self.slow_rounds = 0;
-            self.latency_cuts_from = None;
+            self.latency_cut = false;
             self.descent_from = None;
             if std::mem::take(&mut self.probe_after_futile_cut) {
                 // The cuts were made against a wrong reference: where they put the ceiling
@@ -548,19 +570,16 @@ impl Aimd {
         let reference = self.reference?;
         if summary.mean_in_flight <= self.config.low() as f64 {
             self.slow_rounds = 0;
-            self.latency_cuts_from = None;
+            self.latency_cut = false;
             return None;
         }
-        let floor_ms = self.config.latency_floor.as_secs_f64() * 1000.0;
-        let threshold = (reference.ms * self.config.latency_tolerance).max(reference.ms + floor_ms);
-        self.flat = summary.median_ms <= (reference.ms * FLAT_RATIO).max(reference.ms + floor_ms / 5.0);
-        // Over the threshold by chance alone (a jittery service's reference measured low)
-        // is not over it.
-        let significant =
-            summary.median_ms - reference.ms > SIGNIFICANCE * summary.median_error_ms.hypot(reference.error_ms);
-        if summary.median_ms <= threshold || !significant {
+        let reading = reference.read(&self.config, summary);
+        let threshold = reading.threshold_ms;
+        self.flat = reading.flat;
+        // Over the threshold by chance alone is not over it.
+        if summary.median_ms <= threshold || !reading.significant {
             self.slow_rounds = 0;
-            self.latency_cuts_from = None;
+            self.latency_cut = false;
             return None;
         }
         self.slow_rounds += 1;
@@ -574,7 +593,7 @@ impl Aimd {
                 // got slower at any concurrency) or was measured too low: measure it
                 // before cutting again.
                 self.slow_rounds = 0;
-                self.latency_cuts_from = None;
+                self.latency_cut = false;
                 self.descent_from = None;
                 self.probe_since = Some(now);
                 self.probe_after_futile_cut = true;
@@ -582,7 +601,7 @@ impl Aimd {
             }
         }
         let factor = (threshold / summary.median_ms).clamp(LATENCY_CUT_MIN_FACTOR, LATENCY_CUT_MAX_FACTOR);
-        self.latency_cuts_from.get_or_insert((summary.median_ms, self.limit));
+        self.latency_cut = true;
         self.descent_from.get_or_insert((summary.median_ms, self.limit));
         self.cut(factor, now, true);
         Some(ChangeReason::Latency {

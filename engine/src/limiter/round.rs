@@ -13,7 +13,6 @@ pub struct Round {
     pub limit: usize,
     latencies_ms: Vec<f64>,
     in_flights: Vec<usize>,
-    in_flight_sum: u64,
     errors: u32,
 }
 
@@ -39,7 +38,6 @@ impl Round {
             limit: 0,
             latencies_ms: Vec::new(),
             in_flights: Vec::new(),
-            in_flight_sum: 0,
             errors: 0,
         }
     }
@@ -51,7 +49,6 @@ impl Round {
         }
         self.latencies_ms.push(latency_ms);
         self.in_flights.push(in_flight);
-        self.in_flight_sum += in_flight as u64;
         self.errors += u32::from(error);
     }
 
@@ -66,7 +63,7 @@ impl Round {
             samples: self.latencies_ms.len(),
             median_ms: median_of_sorted(&self.latencies_ms),
             median_error_ms: median_error(&self.latencies_ms),
-            mean_in_flight: self.in_flight_sum as f64 / samples as f64,
+            mean_in_flight: mean(&self.in_flights),
             error_rate: f64::from(self.errors) / samples as f64,
         }
     }
@@ -75,12 +72,11 @@ impl Round {
     pub fn peek(&self, range: std::ops::Range<usize>) -> RoundSummary {
         let mut sorted = self.latencies_ms[range.clone()].to_vec();
         sorted.sort_by(f64::total_cmp);
-        let in_flight: usize = self.in_flights[range].iter().sum();
         RoundSummary {
             samples: sorted.len(),
             median_ms: median_of_sorted(&sorted),
             median_error_ms: median_error(&sorted),
-            mean_in_flight: in_flight as f64 / sorted.len().max(1) as f64,
+            mean_in_flight: mean(&self.in_flights[range]),
             error_rate: 0.0,
         }
     }
@@ -95,6 +91,10 @@ fn median_error(sorted: &[f64]) -> f64 {
     }
     let sigma = (sorted[n * 3 / 4] - sorted[n / 4]) / 1.349;
     1.253 * sigma / (n as f64).sqrt()
+}
+
+fn mean(in_flights: &[usize]) -> f64 {
+    in_flights.iter().sum::<usize>() as f64 / in_flights.len().max(1) as f64
 }
 
 fn median_of_sorted(sorted: &[f64]) -> f64 {

@@ -411,8 +411,7 @@ impl Scheduler {
                             )),
                             call,
                             attempt,
-                            started_at: sent.at,
-                            sent_in_flight: sent.in_flight,
+                            sent,
                         });
                         return;
                     }
@@ -426,8 +425,7 @@ impl Scheduler {
             let _ = ended.send(AttemptEnded {
                 call,
                 attempt,
-                started_at: sent.at,
-                sent_in_flight: sent.in_flight,
+                sent,
                 outcome,
             });
         });

@@ -20,9 +20,8 @@ use crate::retry::RetryPolicy;
 pub struct AttemptEnded {
     pub call: Arc<DueCall>,
     pub attempt: u32,
-    pub started_at: Millis,
-    /// Attempts in flight toward the endpoint once this one was sent (itself included).
-    pub sent_in_flight: usize,
+    /// When it started, and at what concurrency toward its endpoint.
+    pub sent: Sent,
     pub outcome: AttemptOutcome,
 }
 
@@ -152,20 +151,16 @@ impl Reactor {
         let AttemptEnded {
             call,
             attempt,
-            started_at,
-            sent_in_flight,
+            sent,
             outcome,
         } = ended;
         self.in_flight.remove(&call.seq);
         let mut effects = vec![Effect::ReleaseEndpoint {
             signal: signal_of(outcome),
             retry_after: outcome.retry_after,
-            sent: Sent {
-                at: *started_at,
-                in_flight: *sent_in_flight,
-            },
+            sent: *sent,
         }];
-        let record = attempt_record(*attempt, *started_at, outcome);
+        let record = attempt_record(*attempt, sent.at, outcome);
         if self.cancelled.remove(&call.seq) {
             // An operator cancelled it while in flight: record the attempt, nothing more.
             self.progress.remove(&call.seq);

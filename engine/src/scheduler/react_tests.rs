@@ -53,8 +53,7 @@ fn ended(call: &Arc<DueCall>, attempt: u32, outcome: AttemptOutcome) -> AttemptE
     AttemptEnded {
         call: Arc::clone(call),
         attempt,
-        started_at: 0,
-        sent_in_flight: 1,
+        sent: Sent { at: 0, in_flight: 1 },
         outcome,
     }
 }
