@@ -35,6 +35,14 @@ pub async fn run(part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
     if let Some(instance) = cluster.as_ref().and_then(|link| link.instance.as_ref()) {
         config.options.insert("group.instance.id".into(), instance.clone());
     }
+    if cluster.is_some() {
+        // Only the partitions that must move are revoked, and restored elsewhere; the
+        // others are consumed and delivered throughout a rebalance.
+        config
+            .options
+            .entry("partition.assignment.strategy".into())
+            .or_insert_with(|| crate::cluster::ASSIGNMENT_STRATEGY.into());
+    }
     config.batch_size = kafka.batch_size;
     config.batch_bytes = kafka.batch_bytes;
     if let Some(link) = &cluster {
@@ -50,6 +58,7 @@ pub async fn run(part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
             figures: Arc::clone(&figures),
             link: link.clone(),
             runtime: tokio::runtime::Handle::current(),
+            held: std::sync::Mutex::default(),
         }));
     }
     let (source, mut batches) = Source::start(config)?;

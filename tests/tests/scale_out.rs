@@ -201,7 +201,18 @@ async fn unique_ok(target: &UnkindTarget) -> u64 {
 async fn a_killed_engines_calls_move_to_the_others_none_lost_keys_in_order() {
     let tansu = broker().await;
     let target = UnkindTarget::start(&["--error-rate", "0.2", "--latency-ms", "2", "--jitter", "exp:5"]).await;
-    let members: Vec<Member> = (0..3).map(|_| Member::new(&tansu, &target.url())).collect();
+    // The eager protocol, named: every rebalance revokes and restores every partition (the
+    // other tests run cluster mode's default, the cooperative one).
+    let members: Vec<Member> = (0..3)
+        .map(|_| {
+            Member::configured(&tansu, &target.url(), |engine, subscription| {
+                (
+                    engine,
+                    subscription.kafka_option("partition.assignment.strategy", "range"),
+                )
+            })
+        })
+        .collect();
     let mut engines = Vec::new();
     for member in &members {
         engines.push(Some(member.start().await));
@@ -296,11 +307,29 @@ async fn scaling_from_one_engine_to_three_and_back_during_the_load_moves_open_ca
     })
     .await;
     // Scale out: two engines join; partitions move off the first with calls open.
+    assert_eq!(restores(&members[0].admin).await, 1, "the first engine's own start");
     let joined_at = now_ms();
     let mut others = Vec::new();
     for member in &members[1..] {
         others.push(member.start().await);
     }
+    wait_for("each engine to hold 2 partitions", Duration::from_secs(60), || async {
+        for member in &members {
+            if assigned(&member.admin).await.len() != 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // The cooperative protocol (cluster mode's default) revoked only the 4 partitions that
+    // moved: the first engine consumed and delivered its other 2 throughout, and never had
+    // to restore them (the eager protocol revokes all 6 at each of the two joins).
+    assert_eq!(
+        restores(&members[0].admin).await,
+        1,
+        "the first engine restored partitions it kept"
+    );
     for wave in 4..waves {
         positions.extend(produce(&producer, TOPIC, records(wave * per_wave, per_wave)).await);
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -332,12 +361,26 @@ async fn scaling_from_one_engine_to_three_and_back_during_the_load_moves_open_ca
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let seen = target.stats().await;
+    let restores_after = restores(&members[0].admin).await;
     assert!(first.terminate().success());
     assert_one_call_per_record_in_order(&members, &seen, total);
     assert!(
         open_calls(&members[0].db()).is_empty(),
         "the first engine has nothing left open"
     );
+    assert!(
+        restores_after >= 2,
+        "the first engine restored the partitions it took back: {restores_after}"
+    );
+}
+
+/// Restores of partitions from the changelog an engine has made since its start.
+async fn restores(admin: &Admin) -> u64 {
+    let total = integration_tests::metric(
+        &admin.metrics().await,
+        "engine_cluster_restores_total{subscription=\"orders\"}",
+    );
+    total.map_or(0, |t| t as u64)
 }
 
 /// Partitions a store file holds calls of (`open`: open calls only).

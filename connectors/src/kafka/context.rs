@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use rdkafka::statistics::Statistics;
@@ -123,35 +124,78 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let (Rebalance::Assign(list), Some(hook)) = (rebalance, &self.hook) {
-            // The start offsets are read before the hook restores the partitions' state, and
-            // consumption starts exactly there. Read after, a commit the previous owner made
-            // meanwhile (it may not know yet that it lost the partition) could move the
-            // start past records whose state the restore did not see.
-            let starts = self.committed_offsets(consumer, list);
-            hook.assigned(&partitions_of(list));
-            if let Some(starts) = starts {
-                tracing::info!(source = %self.name, starts = %describe_offsets(&starts), "assigned partitions start at the offsets committed before their restore");
-                if let Err(error) = consumer.assign(&starts) {
-                    tracing::error!(source = %self.name, %error, "cannot start the assigned partitions at the offsets read before their restore");
+    // Replaces rdkafka's default: a newly assigned partition's state is restored (the hook)
+    // before it is assigned, at the offsets read before that restore; and the same code
+    // serves the eager protocol (every partition revoked and assigned again) and the
+    // cooperative one (only the partitions that move, the others consumed throughout).
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, list: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assigning(consumer, list);
+                if cooperative {
+                    consumer.incremental_assign(list)
+                } else {
+                    consumer.assign(list)
                 }
             }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoking(consumer, list);
+                if cooperative {
+                    consumer.incremental_unassign(list)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!(source = %self.name, error = ?other, "rebalance failed; giving up the partitions it was about");
+                if cooperative {
+                    consumer.incremental_unassign(list)
+                } else {
+                    consumer.unassign()
+                }
+            }
+        };
+        if let Err(error) = result {
+            tracing::error!(source = %self.name, %error, cooperative, "cannot apply the rebalance");
         }
     }
+}
 
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(list) = rebalance else {
-            if let Rebalance::Assign(list) = rebalance {
-                tracing::info!(source = %self.name, partitions = %describe(list), "partitions assigned");
-                self.status.rebalanced(true, &partitions_of(list));
-            }
+impl SourceContext {
+    /// Newly assigned partitions: restore their state, then start each at the offset
+    /// committed before that restore. Read after, a commit the previous owner made
+    /// meanwhile (it may not know yet that it lost the partition) could move the start past
+    /// records whose state the restore did not see.
+    fn assigning(&self, consumer: &BaseConsumer<Self>, list: &mut TopicPartitionList) {
+        let partitions = partitions_of(list);
+        tracing::info!(source = %self.name, partitions = %describe(list), "partitions assigned");
+        let Some(hook) = &self.hook else {
+            self.status.rebalanced(true, &partitions);
             return;
         };
+        let starts = (list.count() > 0)
+            .then(|| self.committed_offsets(consumer, list))
+            .flatten();
+        hook.assigned(&partitions);
+        // Shown as held once restored: from here on they are consumed and delivered.
+        self.status.rebalanced(true, &partitions);
+        let Some(starts) = starts else { return };
+        for element in starts.elements() {
+            if let Err(error) = list.set_partition_offset(element.topic(), element.partition(), element.offset()) {
+                tracing::error!(source = %self.name, %error, "cannot start {}/{} at the offset read before its restore", element.topic(), element.partition());
+            }
+        }
+        tracing::info!(source = %self.name, starts = %describe_offsets(list), "assigned partitions start at the offsets committed before their restore");
+    }
+
+    /// Partitions about to be revoked: their batches already handed to the engine are made
+    /// durable and their offsets committed, and the hook hands their state over.
+    fn revoking(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) {
         let revoked = partitions_of(list);
         self.status.rebalanced(false, &revoked);
         // Wait until the batches already handed to the engine are durable, so their offsets
-        // are stored before librdkafka commits on revoke.
+        // are stored before the commit below.
         let deadline = Instant::now() + self.revoke_timeout;
         loop {
             self.drain_acks(consumer);

@@ -32,6 +32,9 @@ mod publish;
 pub use members::{Directory, HEARTBEAT, STALE_AFTER_MS};
 pub use publish::{changelog_sink, publish, Owners, Publisher};
 
+/// The assignment strategy of cluster mode unless the subscription's options name one.
+pub const ASSIGNMENT_STRATEGY: &str = "cooperative-sticky";
+
 /// Keys of claim records start with this; call ids never do.
 const CLAIM_PREFIX: &[u8] = b"claim:";
 
@@ -91,6 +94,9 @@ pub struct Ownership {
     pub figures: Arc<Figures>,
     pub link: ClusterLink,
     pub runtime: tokio::runtime::Handle,
+    /// The partitions this engine holds: with the cooperative protocol, a rebalance
+    /// assigns or revokes only some of them.
+    pub held: std::sync::Mutex<std::collections::BTreeSet<(String, i32)>>,
 }
 
 impl Ownership {
@@ -184,6 +190,19 @@ impl Ownership {
         calls
     }
 
+    /// Note `partitions` as held (or no longer); how many are held now.
+    fn hold(&self, partitions: &[(String, i32)], held: bool) -> usize {
+        let mut set = self.held.lock().expect("held partitions lock");
+        for partition in partitions {
+            if held {
+                set.insert(partition.clone());
+            } else {
+                set.remove(partition);
+            }
+        }
+        set.len()
+    }
+
     /// Each static rate limit allows this engine's share of it: `held` of the partitions.
     fn split_rates(&self, held: usize) {
         let share = crate::rate::Share {
@@ -236,6 +255,10 @@ fn one_call_per_record(mut snapshots: Vec<(i64, CallSnapshot)>) -> (Vec<CallSnap
 impl PartitionHook for Ownership {
     fn assigned(&self, partitions: &[(String, i32)]) {
         self.link.lease.rebalanced();
+        if partitions.is_empty() {
+            // The cooperative protocol's rebalances that moved nothing here.
+            return;
+        }
         let started = Instant::now();
         let states = self.read(partitions);
         let read_ms = started.elapsed().as_millis() as u64;
@@ -274,13 +297,19 @@ impl PartitionHook for Ownership {
             );
         }
         self.figures.restored(restored, started.elapsed());
-        self.split_rates(partitions.len());
+        self.split_rates(self.hold(partitions, true));
     }
 
     fn revoking(&self, partitions: &[(String, i32)]) {
         // The lease is told once the partitions are handed over: told before, a scheduler
         // held after a freeze would start attempts of partitions another engine owns.
         let _told = TellWhenDone(&self.link.lease);
+        let held = self.hold(partitions, false);
+        if held > 0 {
+            // Cooperative: the partitions kept. Holding none (eager: every partition, until
+            // the assignment that follows), the share stays: no record is delivered anyway.
+            self.split_rates(held);
+        }
         let started = Instant::now();
         let (reply, wait) = oneshot::channel();
         let handover = Handover {

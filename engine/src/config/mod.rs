@@ -517,10 +517,10 @@ impl Config {
                     ));
                 }
                 let strategy = kafka.options.get("partition.assignment.strategy");
-                if self.cluster.enabled && strategy.is_some_and(|s| s.contains("cooperative")) {
+                if let Some(strategy) = strategy.filter(|s| s.contains("cooperative") && s.contains(',')) {
+                    // librdkafka cannot mix the protocols, and says so only when joining.
                     return invalid(format!(
-                        "subscription `{name}`: cluster mode does not support the cooperative rebalance protocol yet (partition.assignment.strategy = `{}`); use range or roundrobin",
-                        strategy.map_or("", String::as_str)
+                        "subscription `{name}`: partition.assignment.strategy = `{strategy}` mixes the cooperative protocol with others; name `cooperative-sticky` alone, or eager strategies (range, roundrobin) only"
                     ));
                 }
             }
@@ -617,7 +617,7 @@ mod tests {
     }
 
     #[test]
-    fn cluster_instance_needs_cluster_mode_and_refuses_a_conflicting_option_or_the_cooperative_protocol() {
+    fn cluster_instance_needs_cluster_mode_and_refuses_a_conflicting_option_or_mixed_protocols() {
         let kafka = "[subscription.kafka]\nbrokers = \"b:9092\"\ntopics = [\"t\"]\n";
         let error = |text: String| Config::from_toml(&text).unwrap_err().to_string();
         assert!(
@@ -632,9 +632,15 @@ mod tests {
         ))
         .contains("keep one"));
         assert!(error(format!(
-            "{MINIMAL}{kafka}options = {{ \"partition.assignment.strategy\" = \"cooperative-sticky\" }}\n[cluster]\nenabled = true\n"
+            "{MINIMAL}{kafka}options = {{ \"partition.assignment.strategy\" = \"cooperative-sticky,range\" }}\n[cluster]\nenabled = true\n"
         ))
-        .contains("cooperative"));
+        .contains("mixes the cooperative protocol"));
+        for strategy in ["cooperative-sticky", "range,roundrobin"] {
+            Config::from_toml(&format!(
+                "{MINIMAL}{kafka}options = {{ \"partition.assignment.strategy\" = \"{strategy}\" }}\n[cluster]\nenabled = true\n"
+            ))
+            .unwrap();
+        }
         let config = Config::from_toml(&format!(
             "{MINIMAL}{kafka}[cluster]\nenabled = true\ninstance = \"engine-0\"\n"
         ))

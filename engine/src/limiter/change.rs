@@ -48,8 +48,12 @@ pub enum ChangeReason {
     ErrorsNotOverload { before: f64, after: f64 },
     /// Concurrency held at the initial limit for a round, to measure the latency there.
     Probe { after_futile_cut: bool },
-    /// The probe's measurement; the limit is back.
-    Probed { reference_ms: f64 },
+    /// The probe's measurement; the limit is back. `usual_errors`: the 5xx errors seen even
+    /// at low concurrency, taken as the application's from then on.
+    Probed {
+        reference_ms: f64,
+        usual_errors: Option<f64>,
+    },
 }
 
 impl ChangeReason {
@@ -119,8 +123,17 @@ impl ChangeReason {
                 "probe: measuring latency at low concurrency for one round"
             }
             .into(),
-            Self::Probed { reference_ms } => {
-                format!("probe done: median latency {reference_ms:.1} ms at low concurrency")
+            Self::Probed {
+                reference_ms,
+                usual_errors,
+            } => {
+                let errors = usual_errors.map_or_else(String::new, |rate| {
+                    format!(
+                        "; {} of answers were 5xx errors even there: application errors, not overload",
+                        pct(rate)
+                    )
+                });
+                format!("probe done: median latency {reference_ms:.1} ms at low concurrency{errors}")
             }
         }
     }

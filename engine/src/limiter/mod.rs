@@ -24,6 +24,8 @@
 //!   limit is cut *as a trial*: if the errors fall in the next round, they were overload and
 //!   the cut stays; if not, they are application errors, the limit is restored, and their
 //!   rate becomes the endpoint's usual rate. A cut that did not help is not repeated.
+//!   Errors already seen in the probe at low concurrency (below) are the application's at
+//!   once: no cut could make them fall.
 //! - **Latency rising with concurrency.** The median latency of a round is compared with the
 //!   median measured at low concurrency (2 in flight), like with like: a jittery
 //!   service has the same median at any concurrency; a saturating one does not. A rise
@@ -466,6 +468,7 @@ impl Aimd {
                 in_flight: summary.mean_in_flight,
                 at: now,
             });
+            let errors = self.learn_errors_at_low_concurrency(&summary);
             self.slow_rounds = 0;
             self.latency_cut = false;
             self.descent_from = None;
@@ -475,7 +478,10 @@ impl Aimd {
                 self.ceiling = None;
                 self.slow_start = true;
             }
-            return probed.then_some(ChangeReason::Probed { reference_ms: ms });
+            return probed.then_some(ChangeReason::Probed {
+                reference_ms: ms,
+                usual_errors: errors,
+            });
         }
         if low {
             let (ms, error_ms) = match self.reference {
@@ -506,6 +512,22 @@ impl Aimd {
             ChangeReason::Probe {
                 after_futile_cut: false,
             }
+        })
+    }
+
+    /// Errors at the lowest concurrency are not overload: nothing would fall by cutting
+    /// further, so a trial cut would only hold the limit down for a long round (about 15
+    /// round trips). Their rate becomes the endpoint's usual rate at once. A rise above it
+    /// later still starts a trial.
+    fn learn_errors_at_low_concurrency(&mut self, summary: &RoundSummary) -> Option<f64> {
+        let low = summary.mean_in_flight <= self.config.low() as f64 + 0.5;
+        let learned = self.usual_error_rate.is_none()
+            && low
+            && summary.samples >= PROBE_ROUND
+            && summary.error_rate > ERROR_ONSET;
+        learned.then(|| {
+            self.usual_error_rate = Some(summary.error_rate);
+            summary.error_rate
         })
     }
 

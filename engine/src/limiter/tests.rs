@@ -67,6 +67,20 @@ impl Sim {
             .collect()
     }
 
+    /// Whether the endpoint's usual errors were learned, by a trial or at low concurrency.
+    fn learned_usual_errors(&self) -> bool {
+        self.changes.iter().any(|c| {
+            matches!(
+                c.reason,
+                ChangeReason::ErrorsNotOverload { .. }
+                    | ChangeReason::Probed {
+                        usual_errors: Some(_),
+                        ..
+                    }
+            )
+        })
+    }
+
     fn count(&self, code: &str) -> usize {
         self.changes.iter().filter(|c| c.reason.code() == code).count()
     }
@@ -157,7 +171,7 @@ fn random_application_errors_do_not_hold_the_limit_down() {
             });
             let label = format!("{rate} errors at {latency} ms: {:#?}", sim.verdicts());
             assert!(mean(&limits[100..]) > 240.0, "{label}");
-            assert!(sim.count("errors_not_overload") >= 1, "{label}");
+            assert!(sim.learned_usual_errors(), "{label}");
             assert!(sim.count("error_trial") <= 2, "a futile trial is not repeated: {label}");
             assert_eq!(sim.count("latency") + sim.count("overload"), 0, "{label}");
         }
@@ -166,10 +180,10 @@ fn random_application_errors_do_not_hold_the_limit_down() {
 
 #[test]
 fn known_application_errors_count_for_growth_like_successes() {
-    // Half the answers are the application's errors: once a trial has shown it, the limit
-    // climbs as fast as on a healthy endpoint, not at half the pace. The trial itself, at
-    // a low limit, costs about 15 round trips (seeded: 41 against 26; 48 when errors did
-    // not count).
+    // Half the answers are the application's errors, already at low concurrency: the
+    // probe that measures the reference says so, and the limit climbs as fast as on a
+    // healthy endpoint (seeded: 26 round trips both; 41 when a trial cut had to show it,
+    // 48 when errors did not count for growth).
     let climb = |rate: f64| {
         let mut sim = Sim::new(AimdConfig::default());
         let limits = sim.run(200, &|_, _, rng| {
@@ -184,7 +198,7 @@ fn known_application_errors_count_for_growth_like_successes() {
     let (healthy, _) = climb(0.0);
     let (failing, sim) = climb(0.5);
     assert!(
-        failing <= healthy + 16,
+        failing <= healthy + 4,
         "256 after {failing} round trips with 50% errors, {healthy} without: {:#?}",
         sim.verdicts()
     );
