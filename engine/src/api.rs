@@ -198,7 +198,7 @@ pub struct Throughput {
 }
 
 /// One endpoint in [`Stats`]: its adaptive limit and why it moved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndpointStats {
     pub limit: usize,
     pub in_flight: usize,
@@ -209,6 +209,11 @@ pub struct EndpointStats {
     /// `latency`, `knee`, `error_trial`, `errors_were_overload`, `errors_not_overload`, `probe`,
     /// `probed`).
     pub changes_by_reason: BTreeMap<String, u64>,
+    /// The share of answers that are 5xx errors the limiter has found to be the
+    /// application's (not overload: they did not fall with concurrency, or were there at
+    /// low concurrency); absent until it has. Errors above it start a trial cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usual_error_rate: Option<f64>,
     pub paused_until: Option<Millis>,
     pub recent_changes: Vec<ChangeView>,
     /// With a static rate limit: requests per second configured, and allowed to this

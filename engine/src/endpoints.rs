@@ -165,6 +165,7 @@ impl Endpoint {
                 .iter()
                 .map(|(reason, n)| ((*reason).to_string(), *n))
                 .collect(),
+            usual_error_rate: state.aimd.usual_error_rate(),
             paused_until: (state.paused_until > 0).then_some(state.paused_until),
             recent_changes: state
                 .changes

@@ -62,12 +62,12 @@ async fn random_503s_from_a_python_webhook_do_not_throttle_it() {
         highest >= 32,
         "the limit grew past 32 despite 20% random 503s (it reached {highest})"
     );
+    // Found by a trial cut that did not help, or at once when the probe at low
+    // concurrency already saw them.
+    let usual = endpoint["usual_error_rate"].as_f64();
     assert!(
-        endpoint["changes_by_reason"]["errors_not_overload"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1,
-        "the engine found the 503s were not overload: {endpoint}"
+        usual.is_some_and(|rate| (0.05..0.45).contains(&rate)),
+        "the engine found the 503s were not overload, about 20% of answers: {endpoint}"
     );
     assert_eq!(
         endpoint["changes_by_reason"].get("overload"),

@@ -303,11 +303,12 @@ function overviewView(stats) {
         lagList.map(([n, l]) => h('tr', { testid: `lag-${n}-${l.topic}-${l.partition}` },
           td(n), td(l.topic), ntd(l.partition), ntd(l.lag), lagKeys.map((k) => ntd(l[k])))))],
     h('h2', null, 'Endpoints'),
-    table('endpoints', ['Endpoint', '#Adaptive limit', '#In flight', '#Raises', '#Cuts', 'Paused', 'Last limit change'],
+    table('endpoints', ['Endpoint', '#Adaptive limit', '#In flight', '#Raises', '#Cuts', '#Application errors', 'Paused', 'Last limit change'],
       eps.map(([key, e]) => {
         const last = (e.recent_changes || []).slice(-1)[0];
         return h('tr', { 'data-endpoint': key }, td(key, 'mono'),
           ['limit', 'in_flight', 'raises', 'cuts'].map((k) => ntd(e[k], `endpoint-${key}-${k}`)),
+          td(e.usual_error_rate == null ? '—' : `${Math.round(e.usual_error_rate * 100)}%`, 'num', `endpoint-${key}-usual-errors`),
           td(e.paused_until && e.paused_until > Date.now() ? ['until ', time(e.paused_until)] : 'no'),
           td(last ? [`${last.from} → ${last.to}: ${last.detail} `, h('span', { class: 'muted' }, rel(last.at))] : '—', null, `endpoint-${key}-last-change`));
       }), 'No endpoint has been called yet.'),

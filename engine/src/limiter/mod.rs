@@ -302,6 +302,11 @@ impl Aimd {
         }
     }
 
+    /// The share of 5xx errors found to be the endpoint's application's, once known.
+    pub fn usual_error_rate(&self) -> Option<f64> {
+        self.usual_error_rate
+    }
+
     /// Feed the outcome of an attempt that started at `started`. `in_flight` is the number
     /// of attempts in flight when it arrived (including this one). Returns a change of the
     /// whole-number limit, or a verdict, with its reason.
@@ -517,14 +522,15 @@ impl Aimd {
 
     /// Errors at the lowest concurrency are not overload: nothing would fall by cutting
     /// further, so a trial cut would only hold the limit down for a long round (about 15
-    /// round trips). Their rate becomes the endpoint's usual rate at once. A rise above it
-    /// later still starts a trial.
+    /// round trips). Their rate becomes the endpoint's usual rate at once (from 2 errors in
+    /// the probe's 20 answers: a 20% rate shows so in 93% of probes). A rise above it later
+    /// still starts a trial, and a rate that falls takes the usual one down with it.
     fn learn_errors_at_low_concurrency(&mut self, summary: &RoundSummary) -> Option<f64> {
         let low = summary.mean_in_flight <= self.config.low() as f64 + 0.5;
         let learned = self.usual_error_rate.is_none()
             && low
             && summary.samples >= PROBE_ROUND
-            && summary.error_rate > ERROR_ONSET;
+            && summary.error_rate >= ERROR_ONSET;
         learned.then(|| {
             self.usual_error_rate = Some(summary.error_rate);
             summary.error_rate
