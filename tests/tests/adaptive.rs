@@ -69,6 +69,12 @@ async fn random_503s_from_a_python_webhook_do_not_throttle_it() {
         usual.is_some_and(|rate| (0.05..0.45).contains(&rate)),
         "the engine found the 503s were not overload, about 20% of answers: {endpoint}"
     );
+    let metrics = Admin::new(engine.admin_addr()).metrics().await;
+    let gauge = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("engine_endpoint_usual_error_rate{"))
+        .and_then(|rest| rest.split_whitespace().last()?.parse::<f64>().ok());
+    assert_eq!(gauge, usual, "the same rate in /metrics: {metrics}");
     assert_eq!(
         endpoint["changes_by_reason"].get("overload"),
         None,

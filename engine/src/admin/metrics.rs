@@ -251,6 +251,15 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
             })
             .collect(),
     );
+    out.family(
+        "engine_endpoint_usual_error_rate",
+        "gauge",
+        "Share of answers that are 5xx errors found to be the application's, not overload (absent until found).",
+        endpoints
+            .iter()
+            .filter_map(|(k, e)| Some((labels(&[("endpoint", k)]), e.usual_error_rate?)))
+            .collect(),
+    );
     let writer = state.store.writer_stats();
     out.family(
         "engine_store_commits_total",

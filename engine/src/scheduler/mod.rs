@@ -69,6 +69,8 @@ pub struct Scheduler {
     ready_seq: Option<tokio::sync::watch::Receiver<i64>>,
     /// Cluster mode: after a freeze, no attempt starts until the group has spoken.
     lease: Option<crate::lease::Lease>,
+    /// Said once: child calls do not move in cluster mode.
+    warned_children_stay: bool,
 }
 
 /// Cluster mode: partitions leaving this engine. The scheduler lets its attempts in flight
@@ -155,6 +157,7 @@ impl Scheduler {
             handover_rx,
             ready_seq: None,
             lease: None,
+            warned_children_stay: false,
         }
     }
 
@@ -492,10 +495,18 @@ impl Scheduler {
     }
 
     /// A suspension's children as calls of their subscriptions, ready to store.
-    fn with_children(&self, transition: crate::model::Transition) -> crate::model::Transition {
+    fn with_children(&mut self, transition: crate::model::Transition) -> crate::model::Transition {
         let crate::model::Transition::Suspended(mut suspended) = transition else {
             return transition;
         };
+        if self.lease.is_some() && !suspended.children.is_empty() && !self.warned_children_stay {
+            // Cluster mode (the lease is set only there).
+            self.warned_children_stay = true;
+            tracing::warn!(
+                subscription = %self.subscription.name,
+                "cluster mode: a workflow created child calls; they stay on this engine and do not follow their workflow's partition yet (docs/scaling.md): if this engine is lost for good, they wait for its store"
+            );
+        }
         suspended.calls = suspended
             .children
             .iter()
