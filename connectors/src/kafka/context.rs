@@ -127,7 +127,7 @@ impl ConsumerContext for SourceContext {
     // Replaces rdkafka's default: a newly assigned partition's state is restored (the hook)
     // before it is assigned, at the offsets read before that restore; and the same code
     // serves the eager protocol (every partition revoked and assigned again) and the
-    // cooperative one (only the partitions that move, the others consumed throughout).
+    // cooperative one (only the partitions that move are revoked and assigned).
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, list: &mut TopicPartitionList) {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let result = match err {
