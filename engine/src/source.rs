@@ -36,8 +36,8 @@ pub async fn run(part: Part, kafka: KafkaConfig) -> Result<(), EngineError> {
         config.options.insert("group.instance.id".into(), instance.clone());
     }
     if cluster.is_some() {
-        // Only the partitions that must move are revoked, and restored elsewhere; the
-        // others are consumed and delivered throughout a rebalance.
+        // Only the partitions that must move are revoked and restored elsewhere; the others
+        // stay, and are not restored again.
         config
             .options
             .entry("partition.assignment.strategy".into())

@@ -323,8 +323,8 @@ async fn scaling_from_one_engine_to_three_and_back_during_the_load_moves_open_ca
     })
     .await;
     // The cooperative protocol (cluster mode's default) revoked only the 4 partitions that
-    // moved: the first engine consumed and delivered its other 2 throughout, and never had
-    // to restore them (the eager protocol revokes all 6 at each of the two joins).
+    // moved: the first engine kept its other 2 and never had to restore them (the eager
+    // protocol revokes all 6 at each of the two joins).
     assert_eq!(
         restores(&members[0].admin).await,
         1,

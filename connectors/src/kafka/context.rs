@@ -139,16 +139,12 @@ impl ConsumerContext for SourceContext {
                     consumer.assign(list)
                 }
             }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.revoking(consumer, list);
-                if cooperative {
-                    consumer.incremental_unassign(list)
+            revoke => {
+                if revoke == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    self.revoking(consumer, list);
                 } else {
-                    consumer.unassign()
+                    tracing::error!(source = %self.name, error = ?revoke, "rebalance failed; giving up the partitions it was about");
                 }
-            }
-            other => {
-                tracing::error!(source = %self.name, error = ?other, "rebalance failed; giving up the partitions it was about");
                 if cooperative {
                     consumer.incremental_unassign(list)
                 } else {
