@@ -49,10 +49,13 @@ pub enum ChangeReason {
     /// Concurrency held at the initial limit for a round, to measure the latency there.
     Probe { after_futile_cut: bool },
     /// The probe's measurement; the limit is back. `usual_errors`: the 5xx errors seen even
-    /// at low concurrency, taken as the application's from then on.
+    /// at low concurrency, taken as the application's from then on. `plateau_ms`: the
+    /// latency that latency cuts did not lower while this measurement stayed the same,
+    /// taken as the endpoint's latency under load from then on.
     Probed {
         reference_ms: f64,
         usual_errors: Option<f64>,
+        plateau_ms: Option<f64>,
     },
 }
 
@@ -126,6 +129,7 @@ impl ChangeReason {
             Self::Probed {
                 reference_ms,
                 usual_errors,
+                plateau_ms,
             } => {
                 let errors = usual_errors.map_or_else(String::new, |rate| {
                     format!(
@@ -133,7 +137,13 @@ impl ChangeReason {
                         pct(rate)
                     )
                 });
-                format!("probe done: median latency {reference_ms:.1} ms at low concurrency{errors}")
+                let plateau = plateau_ms.map_or_else(String::new, |ms| {
+                    format!(
+                        "; unchanged, so latency under load ({ms:.1} ms, which cuts did not lower) is not a queue: the limit is back where the cuts began, and only latency above {:.1} ms counts from now on",
+                        ms * super::PLATEAU_TOLERANCE
+                    )
+                });
+                format!("probe done: median latency {reference_ms:.1} ms at low concurrency{errors}{plateau}")
             }
         }
     }

@@ -26,7 +26,7 @@ impl Aimd {
         let early = self.round.peek(len - KNEE_SAMPLES..len);
         let rise = early.median_ms - reference.ms;
         let above = early.mean_in_flight - reference.in_flight;
-        let reading = reference.read(&self.config, &early);
+        let reading = reference.read(&self.config, self.plateau, &early);
         let (flat, significant) = (reading.flat, reading.significant);
         // No doubling once latency has moved beyond chance, without waiting for the round's
         // end (a median of 16 answers of a jittery service is often 15% off by chance).
@@ -62,7 +62,10 @@ impl Aimd {
         // the cut did not lower it, the reference is stale (the service got slower at any
         // concurrency) and is measured again before the next cut.
         self.latency_cut = true;
-        self.descent_from.get_or_insert((early.median_ms, self.limit));
+        self.descent_from.get_or_insert(super::Descent {
+            median_ms: early.median_ms,
+            limit: self.limit,
+        });
         let factor = (far.at / self.limit).clamp(KNEE_CUT_MIN_FACTOR, 1.0);
         self.cut(factor, now, false);
         self.ceiling = Some(self.limit.max(far.at));

@@ -39,7 +39,11 @@
 //!   The reference is measured first and again every `probe_interval`, by holding
 //!   concurrency at 2 for one short round. When cuts in a row have taken a fifth off the
 //!   limit and latency did not fall at all, the reference is measured again before the
-//!   next cut, and the ceiling those cuts set is forgotten.
+//!   next cut. If it moved, the ceiling those cuts set is forgotten. If it did not, the
+//!   latency they could not lower is a *plateau* (a CPU-bound service sharing its host is
+//!   slower under any load, not queueing for ours): the limit goes back to where the cuts
+//!   began, and from then on only a round above 1.25 times the plateau is slow, until a
+//!   probe measures another reference.
 //!
 //! A *round* is the answers to `max(32, limit)` attempts started since the last change
 //! (the limit when its first answer came), so decisions never mix attempts sent under
@@ -91,6 +95,9 @@ const LATENCY_CUT_MIN_FACTOR: f64 = 0.85;
 
 /// A rise of latency over the reference counts beyond this many standard errors.
 const SIGNIFICANCE: f64 = 3.0;
+/// Once latency cuts are found futile (a [`Plateau`]), a round is slow only above this
+/// multiple of the latency they could not lower.
+const PLATEAU_TOLERANCE: f64 = 1.25;
 
 /// Settings of the adaptive limit.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -205,17 +212,48 @@ struct Reading {
     significant: bool,
 }
 
+/// Latency that cuts of a fifth did not lower, while the latency at low concurrency stayed
+/// the same: the endpoint's latency under any load (its host's CPU shared with others, a
+/// garbage collector), not a queue that less concurrency would drain. Cutting for it again
+/// would only idle the endpoint, so the threshold rises above it.
+#[derive(Debug, Clone, Copy)]
+struct Plateau {
+    median_ms: f64,
+    /// The reference it was found against; a probe that measures another forgets it.
+    reference: Reference,
+}
+
+/// A latency descent: the median and the limit before its first cut.
+#[derive(Debug, Clone, Copy)]
+struct Descent {
+    median_ms: f64,
+    limit: f64,
+}
+
 impl Reference {
-    /// Read `summary`'s median against this reference.
-    fn read(&self, config: &AimdConfig, summary: &RoundSummary) -> Reading {
+    /// Read `summary`'s median against this reference (and a plateau, if one was found).
+    fn read(&self, config: &AimdConfig, plateau: Option<Plateau>, summary: &RoundSummary) -> Reading {
         let floor_ms = config.latency_floor.as_secs_f64() * 1000.0;
+        let above_plateau = plateau.map_or(0.0, |p| p.median_ms * PLATEAU_TOLERANCE);
         Reading {
-            threshold_ms: (self.ms * config.latency_tolerance).max(self.ms + floor_ms),
+            threshold_ms: (self.ms * config.latency_tolerance)
+                .max(self.ms + floor_ms)
+                .max(above_plateau),
             flat: summary.median_ms <= (self.ms * FLAT_RATIO).max(self.ms + floor_ms / 5.0),
             // A jittery service's median of few answers, or a reference measured a little
             // low, is off by chance alone.
-            significant: summary.median_ms - self.ms > SIGNIFICANCE * summary.median_error_ms.hypot(self.error_ms),
+            significant: self.differs(summary),
         }
+    }
+
+    /// Whether `summary`'s median is above this one by more than chance explains.
+    fn differs(&self, summary: &RoundSummary) -> bool {
+        summary.median_ms - self.ms > SIGNIFICANCE * summary.median_error_ms.hypot(self.error_ms)
+    }
+
+    /// Whether `summary`'s median is above or below this one by more than chance explains.
+    fn changed(&self, summary: &RoundSummary) -> bool {
+        (summary.median_ms - self.ms).abs() > SIGNIFICANCE * summary.median_error_ms.hypot(self.error_ms)
     }
 }
 
@@ -252,14 +290,16 @@ pub struct Aimd {
     /// the cuts lowered latency. A descent lasts until the limit is back above where it
     /// began (or a probe): a jittery round under the threshold between two cuts does not
     /// end it, or cuts against a reference measured too low would go on for ever.
-    descent_from: Option<(f64, f64)>,
+    descent_from: Option<Descent>,
     /// The endpoint's usual share of unexplained errors, once learned.
     usual_error_rate: Option<f64>,
     trial: Option<Trial>,
     /// Probing (concurrency held low) since this moment.
     probe_since: Option<Millis>,
-    /// The probe runs because latency cuts did not lower latency.
-    probe_after_futile_cut: bool,
+    /// The probe runs because the cuts of this descent did not lower latency.
+    futile_descent: Option<Descent>,
+    /// Latency that cuts were found unable to lower.
+    plateau: Option<Plateau>,
     /// In slow start, where the last round's latency said the threshold will be crossed.
     knee_estimate: Option<Knee>,
     /// Where slow start ends: two rounds in a row agreed that latency rises toward the
@@ -286,7 +326,8 @@ impl Aimd {
             usual_error_rate: None,
             trial: None,
             probe_since: None,
-            probe_after_futile_cut: false,
+            futile_descent: None,
+            plateau: None,
             knee_estimate: None,
             knee: None,
         }
@@ -401,7 +442,7 @@ impl Aimd {
             };
         }
         self.limit = grown;
-        if self.descent_from.is_some_and(|(_, from)| self.limit > from) {
+        if self.descent_from.is_some_and(|d| self.limit > d.limit) {
             self.descent_from = None;
         }
         if self.ceiling.is_some_and(|c| self.limit >= c * 1.25 + 2.0) {
@@ -458,6 +499,7 @@ impl Aimd {
         }
         let probed = self.probe_since.take().is_some();
         if probed || self.reference.is_none() {
+            let before = self.reference;
             // A short round is a noisy median: blend it with the last one, if any.
             let (ms, error_ms) = self
                 .reference
@@ -477,15 +519,11 @@ impl Aimd {
             self.slow_rounds = 0;
             self.latency_cut = false;
             self.descent_from = None;
-            if std::mem::take(&mut self.probe_after_futile_cut) {
-                // The cuts were made against a wrong reference: where they put the ceiling
-                // says nothing about the endpoint.
-                self.ceiling = None;
-                self.slow_start = true;
-            }
+            let plateau_ms = self.after_probe(before, &summary);
             return probed.then_some(ChangeReason::Probed {
                 reference_ms: ms,
                 usual_errors: errors,
+                plateau_ms,
             });
         }
         if low {
@@ -518,6 +556,42 @@ impl Aimd {
                 after_futile_cut: false,
             }
         })
+    }
+
+    /// After a probe measured `summary` at low concurrency (against the reference `before`):
+    /// forget a plateau found against another reference, and judge a futile descent. If the
+    /// reference moved, the cuts were made against a wrong one: where they put the ceiling
+    /// says nothing about the endpoint, and slow start resumes. If it did not, latency under
+    /// load is simply higher than at low concurrency and no cut lowers it: that latency is
+    /// a plateau, the limit goes back to where the descent began, and holds there.
+    /// Returns a plateau newly found.
+    fn after_probe(&mut self, before: Option<Reference>, summary: &RoundSummary) -> Option<f64> {
+        if self.plateau.is_some_and(|p| p.reference.changed(summary)) {
+            self.plateau = None;
+        }
+        let descent = self.futile_descent.take()?;
+        match before.filter(|r| !r.changed(summary)) {
+            // A plateau found already stays while the reference does: a later descent that
+            // did not lower latency neither raises it (a jittery median that did not fall
+            // by chance would ratchet the threshold up for ever) nor is undone (it may have
+            // begun far past where the endpoint has room, in a slow start).
+            Some(_) if self.plateau.is_some() => None,
+            Some(reference) => {
+                self.plateau = Some(Plateau {
+                    median_ms: descent.median_ms,
+                    reference,
+                });
+                self.limit = self.limit.max(descent.limit);
+                self.ceiling = Some(self.limit);
+                self.end_slow_start();
+                Some(descent.median_ms)
+            }
+            None => {
+                self.ceiling = None;
+                self.slow_start = true;
+                None
+            }
+        }
     }
 
     /// Errors at the lowest concurrency are not overload: nothing would fall by cutting
@@ -601,7 +675,7 @@ impl Aimd {
             self.latency_cut = false;
             return None;
         }
-        let reading = reference.read(&self.config, summary);
+        let reading = reference.read(&self.config, self.plateau, summary);
         let threshold = reading.threshold_ms;
         self.flat = reading.flat;
         // Over the threshold by chance alone is not over it.
@@ -614,8 +688,8 @@ impl Aimd {
         if self.slow_rounds < SLOW_ROUNDS_TO_CUT {
             return None;
         }
-        if let Some((median, limit)) = self.descent_from {
-            if self.limit <= limit * 0.8 && summary.median_ms >= median {
+        if let Some(descent) = self.descent_from {
+            if self.limit <= descent.limit * 0.8 && summary.median_ms >= descent.median_ms {
                 // Latency that grows with concurrency falls when the limit is cut by a
                 // fifth; it did not fall at all, so the reference may be stale (the service
                 // got slower at any concurrency) or was measured too low: measure it
@@ -624,13 +698,16 @@ impl Aimd {
                 self.latency_cut = false;
                 self.descent_from = None;
                 self.probe_since = Some(now);
-                self.probe_after_futile_cut = true;
+                self.futile_descent = Some(descent);
                 return Some(ChangeReason::Probe { after_futile_cut: true });
             }
         }
         let factor = (threshold / summary.median_ms).clamp(LATENCY_CUT_MIN_FACTOR, LATENCY_CUT_MAX_FACTOR);
         self.latency_cut = true;
-        self.descent_from.get_or_insert((summary.median_ms, self.limit));
+        self.descent_from.get_or_insert(Descent {
+            median_ms: summary.median_ms,
+            limit: self.limit,
+        });
         self.cut(factor, now, true);
         Some(ChangeReason::Latency {
             median_ms: summary.median_ms,

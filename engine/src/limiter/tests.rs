@@ -328,6 +328,45 @@ fn a_latency_cut_that_did_not_lower_latency_is_not_repeated() {
 }
 
 #[test]
+fn latency_that_cuts_do_not_lower_is_a_plateau_not_overload() {
+    // A CPU-bound service sharing its host: 1 ms alone, 4 ms with jitter as soon as a few
+    // requests run at once (at any concurrency up to 40), then rising 0.3 ms per request.
+    let latency = |n: usize, rng: &mut StdRng| {
+        let loaded = 4.0 + 0.3 * n.saturating_sub(40) as f64;
+        answered(if n <= 2 { 1.0 } else { loaded + exponential(rng, 0.3) })
+    };
+    let mut sim = Sim::new(AimdConfig::default());
+    let limits = sim.run(3000, &|n, _, rng| latency(n, rng));
+    let plateaus: Vec<f64> = sim
+        .changes
+        .iter()
+        .filter_map(|c| match c.reason {
+            ChangeReason::Probed { plateau_ms, .. } => plateau_ms,
+            _ => None,
+        })
+        .collect();
+    assert!(
+        plateaus.len() == 1 && (4.0..6.0).contains(&plateaus[0]),
+        "one plateau, not ratcheted up: {plateaus:?}: {:#?}",
+        sim.verdicts()
+    );
+    // Held near where latency starts to rise again (the threshold, 1.25x the plateau, is
+    // crossed at 40 + 4 in flight), not cut towards the reference over and over.
+    let settled = mean(&limits[1000..]);
+    assert!(
+        (30.0..=60.0).contains(&settled),
+        "mean limit {settled}: {:#?}",
+        sim.verdicts()
+    );
+    let futile = sim
+        .changes
+        .iter()
+        .filter(|c| c.reason == ChangeReason::Probe { after_futile_cut: true })
+        .count();
+    assert!(futile <= 2, "{futile} futile descents: {:#?}", sim.verdicts());
+}
+
+#[test]
 fn capacity_that_returns_is_used_again_within_seconds() {
     let mut sim = Sim::new(AimdConfig::default());
     let capacity_8 = |_: usize, index: usize, _: &mut StdRng| {
