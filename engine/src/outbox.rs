@@ -7,7 +7,9 @@
 //! Exactly once per entry: before a record is handed to the producer it is marked
 //! attempted. After a restart or a failed send, records marked attempted but not published
 //! may be in the topic already; the topic is read back from shortly before the first of
-//! them and those found are marked published instead of being sent again.
+//! them and those found are marked published instead of being sent again. Records restored
+//! with their partition from another engine (cluster mode) arrive marked attempted, so they
+//! are read back for too.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -27,6 +29,11 @@ pub mod header {
     pub const ENTRY: &str = "engine-entry";
     /// The `engine-entry` of a call's output (`output_topic`).
     pub const OUTPUT: &str = "output";
+}
+
+/// A row's record identity: its call and entry.
+fn identity(row: &Unpublished) -> (String, Option<u32>) {
+    (row.call_id.clone(), row.position)
 }
 
 /// The `engine-entry` header of a row.
@@ -68,6 +75,9 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
     // Made when there is a first record to publish: most subscriptions run no workflow.
     let mut sink: Option<Sink> = None;
     let mut confirmed = false;
+    // The records this run handed to the producer (or read back for): any other record
+    // marked attempted came from a partition restored from another engine.
+    let mut ours: HashSet<(String, Option<u32>)> = HashSet::new();
     let mut backoff = Duration::from_millis(200);
     loop {
         // Suspensions are queued to the writer before the wake-up: wait until durable.
@@ -81,13 +91,17 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
             }
             continue;
         }
-        if !confirmed {
+        let restored = rows
+            .iter()
+            .any(|r| r.attempted_at.is_some() && !ours.contains(&identity(r)));
+        if !confirmed || restored {
             match find_published(&kafka.brokers, &options, &rows).await {
                 Ok(found) => {
                     if !found.is_empty() {
-                        tracing::info!(subscription = %name, records = found.len(), "workflow records found already in Kafka after a restart or a failed send; not producing them again");
+                        tracing::info!(subscription = %name, records = found.len(), "workflow records found already in Kafka after a restart, a failed send or a partition's move; not producing them again");
                         part.store.outbox_mark(found, true).await?;
                     }
+                    ours.extend(rows.iter().map(identity));
                     confirmed = true;
                     continue;
                 }
@@ -106,12 +120,13 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
                 name: name.clone(),
                 brokers: kafka.brokers.clone(),
                 topic: String::new(),
-                options: options.clone(),
+                options: publisher_options(&options),
             })?),
         };
         part.store
             .outbox_mark(rows.iter().map(|r| r.seq).collect(), false)
             .await?;
+        ours.extend(rows.iter().map(identity));
         let mut published = Vec::new();
         let mut failure = None;
         for (topic, group) in by_topic(&rows) {
@@ -119,7 +134,10 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
             let results = sink.send_all_to(topic, &records).await;
             for (row, result) in group.iter().zip(results) {
                 match result {
-                    Ok(_) => published.push(row.seq),
+                    Ok(_) => {
+                        published.push(row.seq);
+                        ours.remove(&identity(row));
+                    }
                     Err(error) => failure = Some(error),
                 }
             }
@@ -144,6 +162,16 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
     tokio::task::spawn_blocking(move || sink.flush(Duration::from_secs(5)))
         .await
         .map_err(|e| EngineError::task("flushing workflow records", e))
+}
+
+/// The producer's options: the source's connection options, and no topic created by
+/// producing to it (librdkafka's producer default): a mistyped topic in `wf.produce` or
+/// `output_topic` is an error in the log, with the records kept in the outbox until the
+/// topic exists, not a new topic with the broker's defaults.
+fn publisher_options(connection: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut options = connection.clone();
+    options.insert("allow.auto.create.topics".into(), "false".into());
+    options
 }
 
 /// Wait out the backoff; `true` if shutdown began.

@@ -276,6 +276,89 @@ async fn a_killed_engines_calls_move_to_the_others_none_lost_keys_in_order() {
     }
 }
 
+/// Outbox records (outputs, workflow records) not yet published in a store file.
+fn unpublished(db: &Path) -> usize {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.query_row("SELECT count(*) FROM outbox WHERE published_at IS NULL", [], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_not_yet_published_move_with_their_partition_when_an_engine_dies() {
+    const OUTPUTS: &str = "so-outputs";
+    // The output topic does not exist yet: every output stays unpublished for now.
+    let tansu = broker().await;
+    let target = UnkindTarget::start(&[
+        "--error-rate",
+        "0.2",
+        "--latency-ms",
+        "2",
+        "--jitter",
+        "exp:5",
+        "--echo",
+    ])
+    .await;
+    let members: Vec<Member> = (0..2)
+        .map(|_| {
+            Member::configured(&tansu, &target.url(), |engine, subscription| {
+                (engine, subscription.set("output_topic", OUTPUTS))
+            })
+        })
+        .collect();
+    let mut first = Some(members[0].start().await);
+    let mut second = members[1].start().await;
+    wait_for("each engine to hold 3 partitions", Duration::from_secs(60), || async {
+        assigned(&members[0].admin).await.len() == 3 && assigned(&members[1].admin).await.len() == 3
+    })
+    .await;
+    let total = (5 * KEYS) as u64;
+    produce(&producer(&tansu.bootstrap()), TOPIC, records(0, 5)).await;
+    wait_for("every record to succeed", Duration::from_secs(120), || async {
+        unique_ok(&target).await >= total
+    })
+    .await;
+    let seen = target.stats().await;
+    let left = unpublished(&members[0].db());
+    assert!(left > 0, "the first engine had no unpublished output to leave behind");
+
+    // The first engine dies for good; its partitions, finished calls and their outputs
+    // move to the second, which publishes them once the topic exists.
+    first.take().unwrap().crash();
+    wait_for(
+        "the second engine to hold every partition",
+        Duration::from_secs(60),
+        || async { assigned(&members[1].admin).await.len() == PARTITIONS as usize },
+    )
+    .await;
+    tansu.create_topic(OUTPUTS, 1).await;
+    let bootstrap = tansu.bootstrap();
+    let read =
+        tokio::task::spawn_blocking(move || read_topic(&bootstrap, OUTPUTS, 1, total as usize, Duration::from_secs(3)))
+            .await
+            .unwrap();
+    second.terminate();
+    println!(
+        "{} outputs for {total} records; {left} were unpublished on the killed engine",
+        read.len()
+    );
+    assert_one_call_per_record_in_order(&members, &seen, total);
+    let mut calls = HashSet::new();
+    let mut records = HashSet::new();
+    for record in &read {
+        let call = record.header("engine-call-id").expect("engine-call-id header");
+        assert!(calls.insert(call.clone()), "the output of {call} was published twice");
+        let value = String::from_utf8(record.value.clone().unwrap()).unwrap();
+        records.insert(value.strip_prefix("done:").expect("the target's answer").to_string());
+    }
+    assert_eq!(
+        records.len() as u64,
+        total,
+        "one output per record, none lost with the killed engine"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_from_one_engine_to_three_and_back_during_the_load_moves_open_calls_both_ways() {
     let tansu = broker().await;

@@ -75,8 +75,8 @@ impl Change {
     }
 }
 
-/// A whole call as the changelog carries it: its row (without the local `seq`), its journal
-/// and its inbox. Bytes are base64 in JSON.
+/// A whole call as the changelog carries it: its row (without the local `seq`), its journal,
+/// its inbox and its unpublished outbox records. Bytes are base64 in JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallSnapshot {
     pub id: String,
@@ -116,6 +116,26 @@ pub struct CallSnapshot {
     pub inbox: Vec<(String, String, i64)>,
     /// A dead call that holds its ordering group (`on_dead = block`).
     pub blocks_group: bool,
+    /// Its outbox records not acknowledged by the broker when the snapshot was taken
+    /// (`wf.produce`, an `output_topic`): whoever holds the partition publishes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<OutboxSnapshot>,
+}
+
+/// An outbox record that moves with its call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxSnapshot {
+    /// The journal entry it came from (`-1`: the call's output).
+    pub position: i64,
+    pub topic: String,
+    #[serde(with = "b64_opt")]
+    pub key: Option<Vec<u8>>,
+    #[serde(with = "b64")]
+    pub value: Vec<u8>,
+    /// From when it may be in its topic (the old owner may have produced it since): when it
+    /// was first handed to the producer, or else when the snapshot was taken. Its next owner
+    /// reads the topic back from shortly before, and produces only what is not there.
+    pub maybe_since: i64,
 }
 
 /// Statuses whose calls follow their partition; the others are finished.
@@ -191,6 +211,7 @@ fn change_of(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<Option<Change>>
                 journal: Vec::new(),
                 inbox: Vec::new(),
                 blocks_group: r.get(27)?,
+                outbox: Vec::new(),
             })
         })
         .optional()?;
@@ -207,6 +228,22 @@ fn change_of(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<Option<Change>>
         )?
         .query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
+    let now = crate::model::now_millis();
+    call.outbox = tx
+        .prepare_cached(
+            "SELECT position, topic, key, value, coalesce(attempted_at, ?2) FROM outbox
+             WHERE call_seq = ?1 AND published_at IS NULL ORDER BY position",
+        )?
+        .query_map(params![seq, now], |r| {
+            Ok(OutboxSnapshot {
+                position: r.get(0)?,
+                topic: r.get(1)?,
+                key: r.get(2)?,
+                value: r.get(3)?,
+                maybe_since: r.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
     Ok(Some(Change::Call(Box::new(call))))
 }
 
@@ -216,6 +253,7 @@ fn remove(tx: &Transaction<'_>, seq: i64, id: &str) -> rusqlite::Result<()> {
     for sql in [
         "DELETE FROM journal WHERE call_seq = ?1",
         "DELETE FROM signals WHERE call_seq = ?1",
+        "DELETE FROM outbox WHERE call_seq = ?1",
         "DELETE FROM attempts WHERE call_seq = ?1",
         "DELETE FROM blocked_groups WHERE dead_seq = ?1",
         "DELETE FROM calls WHERE seq = ?1",
@@ -238,6 +276,9 @@ pub struct Released {
 
 /// Remove the open calls of `subscription` that came from `partitions` (every partition if
 /// `None`): they left this engine, and their next owner restores them from the changelog.
+/// The unpublished outbox records of its finished calls go too: the next owner restores
+/// them with their calls and publishes them (reading their topic back first), so they are
+/// produced by whoever holds the partition, once.
 pub(crate) fn release(
     tx: &Transaction<'_>,
     subscription: &str,
@@ -265,6 +306,20 @@ pub(crate) fn release(
             calls
         }
     };
+    let unpublished = "DELETE FROM outbox WHERE published_at IS NULL AND call_seq IN
+         (SELECT seq FROM calls WHERE subscription = ?1 AND topic IS NOT NULL";
+    match partitions {
+        None => {
+            tx.prepare_cached(&format!("{unpublished})"))?
+                .execute(params![subscription])?;
+        }
+        Some(list) => {
+            for (topic, partition) in list {
+                tx.prepare_cached(&format!("{unpublished} AND topic = ?2 AND partition = ?3)"))?
+                    .execute(params![subscription, topic, partition])?;
+            }
+        }
+    }
     super::writer::raise_seq_floor(tx)?;
     let mut released = Released::default();
     for (seq, id, status) in calls {
@@ -356,6 +411,22 @@ pub(crate) fn restore(tx: &Transaction<'_>, calls: &[CallSnapshot]) -> rusqlite:
         for (name, payload, received_at) in &call.inbox {
             tx.prepare_cached("INSERT INTO signals (call_seq, name, payload, received_at) VALUES (?1, ?2, ?3, ?4)")?
                 .execute(params![seq, name, payload, received_at])?;
+        }
+        for record in &call.outbox {
+            // Marked attempted: the publisher reads the topic back before producing it.
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO outbox (subscription, call_seq, position, topic, key, value, attempted_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                call.subscription,
+                seq,
+                record.position,
+                record.topic,
+                record.key,
+                record.value,
+                record.maybe_since
+            ])?;
         }
         if call.blocks_group {
             if let Some(key) = &call.ordering_key {
@@ -553,6 +624,86 @@ mod tests {
         // calls, finished or not, never second ones.
         let again = new.insert(vec![record(0, 0, "a"), record(0, 1, "a")]).await.unwrap();
         assert_eq!(again, vec![Inserted::Duplicate, Inserted::Duplicate]);
+    }
+
+    #[tokio::test]
+    async fn unpublished_outbox_records_move_with_their_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = store(&dir, "old.db");
+        let mut changes = old.take_changes().unwrap();
+        let inserted = old.insert(vec![record(0, 0, "a"), record(1, 0, "b")]).await.unwrap();
+        let mut seqs = Vec::new();
+        for inserted in inserted {
+            seqs.push(seq_of(&old, inserted).await);
+        }
+        // Both succeed with an output for the subscription's `output_topic`.
+        for &seq in &seqs {
+            old.finish_attempt(
+                seq,
+                AttemptRecord {
+                    attempt: 1,
+                    started_at: 1,
+                    duration_ms: 1,
+                    outcome: "success",
+                    http_status: Some(200),
+                    error: None,
+                },
+                Transition::Succeeded {
+                    output: Some(b"done".to_vec()),
+                },
+                false,
+                Some("out".into()),
+            )
+            .unwrap();
+        }
+        old.flush().await.unwrap();
+        let mut latest: BTreeMap<String, CallSnapshot> = BTreeMap::new();
+        while let Ok(Committed { changes: batch, .. }) = changes.try_recv() {
+            for change in batch {
+                if let Change::Call(call) = change {
+                    latest.insert(call.id.clone(), *call);
+                }
+            }
+        }
+        let moved = latest.values().find(|c| c.partition == 0).unwrap().clone();
+        assert_eq!(moved.outbox.len(), 1, "{moved:?}");
+        let record = &moved.outbox[0];
+        assert_eq!(
+            (
+                record.position,
+                record.topic.as_str(),
+                record.key.as_deref(),
+                record.value.as_slice()
+            ),
+            (-1, "out", Some(&b"a"[..]), &b"done"[..])
+        );
+        assert!(record.maybe_since > 0);
+        assert_eq!(old.outbox_unpublished("orders", 10).await.unwrap().len(), 2);
+
+        // Partition 0 leaves: its finished call stays as history, but its record is the
+        // next owner's to publish; partition 1's stays here.
+        old.release("orders", Some(vec![("orders".into(), 0)])).await.unwrap();
+        let left = old.outbox_unpublished("orders", 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_ne!(left[0].call_id, moved.id);
+
+        // The next owner restores it marked attempted, so its publisher reads the topic
+        // back before producing it.
+        let new = store(&dir, "new.db");
+        let through_json: CallSnapshot = serde_json::from_slice(&serde_json::to_vec(&moved).unwrap()).unwrap();
+        new.restore(vec![through_json]).await.unwrap();
+        let restored = new.outbox_unpublished("orders", 10).await.unwrap();
+        assert_eq!(restored.len(), 1);
+        assert_eq!(
+            (
+                restored[0].call_id.as_str(),
+                restored[0].position,
+                restored[0].topic.as_str(),
+                restored[0].value.as_slice(),
+                restored[0].attempted_at
+            ),
+            (moved.id.as_str(), None, "out", &b"done"[..], Some(record.maybe_since))
+        );
     }
 
     #[tokio::test]
