@@ -51,6 +51,8 @@ const IDLE_PASS: Duration = Duration::from_secs(1);
 const SCAN_SLACK_MS: i64 = 60_000;
 /// How long reading back one topic may take.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a publisher held by the lease looks again.
+const LEASE_WAIT: Duration = Duration::from_millis(100);
 
 /// The client properties of the source that a producer needs too: security, TLS, SASL.
 pub(crate) fn connection_options(kafka: &KafkaConfig) -> BTreeMap<String, String> {
@@ -75,11 +77,29 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
     // Made when there is a first record to publish: most subscriptions run no workflow.
     let mut sink: Option<Sink> = None;
     let mut confirmed = false;
-    // The records this run handed to the producer (or read back for): any other record
-    // marked attempted came from a partition restored from another engine.
+    // The records this run handed to the producer, or read back for and did not find,
+    // since the last restore: any other record marked attempted came with a partition
+    // restored from another engine, and is read back for first.
     let mut ours: HashSet<(String, Option<u32>)> = HashSet::new();
+    let mut restores = part.figures.restores().restores;
     let mut backoff = Duration::from_millis(200);
     loop {
+        if part.cluster.as_ref().is_some_and(|c| !c.lease.allows()) {
+            // Frozen past a third of the session: the partitions may have moved, and their
+            // records with them. Nothing is produced until the group confirms or moves them.
+            tokio::select! {
+                () = part.shutdown.recv() => break,
+                () = tokio::time::sleep(LEASE_WAIT) => continue,
+            }
+        }
+        let restored_since = part.figures.restores().restores;
+        if restored_since != restores {
+            // A record that left and came back may have been published by another engine
+            // meanwhile: what this run knew of it no longer holds.
+            restores = restored_since;
+            ours.clear();
+            confirmed = false;
+        }
         // Suspensions are queued to the writer before the wake-up: wait until durable.
         part.store.flush().await?;
         let rows = part.store.outbox_unpublished(&name, BATCH).await?;
@@ -97,11 +117,12 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
         if !confirmed || restored {
             match find_published(&kafka.brokers, &options, &rows).await {
                 Ok(found) => {
+                    let in_kafka: HashSet<i64> = found.iter().copied().collect();
+                    ours.extend(rows.iter().filter(|r| !in_kafka.contains(&r.seq)).map(identity));
                     if !found.is_empty() {
                         tracing::info!(subscription = %name, records = found.len(), "workflow records found already in Kafka after a restart, a failed send or a partition's move; not producing them again");
                         part.store.outbox_mark(found, true).await?;
                     }
-                    ours.extend(rows.iter().map(identity));
                     confirmed = true;
                     continue;
                 }
@@ -165,7 +186,7 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
 }
 
 /// The producer's options: the source's connection options, and no topic created by
-/// producing to it (librdkafka's producer default): a mistyped topic in `wf.produce` or
+/// producing to it (librdkafka's producer would by default): a mistyped topic in `wf.produce` or
 /// `output_topic` is an error in the log, with the records kept in the outbox until the
 /// topic exists, not a new topic with the broker's defaults.
 fn publisher_options(connection: &BTreeMap<String, String>) -> BTreeMap<String, String> {

@@ -43,7 +43,7 @@
 //!   latency they could not lower is a *plateau* (a CPU-bound service sharing its host is
 //!   slower under any load, not queueing for ours): the limit goes back to where the cuts
 //!   began, and from then on only a round above 1.25 times the plateau is slow, until a
-//!   probe measures another reference.
+//!   probe measures another reference or `probe_interval` has passed.
 //!
 //! A *round* is the answers to `max(32, limit)` attempts started since the last change
 //! (the limit when its first answer came), so decisions never mix attempts sent under
@@ -221,6 +221,9 @@ struct Plateau {
     median_ms: f64,
     /// The reference it was found against; a probe that measures another forgets it.
     reference: Reference,
+    /// When it was found: the first probe a `probe_interval` later forgets it, so a
+    /// service whose neighbour left is judged against its own latency again.
+    at: Millis,
 }
 
 /// A latency descent: the median and the limit before its first cut.
@@ -519,7 +522,7 @@ impl Aimd {
             self.slow_rounds = 0;
             self.latency_cut = false;
             self.descent_from = None;
-            let plateau_ms = self.after_probe(before, &summary);
+            let plateau_ms = self.after_probe(before, &summary, now);
             return probed.then_some(ChangeReason::Probed {
                 reference_ms: ms,
                 usual_errors: errors,
@@ -559,14 +562,19 @@ impl Aimd {
     }
 
     /// After a probe measured `summary` at low concurrency (against the reference `before`):
-    /// forget a plateau found against another reference, and judge a futile descent. If the
+    /// forget a plateau found against another reference or a `probe_interval` ago (if it
+    /// still holds, the next futile descent finds it again), and judge a futile descent. If the
     /// reference moved, the cuts were made against a wrong one: where they put the ceiling
     /// says nothing about the endpoint, and slow start resumes. If it did not, latency under
     /// load is simply higher than at low concurrency and no cut lowers it: that latency is
     /// a plateau, the limit goes back to where the descent began, and holds there.
     /// Returns a plateau newly found.
-    fn after_probe(&mut self, before: Option<Reference>, summary: &RoundSummary) -> Option<f64> {
-        if self.plateau.is_some_and(|p| p.reference.changed(summary)) {
+    fn after_probe(&mut self, before: Option<Reference>, summary: &RoundSummary, now: Millis) -> Option<f64> {
+        let interval = self.probe_interval_ms();
+        if self
+            .plateau
+            .is_some_and(|p| p.reference.changed(summary) || now - p.at >= interval)
+        {
             self.plateau = None;
         }
         let descent = self.futile_descent.take()?;
@@ -580,6 +588,7 @@ impl Aimd {
                 self.plateau = Some(Plateau {
                     median_ms: descent.median_ms,
                     reference,
+                    at: now,
                 });
                 self.limit = self.limit.max(descent.limit);
                 self.ceiling = Some(self.limit);

@@ -367,6 +367,39 @@ fn latency_that_cuts_do_not_lower_is_a_plateau_not_overload() {
 }
 
 #[test]
+fn a_plateau_is_forgotten_once_latency_rises_with_concurrency_again() {
+    // First a service sharing its host: 10.5 ms alone, a plateau of 40 ms under any load.
+    // Then its neighbour leaves and it saturates like any other: 10 ms + 0.25 ms per
+    // request in flight (2x the unloaded latency at 42).
+    let mut sim = Sim::new(AimdConfig::default());
+    sim.run(1000, &|n, _, rng| {
+        answered(if n <= 2 { 10.5 } else { 40.0 + exponential(rng, 1.0) })
+    });
+    assert!(sim.changes.iter().any(|c| matches!(
+        c.reason,
+        ChangeReason::Probed {
+            plateau_ms: Some(_),
+            ..
+        }
+    )));
+    let saturating = |n: usize| 10.0 + 0.25 * n as f64;
+    let start = sim.now;
+    let limits = sim.run(8000, &|n, _, _| answered(saturating(n)));
+    assert!(sim.now - start > 60_000, "the run covers two probe intervals");
+    // After the plateau is forgotten (at the first probe 30 s after it was found), the
+    // limit settles where latency is under 2x the unloaded (10.5 ms at 2 in flight).
+    let mut settled = limits[limits.len() - 2000..].to_vec();
+    settled.sort_unstable();
+    let p99 = settled[settled.len() * 99 / 100];
+    assert!(
+        saturating(p99) <= 2.0 * saturating(2),
+        "p99 limit {p99}, latency {} ms: {:#?}",
+        saturating(p99),
+        &sim.verdicts()[sim.verdicts().len().saturating_sub(12)..]
+    );
+}
+
+#[test]
 fn capacity_that_returns_is_used_again_within_seconds() {
     let mut sim = Sim::new(AimdConfig::default());
     let capacity_8 = |_: usize, index: usize, _: &mut StdRng| {

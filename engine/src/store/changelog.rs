@@ -9,7 +9,8 @@
 //! Changes are noticed by temporary triggers on the writer's connection (installed only in
 //! cluster mode), so no write path has to remember to report them. Only calls made from a
 //! Kafka record (`topic IS NOT NULL`) follow their partition; an attempt's start is not a
-//! change (a restored running call is pending again anyway).
+//! change (a restored running call is pending again anyway). An outbox record's
+//! publication is a change of its call: its next snapshot no longer carries the record.
 
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,9 @@ pub(crate) const INSTALL: &str = "
     CREATE TEMP TRIGGER IF NOT EXISTS changelog_signal_insert AFTER INSERT ON main.signals
     BEGIN INSERT OR IGNORE INTO changed VALUES (new.call_seq); END;
     CREATE TEMP TRIGGER IF NOT EXISTS changelog_signal_update AFTER UPDATE ON main.signals
+    BEGIN INSERT OR IGNORE INTO changed VALUES (new.call_seq); END;
+    CREATE TEMP TRIGGER IF NOT EXISTS changelog_outbox_published AFTER UPDATE OF published_at ON main.outbox
+        WHEN new.published_at IS NOT NULL AND old.published_at IS NULL
     BEGIN INSERT OR IGNORE INTO changed VALUES (new.call_seq); END;
 ";
 
@@ -704,6 +708,20 @@ mod tests {
             ),
             (moved.id.as_str(), None, "out", &b"done"[..], Some(record.maybe_since))
         );
+
+        // Once published, the call's next snapshot no longer carries it: a later move does
+        // not bring it back.
+        let mut published = new.take_changes().unwrap();
+        new.outbox_mark(vec![restored[0].seq], true).await.unwrap();
+        new.flush().await.unwrap();
+        let mut after: Vec<Change> = Vec::new();
+        while let Ok(Committed { changes: batch, .. }) = published.try_recv() {
+            after.extend(batch);
+        }
+        match after.as_slice() {
+            [Change::Call(call)] => assert!(call.id == moved.id && call.outbox.is_empty(), "{call:?}"),
+            other => panic!("one snapshot of the call, without the record: {other:?}"),
+        }
     }
 
     #[tokio::test]
