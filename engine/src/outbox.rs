@@ -76,10 +76,10 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
     let options = connection_options(&kafka);
     // Made when there is a first record to publish: most subscriptions run no workflow.
     let mut sink: Option<Sink> = None;
-    let mut confirmed = false;
-    // The records this run handed to the producer, or read back for and did not find,
-    // since the last restore: any other record marked attempted came with a partition
-    // restored from another engine, and is read back for first.
+    // Records marked attempted that are known not to be in Kafka, since the last restore:
+    // handed to the producer by this run with no failure yet, or read back for and not
+    // found. Any other attempted record (after a restart, a failed send, or restored with
+    // a partition from another engine) may be in its topic: it is read back for first.
     let mut ours: HashSet<(String, Option<u32>)> = HashSet::new();
     let mut restores = part.figures.restores().restores;
     let mut backoff = Duration::from_millis(200);
@@ -98,7 +98,6 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
             // meanwhile: what this run knew of it no longer holds.
             restores = restored_since;
             ours.clear();
-            confirmed = false;
         }
         // Suspensions are queued to the writer before the wake-up: wait until durable.
         part.store.flush().await?;
@@ -111,10 +110,10 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
             }
             continue;
         }
-        let restored = rows
+        let unconfirmed = rows
             .iter()
             .any(|r| r.attempted_at.is_some() && !ours.contains(&identity(r)));
-        if !confirmed || restored {
+        if unconfirmed {
             match find_published(&kafka.brokers, &options, &rows).await {
                 Ok(found) => {
                     let in_kafka: HashSet<i64> = found.iter().copied().collect();
@@ -123,7 +122,6 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
                         tracing::info!(subscription = %name, records = found.len(), "workflow records found already in Kafka after a restart, a failed send or a partition's move; not producing them again");
                         part.store.outbox_mark(found, true).await?;
                     }
-                    confirmed = true;
                     continue;
                 }
                 Err(error) => {
@@ -159,7 +157,11 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
                         published.push(row.seq);
                         ours.remove(&identity(row));
                     }
-                    Err(error) => failure = Some(error),
+                    Err(error) => {
+                        // It may still have reached the broker: read back before resending.
+                        ours.remove(&identity(row));
+                        failure = Some(error);
+                    }
                 }
             }
         }
@@ -167,8 +169,6 @@ pub async fn run(mut part: Part, kafka: KafkaConfig) -> Result<(), EngineError> 
             part.store.outbox_mark(published, true).await?;
         }
         if let Some(error) = failure {
-            // A failed send may still have reached the broker: read back before resending.
-            confirmed = false;
             tracing::warn!(subscription = %name, %error, retry_in = ?backoff, "cannot produce workflow records; will retry");
             if pause(&mut part, &mut backoff).await {
                 break;

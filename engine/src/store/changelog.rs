@@ -288,7 +288,14 @@ pub(crate) fn release(
     subscription: &str,
     partitions: Option<&[(String, i32)]>,
 ) -> rusqlite::Result<Released> {
-    let select = |filter: &str, params: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<Vec<(i64, String, String)>> {
+    // The partition's open calls, and the unpublished outbox records of its finished ones
+    // (an open call's go with it in `remove`).
+    let take = |filter: &str, params: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<Vec<(i64, String, String)>> {
+        tx.prepare_cached(&format!(
+            "DELETE FROM outbox WHERE published_at IS NULL AND call_seq IN
+             (SELECT seq FROM calls WHERE subscription = ?1 AND topic IS NOT NULL {filter})"
+        ))?
+        .execute(params)?;
         tx.prepare_cached(&format!(
             "SELECT seq, id, status FROM calls
              WHERE subscription = ?1 AND topic IS NOT NULL AND status IN {OPEN} {filter}"
@@ -298,11 +305,11 @@ pub(crate) fn release(
     };
     // By partition through the source index, not a walk of every open call.
     let calls = match partitions {
-        None => select("", params![subscription])?,
+        None => take("", params![subscription])?,
         Some(list) => {
             let mut calls = Vec::new();
             for (topic, partition) in list {
-                calls.extend(select(
+                calls.extend(take(
                     "AND topic = ?2 AND partition = ?3",
                     params![subscription, topic, partition],
                 )?);
@@ -310,20 +317,6 @@ pub(crate) fn release(
             calls
         }
     };
-    let unpublished = "DELETE FROM outbox WHERE published_at IS NULL AND call_seq IN
-         (SELECT seq FROM calls WHERE subscription = ?1 AND topic IS NOT NULL";
-    match partitions {
-        None => {
-            tx.prepare_cached(&format!("{unpublished})"))?
-                .execute(params![subscription])?;
-        }
-        Some(list) => {
-            for (topic, partition) in list {
-                tx.prepare_cached(&format!("{unpublished} AND topic = ?2 AND partition = ?3)"))?
-                    .execute(params![subscription, topic, partition])?;
-            }
-        }
-    }
     super::writer::raise_seq_floor(tx)?;
     let mut released = Released::default();
     for (seq, id, status) in calls {
