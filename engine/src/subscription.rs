@@ -33,7 +33,7 @@ pub struct Part {
     pub figures: Arc<Figures>,
     /// Stops this subscription's parts (the engine's shutdown, or a failed sibling part).
     pub shutdown: Shutdown,
-    /// Cluster mode: the changelog and the scheduler's handovers.
+    /// Cluster mode: the changelog, the schedulers' handovers and the lease.
     pub cluster: Option<ClusterLink>,
 }
 
@@ -66,24 +66,49 @@ impl Subscription {
             deliverer,
             endpoint,
             Arc::clone(&figures),
-            all,
+            Arc::clone(&all),
         );
-        let cluster = cluster.filter(|_| config.kafka.is_some()).map(|(changelog, settings)| {
-            scheduler.deliver_up_to(changelog.covered_seq.clone());
-            let lease = crate::lease::Lease::start(&config.name, session_timeout(&config));
-            scheduler.hold_after_freeze(lease.clone());
-            ClusterLink {
-                lease,
-                acked: changelog.acked,
-                covered_seq: changelog.covered_seq,
-                handovers: scheduler.handovers(),
-                restore_timeout: settings.restore_timeout,
-                instance: settings.instance,
-                rates: scheduler.rate_limits(),
-                partitions: changelog.partitions.get(&config.name).copied().unwrap_or(0),
-                owners: changelog.owners.clone(),
+        let cluster = match cluster {
+            None => None,
+            Some((changelog, settings)) => {
+                // Every call is delivered only once the changelog has it (a workflow's child
+                // calls too, whatever their subscription), and every scheduler can be held
+                // still while calls leave.
+                scheduler.deliver_up_to(changelog.covered_seq.clone());
+                changelog
+                    .schedulers
+                    .register(&config.name, scheduler.handovers(), Arc::clone(&figures));
+                if config.kafka.is_some() {
+                    let lease = crate::lease::Lease::start(&config.name, session_timeout(&config));
+                    scheduler.hold_after_freeze(lease.clone());
+                    Some(ClusterLink {
+                        lease,
+                        acked: changelog.acked,
+                        covered_seq: changelog.covered_seq,
+                        schedulers: changelog.schedulers,
+                        restore_timeout: settings.restore_timeout,
+                        instance: settings.instance,
+                        rates: scheduler.rate_limits(),
+                        partitions: changelog.partitions.get(&config.name).copied().unwrap_or(0),
+                        owners: changelog.owners.clone(),
+                    })
+                } else {
+                    // Its calls may be child calls of workflows whose partitions another
+                    // engine took while this one was frozen: held after a freeze too, until
+                    // the shortest session timeout of the engine's sources has passed awake
+                    // (no rebalance of its own tells it sooner).
+                    let session = all
+                        .values()
+                        .filter(|s| s.kafka.is_some())
+                        .map(|s| session_timeout(s))
+                        .min();
+                    if let Some(session) = session {
+                        scheduler.hold_after_freeze(crate::lease::Lease::start(&config.name, session));
+                    }
+                    None
+                }
             }
-        });
+        };
         Ok(Self {
             config,
             store: store.clone(),

@@ -52,8 +52,8 @@ pub struct ClusterLink {
     pub acked: watch::Receiver<Millis>,
     /// The largest call seq the changelog has (calls up to it may be delivered).
     pub covered_seq: watch::Receiver<i64>,
-    /// Where revoked partitions are handed to the subscription's scheduler.
-    pub handovers: mpsc::UnboundedSender<Handover>,
+    /// Every scheduler of the engine: held still while calls leave.
+    pub schedulers: Schedulers,
     pub restore_timeout: Duration,
     /// Static membership: the source joins its group with this `group.instance.id`.
     pub instance: Option<String>,
@@ -77,6 +77,73 @@ impl ClusterLink {
             reached = acked.wait_for(|&c| c >= clock) => Ok(reached.is_ok()),
             () = shutdown.recv() => Ok(false),
         }
+    }
+}
+
+/// Every scheduler of this engine, by subscription. A revoked partition's calls leave only
+/// while the schedulers that may deliver them are still: its own subscription's, and,
+/// when workflow child calls go with them, every other (a child is delivered by the
+/// scheduler of its own subscription). One move at a time: two sources rebalancing at
+/// once would otherwise each wait for a scheduler the other holds.
+#[derive(Debug, Clone, Default)]
+pub struct Schedulers {
+    all: Arc<std::sync::Mutex<BTreeMap<String, LocalScheduler>>>,
+    moving: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug, Clone)]
+struct LocalScheduler {
+    handovers: mpsc::UnboundedSender<Handover>,
+    figures: Arc<Figures>,
+}
+
+/// A scheduler held still until this is dropped.
+struct Still {
+    _resume: oneshot::Sender<()>,
+}
+
+impl Schedulers {
+    pub fn register(&self, subscription: &str, handovers: mpsc::UnboundedSender<Handover>, figures: Arc<Figures>) {
+        self.lock()
+            .insert(subscription.to_string(), LocalScheduler { handovers, figures });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, LocalScheduler>> {
+        self.all.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Add `delta` to the backlog figure of `subscription`.
+    fn moved(&self, subscription: &str, delta: i64) {
+        if let Some(local) = self.lock().get(subscription) {
+            local.figures.calls_moved(delta);
+        }
+    }
+
+    /// Hold the schedulers of `subscriptions` still: each lets its attempts in flight end
+    /// and makes their outcomes durable. A scheduler that stopped is left out.
+    async fn hold<'a>(&self, subscriptions: impl Iterator<Item = &'a str>) -> Vec<(String, Still)> {
+        let mut asked = Vec::new();
+        for subscription in subscriptions {
+            let Some(local) = self.lock().get(subscription).cloned() else {
+                continue;
+            };
+            let (still, is_still) = oneshot::channel();
+            let (resume, wait) = oneshot::channel();
+            if local.handovers.send(Handover { still, resume: wait }).is_ok() {
+                asked.push((subscription.to_string(), is_still, Still { _resume: resume }));
+            }
+        }
+        let mut held = Vec::new();
+        for (subscription, is_still, hold) in asked {
+            if is_still.await.is_ok() {
+                held.push((subscription, hold));
+            }
+        }
+        held
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
     }
 }
 
@@ -190,6 +257,48 @@ impl Ownership {
         calls
     }
 
+    /// Remove the calls of revoked `partitions` (and the workflow child calls that go with
+    /// them) while the schedulers that deliver them are still, and wait until the changelog
+    /// has every outcome before. `false` if this subscription's scheduler stopped: the
+    /// engine is leaving after its outcomes reached the changelog (`before_leaving`).
+    async fn hand_over(&self, partitions: &[(String, i32)]) -> Result<bool, StoreError> {
+        let schedulers = &self.link.schedulers;
+        let _one_move_at_a_time = schedulers.moving.lock().await;
+        let mut held = schedulers.hold(std::iter::once(self.subscription.as_str())).await;
+        if held.is_empty() {
+            return Ok(false);
+        }
+        // Held still, this subscription's calls make no new children; those of children
+        // already open may, so every scheduler is held before any moves.
+        if self
+            .store
+            .has_descendants_to_move(&self.subscription, partitions.to_vec())
+            .await?
+        {
+            let others = schedulers.names();
+            held.extend(
+                schedulers
+                    .hold(others.iter().map(String::as_str).filter(|s| *s != self.subscription))
+                    .await,
+            );
+        }
+        let released = self
+            .store
+            .release(&self.subscription, Some(partitions.to_vec()))
+            .await?;
+        let clock = self.store.commit_clock().await?;
+        drop(held);
+        schedulers.moved(&self.subscription, -(released.backlog as i64));
+        for (subscription, (_, backlog)) in &released.children {
+            schedulers.moved(subscription, -(*backlog as i64));
+        }
+        let children: u64 = released.children.values().map(|(calls, _)| calls).sum();
+        tracing::info!(subscription = %self.subscription, calls = released.calls, children, "released the open calls of revoked partitions to their next owner");
+        let mut acked = self.link.acked.clone();
+        acked.wait_for(|&c| c >= clock).await.map_err(|_| StoreError::Closed)?;
+        Ok(true)
+    }
+
     /// Note `partitions` as held (or no longer); how many are held now.
     fn hold(&self, partitions: &[(String, i32)], held: bool) -> usize {
         let mut set = self.held.lock().expect("held partitions lock");
@@ -273,6 +382,13 @@ impl PartitionHook for Ownership {
                     .filter(|c| matches!(c.status.as_str(), "pending" | "running"))
                     .count(),
             );
+            let mut children: BTreeMap<&str, i64> = BTreeMap::new();
+            for child in calls.iter().flat_map(|c| &c.descendants) {
+                let backlog = i64::from(matches!(child.status.as_str(), "pending" | "running"));
+                *children.entry(child.subscription.as_str()).or_default() += backlog;
+            }
+            let children: Vec<(String, i64)> = children.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
+            let child_calls: usize = calls.iter().map(|c| c.descendants.len()).sum();
             let last_offset = calls.iter().map(|c| c.offset).max();
             let open = calls
                 .iter()
@@ -283,11 +399,15 @@ impl PartitionHook for Ownership {
                 continue;
             }
             self.figures.calls_moved(backlog as i64);
+            for (subscription, backlog) in &children {
+                self.link.schedulers.moved(subscription, *backlog);
+            }
             restored += count as u64;
             tracing::info!(
                 subscription = %self.subscription,
                 calls = count,
                 open,
+                children = child_calls,
                 last_offset,
                 changelog_records = state.map_or(0, |s| s.records),
                 fenced = state.map_or(0, |s| s.fenced),
@@ -311,23 +431,7 @@ impl PartitionHook for Ownership {
             self.split_rates(held);
         }
         let started = Instant::now();
-        let (reply, wait) = oneshot::channel();
-        let handover = Handover {
-            partitions: partitions.to_vec(),
-            reply,
-        };
-        if self.link.handovers.send(handover).is_err() {
-            return; // The scheduler stopped: the engine is stopping.
-        }
-        let mut acked = self.link.acked.clone();
-        let done = self.runtime.block_on(async move {
-            // No reply: the scheduler stopped, and the engine is leaving after its
-            // outcomes reached the changelog (`before_leaving`).
-            let Ok(clock) = wait.await else { return Ok(false) };
-            let clock = clock?;
-            acked.wait_for(|&c| c >= clock).await.map_err(|_| StoreError::Closed)?;
-            Ok::<_, StoreError>(true)
-        });
+        let done = self.runtime.block_on(self.hand_over(partitions));
         match done {
             Ok(true) => {
                 tracing::info!(subscription = %self.subscription, took_ms = started.elapsed().as_millis() as u64, "handed over the calls of the revoked partitions");
@@ -353,8 +457,9 @@ pub async fn start(config: &crate::config::Config, store: &Store) -> Result<(Cha
         let total = check_changelog(&kafka.brokers, &options, &topic, &kafka.topics).await?;
         partitions.insert(sub.name.clone(), total);
         let released = store.release(&sub.name, None).await?;
-        if released.calls > 0 {
-            tracing::info!(subscription = %sub.name, calls = released.calls, "cluster mode: calls kept from the last run are dropped; each partition's calls are restored from {topic} when it is assigned");
+        let children: u64 = released.children.values().map(|(calls, _)| calls).sum();
+        if released.calls + children > 0 {
+            tracing::info!(subscription = %sub.name, calls = released.calls, children, "cluster mode: calls kept from the last run are dropped; each partition's calls are restored from {topic} when it is assigned");
         }
         sinks.insert(
             sub.name.clone(),
@@ -375,6 +480,7 @@ pub async fn start(config: &crate::config::Config, store: &Store) -> Result<(Cha
             covered_seq,
             partitions,
             owners,
+            schedulers: Schedulers::default(),
         },
         Publisher { stop, task, acked },
     ))
@@ -426,6 +532,8 @@ pub struct Changelog {
     /// Partitions of each subscription's source topics.
     pub partitions: HashMap<String, usize>,
     pub owners: Owners,
+    /// Every scheduler of the engine, registered as the subscriptions are made.
+    pub schedulers: Schedulers,
 }
 
 /// The changelog topic must exist with at least as many partitions as each source topic

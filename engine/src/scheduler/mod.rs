@@ -69,17 +69,17 @@ pub struct Scheduler {
     ready_seq: Option<tokio::sync::watch::Receiver<i64>>,
     /// Cluster mode: after a freeze, no attempt starts until the group has spoken.
     lease: Option<crate::lease::Lease>,
-    /// Said once: child calls do not move in cluster mode.
-    warned_children_stay: bool,
 }
 
-/// Cluster mode: partitions leaving this engine. The scheduler lets its attempts in flight
-/// end, removes the partitions' open calls from the store and starts over from the store;
-/// it replies with the clock of a commit after the removal.
+/// Cluster mode: calls are leaving this engine (a revoked partition's, and the workflow
+/// child calls that go with them). The scheduler lets its attempts in flight end, makes
+/// their outcomes durable and says so (`still`); it then waits until the calls are gone
+/// (`resume` sent or dropped) and starts over from the store: its window may hold calls
+/// that left.
 #[derive(Debug)]
 pub struct Handover {
-    pub partitions: Vec<(String, i32)>,
-    pub reply: tokio::sync::oneshot::Sender<Result<Millis, StoreError>>,
+    pub still: tokio::sync::oneshot::Sender<()>,
+    pub resume: tokio::sync::oneshot::Receiver<()>,
 }
 
 fn fresh_reactor(subscription: &SubscriptionConfig) -> Reactor {
@@ -157,7 +157,6 @@ impl Scheduler {
             handover_rx,
             ready_seq: None,
             lease: None,
-            warned_children_stay: false,
         }
     }
 
@@ -182,8 +181,8 @@ impl Scheduler {
         self.handover_tx.clone()
     }
 
-    /// Let attempts in flight end, release the partitions' calls, and start over from the
-    /// store: the window may hold calls that are gone.
+    /// Let attempts in flight end, stay still while calls leave, and start over from the
+    /// store.
     async fn hand_over(&mut self, handover: Handover) -> Result<(), StoreError> {
         // No attempt outlives the subscription's timeout.
         let deadline = Instant::now() + self.subscription.timeout + Duration::from_secs(1);
@@ -195,19 +194,13 @@ impl Scheduler {
         }
         // Outcomes first, in a commit of their own: the release must not take them along.
         self.store.flush().await?;
-        let released = self
-            .store
-            .release(&self.subscription.name, Some(handover.partitions))
-            .await?;
-        self.figures.calls_moved(-(released.backlog as i64));
-        tracing::info!(subscription = %self.subscription.name, calls = released.calls, "released the open calls of revoked partitions to their next owner");
-        let clock = self.store.commit_clock().await?;
+        let _ = handover.still.send(());
+        drop(handover.resume.await);
         self.reactor = fresh_reactor(&self.subscription);
         self.cursor = 0;
         for key in self.store.blocked_groups(&self.subscription.name).await? {
             self.reactor.window.block(key);
         }
-        drop(handover.reply.send(Ok(clock)));
         Ok(())
     }
 
@@ -499,14 +492,6 @@ impl Scheduler {
         let crate::model::Transition::Suspended(mut suspended) = transition else {
             return transition;
         };
-        if self.lease.is_some() && !suspended.children.is_empty() && !self.warned_children_stay {
-            // Cluster mode (the lease is set only there).
-            self.warned_children_stay = true;
-            tracing::warn!(
-                subscription = %self.subscription.name,
-                "cluster mode: a workflow created child calls; they stay on this engine and do not follow their workflow's partition yet (docs/scaling.md): if this engine is lost for good, they wait for its store"
-            );
-        }
         suspended.calls = suspended
             .children
             .iter()

@@ -342,6 +342,18 @@ impl Store {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Whether workflow child calls would move with the calls of `subscription` from
+    /// `partitions` (cluster mode: their schedulers must be still while they do).
+    pub async fn has_descendants_to_move(
+        &self,
+        subscription: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<bool, StoreError> {
+        let subscription = subscription.to_string();
+        self.read(move |conn| changelog::has_descendants_to_move(conn, &subscription, &partitions))
+            .await
+    }
+
     /// Insert calls restored from the changelog, replacing local copies.
     pub async fn restore(&self, calls: Vec<CallSnapshot>) -> Result<(), StoreError> {
         let (reply, wait) = oneshot::channel();

@@ -160,9 +160,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_unpublished ON outbox (subscription, seq) WHERE published_at IS NULL;
     ",
-    // 11: the deployment a workflow is pinned to (protocol 7).
+    // 10: the deployment a workflow is pinned to (protocol 7).
     "
     ALTER TABLE calls ADD COLUMN deployment TEXT;
+    ",
+    // 11: open child calls found without a walk of every open call (cluster mode moves
+    // them with their workflow's partition).
+    "
+    CREATE INDEX calls_open_children ON calls (parent_seq)
+        WHERE parent_seq IS NOT NULL AND status IN ('pending', 'running', 'dead', 'paused');
     ",
 ];
 

@@ -767,7 +767,12 @@ fn purge(tx: &rusqlite::Transaction<'_>, before: Millis, limit: usize) -> rusqli
     raise_seq_floor(tx)?;
     let seqs: Vec<i64> = tx
         .prepare_cached(
-            "SELECT seq FROM calls WHERE status IN ('succeeded', 'cancelled') AND updated_at < ?1 LIMIT ?2",
+            // A workflow that ended without awaiting its children stays while one is open:
+            // the child's end is recorded in it, and in cluster mode the child moves with it.
+            "SELECT seq FROM calls WHERE status IN ('succeeded', 'cancelled') AND updated_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.parent_seq = calls.seq
+                               AND c.status IN ('pending', 'running', 'dead', 'paused'))
+             LIMIT ?2",
         )?
         .query_map(params![before, limit as i64], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
