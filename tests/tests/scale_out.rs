@@ -82,11 +82,11 @@ fn records(from: usize, per_key: usize) -> Vec<Out> {
         .collect()
 }
 
-/// (record position, call id) of every succeeded call in a store file.
+/// (record position, call id) of every succeeded call made from a Kafka record in a store file.
 fn succeeded(db: &Path) -> Vec<((i32, i64), String)> {
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut query = conn
-        .prepare(r#"SELECT partition, "offset", id FROM calls WHERE status = 'succeeded'"#)
+        .prepare(r#"SELECT partition, "offset", id FROM calls WHERE status = 'succeeded' AND topic IS NOT NULL"#)
         .unwrap();
     query
         .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
@@ -952,4 +952,195 @@ async fn any_engines_admin_api_answers_for_the_whole_group() {
     .await;
     let stats = a.admin.get("/v1/stats?scope=group").await;
     assert_eq!(stats["members"].as_object().unwrap().len(), 1, "{stats}");
+}
+
+/// (record position, call id) of the succeeded calls made from a Kafka record, and the ids
+/// of the child calls of `subscription`, with their status, in a store file.
+fn workflow_tree(db: &Path, subscription: &str) -> (Vec<((i32, i64), String)>, Vec<(String, String)>) {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let roots = succeeded(db);
+    let children = conn
+        .prepare("SELECT id, status FROM calls WHERE subscription = ?1")
+        .unwrap()
+        .query_map([subscription], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    (roots, children)
+}
+
+/// Open and finished reservations (`reserve-line` calls) in a store file.
+fn reservations(db: &Path) -> (usize, usize) {
+    let (_, children) = workflow_tree(db, checkout::RESERVE_LINE);
+    let open = children
+        .iter()
+        .filter(|(_, s)| s == "pending" || s == "running")
+        .count();
+    (open, children.len() - open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflows_child_calls_follow_it_when_its_engine_leaves_or_dies() {
+    const CONFIRMATIONS: &str = "so-confirmations";
+    const ORDERS: usize = 240;
+    const LINES: usize = 2;
+    let tansu = broker().await;
+    tansu.create_topic(CONFIRMATIONS, 1).await;
+    // The checkout example: charge (20% "gateway busy", retried), a durable sleep, one
+    // `reserve-line` child call per line, a wait for a signal that does not come, and a
+    // confirmation produced to Kafka.
+    let addr = free_addr();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let endpoint = checkout::endpoint(checkout::Settings {
+        confirmations_topic: CONFIRMATIONS.into(),
+        cooling_off: Duration::from_millis(300),
+        shipping_timeout: Duration::from_millis(500),
+        gateway_busy_rate: 0.2,
+        narrate: false,
+    });
+    tokio::spawn(async move {
+        let _ = endpoint.serve_on(listener, std::future::pending()).await;
+    });
+    let base = format!("http://{addr}");
+    let members: Vec<Member> = (0..2)
+        .map(|_| {
+            Member::configured(&tansu, &format!("{base}/checkout"), |engine, subscription| {
+                // Reservations wait their turn (10/s on each engine): children are open
+                // when an engine leaves or dies.
+                let lines = Subscription::new(checkout::RESERVE_LINE, &format!("{base}/reserve-line"))
+                    .fast_retries()
+                    .set("rate_limit", 10)
+                    .set("rate_burst", 1);
+                (engine.subscription(lines), subscription)
+            })
+        })
+        .collect();
+    let mut first = members[0].start().await;
+    let mut second = members[1].start().await;
+    let each_holds_three =
+        || async { assigned(&members[0].admin).await.len() == 3 && assigned(&members[1].admin).await.len() == 3 };
+    wait_for(
+        "each engine to hold 3 partitions",
+        Duration::from_secs(60),
+        each_holds_three,
+    )
+    .await;
+    let orders: Vec<Out> = (0..ORDERS)
+        .map(|n| {
+            let order = checkout::Order {
+                id: format!("order-{n}"),
+                customer: format!("customer-{}", n % 7),
+                lines: (0..LINES)
+                    .map(|line| checkout::Line {
+                        sku: format!("sku-{n}-{line}"),
+                        quantity: 1,
+                        price_cents: 100,
+                    })
+                    .collect(),
+            };
+            Out::keyed(order.id.clone(), serde_json::to_string(&order).unwrap())
+        })
+        .collect();
+    produce(&producer(&tansu.bootstrap()), TOPIC, orders).await;
+    let open_and_done = |db: PathBuf| async move {
+        wait_for(
+            "an engine to hold open and finished reservations",
+            Duration::from_secs(60),
+            || async { matches!(reservations(&db), (open, done) if open >= 10 && done >= 5) },
+        )
+        .await;
+    };
+
+    // The first engine leaves (SIGTERM) with reservations open: they are handed over with
+    // their workflows, none left in its store.
+    open_and_done(members[0].db()).await;
+    assert!(first.terminate().success());
+    assert_eq!(
+        reservations(&members[0].db()).0,
+        0,
+        "reservations left behind by a clean stop"
+    );
+    wait_for(
+        "the second engine to hold every partition",
+        Duration::from_secs(60),
+        || async { assigned(&members[1].admin).await.len() == PARTITIONS as usize },
+    )
+    .await;
+
+    // It comes back, takes 3 partitions again (the second engine hands over its open
+    // reservations this time), and then dies for good with reservations open.
+    let first = members[0].start().await;
+    wait_for(
+        "each engine to hold 3 partitions again",
+        Duration::from_secs(60),
+        each_holds_three,
+    )
+    .await;
+    open_and_done(members[0].db()).await;
+    first.crash();
+    let (_, killed) = workflow_tree(&members[0].db(), checkout::RESERVE_LINE);
+
+    // Every order completes once, on the survivor where it moved, its reservations with it.
+    let done = |members: &[Member]| {
+        let mut ids = std::collections::HashMap::<(i32, i64), HashSet<String>>::new();
+        for member in members {
+            for (record, id) in succeeded(&member.db()) {
+                ids.entry(record).or_default().insert(id);
+            }
+        }
+        ids
+    };
+    wait_for("every order to complete", Duration::from_secs(240), || async {
+        done(&members).len() == ORDERS
+    })
+    .await;
+    let survivor_open = reservations(&members[1].db()).0;
+    second.terminate();
+    let split: Vec<_> = done(&members).into_iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(split.is_empty(), "orders that became two calls: {split:?}");
+    assert_eq!(survivor_open, 0, "reservations left open on the survivor");
+    // Reservations open on the killed engine finished on the survivor under their ids.
+    let (_, survived) = workflow_tree(&members[1].db(), checkout::RESERVE_LINE);
+    let survived: std::collections::HashMap<String, String> = survived.into_iter().collect();
+    let left_open: Vec<&String> = killed
+        .iter()
+        .filter(|(_, status)| status == "pending" || status == "running")
+        .map(|(id, _)| id)
+        .collect();
+    let finished: Vec<&&String> = left_open
+        .iter()
+        .filter(|id| survived.get(**id).is_some_and(|s| s == "succeeded"))
+        .collect();
+    assert!(
+        left_open.len() >= 10,
+        "{} reservations open at the kill",
+        left_open.len()
+    );
+    assert_eq!(
+        finished.len(),
+        left_open.len(),
+        "reservations open on the killed engine that did not succeed on the survivor"
+    );
+    let bootstrap = tansu.bootstrap();
+    let read =
+        tokio::task::spawn_blocking(move || read_topic(&bootstrap, CONFIRMATIONS, 1, ORDERS, Duration::from_secs(3)))
+            .await
+            .unwrap();
+    let mut confirmed = std::collections::HashMap::<String, usize>::new();
+    for record in &read {
+        let confirmation: checkout::Confirmation = serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            confirmation.reserved.len(),
+            LINES,
+            "every line reserved: {confirmation:?}"
+        );
+        *confirmed.entry(confirmation.order).or_default() += 1;
+    }
+    println!(
+        "{ORDERS} orders; {} reservations open on the killed engine, all finished on the survivor; {} confirmations ({} orders confirmed more than once)",
+        left_open.len(),
+        read.len(),
+        confirmed.values().filter(|n| **n > 1).count()
+    );
+    assert_eq!(confirmed.len(), ORDERS, "a confirmation for every order");
 }
