@@ -954,24 +954,20 @@ async fn any_engines_admin_api_answers_for_the_whole_group() {
     assert_eq!(stats["members"].as_object().unwrap().len(), 1, "{stats}");
 }
 
-/// (record position, call id) of the succeeded calls made from a Kafka record, and the ids
-/// of the child calls of `subscription`, with their status, in a store file.
-fn workflow_tree(db: &Path, subscription: &str) -> (Vec<((i32, i64), String)>, Vec<(String, String)>) {
+/// (id, status) of every call of `subscription` in a store file.
+fn calls_of(db: &Path, subscription: &str) -> Vec<(String, String)> {
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let roots = succeeded(db);
-    let children = conn
-        .prepare("SELECT id, status FROM calls WHERE subscription = ?1")
+    conn.prepare("SELECT id, status FROM calls WHERE subscription = ?1")
         .unwrap()
         .query_map([subscription], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .collect::<Result<_, _>>()
-        .unwrap();
-    (roots, children)
+        .unwrap()
 }
 
 /// Open and finished reservations (`reserve-line` calls) in a store file.
 fn reservations(db: &Path) -> (usize, usize) {
-    let (_, children) = workflow_tree(db, checkout::RESERVE_LINE);
+    let children = calls_of(db, checkout::RESERVE_LINE);
     let open = children
         .iter()
         .filter(|(_, s)| s == "pending" || s == "running")
@@ -1078,7 +1074,7 @@ async fn a_workflows_child_calls_follow_it_when_its_engine_leaves_or_dies() {
     .await;
     open_and_done(members[0].db()).await;
     first.crash();
-    let (_, killed) = workflow_tree(&members[0].db(), checkout::RESERVE_LINE);
+    let killed = calls_of(&members[0].db(), checkout::RESERVE_LINE);
 
     // Every order completes once, on the survivor where it moved, its reservations with it.
     let done = |members: &[Member]| {
@@ -1100,7 +1096,7 @@ async fn a_workflows_child_calls_follow_it_when_its_engine_leaves_or_dies() {
     assert!(split.is_empty(), "orders that became two calls: {split:?}");
     assert_eq!(survivor_open, 0, "reservations left open on the survivor");
     // Reservations open on the killed engine finished on the survivor under their ids.
-    let (_, survived) = workflow_tree(&members[1].db(), checkout::RESERVE_LINE);
+    let survived = calls_of(&members[1].db(), checkout::RESERVE_LINE);
     let survived: std::collections::HashMap<String, String> = survived.into_iter().collect();
     let left_open: Vec<&String> = killed
         .iter()
