@@ -957,8 +957,10 @@ async fn any_engines_admin_api_answers_for_the_whole_group() {
 /// (id, status) of every call of `subscription` in a store file.
 fn calls_of(db: &Path, subscription: &str) -> Vec<(String, String)> {
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    conn.prepare("SELECT id, status FROM calls WHERE subscription = ?1")
-        .unwrap()
+    let mut query = conn
+        .prepare("SELECT id, status FROM calls WHERE subscription = ?1")
+        .unwrap();
+    query
         .query_map([subscription], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .collect::<Result<_, _>>()
