@@ -770,7 +770,7 @@ fn purge(tx: &rusqlite::Transaction<'_>, before: Millis, limit: usize) -> rusqli
             // A workflow that ended without awaiting its children stays while one is open:
             // the child's end is recorded in it, and in cluster mode the child moves with it.
             "SELECT seq FROM calls WHERE status IN ('succeeded', 'cancelled') AND updated_at < ?1
-               AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.parent_seq = calls.seq
+               AND NOT EXISTS (SELECT 1 FROM calls c INDEXED BY calls_open_children WHERE c.parent_seq = calls.seq
                                AND c.status IN ('pending', 'running', 'dead', 'paused'))
              LIMIT ?2",
         )?

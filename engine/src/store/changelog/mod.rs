@@ -162,8 +162,10 @@ const OPEN: &str = "('pending', 'running', 'dead', 'paused')";
 pub(crate) fn take(tx: &Transaction<'_>) -> rusqlite::Result<Vec<Change>> {
     let noted: Vec<(i64, bool, bool)> = tx
         .prepare_cached(
+            // CROSS JOIN keeps this order: the noted seqs, each looked up (the planner
+            // otherwise scans every call).
             "SELECT c.seq, c.topic IS NOT NULL, c.parent_seq IS NOT NULL
-             FROM temp.changed t JOIN main.calls c ON c.seq = t.seq ORDER BY c.seq",
+             FROM temp.changed t CROSS JOIN main.calls c ON c.seq = t.seq ORDER BY t.seq",
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;

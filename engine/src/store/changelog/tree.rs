@@ -52,15 +52,17 @@ impl Carried {
 pub(super) fn carried(conn: &Connection, root: i64) -> rusqlite::Result<Vec<Carried>> {
     let rows: Vec<(i64, i64, bool, Carried)> = conn
         .prepare_cached(&format!(
+            // CROSS JOIN and INDEXED BY fix the plan: SQLite 3.50 chose to scan every call
+            // for the outer join, which made each commit take seconds on a large store.
             "WITH RECURSIVE down(seq, depth) AS (
-                 SELECT seq, 1 FROM calls WHERE parent_seq = ?1
+                 SELECT seq, 1 FROM calls INDEXED BY calls_children WHERE parent_seq = ?1
                  UNION ALL
-                 SELECT c.seq, down.depth + 1 FROM calls c JOIN down ON c.parent_seq = down.seq
-                 WHERE down.depth < ?2)
+                 SELECT c.seq, down.depth + 1 FROM down CROSS JOIN calls c INDEXED BY calls_children
+                 WHERE c.parent_seq = down.seq AND down.depth < ?2)
              SELECT c.seq, c.parent_seq, c.id, c.subscription, c.status,
                     c.status IN {OPEN}
                     OR EXISTS (SELECT 1 FROM outbox o WHERE o.call_seq = c.seq AND o.published_at IS NULL)
-             FROM down JOIN calls c ON c.seq = down.seq
+             FROM down CROSS JOIN calls c ON c.seq = down.seq
              ORDER BY down.depth, c.seq"
         ))?
         .query_map(params![root, MAX_DEPTH], |r| {
@@ -97,7 +99,8 @@ pub(super) fn carried(conn: &Connection, root: i64) -> rusqlite::Result<Vec<Carr
 pub(super) fn roots_with_descendants_to_move(conn: &Connection) -> rusqlite::Result<BTreeSet<i64>> {
     let seqs: Vec<i64> = conn
         .prepare_cached(&format!(
-            "SELECT seq FROM calls WHERE parent_seq IS NOT NULL AND status IN {OPEN}
+            "SELECT seq FROM calls INDEXED BY calls_open_children
+             WHERE parent_seq IS NOT NULL AND status IN {OPEN}
              UNION
              SELECT o.call_seq FROM outbox o JOIN calls c ON c.seq = o.call_seq
              WHERE o.published_at IS NULL AND c.parent_seq IS NOT NULL"
