@@ -50,6 +50,13 @@ impl Carried {
 
 /// The descendants of `root` that move with it, parents before children.
 pub(super) fn carried(conn: &Connection, root: i64) -> rusqlite::Result<Vec<Carried>> {
+    // Most calls have no children: one index probe instead of the walk below.
+    let has_children = conn
+        .prepare_cached("SELECT 1 FROM calls INDEXED BY calls_children WHERE parent_seq = ?1 LIMIT 1")?
+        .exists([root])?;
+    if !has_children {
+        return Ok(Vec::new());
+    }
     let rows: Vec<(i64, i64, bool, Carried)> = conn
         .prepare_cached(&format!(
             // CROSS JOIN and INDEXED BY fix the plan: SQLite 3.50 chose to scan every call
