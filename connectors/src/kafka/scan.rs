@@ -10,6 +10,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+/// How long reading goes on without a record once every watermark is reached.
+const TAIL_QUIET: Duration = Duration::from_secs(1);
+
 /// Why a scan failed.
 #[derive(Debug, thiserror::Error)]
 #[error("reading back `{topic}` failed: {source}")]
@@ -75,6 +78,17 @@ pub fn header_pairs(
                 _ => None,
             })
             .map_or(low, |offset| offset.max(low));
+        // Trust the broker's answer only if the record before it is older than `since_ms`:
+        // a broker whose time index is incomplete (Tansu) was seen answering an offset past
+        // records of the window, which would be produced a second time.
+        let start = if start > low
+            && start <= high
+            && !older_than(&consumer, topic, *partition, start - 1, since_ms, timeout)
+        {
+            low
+        } else {
+            start
+        };
         if start >= high {
             continue;
         }
@@ -89,15 +103,22 @@ pub fn header_pairs(
     }
     consumer.assign(&assignment).map_err(error)?;
     let deadline = Instant::now() + timeout;
-    while !ends.is_empty() {
+    // Past every partition's watermark, reading goes on until nothing comes for a while: a
+    // broker whose watermarks lag behind what it holds (Tansu) would otherwise hide records.
+    let mut quiet_since: Option<Instant> = None;
+    loop {
         if Instant::now() >= deadline {
             return Err(error(rdkafka::error::KafkaError::MessageConsumption(
                 rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
             )));
         }
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            if ends.is_empty() && quiet_since.get_or_insert_with(Instant::now).elapsed() >= TAIL_QUIET {
+                break;
+            }
             continue;
         };
+        quiet_since = None;
         let message = message.map_err(error)?;
         if let Some(headers) = message.headers() {
             let value = |name: &str| {
@@ -119,4 +140,36 @@ pub fn header_pairs(
         }
     }
     Ok(found)
+}
+
+/// Whether the record of `topic`/`partition` at `offset` has a timestamp before `since_ms`.
+/// `false` if it cannot be read in `timeout` (the caller then reads from further back).
+fn older_than(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    since_ms: i64,
+    timeout: Duration,
+) -> bool {
+    let mut at = TopicPartitionList::new();
+    if at
+        .add_partition_offset(topic, partition, Offset::Offset(offset))
+        .is_err()
+        || consumer.assign(&at).is_err()
+    {
+        return false;
+    }
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) if message.partition() == partition && message.offset() >= offset => {
+                return message.offset() == offset
+                    && message.timestamp().to_millis().is_some_and(|time| time < since_ms);
+            }
+            Some(Err(_)) => return false,
+            _ => {}
+        }
+    }
+    false
 }

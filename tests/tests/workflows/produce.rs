@@ -201,3 +201,86 @@ async fn every_successful_call_reaches_the_output_topic_once_in_key_order_across
     assert_eq!(read.len(), RECORDS, "one output per call");
     assert_eq!(stats["order_violations"], 0);
 }
+
+/// Unpublished outbox rows marked attempted (handed to the producer, no acknowledgement
+/// stored): what an engine killed between the two leaves.
+fn forget_acknowledgements(db: &Path) -> usize {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let attempted: usize = conn
+        .query_row("SELECT count(*) FROM outbox WHERE attempted_at IS NOT NULL", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    conn.execute("UPDATE outbox SET published_at = NULL", []).unwrap();
+    attempted
+}
+
+fn unpublished(db: &Path) -> usize {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.query_row("SELECT count(*) FROM outbox WHERE published_at IS NULL", [], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_already_in_their_topic_are_not_produced_again_when_their_acknowledgement_was_lost() {
+    const RECORDS: usize = 50;
+    let tansu = Tansu::start();
+    tansu.create_topic("rb-src", 1).await;
+    tansu.create_topic("rb-outputs", 1).await;
+    let target = UnkindTarget::start(&["--error-rate", "0.2", "--jitter", "exp:3", "--echo"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_addr = free_addr();
+    let config = dir.path().join("engine.toml");
+    let db = dir.path().join("engine.db");
+    EngineConfig::new(&db)
+        .admin(admin_addr)
+        .subscription(
+            Subscription::new("orders", &target.url())
+                .fast_retries()
+                .set("output_topic", "rb-outputs")
+                .kafka(&tansu.bootstrap(), &["rb-src"])
+                .kafka_set("group_id", "engine-test-read-back")
+                .tansu_consumer(),
+        )
+        .write(&config);
+    let admin = Admin::new(admin_addr);
+    let records: Vec<Out> = (0..RECORDS)
+        .map(|n| Out::keyed(format!("k{n}"), format!("r{n}")))
+        .collect();
+    produce(&producer(&tansu.bootstrap()), "rb-src", records).await;
+    let mut engine = run_until_all_succeed(&config, &admin, RECORDS as u64).await;
+    wait_for("every output to be published", Duration::from_secs(30), || async {
+        unpublished(&db) == 0
+    })
+    .await;
+    assert!(engine.terminate().success());
+
+    // Every output is in its topic, but the store no longer knows it: the publisher must
+    // read the topic back and produce none of them again.
+    assert_eq!(
+        forget_acknowledgements(&db),
+        RECORDS,
+        "every output was handed to the producer"
+    );
+    let _engine = run_until_all_succeed(&config, &admin, RECORDS as u64).await;
+    wait_for(
+        "the outputs to be found in their topic",
+        Duration::from_secs(30),
+        || async { unpublished(&db) == 0 },
+    )
+    .await;
+    let bootstrap = tansu.bootstrap();
+    let read =
+        tokio::task::spawn_blocking(move || read_topic(&bootstrap, "rb-outputs", 1, RECORDS, Duration::from_secs(3)))
+            .await
+            .unwrap();
+    let calls: HashSet<String> = read.iter().filter_map(|r| r.header("engine-call-id")).collect();
+    assert_eq!(calls.len(), RECORDS, "one output per call");
+    assert_eq!(
+        read.len(),
+        RECORDS,
+        "outputs produced again although they were in their topic"
+    );
+}
