@@ -382,12 +382,12 @@ impl PartitionHook for Ownership {
                     .filter(|c| matches!(c.status.as_str(), "pending" | "running"))
                     .count(),
             );
-            let mut children: BTreeMap<&str, i64> = BTreeMap::new();
+            // The backlog each child's own subscription gains.
+            let mut children: BTreeMap<String, i64> = BTreeMap::new();
             for child in calls.iter().flat_map(|c| &c.descendants) {
                 let backlog = i64::from(matches!(child.status.as_str(), "pending" | "running"));
-                *children.entry(child.subscription.as_str()).or_default() += backlog;
+                *children.entry(child.subscription.clone()).or_default() += backlog;
             }
-            let children: Vec<(String, i64)> = children.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
             let child_calls: usize = calls.iter().map(|c| c.descendants.len()).sum();
             let last_offset = calls.iter().map(|c| c.offset).max();
             let open = calls

@@ -361,18 +361,10 @@ pub(crate) fn release(
         .query_map(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect()
     };
-    // Descendants first, found from the roots that have some to move: the roots' rows are
-    // still there to tell their partitions.
+    // Descendants first: the roots' rows are still there to tell their partitions.
     let mut children = Vec::new();
-    for root in tree::roots_with_descendants_to_move(tx)? {
-        let source: (String, String, i32) = tx
-            .prepare_cached("SELECT subscription, topic, partition FROM calls WHERE seq = ?1")?
-            .query_row([root], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        let ours = source.0 == subscription
-            && partitions.is_none_or(|list| list.iter().any(|(t, p)| *t == source.1 && *p == source.2));
-        if ours {
-            children.extend(tree::carried(tx, root)?);
-        }
+    for root in tree::roots_moving_descendants(tx, subscription, partitions)? {
+        children.extend(tree::carried(tx, root)?);
     }
     // By partition through the source index, not a walk of every open call.
     let calls = match partitions {
@@ -412,16 +404,7 @@ pub(crate) fn has_descendants_to_move(
     subscription: &str,
     partitions: &[(String, i32)],
 ) -> rusqlite::Result<bool> {
-    for root in tree::roots_with_descendants_to_move(conn)? {
-        let source: Option<(String, String, i32)> = conn
-            .prepare_cached("SELECT subscription, topic, partition FROM calls WHERE seq = ?1")?
-            .query_row([root], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        if source.is_some_and(|(s, t, p)| s == subscription && partitions.iter().any(|(pt, pp)| *pt == t && *pp == p)) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(!tree::roots_moving_descendants(conn, subscription, Some(partitions))?.is_empty())
 }
 
 /// Insert `calls` as they were on their last owner, finished ones too, with the

@@ -24,6 +24,18 @@ fn record(partition: i32, offset: i64, key: &str) -> NewCall {
     }
 }
 
+/// A successful attempt.
+fn attempt(n: u32) -> AttemptRecord {
+    AttemptRecord {
+        attempt: n,
+        started_at: 1,
+        duration_ms: 1,
+        outcome: "success",
+        http_status: Some(200),
+        error: None,
+    }
+}
+
 fn store(dir: &tempfile::TempDir, name: &str) -> Store {
     let options = StoreOptions {
         changelog: true,
@@ -165,14 +177,7 @@ async fn unpublished_outbox_records_move_with_their_partition() {
     for &seq in &seqs {
         old.finish_attempt(
             seq,
-            AttemptRecord {
-                attempt: 1,
-                started_at: 1,
-                duration_ms: 1,
-                outcome: "success",
-                http_status: Some(200),
-                error: None,
-            },
+            attempt(1),
             Transition::Succeeded {
                 output: Some(b"done".to_vec()),
             },
@@ -252,20 +257,7 @@ async fn a_seq_is_never_reused_after_the_newest_calls_are_deleted() {
     let first = store.insert(vec![record(0, 0, "a")]).await.unwrap();
     let newest = seq_of(&store, first[0]).await;
     store
-        .finish_attempt(
-            newest,
-            AttemptRecord {
-                attempt: 1,
-                started_at: 1,
-                duration_ms: 1,
-                outcome: "success",
-                http_status: Some(200),
-                error: None,
-            },
-            Transition::Succeeded { output: None },
-            false,
-            None,
-        )
+        .finish_attempt(newest, attempt(1), Transition::Succeeded { output: None }, false, None)
         .unwrap();
     // Purged (retention over): the table is empty, the scheduler's cursor is past it.
     let purged = store.purge(i64::MAX, 100).await.unwrap();
@@ -317,17 +309,6 @@ fn spawning(children: &[uuid::Uuid]) -> Transition {
             .collect(),
         deployment: None,
     }))
-}
-
-fn attempt(n: u32) -> AttemptRecord {
-    AttemptRecord {
-        attempt: n,
-        started_at: 1,
-        duration_ms: 1,
-        outcome: "success",
-        http_status: Some(200),
-        error: None,
-    }
 }
 
 async fn seq_by_id(store: &Store, id: uuid::Uuid) -> Option<i64> {

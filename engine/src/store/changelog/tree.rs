@@ -100,10 +100,14 @@ pub(super) fn carried(conn: &Connection, root: i64) -> rusqlite::Result<Vec<Carr
         .collect())
 }
 
-/// The roots with descendants to move: found from the open child calls and those with
-/// unpublished outbox records (few; both through partial indexes), not from a walk of
-/// every root.
-pub(super) fn roots_with_descendants_to_move(conn: &Connection) -> rusqlite::Result<BTreeSet<i64>> {
+/// The calls of `subscription` from `partitions` (every partition if `None`) with
+/// descendants to move: found from the open child calls and those with unpublished outbox
+/// records (few; both through partial indexes), not from a walk of every root.
+pub(super) fn roots_moving_descendants(
+    conn: &Connection,
+    subscription: &str,
+    partitions: Option<&[(String, i32)]>,
+) -> rusqlite::Result<BTreeSet<i64>> {
     let seqs: Vec<i64> = conn
         .prepare_cached(&format!(
             "SELECT seq FROM calls INDEXED BY calls_open_children
@@ -116,7 +120,15 @@ pub(super) fn roots_with_descendants_to_move(conn: &Connection) -> rusqlite::Res
         .collect::<Result<_, _>>()?;
     let mut roots = BTreeSet::new();
     for seq in seqs {
-        roots.extend(root_of(conn, seq)?);
+        let Some(root) = root_of(conn, seq)? else { continue };
+        let (root_subscription, topic, partition): (String, String, i32) = conn
+            .prepare_cached("SELECT subscription, topic, partition FROM calls WHERE seq = ?1")?
+            .query_row([root], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let ours = root_subscription == subscription
+            && partitions.is_none_or(|list| list.iter().any(|(t, p)| *t == topic && *p == partition));
+        if ours {
+            roots.insert(root);
+        }
     }
     Ok(roots)
 }
