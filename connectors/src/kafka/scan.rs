@@ -65,11 +65,10 @@ pub fn header_pairs(
     let starts = consumer.offsets_for_times(by_time, timeout).ok();
     let mut assignment = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
+    // The watermarks only say how far to read at least: every partition is read, and reading
+    // goes on past them (below), as they may lag behind what the broker holds.
     for partition in &partitions {
         let (low, high) = consumer.fetch_watermarks(topic, *partition, timeout).map_err(error)?;
-        if high <= low {
-            continue;
-        }
         let start = starts
             .as_ref()
             .and_then(|list| list.find_partition(topic, *partition))
@@ -78,27 +77,23 @@ pub fn header_pairs(
                 _ => None,
             })
             .map_or(low, |offset| offset.max(low));
-        // Trust the broker's answer only if the record before it is older than `since_ms`:
-        // a broker whose time index is incomplete (Tansu) was seen answering an offset past
-        // records of the window, which would be produced a second time.
-        let start = if start > low
-            && start <= high
-            && !older_than(&consumer, topic, *partition, start - 1, since_ms, timeout)
-        {
+        // Trust the broker's answer only if the record before it is older than `since_ms`: a
+        // broker whose time index is incomplete could answer an offset past records of the
+        // window, which would then be produced a second time.
+        let start = if start > low && !older_than(&consumer, topic, *partition, start - 1, since_ms, timeout) {
             low
         } else {
             start
         };
-        if start >= high {
-            continue;
-        }
         assignment
             .add_partition_offset(topic, *partition, Offset::Offset(start))
             .map_err(error)?;
-        ends.insert(*partition, high);
+        if start < high {
+            ends.insert(*partition, high);
+        }
     }
     let mut found = HashSet::new();
-    if ends.is_empty() {
+    if partitions.is_empty() {
         return Ok(found);
     }
     consumer.assign(&assignment).map_err(error)?;
